@@ -1,0 +1,61 @@
+# One entry point for every check; CI (.ci/run) calls `make check`.
+# Both `make bench` and `make check` set everything up themselves on a fresh machine:
+# a virtualenv in .venv, the Python tools, and a release build of the Rust extension.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export PYO3_PYTHON := $(abspath $(PY))
+
+.PHONY: setup build bench bench-pytest check lint rust-check rust-test wheel pytest typecheck clean
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "maturin>=1.7,<2" "numpy>=1.24" "pytest>=8" "hypothesis>=6.100" \
+		"oath==1.4.5" "pyotp>=2.9" "cryptography>=42" "pytest-benchmark>=4" \
+		"matplotlib>=3.8" "ruff>=0.6" "mypy>=1.11"
+	touch $@
+
+setup: $(VENV)/.deps
+
+# Editable release build of the extension into the venv.
+build: setup
+	$(VENV)/bin/maturin develop --release -q
+
+# The main job: the side-by-side benchmark table and the throughput plot.
+bench: build
+	$(PY) benches/report.py --out bench-results
+
+# The same benchmarks through pytest-benchmark, with its statistics.
+bench-pytest: build
+	$(PY) -m pytest benches --benchmark-enable --benchmark-only -q
+
+rust-check: setup
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+rust-test:
+	cargo test -p sls-kernel --locked
+
+# `pip install .` from a clean tree, as a user would: proves the wheel builds and works.
+wheel: setup
+	$(PIP) install -q --force-reinstall --no-deps .
+
+pytest:
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+
+typecheck: setup
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest sls_core._native --mypy-config-file pyproject.toml
+
+check: rust-check rust-test wheel pytest lint typecheck
+
+clean:
+	rm -rf $(VENV) target bench-results

@@ -1,0 +1,145 @@
+"""Type stubs of the Rust extension ``sls_core._native`` (checked by mypy.stubtest)."""
+
+from typing import Any, final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "KeyTable",
+    "__version__",
+    "default_threads",
+    "hotp_compute",
+    "hotp_verify",
+    "ocra_compute",
+    "ocra_compute_batch",
+    "ocra_suite_info",
+    "ocra_verify",
+    "ocra_verify_batch",
+    "otp_compute_batch",
+    "otp_verify_batch",
+    "totp_compute",
+    "totp_verify",
+]
+
+__version__: str
+
+def ocra_compute(
+    suite: str,
+    key: bytes | bytearray | memoryview,
+    *,
+    question: str | bytes,
+    counter: int | None = None,
+    pin: str | bytes | None = None,
+    pin_hash: bytes | str | None = None,
+    session: bytes | None = None,
+    timestamp: int | float | None = None,
+) -> str: ...
+def ocra_verify(
+    suite: str,
+    key: bytes | bytearray | memoryview,
+    response: str | bytes,
+    *,
+    question: str | bytes,
+    counter: int | None = None,
+    pin: str | bytes | None = None,
+    pin_hash: bytes | str | None = None,
+    session: bytes | None = None,
+    timestamp: int | float | None = None,
+) -> bool: ...
+def ocra_verify_batch(
+    suite: str,
+    keys: Any,
+    questions: Any,
+    responses: Any,
+    *,
+    pin_hashes: Any = None,
+    counters: Any = None,
+    timestamps: Any = None,
+    sessions: Any = None,
+    key_index: Any = None,
+    threads: int | None = None,
+) -> npt.NDArray[np.uint8]: ...
+def ocra_compute_batch(
+    suite: str,
+    keys: Any,
+    questions: Any,
+    *,
+    pin_hashes: Any = None,
+    counters: Any = None,
+    timestamps: Any = None,
+    sessions: Any = None,
+    key_index: Any = None,
+    threads: int | None = None,
+) -> npt.NDArray[np.uint8]: ...
+def ocra_suite_info(suite: str) -> dict[str, Any]: ...
+def hotp_compute(
+    key: bytes | bytearray | memoryview, counter: int, *, digits: int = 6, algorithm: str = "sha1"
+) -> str: ...
+def hotp_verify(
+    key: bytes | bytearray | memoryview,
+    code: str | bytes,
+    counter: int,
+    *,
+    window: int = 0,
+    digits: int = 6,
+    algorithm: str = "sha1",
+) -> int | None: ...
+def totp_compute(
+    key: bytes | bytearray | memoryview,
+    unix_time: int | float,
+    *,
+    step: int = 30,
+    digits: int = 6,
+    algorithm: str = "sha1",
+    t0: int = 0,
+) -> str: ...
+def totp_verify(
+    key: bytes | bytearray | memoryview,
+    code: str | bytes,
+    unix_time: int | float,
+    *,
+    step: int = 30,
+    window: int | tuple[int, int] | None = None,
+    digits: int = 6,
+    algorithm: str = "sha1",
+    t0: int = 0,
+) -> int | None: ...
+def otp_verify_batch(
+    kind: str,
+    keys: Any,
+    codes: Any,
+    moving_factors: Any,
+    *,
+    window: int | tuple[int, int] | None = None,
+    digits: int = 6,
+    algorithm: str = "sha1",
+    step: int = 30,
+    t0: int = 0,
+    key_index: Any = None,
+    threads: int | None = None,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint64]]: ...
+def otp_compute_batch(
+    kind: str,
+    keys: Any,
+    moving_factors: Any,
+    *,
+    digits: int = 6,
+    algorithm: str = "sha1",
+    step: int = 30,
+    t0: int = 0,
+    key_index: Any = None,
+    threads: int | None = None,
+) -> npt.NDArray[np.uint8]: ...
+def default_threads() -> int: ...
+
+@final
+class KeyTable:
+    """HMAC keys prepared once; batches refer to them by row with ``key_index``."""
+
+    def __new__(
+        cls, keys: Any, *, algorithm: str = "sha1", threads: int | None = None
+    ) -> KeyTable: ...
+    def __len__(self) -> int: ...
+    @property
+    def algorithm(self) -> str: ...

@@ -1,0 +1,595 @@
+//! Batch verification: many items, one suite, every core.
+//!
+//! Columns borrow caller memory (numpy buffers or Python byte strings) and items are checked
+//! in parallel with rayon on whatever thread pool the caller installed. An item whose inputs
+//! break a rule is [`Outcome::Malformed`]; it never fails its neighbours.
+
+use rayon::prelude::*;
+use subtle::Choice;
+
+use crate::error::Error;
+use crate::mac::{HashAlgorithm, HmacKey};
+use crate::ocra::{OcraInput, OcraSuite};
+use crate::otp::{OtpParams, TotpParams, WindowMatch};
+
+/// Items per rayon task: large enough to amortize scheduling, small enough to balance.
+const CHUNK: usize = 1024;
+
+/// Whether batch work runs on the current rayon pool or on the calling thread alone.
+/// Sequential work never touches a rayon pool, so it is safe anywhere (even after fork).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Execution {
+    Sequential,
+    Parallel,
+}
+
+/// Runs `f(chunk_index, chunk)` over `CHUNK * width`-sized pieces of `out`.
+fn each_chunk<T, E, F>(execution: Execution, out: &mut [T], width: usize, f: F) -> Result<(), E>
+where
+    T: Send,
+    E: Send,
+    F: Fn(usize, &mut [T]) -> Result<(), E> + Sync + Send,
+{
+    let size = CHUNK * width.max(1);
+    match execution {
+        Execution::Sequential => out
+            .chunks_mut(size)
+            .enumerate()
+            .try_for_each(|(i, chunk)| f(i, chunk)),
+        Execution::Parallel => out
+            .par_chunks_mut(size)
+            .enumerate()
+            .try_for_each(|(i, chunk)| f(i, chunk)),
+    }
+}
+
+/// The verdict on one item; the numbers are the values of the numpy result array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Outcome {
+    Ok = 0,
+    Wrong = 1,
+    Malformed = 2,
+}
+
+impl Outcome {
+    #[inline]
+    pub fn from_match(hit: Choice) -> Self {
+        if bool::from(hit) {
+            Outcome::Ok
+        } else {
+            Outcome::Wrong
+        }
+    }
+}
+
+/// A column of byte strings.
+#[derive(Debug, Clone)]
+pub enum ByteColumn<'a> {
+    /// Row-major cells of `width` bytes. With `nul_padded`, trailing NULs are padding
+    /// (numpy's `S` dtype), so a shorter value ends at its first trailing NUL.
+    Fixed {
+        data: &'a [u8],
+        width: usize,
+        nul_padded: bool,
+    },
+    /// One slice per row.
+    Rows(Vec<&'a [u8]>),
+}
+
+impl<'a> ByteColumn<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            ByteColumn::Fixed { data, width, .. } => {
+                if *width == 0 {
+                    0
+                } else {
+                    data.len() / width
+                }
+            }
+            ByteColumn::Rows(rows) => rows.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    pub fn get(&self, row: usize) -> &'a [u8] {
+        match self {
+            ByteColumn::Fixed {
+                data,
+                width,
+                nul_padded,
+            } => {
+                let cell = &data[row * width..(row + 1) * width];
+                if *nul_padded {
+                    let end = cell.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+                    &cell[..end]
+                } else {
+                    cell
+                }
+            }
+            ByteColumn::Rows(rows) => rows[row],
+        }
+    }
+}
+
+/// HMAC keys prepared once, for servers that verify the same devices all day: each MAC
+/// then skips the two key-pad compressions.
+#[derive(Debug, Clone)]
+pub struct KeyTable {
+    algorithm: HashAlgorithm,
+    keys: Vec<HmacKey>,
+}
+
+impl KeyTable {
+    /// Prepares every key of `keys` (in parallel). An empty key is an error naming its row.
+    pub fn new(
+        algorithm: HashAlgorithm,
+        keys: &ByteColumn<'_>,
+        execution: Execution,
+    ) -> Result<Self, Error> {
+        let prepare = |row: usize| {
+            HmacKey::new(algorithm, keys.get(row))
+                .map_err(|_| Error::input("keys", format!("row {row}: must not be empty")))
+        };
+        let keys = match execution {
+            Execution::Sequential => (0..keys.len()).map(prepare).collect::<Result<Vec<_>, _>>(),
+            Execution::Parallel => (0..keys.len())
+                .into_par_iter()
+                .with_min_len(CHUNK)
+                .map(prepare)
+                .collect::<Result<Vec<_>, _>>(),
+        }?;
+        Ok(KeyTable { algorithm, keys })
+    }
+
+    pub fn algorithm(&self) -> HashAlgorithm {
+        self.algorithm
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn get(&self, row: usize) -> Option<&HmacKey> {
+        self.keys.get(row)
+    }
+}
+
+/// Where each item's key comes from.
+#[derive(Debug, Clone)]
+pub enum KeyColumn<'a> {
+    /// Raw key bytes per item, prepared on the fly (6 compressions per OCRA-SHA1 item).
+    Raw(ByteColumn<'a>),
+    /// A prepared table; item `i` uses `table[index[i]]`, or `table[i]` without an index.
+    Prepared {
+        table: &'a KeyTable,
+        index: Option<&'a [u64]>,
+    },
+}
+
+// Boxing the owned key would allocate once per item in the hot loop.
+#[allow(clippy::large_enum_variant)]
+enum KeyRef<'k> {
+    Borrowed(&'k HmacKey),
+    Owned(HmacKey),
+}
+
+impl core::ops::Deref for KeyRef<'_> {
+    type Target = HmacKey;
+    fn deref(&self) -> &HmacKey {
+        match self {
+            KeyRef::Borrowed(key) => key,
+            KeyRef::Owned(key) => key,
+        }
+    }
+}
+
+impl<'a> KeyColumn<'a> {
+    fn len(&self) -> usize {
+        match self {
+            KeyColumn::Raw(column) => column.len(),
+            KeyColumn::Prepared {
+                index: Some(index), ..
+            } => index.len(),
+            KeyColumn::Prepared { table, index: None } => table.len(),
+        }
+    }
+
+    /// Checks the table's algorithm and every index before any work starts.
+    fn validate(&self, algorithm: HashAlgorithm) -> Result<(), Error> {
+        let KeyColumn::Prepared { table, index } = self else {
+            return Ok(());
+        };
+        if table.algorithm() != algorithm {
+            return Err(Error::input(
+                "keys",
+                format!(
+                    "prepared for {} but the computation uses {}",
+                    table.algorithm().name(),
+                    algorithm.name()
+                ),
+            ));
+        }
+        if let Some(index) = index {
+            let bound = table.len() as u64;
+            if let Some(row) = index.iter().position(|&i| i >= bound) {
+                return Err(Error::input(
+                    "key_index",
+                    format!(
+                        "row {row}: {} is out of range for {} prepared keys",
+                        index[row],
+                        table.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The key of `row`; `None` when a raw key is empty (the item is malformed).
+    #[inline]
+    fn key(&self, algorithm: HashAlgorithm, row: usize) -> Option<KeyRef<'a>> {
+        match self {
+            KeyColumn::Raw(column) => HmacKey::new(algorithm, column.get(row))
+                .ok()
+                .map(KeyRef::Owned),
+            KeyColumn::Prepared { table, index } => {
+                let at = index.map_or(row, |index| index[row] as usize);
+                table.get(at).map(KeyRef::Borrowed)
+            }
+        }
+    }
+}
+
+/// Refuses columns whose length differs from the batch's.
+fn check_len(field: &'static str, len: usize, expected: usize) -> Result<(), Error> {
+    if len != expected {
+        return Err(Error::input(
+            field,
+            format!("has {len} rows but the batch has {expected}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses an optional column whose presence does not match the suite.
+fn check_presence(field: &'static str, present: bool, required: bool) -> Result<(), Error> {
+    match (required, present) {
+        (true, false) => Err(Error::input(field, "required by the suite")),
+        (false, true) => Err(Error::input(
+            field,
+            "not allowed: the suite does not use it",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The inputs of an OCRA batch. Every column has one row per item.
+#[derive(Debug, Clone)]
+pub struct OcraBatch<'a> {
+    pub keys: KeyColumn<'a>,
+    pub questions: ByteColumn<'a>,
+    pub pin_hashes: Option<ByteColumn<'a>>,
+    pub counters: Option<&'a [u64]>,
+    pub timestamps: Option<&'a [u64]>,
+    pub sessions: Option<ByteColumn<'a>>,
+}
+
+impl<'a> OcraBatch<'a> {
+    pub fn len(&self) -> usize {
+        self.questions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.questions.is_empty()
+    }
+
+    fn validate(&self, suite: &OcraSuite) -> Result<(), Error> {
+        let n = self.len();
+        check_len("keys", self.keys.len(), n)?;
+        check_presence(
+            "pin_hashes",
+            self.pin_hashes.is_some(),
+            suite.pin_algorithm().is_some(),
+        )?;
+        check_presence("counters", self.counters.is_some(), suite.uses_counter())?;
+        check_presence(
+            "timestamps",
+            self.timestamps.is_some(),
+            suite.time_step().is_some(),
+        )?;
+        check_presence(
+            "sessions",
+            self.sessions.is_some(),
+            suite.session_len().is_some(),
+        )?;
+        if let Some(c) = &self.pin_hashes {
+            check_len("pin_hashes", c.len(), n)?;
+        }
+        if let Some(c) = self.counters {
+            check_len("counters", c.len(), n)?;
+        }
+        if let Some(c) = self.timestamps {
+            check_len("timestamps", c.len(), n)?;
+        }
+        if let Some(c) = &self.sessions {
+            check_len("sessions", c.len(), n)?;
+        }
+        self.keys.validate(suite.algorithm())
+    }
+
+    #[inline]
+    fn input(&self, row: usize) -> OcraInput<'a> {
+        OcraInput {
+            counter: self.counters.map(|c| c[row]),
+            question: self.questions.get(row),
+            pin_hash: self.pin_hashes.as_ref().map(|c| c.get(row)),
+            session: self.sessions.as_ref().map(|c| c.get(row)),
+            timestamp: self.timestamps.map(|c| c[row]),
+        }
+    }
+}
+
+impl OcraSuite {
+    /// Verifies `responses[i]` for every item into `outcomes[i]` (as [`Outcome`] bytes).
+    ///
+    /// Column errors (lengths, presence, key table) are returned before any work; per-item
+    /// input errors make that item [`Outcome::Malformed`].
+    pub fn verify_batch(
+        &self,
+        batch: &OcraBatch<'_>,
+        responses: &ByteColumn<'_>,
+        outcomes: &mut [u8],
+        execution: Execution,
+    ) -> Result<(), Error> {
+        batch.validate(self)?;
+        check_len("responses", responses.len(), batch.len())?;
+        check_len("outcomes", outcomes.len(), batch.len())?;
+        let algorithm = self.algorithm();
+        each_chunk(execution, outcomes, 1, |chunk, slots| {
+            let base = chunk * CHUNK;
+            for (offset, slot) in slots.iter_mut().enumerate() {
+                let row = base + offset;
+                let outcome = match batch.keys.key(algorithm, row) {
+                    Some(key) => self
+                        .verify(&key, responses.get(row), &batch.input(row))
+                        .unwrap_or(Outcome::Malformed),
+                    None => Outcome::Malformed,
+                };
+                *slot = outcome as u8;
+            }
+            Ok::<(), Error>(())
+        })
+    }
+
+    /// Computes every item's response into `codes`, `width` bytes per row, NUL-padded
+    /// (width is the suite's digits, or 10 for an untruncated suite). A bad item is an
+    /// error naming its row: a computed batch has no room for a per-item verdict.
+    pub fn compute_batch(
+        &self,
+        batch: &OcraBatch<'_>,
+        codes: &mut [u8],
+        execution: Execution,
+    ) -> Result<(), Error> {
+        batch.validate(self)?;
+        let width = code_width(self.digits());
+        check_len("codes", codes.len() / width, batch.len())?;
+        let algorithm = self.algorithm();
+        let format = self.code_format();
+        each_chunk(execution, codes, width, |chunk, cells| {
+            for (offset, cell) in cells.chunks_mut(width).enumerate() {
+                let row = chunk * CHUNK + offset;
+                let key = batch
+                    .keys
+                    .key(algorithm, row)
+                    .ok_or_else(|| Error::input("keys", format!("row {row}: must not be empty")))?;
+                let value = self.compute_value(&key, &batch.input(row)).map_err(|e| {
+                    let field = e.field();
+                    Error::input(field, format!("row {row}: {}", rule_of(&e)))
+                })?;
+                write_code(format, value, cell);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Bytes per computed code: the digits, or 10 for an untruncated (t = 0) suite.
+pub fn code_width(digits: u8) -> usize {
+    if digits == 0 {
+        10
+    } else {
+        usize::from(digits)
+    }
+}
+
+fn write_code(format: crate::code::CodeFormat, value: u64, cell: &mut [u8]) {
+    if format.digits() == 0 {
+        let text = format.format(value);
+        cell.fill(0);
+        cell[..text.len()].copy_from_slice(text.as_bytes());
+    } else {
+        format.write_fixed(value, cell);
+    }
+}
+
+fn rule_of(error: &Error) -> String {
+    match error {
+        Error::InvalidInput { rule, .. } | Error::InvalidSuite { rule, .. } => rule.clone(),
+    }
+}
+
+/// HOTP or TOTP batch inputs: keys, codes and the moving factor (counter or Unix time).
+#[derive(Debug, Clone)]
+pub struct OtpBatch<'a> {
+    pub keys: KeyColumn<'a>,
+    /// Counters (HOTP) or Unix times in seconds (TOTP), one per item.
+    pub moving_factors: &'a [u64],
+}
+
+/// Which one-time-password flavour a batch runs, with its window.
+#[derive(Debug, Clone, Copy)]
+pub enum OtpMode {
+    /// HOTP: check `counter..=counter + look_ahead`.
+    Hotp { params: OtpParams, look_ahead: u64 },
+    /// TOTP: check the step of the item's time, `look_behind` before to `look_ahead` after.
+    Totp {
+        params: TotpParams,
+        look_behind: u64,
+        look_ahead: u64,
+    },
+}
+
+impl OtpMode {
+    fn params(self) -> OtpParams {
+        match self {
+            OtpMode::Hotp { params, .. } => params,
+            OtpMode::Totp { params, .. } => params.otp,
+        }
+    }
+
+    /// The window of an item, or an error for a time before T0 or an oversized window.
+    fn window(self, factor: u64) -> Result<(u64, u64), Error> {
+        match self {
+            OtpMode::Hotp { look_ahead, .. } => crate::otp::hotp_window(factor, look_ahead),
+            OtpMode::Totp {
+                params,
+                look_behind,
+                look_ahead,
+            } => params.window(factor, look_behind, look_ahead),
+        }
+    }
+
+    fn counter(self, factor: u64) -> Result<u64, Error> {
+        match self {
+            OtpMode::Hotp { .. } => Ok(factor),
+            OtpMode::Totp { params, .. } => params.time_step(factor),
+        }
+    }
+}
+
+impl<'a> OtpBatch<'a> {
+    fn validate(&self, algorithm: HashAlgorithm) -> Result<(), Error> {
+        check_len("keys", self.keys.len(), self.moving_factors.len())?;
+        self.keys.validate(algorithm)
+    }
+
+    /// Verifies `codes` into `outcomes` and, for matches, the matched counter or time step
+    /// into `matched` (0 where there was no match).
+    pub fn verify(
+        &self,
+        mode: OtpMode,
+        algorithm: HashAlgorithm,
+        codes: &ByteColumn<'_>,
+        outcomes: &mut [u8],
+        matched: &mut [u64],
+        execution: Execution,
+    ) -> Result<(), Error> {
+        self.validate(algorithm)?;
+        let n = self.moving_factors.len();
+        check_len("codes", codes.len(), n)?;
+        check_len("outcomes", outcomes.len(), n)?;
+        check_len("matched", matched.len(), n)?;
+        // Fail fast on a window that is too large for every item alike.
+        if n > 0 {
+            if let Err(
+                e @ Error::InvalidInput {
+                    field: "window", ..
+                },
+            ) = mode.window(self.moving_factors[0])
+            {
+                return Err(e);
+            }
+        }
+        let params = mode.params();
+        // One slot per item holds both results, so a single chunked pass fills them.
+        let mut slots: Vec<(u8, u64)> = vec![(0, 0); n];
+        each_chunk(execution, &mut slots, 1, |chunk, slots| {
+            for (offset, (outcome, step)) in slots.iter_mut().enumerate() {
+                let row = chunk * CHUNK + offset;
+                let verdict = match (
+                    self.keys.key(algorithm, row),
+                    mode.window(self.moving_factors[row]),
+                ) {
+                    (Some(key), Ok((first, last))) => {
+                        params.verify_range(&key, codes.get(row), first, last)
+                    }
+                    _ => WindowMatch::Malformed,
+                };
+                (*outcome, *step) = match verdict {
+                    WindowMatch::Matched(at) => (Outcome::Ok as u8, at),
+                    WindowMatch::Wrong => (Outcome::Wrong as u8, 0),
+                    WindowMatch::Malformed => (Outcome::Malformed as u8, 0),
+                };
+            }
+            Ok::<(), Error>(())
+        })?;
+        for ((outcome, step), (o, m)) in slots.into_iter().zip(outcomes.iter_mut().zip(matched)) {
+            *o = outcome;
+            *m = step;
+        }
+        Ok(())
+    }
+
+    /// Computes every item's code into `codes` (`digits` bytes per row).
+    pub fn compute(
+        &self,
+        mode: OtpMode,
+        algorithm: HashAlgorithm,
+        codes: &mut [u8],
+        execution: Execution,
+    ) -> Result<(), Error> {
+        self.validate(algorithm)?;
+        let params = mode.params();
+        let width = usize::from(params.digits());
+        check_len("codes", codes.len() / width, self.moving_factors.len())?;
+        each_chunk(execution, codes, width, |chunk, cells| {
+            for (offset, cell) in cells.chunks_mut(width).enumerate() {
+                let row = chunk * CHUNK + offset;
+                let key = self
+                    .keys
+                    .key(algorithm, row)
+                    .ok_or_else(|| Error::input("keys", format!("row {row}: must not be empty")))?;
+                let counter = mode
+                    .counter(self.moving_factors[row])
+                    .map_err(|e| Error::input(e.field(), format!("row {row}: {}", rule_of(&e))))?;
+                params
+                    .format()
+                    .write_fixed(params.value(&key, counter), cell);
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_padded_cells_end_at_the_padding() {
+        let data = b"1234\x00\x00567890";
+        let column = ByteColumn::Fixed {
+            data,
+            width: 6,
+            nul_padded: true,
+        };
+        assert_eq!(column.len(), 2);
+        assert_eq!(column.get(0), b"1234");
+        assert_eq!(column.get(1), b"567890");
+        let raw = ByteColumn::Fixed {
+            data,
+            width: 6,
+            nul_padded: false,
+        };
+        assert_eq!(raw.get(0), b"1234\0\0");
+    }
+}

@@ -1,0 +1,397 @@
+//! Python and numpy inputs as kernel columns, with errors that name the field.
+//!
+//! Byte strings are held as `PyBackedBytes`/`PyBackedStr` (immutable, owned references), so
+//! the kernel can read them with the GIL released. numpy `S` arrays become a borrowed
+//! (rows, itemsize) `uint8` view: no per-item Python object is ever created for them.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use numpy::{
+    PyArray1, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
+    PyUntypedArray, PyUntypedArrayMethods,
+};
+use pyo3::prelude::*;
+use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
+use pyo3::types::{PyByteArray, PyBytes, PyFloat, PyInt, PyMemoryView, PyString};
+use sls_kernel::batch::{ByteColumn, Execution, KeyColumn};
+use sls_kernel::HashAlgorithm;
+
+use crate::errors::{invalid, to_py, wrong_type};
+use crate::threads::run_batch;
+
+/// An immutable byte string borrowed from Python.
+pub enum Blob {
+    Bytes(PyBackedBytes),
+    Str(PyBackedStr),
+}
+
+impl Deref for Blob {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Blob::Bytes(b) => b,
+            Blob::Str(s) => s.as_bytes(),
+        }
+    }
+}
+
+/// bytes, bytearray or memoryview; with `allow_str`, also str (as UTF-8).
+pub fn blob(obj: &Bound<'_, PyAny>, field: &str, allow_str: bool) -> PyResult<Blob> {
+    if obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() {
+        return Ok(Blob::Bytes(obj.extract()?));
+    }
+    if allow_str && obj.is_instance_of::<PyString>() {
+        return obj
+            .extract::<PyBackedStr>()
+            .map(Blob::Str)
+            .map_err(|_| invalid(field, "must be valid Unicode text"));
+    }
+    if obj.is_instance_of::<PyMemoryView>() {
+        let copy = PyBytes::new(
+            obj.py(),
+            &obj.call_method0("tobytes")?.extract::<Vec<u8>>()?,
+        );
+        return Ok(Blob::Bytes(copy.into_any().extract()?));
+    }
+    let expected = if allow_str { "str or bytes" } else { "bytes" };
+    Err(wrong_type(field, expected, obj))
+}
+
+/// A non-negative integer that fits in 64 bits.
+pub fn unsigned(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<u64> {
+    if !obj.is_instance_of::<PyInt>() {
+        return Err(wrong_type(field, "int", obj));
+    }
+    obj.extract::<u64>()
+        .map_err(|_| invalid(field, "must be an integer from 0 to 2**64-1"))
+}
+
+/// Unix time in whole seconds from an int, or a float rounded down.
+pub fn unix_seconds(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<u64> {
+    if obj.is_instance_of::<PyFloat>() {
+        let value: f64 = obj.extract()?;
+        if !value.is_finite() || !(0.0..18446744073709551616.0).contains(&value) {
+            return Err(invalid(
+                field,
+                "must be a finite, non-negative Unix time in seconds",
+            ));
+        }
+        return Ok(value.floor() as u64);
+    }
+    unsigned(obj, field).map_err(|e| {
+        if obj.is_instance_of::<PyInt>() {
+            invalid(field, "must be a non-negative Unix time in seconds")
+        } else {
+            e
+        }
+    })
+}
+
+pub fn algorithm(name: &str) -> PyResult<HashAlgorithm> {
+    HashAlgorithm::from_name(name).map_err(to_py)
+}
+
+/// One column of byte strings from Python.
+pub enum ColumnData<'py> {
+    Matrix {
+        array: PyReadonlyArray2<'py, u8>,
+        nul_padded: bool,
+    },
+    Rows(Vec<Blob>),
+    Empty(usize),
+}
+
+impl ColumnData<'_> {
+    pub fn column(&self) -> PyResult<ByteColumn<'_>> {
+        Ok(match self {
+            ColumnData::Matrix { array, nul_padded } => {
+                let width = array.shape()[1];
+                if width == 0 {
+                    ByteColumn::Rows(vec![&[][..]; array.shape()[0]])
+                } else {
+                    ByteColumn::Fixed {
+                        data: array.as_slice()?,
+                        width,
+                        nul_padded: *nul_padded,
+                    }
+                }
+            }
+            ColumnData::Rows(rows) => ByteColumn::Rows(rows.iter().map(|b| &**b).collect()),
+            ColumnData::Empty(n) => ByteColumn::Rows(vec![&[][..]; *n]),
+        })
+    }
+}
+
+fn contiguous<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let numpy = obj.py().import("numpy")?;
+    numpy.call_method1("ascontiguousarray", (obj,))
+}
+
+/// A column of byte strings: a list/tuple of bytes (or str with `allow_str`), a numpy
+/// `S` array (NUL-padded), a numpy `U` array (encoded as UTF-8) or a 2-D `uint8` matrix
+/// (one row per item, used as is).
+pub fn column<'py>(
+    obj: &Bound<'py, PyAny>,
+    field: &str,
+    allow_str: bool,
+) -> PyResult<ColumnData<'py>> {
+    if let Ok(array) = obj.cast::<PyUntypedArray>() {
+        let dtype = array.dtype();
+        let kind = dtype.kind();
+        let ndim = array.ndim();
+        if kind == b'u' && ndim == 2 && dtype.itemsize() == 1 {
+            let matrix = contiguous(obj)?;
+            let typed = matrix.cast_into::<PyArray2<u8>>().map_err(PyErr::from)?;
+            return Ok(ColumnData::Matrix {
+                array: typed.readonly(),
+                nul_padded: false,
+            });
+        }
+        if ndim != 1 {
+            return Err(invalid(
+                field,
+                "a numpy column must be 1-D (S or U dtype) or a 2-D uint8 matrix",
+            ));
+        }
+        let array = match kind {
+            b'S' => contiguous(obj)?,
+            b'U' if allow_str => {
+                let numpy = obj.py().import("numpy")?;
+                numpy
+                    .getattr("char")?
+                    .call_method1("encode", (obj, "utf-8"))?
+            }
+            b'O' => return rows(obj, field, allow_str),
+            _ => {
+                let expected = if allow_str {
+                    "numpy S or U array"
+                } else {
+                    "numpy S array or 2-D uint8 matrix"
+                };
+                return Err(invalid(
+                    field,
+                    format!("expected a {expected}, got dtype kind {:?}", kind as char),
+                ));
+            }
+        };
+        let rows = array.len()?;
+        let width: usize = array.getattr("itemsize")?.extract()?;
+        if width == 0 {
+            return Ok(ColumnData::Empty(rows));
+        }
+        let matrix = array
+            .call_method1("view", ("u1",))?
+            .call_method1("reshape", ((rows, width),))?;
+        let typed = matrix.cast_into::<PyArray2<u8>>().map_err(PyErr::from)?;
+        return Ok(ColumnData::Matrix {
+            array: typed.readonly(),
+            nul_padded: true,
+        });
+    }
+    rows(obj, field, allow_str)
+}
+
+fn rows<'py>(obj: &Bound<'py, PyAny>, field: &str, allow_str: bool) -> PyResult<ColumnData<'py>> {
+    if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
+        return Err(wrong_type(
+            field,
+            "a sequence of byte strings, one per item",
+            obj,
+        ));
+    }
+    let expected = if allow_str { "str or bytes" } else { "bytes" };
+    let iter = obj
+        .try_iter()
+        .map_err(|_| wrong_type(field, "a sequence or numpy array", obj))?;
+    let mut out = Vec::with_capacity(obj.len().unwrap_or(0));
+    for (row, item) in iter.enumerate() {
+        let item = item?;
+        out.push(blob(&item, field, allow_str).map_err(|_| {
+            let type_name = item
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default();
+            crate::errors::InvalidInputTypeError::new_err((
+                field.to_owned(),
+                format!("row {row}: expected {expected}, got {type_name}"),
+            ))
+        })?);
+    }
+    Ok(ColumnData::Rows(out))
+}
+
+/// A column of unsigned 64-bit integers.
+pub enum IntColumn<'py> {
+    Array(PyReadonlyArray1<'py, u64>),
+    Owned(Vec<u64>),
+}
+
+impl IntColumn<'_> {
+    pub fn as_slice(&self) -> PyResult<&[u64]> {
+        match self {
+            IntColumn::Array(a) => Ok(a.as_slice()?),
+            IntColumn::Owned(v) => Ok(v),
+        }
+    }
+}
+
+/// Integers from a numpy integer array (no copy when already contiguous uint64) or a list.
+pub fn int_column<'py>(obj: &Bound<'py, PyAny>, field: &str) -> PyResult<IntColumn<'py>> {
+    if let Ok(array) = obj.cast::<PyUntypedArray>() {
+        let kind = array.dtype().kind();
+        if array.ndim() != 1 || !(kind == b'i' || kind == b'u') {
+            return Err(invalid(
+                field,
+                "a numpy column of integers must be a 1-D integer array",
+            ));
+        }
+        if kind == b'i' {
+            let negative: bool = obj
+                .call_method1("__lt__", (0,))?
+                .call_method0("any")?
+                .extract()?;
+            if negative {
+                return Err(invalid(field, "must not contain negative values"));
+            }
+        }
+        let numpy = obj.py().import("numpy")?;
+        let converted = numpy.call_method1("ascontiguousarray", (obj, "u8"))?;
+        let typed = converted
+            .cast_into::<PyArray1<u64>>()
+            .map_err(PyErr::from)?;
+        return Ok(IntColumn::Array(typed.readonly()));
+    }
+    if obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyString>() {
+        return Err(wrong_type(
+            field,
+            "a sequence of integers, one per item",
+            obj,
+        ));
+    }
+    let iter = obj
+        .try_iter()
+        .map_err(|_| wrong_type(field, "a sequence or numpy array of integers", obj))?;
+    let mut out = Vec::with_capacity(obj.len().unwrap_or(0));
+    for (row, item) in iter.enumerate() {
+        let item = item?;
+        if !item.is_instance_of::<PyInt>() {
+            return Err(wrong_type(field, &format!("int at row {row}"), &item));
+        }
+        out.push(item.extract::<u64>().map_err(|_| {
+            invalid(
+                field,
+                format!("row {row}: must be an integer from 0 to 2**64-1"),
+            )
+        })?);
+    }
+    Ok(IntColumn::Owned(out))
+}
+
+/// HMAC keys prepared once, for servers that verify the same devices all day.
+///
+/// Batches refer to a table's keys by row (`key_index`), and each MAC then skips the two
+/// key-pad compressions. The table never exposes its keys: no getter, no pickling, and a
+/// repr with only the algorithm and the count.
+#[pyclass(frozen, module = "sls_core", name = "KeyTable")]
+pub struct KeyTable {
+    pub inner: Arc<sls_kernel::KeyTable>,
+}
+
+impl std::fmt::Debug for KeyTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The kernel table's Debug redacts every key.
+        self.inner.fmt(f)
+    }
+}
+
+#[pymethods]
+impl KeyTable {
+    #[new]
+    #[pyo3(signature = (keys, *, algorithm = "sha1", threads = None))]
+    fn new(
+        py: Python<'_>,
+        keys: &Bound<'_, PyAny>,
+        algorithm: &str,
+        threads: Option<usize>,
+    ) -> PyResult<Self> {
+        let algorithm = self::algorithm(algorithm)?;
+        let data = column(keys, "keys", false)?;
+        let column = data.column()?;
+        let table = run_batch(py, column.len(), threads, |execution: Execution| {
+            sls_kernel::KeyTable::new(algorithm, &column, execution)
+        })?
+        .map_err(to_py)?;
+        Ok(KeyTable {
+            inner: Arc::new(table),
+        })
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// The HMAC hash every key was prepared for.
+    #[getter]
+    fn algorithm(&self) -> &'static str {
+        self.inner.algorithm().name()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "KeyTable(algorithm={:?}, keys={})",
+            self.inner.algorithm().name(),
+            self.inner.len()
+        )
+    }
+
+    fn __reduce__(&self) -> PyResult<()> {
+        Err(pyo3::exceptions::PyTypeError::new_err(
+            "KeyTable cannot be pickled: it holds key material",
+        ))
+    }
+}
+
+/// The key source of a batch: a `KeyTable` (optionally with `key_index`) or raw keys.
+pub enum KeysData<'py> {
+    Table(Arc<sls_kernel::KeyTable>, Option<IntColumn<'py>>),
+    Raw(ColumnData<'py>),
+}
+
+pub fn keys_data<'py>(
+    keys: &Bound<'py, PyAny>,
+    key_index: Option<&Bound<'py, PyAny>>,
+) -> PyResult<KeysData<'py>> {
+    if let Ok(table) = keys.cast::<KeyTable>() {
+        let index = key_index.map(|i| int_column(i, "key_index")).transpose()?;
+        return Ok(KeysData::Table(Arc::clone(&table.get().inner), index));
+    }
+    if key_index.is_some() {
+        return Err(invalid("key_index", "only allowed when keys is a KeyTable"));
+    }
+    Ok(KeysData::Raw(column(keys, "keys", false)?))
+}
+
+impl KeysData<'_> {
+    pub fn column(&self) -> PyResult<KeyColumn<'_>> {
+        Ok(match self {
+            KeysData::Table(table, index) => KeyColumn::Prepared {
+                table,
+                index: index.as_ref().map(|i| i.as_slice()).transpose()?,
+            },
+            KeysData::Raw(data) => KeyColumn::Raw(data.column()?),
+        })
+    }
+}
+
+/// Codes computed into an (N, width) matrix, returned to Python as a uint8 array.
+pub fn code_matrix<'py>(
+    py: Python<'py>,
+    codes: Vec<u8>,
+    rows: usize,
+    width: usize,
+) -> PyResult<Bound<'py, PyArray2<u8>>> {
+    let flat = PyArray1::from_vec(py, codes);
+    flat.reshape([rows, width])
+}

@@ -1,0 +1,32 @@
+//! `sls_core._native`: the thin PyO3 layer over `sls-kernel`.
+//!
+//! It converts Python and numpy inputs, releases the GIL around kernel work, picks the
+//! thread pool and maps kernel errors to the exception classes of `sls_core.errors`.
+//! It holds no algorithm of its own. Users import `sls_core.ocra`, never this module.
+
+use pyo3::prelude::*;
+
+mod convert;
+mod errors;
+mod ocra;
+mod otp;
+mod threads;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(ocra::ocra_compute, m)?)?;
+    m.add_function(wrap_pyfunction!(ocra::ocra_verify, m)?)?;
+    m.add_function(wrap_pyfunction!(ocra::ocra_verify_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(ocra::ocra_compute_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(ocra::ocra_suite_info, m)?)?;
+    m.add_function(wrap_pyfunction!(otp::hotp_compute, m)?)?;
+    m.add_function(wrap_pyfunction!(otp::hotp_verify, m)?)?;
+    m.add_function(wrap_pyfunction!(otp::totp_compute, m)?)?;
+    m.add_function(wrap_pyfunction!(otp::totp_verify, m)?)?;
+    m.add_function(wrap_pyfunction!(otp::otp_verify_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(otp::otp_compute_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(threads::default_threads, m)?)?;
+    m.add_class::<convert::KeyTable>()?;
+    Ok(())
+}

@@ -4,7 +4,6 @@
 //! each further MAC costs only the message's compressions. The states are key-equivalent
 //! secrets: they are zeroized on drop and never printed.
 
-use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -89,23 +88,183 @@ impl core::fmt::Debug for DigestOutput {
     }
 }
 
-/// An HMAC key with its pads already absorbed.
-#[derive(Clone)]
-pub enum HmacKey {
-    Sha1(Hmac<Sha1>),
-    Sha256(Hmac<Sha256>),
-    Sha512(Hmac<Sha512>),
+/// FIPS 180-4 initial hash values (sections 5.3.1, 5.3.3 and 5.3.5).
+const SHA1_IV: [u32; 5] = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0];
+const SHA256_IV: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+const SHA512_IV: [u64; 8] = [
+    0x6a09e667f3bcc908,
+    0xbb67ae8584caa73b,
+    0x3c6ef372fe94f82b,
+    0xa54ff53a5f1d36f1,
+    0x510e527fade682d1,
+    0x9b05688c2b3e6c1f,
+    0x1f83d9abfb41bd6b,
+    0x5be0cd19137e2179,
+];
+
+/// Messages up to this size are padded on the stack; longer ones (never OCRA's usual
+/// inputs) use the heap.
+const STACK_MESSAGE: usize = 512;
+
+/// A hash function's chaining state, driven block by block through RustCrypto's
+/// compression functions (`sha1::block_api::compress`, `sha2::block_api::compress256/512`).
+trait ChainingState: Copy + Zeroize {
+    /// Block size in bytes.
+    const BLOCK: usize;
+    /// Bytes of the message-length field in the final block.
+    const LENGTH_FIELD: usize;
+    /// Digest size in bytes.
+    const OUTPUT: usize;
+    const IV: Self;
+    /// Absorbs whole blocks (`blocks.len()` is a multiple of `BLOCK`).
+    fn compress(&mut self, blocks: &[u8]);
+    /// Writes the digest (big-endian words) into `out[..OUTPUT]`.
+    fn write_digest(&self, out: &mut [u8]);
 }
 
-// The prepared states are as secret as the key. `Hmac` is made of hash cores and block
-// buffers; with the `zeroize` features each of those wipes itself on drop. Fail the build
-// if a dependency update ever drops that guarantee.
-const _: () = {
-    const fn wiped_on_drop<T: ZeroizeOnDrop>() {}
-    wiped_on_drop::<sha1::block_api::Sha1Core>();
-    wiped_on_drop::<sha2::block_api::Sha256VarCore>();
-    wiped_on_drop::<sha2::block_api::Sha512VarCore>();
-};
+impl ChainingState for [u32; 5] {
+    const BLOCK: usize = 64;
+    const LENGTH_FIELD: usize = 8;
+    const OUTPUT: usize = 20;
+    const IV: Self = SHA1_IV;
+    #[inline]
+    fn compress(&mut self, blocks: &[u8]) {
+        sha1::block_api::compress(self, blocks.as_chunks::<64>().0);
+    }
+    #[inline]
+    fn write_digest(&self, out: &mut [u8]) {
+        for (chunk, word) in out.chunks_exact_mut(4).zip(self) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+    }
+}
+
+impl ChainingState for [u32; 8] {
+    const BLOCK: usize = 64;
+    const LENGTH_FIELD: usize = 8;
+    const OUTPUT: usize = 32;
+    const IV: Self = SHA256_IV;
+    #[inline]
+    fn compress(&mut self, blocks: &[u8]) {
+        sha2::block_api::compress256(self, blocks.as_chunks::<64>().0);
+    }
+    #[inline]
+    fn write_digest(&self, out: &mut [u8]) {
+        for (chunk, word) in out.chunks_exact_mut(4).zip(self) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+    }
+}
+
+impl ChainingState for [u64; 8] {
+    const BLOCK: usize = 128;
+    const LENGTH_FIELD: usize = 16;
+    const OUTPUT: usize = 64;
+    const IV: Self = SHA512_IV;
+    #[inline]
+    fn compress(&mut self, blocks: &[u8]) {
+        sha2::block_api::compress512(self, blocks.as_chunks::<128>().0);
+    }
+    #[inline]
+    fn write_digest(&self, out: &mut [u8]) {
+        for (chunk, word) in out.chunks_exact_mut(8).zip(self) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+    }
+}
+
+/// The inner and outer states after absorbing `key XOR ipad` and `key XOR opad`
+/// (RFC 2104 section 2): each later MAC starts from here.
+#[derive(Clone)]
+struct Pads<S: ChainingState> {
+    inner: S,
+    outer: S,
+}
+
+impl<S: ChainingState> Pads<S> {
+    fn new(key: &[u8], hashed_key: impl FnOnce(&[u8]) -> DigestOutput) -> Self {
+        // RFC 2104: a key longer than the block is replaced by its hash.
+        let mut block = [0u8; 128];
+        if key.len() > S::BLOCK {
+            let digest = hashed_key(key);
+            block[..digest.len].copy_from_slice(digest.as_bytes());
+        } else {
+            block[..key.len()].copy_from_slice(key);
+        }
+        let block = &mut block[..S::BLOCK];
+        let mut inner = S::IV;
+        let mut outer = S::IV;
+        block.iter_mut().for_each(|b| *b ^= 0x36);
+        inner.compress(block);
+        block.iter_mut().for_each(|b| *b ^= 0x36 ^ 0x5c);
+        outer.compress(block);
+        block.zeroize();
+        Pads { inner, outer }
+    }
+
+    /// HMAC of the concatenated `parts`.
+    #[inline]
+    fn mac(&self, parts: &[&[u8]], out: &mut DigestOutput) {
+        let length: usize = parts.iter().map(|p| p.len()).sum();
+        // Message, 0x80, zeros, then the bit length of (ipad block + message).
+        let padded = (length + 1 + S::LENGTH_FIELD).div_ceil(S::BLOCK) * S::BLOCK;
+        let mut stack = [0u8; STACK_MESSAGE];
+        let mut heap = Vec::new();
+        let buffer: &mut [u8] = if padded <= STACK_MESSAGE {
+            &mut stack[..padded]
+        } else {
+            heap.resize(padded, 0);
+            &mut heap
+        };
+        let mut at = 0;
+        for part in parts {
+            buffer[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        buffer[at] = 0x80;
+        let bits = ((S::BLOCK + length) as u128) * 8;
+        buffer[padded - S::LENGTH_FIELD..]
+            .copy_from_slice(&bits.to_be_bytes()[16 - S::LENGTH_FIELD..]);
+        let mut inner = self.inner;
+        inner.compress(buffer);
+
+        // Outer hash: one block holding the inner digest.
+        let mut block = [0u8; 128];
+        inner.write_digest(&mut block);
+        block[S::OUTPUT] = 0x80;
+        let bits = ((S::BLOCK + S::OUTPUT) as u128) * 8;
+        block[S::BLOCK - S::LENGTH_FIELD..S::BLOCK]
+            .copy_from_slice(&bits.to_be_bytes()[16 - S::LENGTH_FIELD..]);
+        let mut outer = self.outer;
+        outer.compress(&block[..S::BLOCK]);
+        outer.write_digest(&mut out.bytes);
+        out.len = S::OUTPUT;
+        inner.zeroize();
+        outer.zeroize();
+    }
+}
+
+impl<S: ChainingState> Drop for Pads<S> {
+    fn drop(&mut self) {
+        self.inner.zeroize();
+        self.outer.zeroize();
+    }
+}
+
+/// An HMAC key with its pads already absorbed: 40 bytes of state for SHA-1 instead of
+/// the key, so a table of a million prepared keys stays small. Wiped on drop; its Debug
+/// output is redacted.
+#[derive(Clone)]
+pub struct HmacKey(PreparedPads);
+
+#[derive(Clone)]
+enum PreparedPads {
+    Sha1(Pads<[u32; 5]>),
+    Sha256(Pads<[u32; 8]>),
+    Sha512(Pads<[u64; 8]>),
+}
 
 impl core::fmt::Debug for HmacKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -119,42 +278,30 @@ impl HmacKey {
         if key.is_empty() {
             return Err(Error::input("key", "must not be empty"));
         }
-        // HMAC accepts any key length (RFC 2104 section 2), so these cannot fail.
-        Ok(match algorithm {
-            HashAlgorithm::Sha1 => HmacKey::Sha1(Hmac::new_from_slice(key).expect("any length")),
-            HashAlgorithm::Sha256 => {
-                HmacKey::Sha256(Hmac::new_from_slice(key).expect("any length"))
-            }
-            HashAlgorithm::Sha512 => {
-                HmacKey::Sha512(Hmac::new_from_slice(key).expect("any length"))
-            }
-        })
+        let hash = |k: &[u8]| algorithm.digest(k);
+        Ok(HmacKey(match algorithm {
+            HashAlgorithm::Sha1 => PreparedPads::Sha1(Pads::new(key, hash)),
+            HashAlgorithm::Sha256 => PreparedPads::Sha256(Pads::new(key, hash)),
+            HashAlgorithm::Sha512 => PreparedPads::Sha512(Pads::new(key, hash)),
+        }))
     }
 
     pub fn algorithm(&self) -> HashAlgorithm {
-        match self {
-            HmacKey::Sha1(_) => HashAlgorithm::Sha1,
-            HmacKey::Sha256(_) => HashAlgorithm::Sha256,
-            HmacKey::Sha512(_) => HashAlgorithm::Sha512,
+        match self.0 {
+            PreparedPads::Sha1(_) => HashAlgorithm::Sha1,
+            PreparedPads::Sha256(_) => HashAlgorithm::Sha256,
+            PreparedPads::Sha512(_) => HashAlgorithm::Sha512,
         }
     }
 
     /// HMAC of the concatenation of `parts`, leaving the prepared key untouched.
     #[inline]
     pub fn mac(&self, parts: &[&[u8]]) -> DigestOutput {
-        fn run<M: Mac + Clone>(key: &M, parts: &[&[u8]], out: &mut DigestOutput) {
-            let mut mac = key.clone();
-            for part in parts {
-                mac.update(part);
-            }
-            let tag = mac.finalize().into_bytes();
-            out.bytes[..tag.len()].copy_from_slice(&tag);
-        }
-        let mut out = DigestOutput::empty(self.algorithm().output_len());
-        match self {
-            HmacKey::Sha1(key) => run(key, parts, &mut out),
-            HmacKey::Sha256(key) => run(key, parts, &mut out),
-            HmacKey::Sha512(key) => run(key, parts, &mut out),
+        let mut out = DigestOutput::empty(0);
+        match &self.0 {
+            PreparedPads::Sha1(pads) => pads.mac(parts, &mut out),
+            PreparedPads::Sha256(pads) => pads.mac(parts, &mut out),
+            PreparedPads::Sha512(pads) => pads.mac(parts, &mut out),
         }
         out
     }
@@ -172,6 +319,60 @@ mod tests {
             hex::encode(tag.as_bytes()),
             "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"
         );
+    }
+
+    /// RFC 4231 test case 6: a 131-byte key (longer than a block) with SHA-256/512.
+    #[test]
+    fn rfc4231_case_6_long_key() {
+        let key = [0xaau8; 131];
+        let msg = b"Test Using Larger Than Block-Size Key - Hash Key First";
+        let sha256 = HmacKey::new(HashAlgorithm::Sha256, &key)
+            .unwrap()
+            .mac(&[msg]);
+        assert_eq!(
+            hex::encode(sha256.as_bytes()),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+        let sha512 = HmacKey::new(HashAlgorithm::Sha512, &key)
+            .unwrap()
+            .mac(&[msg]);
+        assert_eq!(
+            hex::encode(sha512.as_bytes()),
+            "80b24263c7c1a3ebb71493c1dd7be8b49b46d1f41b4aeec1121b013783f8f352\
+             6b56d037e05f2598bd0fd2215d6a1e5295e64f73f63f0aec8b915a985d786598"
+        );
+    }
+
+    /// The block-level HMAC agrees with RustCrypto's `hmac` crate for every key and
+    /// message length around the block and padding boundaries.
+    #[test]
+    fn agrees_with_the_hmac_crate_at_every_boundary() {
+        use hmac::{Hmac, KeyInit, Mac};
+        fn reference<M: Mac + KeyInit>(key: &[u8], msg: &[u8]) -> Vec<u8> {
+            let mut mac = <M as KeyInit>::new_from_slice(key).unwrap();
+            mac.update(msg);
+            mac.finalize().into_bytes().to_vec()
+        }
+        let data: Vec<u8> = (0..700u32).map(|i| (i * 31 + 7) as u8).collect();
+        for key_len in [1, 20, 63, 64, 65, 127, 128, 129, 200] {
+            for msg_len in [0, 1, 54, 55, 56, 63, 64, 111, 112, 119, 128, 300, 511, 600] {
+                let (key, msg) = (&data[..key_len], &data[100..100 + msg_len]);
+                let split = msg_len / 3;
+                let parts: [&[u8]; 2] = [&msg[..split], &msg[split..]];
+                for (algorithm, expected) in [
+                    (HashAlgorithm::Sha1, reference::<Hmac<Sha1>>(key, msg)),
+                    (HashAlgorithm::Sha256, reference::<Hmac<Sha256>>(key, msg)),
+                    (HashAlgorithm::Sha512, reference::<Hmac<Sha512>>(key, msg)),
+                ] {
+                    let ours = HmacKey::new(algorithm, key).unwrap().mac(&parts);
+                    assert_eq!(
+                        ours.as_bytes(),
+                        &expected[..],
+                        "{algorithm:?} {key_len} {msg_len}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

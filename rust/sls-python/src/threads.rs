@@ -17,7 +17,7 @@ use crate::errors::invalid;
 
 /// Batches smaller than this run on the calling thread without releasing the GIL: for a
 /// few items, waking a pool costs more than the work (blake3-py's GIL_MINSIZE idea).
-pub const PARALLEL_MIN_ITEMS: usize = 512;
+pub const PARALLEL_MIN_ITEMS: usize = 2048;
 
 struct Pools {
     pid: u32,
@@ -27,8 +27,14 @@ struct Pools {
 static POOLS: OnceLock<Mutex<Pools>> = OnceLock::new();
 
 /// Threads used when a call gives none: `SLS_CORE_THREADS` if set, else every core.
+/// Read once per process: finding the core count reads cgroup files (~30 µs).
 #[pyfunction]
 pub fn default_threads() -> usize {
+    static DEFAULT: OnceLock<usize> = OnceLock::new();
+    *DEFAULT.get_or_init(read_default_threads)
+}
+
+fn read_default_threads() -> usize {
     std::env::var("SLS_CORE_THREADS")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())

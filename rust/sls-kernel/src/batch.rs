@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use subtle::Choice;
 
 use crate::error::Error;
-use crate::mac::{HashAlgorithm, HmacKey};
+use crate::mac::{HashAlgorithm, HmacKey, HmacKeyRef, PreparedKeys};
 use crate::ocra::{OcraInput, OcraSuite};
 use crate::otp::{OtpParams, TotpParams, WindowMatch};
 
@@ -120,34 +120,23 @@ impl<'a> ByteColumn<'a> {
 /// then skips the two key-pad compressions.
 #[derive(Debug, Clone)]
 pub struct KeyTable {
-    algorithm: HashAlgorithm,
-    keys: Vec<HmacKey>,
+    keys: PreparedKeys,
 }
 
 impl KeyTable {
-    /// Prepares every key of `keys` (in parallel). An empty key is an error naming its row.
+    /// Prepares every key of `keys`. An empty key is an error naming its row.
     pub fn new(
         algorithm: HashAlgorithm,
         keys: &ByteColumn<'_>,
         execution: Execution,
     ) -> Result<Self, Error> {
-        let prepare = |row: usize| {
-            HmacKey::new(algorithm, keys.get(row))
-                .map_err(|_| Error::input("keys", format!("row {row}: must not be empty")))
-        };
-        let keys = match execution {
-            Execution::Sequential => (0..keys.len()).map(prepare).collect::<Result<Vec<_>, _>>(),
-            Execution::Parallel => (0..keys.len())
-                .into_par_iter()
-                .with_min_len(CHUNK)
-                .map(prepare)
-                .collect::<Result<Vec<_>, _>>(),
-        }?;
-        Ok(KeyTable { algorithm, keys })
+        let keys = PreparedKeys::new(algorithm, keys.len(), &|row| keys.get(row), execution)
+            .map_err(|row| Error::input("keys", format!("row {row}: must not be empty")))?;
+        Ok(KeyTable { keys })
     }
 
     pub fn algorithm(&self) -> HashAlgorithm {
-        self.algorithm
+        self.keys.algorithm()
     }
 
     pub fn len(&self) -> usize {
@@ -158,7 +147,8 @@ impl KeyTable {
         self.keys.is_empty()
     }
 
-    pub fn get(&self, row: usize) -> Option<&HmacKey> {
+    #[inline]
+    pub fn get(&self, row: usize) -> Option<HmacKeyRef<'_>> {
         self.keys.get(row)
     }
 }
@@ -178,16 +168,16 @@ pub enum KeyColumn<'a> {
 // Boxing the owned key would allocate once per item in the hot loop.
 #[allow(clippy::large_enum_variant)]
 enum KeyRef<'k> {
-    Borrowed(&'k HmacKey),
+    Borrowed(HmacKeyRef<'k>),
     Owned(HmacKey),
 }
 
-impl core::ops::Deref for KeyRef<'_> {
-    type Target = HmacKey;
-    fn deref(&self) -> &HmacKey {
+impl KeyRef<'_> {
+    #[inline]
+    fn get(&self) -> HmacKeyRef<'_> {
         match self {
-            KeyRef::Borrowed(key) => key,
-            KeyRef::Owned(key) => key,
+            KeyRef::Borrowed(key) => *key,
+            KeyRef::Owned(key) => key.into(),
         }
     }
 }
@@ -360,7 +350,7 @@ impl OcraSuite {
                 let row = base + offset;
                 let outcome = match batch.keys.key(algorithm, row) {
                     Some(key) => self
-                        .verify(&key, responses.get(row), &batch.input(row))
+                        .verify(key.get(), responses.get(row), &batch.input(row))
                         .unwrap_or(Outcome::Malformed),
                     None => Outcome::Malformed,
                 };
@@ -391,10 +381,12 @@ impl OcraSuite {
                     .keys
                     .key(algorithm, row)
                     .ok_or_else(|| Error::input("keys", format!("row {row}: must not be empty")))?;
-                let value = self.compute_value(&key, &batch.input(row)).map_err(|e| {
-                    let field = e.field();
-                    Error::input(field, format!("row {row}: {}", rule_of(&e)))
-                })?;
+                let value = self
+                    .compute_value(key.get(), &batch.input(row))
+                    .map_err(|e| {
+                        let field = e.field();
+                        Error::input(field, format!("row {row}: {}", rule_of(&e)))
+                    })?;
                 write_code(format, value, cell);
             }
             Ok(())
@@ -520,7 +512,7 @@ impl<'a> OtpBatch<'a> {
                     mode.window(self.moving_factors[row]),
                 ) {
                     (Some(key), Ok((first, last))) => {
-                        params.verify_range(&key, codes.get(row), first, last)
+                        params.verify_range(key.get(), codes.get(row), first, last)
                     }
                     _ => WindowMatch::Malformed,
                 };
@@ -563,7 +555,7 @@ impl<'a> OtpBatch<'a> {
                     .map_err(|e| Error::input(e.field(), format!("row {row}: {}", rule_of(&e))))?;
                 params
                     .format()
-                    .write_fixed(params.value(&key, counter), cell);
+                    .write_fixed(params.value(key.get(), counter), cell);
             }
             Ok(())
         })

@@ -15,6 +15,6 @@ pub mod otp;
 
 pub use batch::{ByteColumn, Execution, KeyColumn, KeyTable, Outcome};
 pub use error::Error;
-pub use mac::{HashAlgorithm, HmacKey};
+pub use mac::{HashAlgorithm, HmacKey, HmacKeyRef, PreparedKeys};
 pub use ocra::{OcraInput, OcraSuite};
 pub use otp::{OtpParams, TotpParams, WindowMatch};

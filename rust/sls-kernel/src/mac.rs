@@ -266,6 +266,154 @@ enum PreparedPads {
     Sha512(Pads<[u64; 8]>),
 }
 
+/// A borrowed prepared key: what every MAC computation takes, whether the key was
+/// prepared alone ([`HmacKey`]) or in a dense table ([`PreparedKeys`]).
+#[derive(Clone, Copy)]
+pub struct HmacKeyRef<'a>(PadsRef<'a>);
+
+#[derive(Clone, Copy)]
+enum PadsRef<'a> {
+    Sha1(&'a Pads<[u32; 5]>),
+    Sha256(&'a Pads<[u32; 8]>),
+    Sha512(&'a Pads<[u64; 8]>),
+}
+
+impl core::fmt::Debug for HmacKeyRef<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "HmacKeyRef({}, redacted)", self.algorithm().name())
+    }
+}
+
+impl<'a> From<&'a HmacKey> for HmacKeyRef<'a> {
+    fn from(key: &'a HmacKey) -> Self {
+        HmacKeyRef(match &key.0 {
+            PreparedPads::Sha1(pads) => PadsRef::Sha1(pads),
+            PreparedPads::Sha256(pads) => PadsRef::Sha256(pads),
+            PreparedPads::Sha512(pads) => PadsRef::Sha512(pads),
+        })
+    }
+}
+
+impl HmacKeyRef<'_> {
+    pub fn algorithm(self) -> HashAlgorithm {
+        match self.0 {
+            PadsRef::Sha1(_) => HashAlgorithm::Sha1,
+            PadsRef::Sha256(_) => HashAlgorithm::Sha256,
+            PadsRef::Sha512(_) => HashAlgorithm::Sha512,
+        }
+    }
+
+    /// HMAC of the concatenation of `parts`.
+    #[inline]
+    pub fn mac(self, parts: &[&[u8]]) -> DigestOutput {
+        let mut out = DigestOutput::empty(0);
+        match self.0 {
+            PadsRef::Sha1(pads) => pads.mac(parts, &mut out),
+            PadsRef::Sha256(pads) => pads.mac(parts, &mut out),
+            PadsRef::Sha512(pads) => pads.mac(parts, &mut out),
+        }
+        out
+    }
+}
+
+/// Many keys prepared for one algorithm, stored densely (40 bytes a key for SHA-1), so a
+/// table of a million devices stays cache-friendly under random access.
+#[derive(Clone)]
+pub struct PreparedKeys(TableStorage);
+
+#[derive(Clone)]
+enum TableStorage {
+    Sha1(Vec<Pads<[u32; 5]>>),
+    Sha256(Vec<Pads<[u32; 8]>>),
+    Sha512(Vec<Pads<[u64; 8]>>),
+}
+
+impl core::fmt::Debug for PreparedKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "PreparedKeys({}, {} keys, redacted)",
+            self.algorithm().name(),
+            self.len()
+        )
+    }
+}
+
+fn prepare_all<'k, S: ChainingState + Send + Sync>(
+    algorithm: HashAlgorithm,
+    rows: usize,
+    key_at: &(dyn Fn(usize) -> &'k [u8] + Sync),
+    execution: crate::batch::Execution,
+) -> Result<Vec<Pads<S>>, usize> {
+    use rayon::prelude::*;
+    let prepare = |row: usize| {
+        let key = key_at(row);
+        if key.is_empty() {
+            return Err(row);
+        }
+        Ok(Pads::<S>::new(key, |k| algorithm.digest(k)))
+    };
+    match execution {
+        crate::batch::Execution::Sequential => (0..rows).map(prepare).collect(),
+        crate::batch::Execution::Parallel => (0..rows)
+            .into_par_iter()
+            .with_min_len(1024)
+            .map(prepare)
+            .collect(),
+    }
+}
+
+impl PreparedKeys {
+    /// Prepares `rows` keys; `Err(row)` names the first empty key found.
+    pub fn new<'k>(
+        algorithm: HashAlgorithm,
+        rows: usize,
+        key_at: &(dyn Fn(usize) -> &'k [u8] + Sync),
+        execution: crate::batch::Execution,
+    ) -> Result<Self, usize> {
+        Ok(PreparedKeys(match algorithm {
+            HashAlgorithm::Sha1 => {
+                TableStorage::Sha1(prepare_all(algorithm, rows, key_at, execution)?)
+            }
+            HashAlgorithm::Sha256 => {
+                TableStorage::Sha256(prepare_all(algorithm, rows, key_at, execution)?)
+            }
+            HashAlgorithm::Sha512 => {
+                TableStorage::Sha512(prepare_all(algorithm, rows, key_at, execution)?)
+            }
+        }))
+    }
+
+    pub fn algorithm(&self) -> HashAlgorithm {
+        match self.0 {
+            TableStorage::Sha1(_) => HashAlgorithm::Sha1,
+            TableStorage::Sha256(_) => HashAlgorithm::Sha256,
+            TableStorage::Sha512(_) => HashAlgorithm::Sha512,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            TableStorage::Sha1(v) => v.len(),
+            TableStorage::Sha256(v) => v.len(),
+            TableStorage::Sha512(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    pub fn get(&self, row: usize) -> Option<HmacKeyRef<'_>> {
+        Some(HmacKeyRef(match &self.0 {
+            TableStorage::Sha1(v) => PadsRef::Sha1(v.get(row)?),
+            TableStorage::Sha256(v) => PadsRef::Sha256(v.get(row)?),
+            TableStorage::Sha512(v) => PadsRef::Sha512(v.get(row)?),
+        }))
+    }
+}
+
 impl core::fmt::Debug for HmacKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "HmacKey({}, redacted)", self.algorithm().name())
@@ -287,23 +435,13 @@ impl HmacKey {
     }
 
     pub fn algorithm(&self) -> HashAlgorithm {
-        match self.0 {
-            PreparedPads::Sha1(_) => HashAlgorithm::Sha1,
-            PreparedPads::Sha256(_) => HashAlgorithm::Sha256,
-            PreparedPads::Sha512(_) => HashAlgorithm::Sha512,
-        }
+        HmacKeyRef::from(self).algorithm()
     }
 
     /// HMAC of the concatenation of `parts`, leaving the prepared key untouched.
     #[inline]
     pub fn mac(&self, parts: &[&[u8]]) -> DigestOutput {
-        let mut out = DigestOutput::empty(0);
-        match &self.0 {
-            PreparedPads::Sha1(pads) => pads.mac(parts, &mut out),
-            PreparedPads::Sha256(pads) => pads.mac(parts, &mut out),
-            PreparedPads::Sha512(pads) => pads.mac(parts, &mut out),
-        }
-        out
+        HmacKeyRef::from(self).mac(parts)
     }
 }
 

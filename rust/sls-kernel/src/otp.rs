@@ -7,7 +7,7 @@ use subtle::{Choice, ConditionallySelectable};
 
 use crate::code::{same_code, CodeFormat};
 use crate::error::Error;
-use crate::mac::HmacKey;
+use crate::mac::HmacKeyRef;
 
 /// RFC 4226 section 5.3 requires at least 6 digits; 10 is all a 31-bit value holds.
 pub const MIN_OTP_DIGITS: u8 = 6;
@@ -54,19 +54,27 @@ impl OtpParams {
 
     /// HOTP value for `counter` (RFC 4226 section 5.3).
     #[inline]
-    pub fn value(self, key: &HmacKey, counter: u64) -> u64 {
+    pub fn value<'k>(self, key: impl Into<HmacKeyRef<'k>>, counter: u64) -> u64 {
+        let key = key.into();
         self.format
             .value(key.mac(&[&counter.to_be_bytes()]).as_bytes())
     }
 
     /// HOTP code for `counter`, zero-padded.
-    pub fn code(self, key: &HmacKey, counter: u64) -> String {
+    pub fn code<'k>(self, key: impl Into<HmacKeyRef<'k>>, counter: u64) -> String {
         self.format.format(self.value(key, counter))
     }
 
     /// Checks `code` against every counter in `first..=last`, each candidate in constant
     /// time (no early exit), and returns the lowest matching counter.
-    pub fn verify_range(self, key: &HmacKey, code: &[u8], first: u64, last: u64) -> WindowMatch {
+    pub fn verify_range<'k>(
+        self,
+        key: impl Into<HmacKeyRef<'k>>,
+        code: &[u8],
+        first: u64,
+        last: u64,
+    ) -> WindowMatch {
+        let key = key.into();
         let Some(typed) = self.format.parse(code) else {
             return WindowMatch::Malformed;
         };
@@ -147,7 +155,7 @@ impl TotpParams {
         ))
     }
 
-    pub fn code(self, key: &HmacKey, unix_time: u64) -> Result<String, Error> {
+    pub fn code<'k>(self, key: impl Into<HmacKeyRef<'k>>, unix_time: u64) -> Result<String, Error> {
         Ok(self.otp.code(key, self.time_step(unix_time)?))
     }
 }
@@ -155,7 +163,7 @@ impl TotpParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mac::HashAlgorithm;
+    use crate::mac::{HashAlgorithm, HmacKey};
 
     fn rfc_key() -> HmacKey {
         HmacKey::new(HashAlgorithm::Sha1, b"12345678901234567890").unwrap()

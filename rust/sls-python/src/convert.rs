@@ -42,10 +42,15 @@ pub fn blob(obj: &Bound<'_, PyAny>, field: &str, allow_str: bool) -> PyResult<Bl
         return Ok(Blob::Bytes(obj.extract()?));
     }
     if allow_str && obj.is_instance_of::<PyString>() {
-        return obj
-            .extract::<PyBackedStr>()
-            .map(Blob::Str)
-            .map_err(|_| invalid(field, "must be valid Unicode text"));
+        return match obj.extract::<PyBackedStr>() {
+            Ok(text) => Ok(Blob::Str(text)),
+            // Lone surrogates: keep the bytes so the value is judged (malformed) like any
+            // other non-digit text, instead of failing the call.
+            Err(_) => {
+                let raw = obj.call_method1("encode", ("utf-8", "surrogatepass"))?;
+                Ok(Blob::Bytes(raw.extract()?))
+            }
+        };
     }
     if obj.is_instance_of::<PyMemoryView>() {
         let copy = PyBytes::new(
@@ -160,7 +165,7 @@ pub fn column<'py>(
                 let numpy = obj.py().import("numpy")?;
                 numpy
                     .getattr("char")?
-                    .call_method1("encode", (obj, "utf-8"))?
+                    .call_method1("encode", (obj, "utf-8", "surrogatepass"))?
             }
             b'O' => return rows(obj, field, allow_str),
             _ => {
@@ -184,9 +189,11 @@ pub fn column<'py>(
             .call_method1("view", ("u1",))?
             .call_method1("reshape", ((rows, width),))?;
         let typed = matrix.cast_into::<PyArray2<u8>>().map_err(PyErr::from)?;
+        // numpy pads S cells with NULs; text columns end at the padding, while binary
+        // columns (keys, PIN hashes, sessions) keep every byte, since a digest may end in 0x00.
         return Ok(ColumnData::Matrix {
             array: typed.readonly(),
-            nul_padded: true,
+            nul_padded: allow_str,
         });
     }
     rows(obj, field, allow_str)

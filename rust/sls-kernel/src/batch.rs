@@ -502,10 +502,8 @@ impl<'a> OtpBatch<'a> {
             }
         }
         let params = mode.params();
-        // One slot per item holds both results, so a single chunked pass fills them.
-        let mut slots: Vec<(u8, u64)> = vec![(0, 0); n];
-        each_chunk(execution, &mut slots, 1, |chunk, slots| {
-            for (offset, (outcome, step)) in slots.iter_mut().enumerate() {
+        let fill = |chunk: usize, (outcomes, matched): (&mut [u8], &mut [u64])| {
+            for (offset, (outcome, step)) in outcomes.iter_mut().zip(matched).enumerate() {
                 let row = chunk * CHUNK + offset;
                 let verdict = match (
                     self.keys.key(algorithm, row),
@@ -522,11 +520,18 @@ impl<'a> OtpBatch<'a> {
                     WindowMatch::Malformed => (Outcome::Malformed as u8, 0),
                 };
             }
-            Ok::<(), Error>(())
-        })?;
-        for ((outcome, step), (o, m)) in slots.into_iter().zip(outcomes.iter_mut().zip(matched)) {
-            *o = outcome;
-            *m = step;
+        };
+        match execution {
+            Execution::Sequential => outcomes
+                .chunks_mut(CHUNK)
+                .zip(matched.chunks_mut(CHUNK))
+                .enumerate()
+                .for_each(|(chunk, pair)| fill(chunk, pair)),
+            Execution::Parallel => outcomes
+                .par_chunks_mut(CHUNK)
+                .zip(matched.par_chunks_mut(CHUNK))
+                .enumerate()
+                .for_each(|(chunk, pair)| fill(chunk, pair)),
         }
         Ok(())
     }

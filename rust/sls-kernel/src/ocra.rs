@@ -34,7 +34,8 @@ pub enum QuestionFormat {
 }
 
 impl QuestionFormat {
-    fn letter(self) -> char {
+    /// The format's letter in a suite (`QA`, `QN`, `QH`).
+    pub fn letter(self) -> char {
         match self {
             QuestionFormat::Alphanumeric => 'A',
             QuestionFormat::Numeric => 'N',
@@ -538,15 +539,6 @@ fn encode_decimal_question(digits: &[u8], field: &mut [u8; QUESTION_FIELD_LEN]) 
     }
 }
 
-/// Renders a suite's question shape for messages, e.g. `QN06`.
-pub fn describe_question(suite: &OcraSuite) -> String {
-    format!(
-        "Q{}{:02}",
-        suite.question_format().letter(),
-        suite.question_nominal_len()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,7 +558,7 @@ mod tests {
         assert_eq!(s.pin_algorithm(), Some(HashAlgorithm::Sha256));
         assert_eq!(s.session_len(), Some(512));
         assert_eq!(s.time_step(), Some(48 * 3600));
-        assert_eq!(describe_question(&s), "QH64");
+        assert_eq!(s.question_format().letter(), 'H');
         let s = suite("OCRA-1:HOTP-SHA1-0:QA04-T30S");
         assert_eq!(s.digits(), 0);
         assert_eq!(s.time_step(), Some(30));

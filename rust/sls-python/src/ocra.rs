@@ -240,7 +240,8 @@ pub fn ocra_verify_batch<'py>(
     key_index: Option<&Bound<'py, PyAny>>,
     threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray1<u8>>> {
-    let suite = OcraSuite::parse(suite).map_err(to_py)?;
+    let suite = parse_suite(suite)?;
+    let suite: &OcraSuite = &suite;
     let data = BatchData::new(
         keys, questions, pin_hashes, counters, timestamps, sessions, key_index,
     )?;
@@ -271,7 +272,8 @@ pub fn ocra_compute_batch<'py>(
     key_index: Option<&Bound<'py, PyAny>>,
     threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
-    let suite = OcraSuite::parse(suite).map_err(to_py)?;
+    let suite = parse_suite(suite)?;
+    let suite: &OcraSuite = &suite;
     let data = BatchData::new(
         keys, questions, pin_hashes, counters, timestamps, sessions, key_index,
     )?;
@@ -289,18 +291,16 @@ pub fn ocra_compute_batch<'py>(
 /// What a suite string declares, as a dict (parsed and validated).
 #[pyfunction]
 pub fn ocra_suite_info<'py>(py: Python<'py>, suite: &str) -> PyResult<Bound<'py, PyDict>> {
-    let suite = OcraSuite::parse(suite).map_err(to_py)?;
+    let suite = parse_suite(suite)?;
     let info = PyDict::new(py);
     info.set_item("suite", suite.as_str())?;
     info.set_item("algorithm", suite.algorithm().name())?;
     info.set_item("digits", suite.digits())?;
     info.set_item("counter", suite.uses_counter())?;
-    let format = match suite.question_format() {
-        sls_kernel::ocra::QuestionFormat::Alphanumeric => "A",
-        sls_kernel::ocra::QuestionFormat::Numeric => "N",
-        sls_kernel::ocra::QuestionFormat::Hex => "H",
-    };
-    info.set_item("question_format", format)?;
+    info.set_item(
+        "question_format",
+        suite.question_format().letter().to_string(),
+    )?;
     info.set_item("question_length", suite.question_nominal_len())?;
     info.set_item("pin_algorithm", suite.pin_algorithm().map(|a| a.name()))?;
     info.set_item("session_length", suite.session_len())?;

@@ -1,5 +1,6 @@
 """Type stubs of the Rust extension ``sls_core._native`` (checked by mypy.stubtest)."""
 
+from collections.abc import Mapping
 from typing import Any, final
 
 import numpy as np
@@ -7,6 +8,10 @@ import numpy.typing as npt
 
 __all__ = [
     "KeyTable",
+    "TokenKeys",
+    "card_codes",
+    "card_verify",
+    "card_verify_batch",
     "__version__",
     "default_threads",
     "hotp_compute",
@@ -143,3 +148,36 @@ class KeyTable:
     def __len__(self) -> int: ...
     @property
     def algorithm(self) -> str: ...
+
+@final
+class TokenKeys:
+    """The server's challenge-token keys (HMAC-SHA256), several ids for rotation."""
+
+    def __new__(cls, keys: Mapping[int, bytes], *, active: int) -> TokenKeys: ...
+    @property
+    def active_key_id(self) -> int: ...
+    def seal(
+        self,
+        *,
+        purpose: int,
+        challenge_id: int,
+        user_id: int,
+        device_id: int,
+        issued_at: int | float,
+        expires_at: int | float,
+        challenge: int,
+    ) -> str: ...
+    def open(
+        self, token: str | bytes, now: int | float, *, skew: int = 0
+    ) -> tuple[int, int, int, int, int, int, int, int]: ...
+    def open_batch(
+        self, tokens: Any, now: int | float, *, skew: int = 0, threads: int | None = None
+    ) -> dict[str, npt.NDArray[Any]]: ...
+    @staticmethod
+    def status_name(status: int) -> str: ...
+
+def card_codes(card_secret: bytes, count: int) -> list[str]: ...
+def card_verify(card_secret: bytes, first: int, second: int, response: str | bytes) -> int: ...
+def card_verify_batch(
+    card_secrets: Any, indices: Any, responses: Any, *, threads: int | None = None
+) -> npt.NDArray[np.uint8]: ...

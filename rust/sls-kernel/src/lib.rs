@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod card;
+pub mod challenge;
 pub mod code;
 pub mod error;
 pub mod mac;
@@ -14,6 +16,8 @@ pub mod ocra;
 pub mod otp;
 
 pub use batch::{ByteColumn, Execution, KeyColumn, KeyTable, Outcome};
+pub use card::CardKey;
+pub use challenge::{ChallengeClaims, TokenKeys, TokenStatus};
 pub use error::Error;
 pub use mac::{HashAlgorithm, HmacKey, HmacKeyRef, PreparedKeys};
 pub use ocra::{OcraInput, OcraSuite};

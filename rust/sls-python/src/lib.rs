@@ -7,6 +7,7 @@
 use pyo3::prelude::*;
 
 mod convert;
+mod domain;
 mod errors;
 mod ocra;
 mod otp;
@@ -28,5 +29,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(otp::otp_compute_batch, m)?)?;
     m.add_function(wrap_pyfunction!(threads::default_threads, m)?)?;
     m.add_class::<convert::KeyTable>()?;
+    m.add_class::<domain::TokenKeys>()?;
+    m.add_function(wrap_pyfunction!(domain::card_codes, m)?)?;
+    m.add_function(wrap_pyfunction!(domain::card_verify, m)?)?;
+    m.add_function(wrap_pyfunction!(domain::card_verify_batch, m)?)?;
     Ok(())
 }

@@ -9,10 +9,10 @@ import numpy.typing as npt
 __all__ = [
     "KeyTable",
     "TokenKeys",
+    "__version__",
     "card_codes",
     "card_verify",
     "card_verify_batch",
-    "__version__",
     "default_threads",
     "hotp_compute",
     "hotp_verify",

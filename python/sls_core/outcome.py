@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["Outcome"]
+__all__ = ["LoginOutcome", "Outcome"]
 
 
 class Outcome(IntEnum):
@@ -17,3 +17,59 @@ class Outcome(IntEnum):
     OK = 0
     WRONG = 1
     MALFORMED = 2
+
+
+class LoginOutcome(IntEnum):
+    """The answer to "is this second factor right for this user, now?".
+
+    Each has a human :attr:`message` for the gateway to show; none carries a secret or code.
+    The numbers are stable: they are the values of batch result arrays and of the gRPC enum.
+    """
+
+    OK = 0
+    WRONG = 1
+    MALFORMED = 2
+    EXPIRED = 3
+    REPLAYED = 4
+    LOCKED = 5
+    UNKNOWN_USER = 6
+    NO_SUCH_DEVICE = 7
+    DEVICE_NOT_ACTIVE = 8
+    SCOPE_LIMITED = 9
+    INVALID_USERNAME = 10
+    CHALLENGE_INVALID = 11
+    ACCOUNT_CLOSED = 12
+
+    @property
+    def message(self) -> str:
+        return _MESSAGES[self]
+
+    @property
+    def counts_as_failure(self) -> bool:
+        """Only a wrong answer is a guess: malformed input, replays and refusals are not."""
+        return self is LoginOutcome.WRONG
+
+
+_MESSAGES = {
+    LoginOutcome.OK: "The second factor is correct.",
+    LoginOutcome.WRONG: "The response is not correct.",
+    LoginOutcome.MALFORMED: (
+        "The response is not in the expected format (digits only, no spaces, right length)."
+    ),
+    LoginOutcome.EXPIRED: "The challenge or temporary credential has expired; start again.",
+    LoginOutcome.REPLAYED: "This challenge was already used; request a new one.",
+    LoginOutcome.LOCKED: (
+        "Too many failed attempts: the account is locked until 24 hours after the last one."
+    ),
+    LoginOutcome.UNKNOWN_USER: "No such user.",
+    LoginOutcome.NO_SUCH_DEVICE: "The user has no such device.",
+    LoginOutcome.DEVICE_NOT_ACTIVE: "The device is not active.",
+    LoginOutcome.SCOPE_LIMITED: (
+        "The temporary passcode now only allows portal access to get an Online Security Code Card."
+    ),
+    LoginOutcome.INVALID_USERNAME: "The username has invalid characters.",
+    LoginOutcome.CHALLENGE_INVALID: "The challenge is not valid for this user and device.",
+    LoginOutcome.ACCOUNT_CLOSED: (
+        "The account is closed: portal access with username and password, statements only."
+    ),
+}

@@ -1,0 +1,126 @@
+"""Operator commands for the embedded store: ``python -m sls_core.admin COMMAND``.
+
+``rotate-master-key``
+    Adds a new master key to the key file and makes it active (the old keys stay, so every
+    record still opens), then re-seals every device secret, PIN hash and server secret
+    under it, a chunk per transaction, with a progress bar. Interrupted (Ctrl-C, a crash),
+    run the same command again: it finds the new key already active and re-seals only what
+    is left. ``--retire`` afterwards drops keys no record uses any more.
+
+``status``
+    Schema version, key ids in use, users, devices and consumed challenges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sls_core.sealing import MasterKeyRing
+from sls_core.store import SqliteStore
+
+__all__ = ["main"]
+
+
+def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    data = Path(args.data_dir)
+    key_file = Path(args.key_file) if args.key_file else data / "master-key.json"
+    if not (data / "sls.db").exists():
+        raise SystemExit(f"no store at {data / 'sls.db'}")
+    return data, key_file
+
+
+def _key_ids_in_use(db: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    conn = sqlite3.connect(db)
+    try:
+        blobs = conn.execute(
+            "SELECT secret FROM devices UNION ALL SELECT pin_hash FROM devices"
+            " UNION ALL SELECT sealed FROM server_secrets"
+        )
+        for (blob,) in blobs:
+            if blob is not None:
+                key_id = MasterKeyRing.key_id_of(blob)
+                counts[key_id] = counts.get(key_id, 0) + 1
+    finally:
+        conn.close()
+    return counts
+
+
+def rotate(args: argparse.Namespace) -> int:
+    data, key_file = _paths(args)
+    ring = MasterKeyRing.from_file(key_file)
+    if ring.active_key_id != args.new_key_id:
+        if args.new_key_id in ring.key_ids:
+            raise SystemExit(f"key id {args.new_key_id!r} exists but is not active: pick a new id")
+        ring = ring.with_new_active_key(args.new_key_id)
+        # Saved before any record changes: from here on, every record opens either way.
+        ring.save(key_file)
+        print(f"key file {key_file}: new active key {args.new_key_id!r}", file=sys.stderr)
+    else:
+        print(f"resuming: {args.new_key_id!r} is already active", file=sys.stderr)
+    store = SqliteStore(data / "sls.db", keyring=ring)
+    with tqdm(desc="re-sealing devices", unit="device", disable=args.quiet) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        changed = store.rotate_master_key(ring, chunk=args.chunk, progress=progress)
+    store.close()
+    print(f"re-sealed {changed} records under {ring.active_key_id!r}", file=sys.stderr)
+    if args.retire:
+        in_use = _key_ids_in_use(data / "sls.db")
+        kept = ring.retaining(set(in_use))
+        kept.save(key_file)
+        retired = sorted(ring.key_ids - kept.key_ids)
+        print(f"retired key ids: {', '.join(retired) or 'none'}", file=sys.stderr)
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    data, key_file = _paths(args)
+    ring = MasterKeyRing.from_file(key_file)
+    store = SqliteStore(data / "sls.db", keyring=ring)
+    conn = sqlite3.connect(data / "sls.db")
+    try:
+        counts = {
+            table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+            for table in ("users", "devices", "consumed", "failures")
+        }
+    finally:
+        conn.close()
+    print(f"store: {data / 'sls.db'} (schema version {store.schema_version})")
+    print(f"master keys: active {ring.active_key_id!r}, in file {sorted(ring.key_ids)}")
+    print(f"records per key id: {_key_ids_in_use(data / 'sls.db')}")
+    for table, count in counts.items():
+        print(f"{table}: {count}")
+    store.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sls_core.admin", description=__doc__)
+    parser.add_argument("--data-dir", default="data", help="the store's folder (default: data)")
+    parser.add_argument("--key-file", help="master key file (default: DATA_DIR/master-key.json)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    r = commands.add_parser("rotate-master-key", help="re-seal everything under a new key")
+    r.add_argument("--new-key-id", required=True, help="id of the new key, e.g. k2")
+    r.add_argument("--chunk", type=int, default=500, help="devices per transaction")
+    r.add_argument("--retire", action="store_true", help="then drop keys no record uses")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(run=rotate)
+    commands.add_parser("status", help="what the store holds").set_defaults(run=status)
+    args = parser.parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

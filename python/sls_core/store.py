@@ -1,0 +1,596 @@
+"""The durable store: SQLite embedded by default (one file, WAL, versioned schema).
+
+The domain layer (:mod:`sls_core.login`) talks to a store through :class:`Store` and the
+:class:`StoreTx` it opens, an interface narrow enough for a PostgreSQL implementation: rows
+in and out, no SQL outside this module. Every decision that must be exact across processes
+(a consumed challenge, a counted failure, an enrollment) is written inside one write
+transaction, so a process killed at any point leaves either all of it or none.
+
+Device secrets and PIN hashes are sealed with AES-256-GCM (:mod:`sls_core.sealing`) bound to
+their row (``aad = b"device:<id>:secret"``), and tagged with the master key id, so
+:meth:`SqliteStore.rotate_master_key` can re-seal them under a new key and resume after an
+interruption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from sls_core.errors import InvalidInputError
+from sls_core.sealing import MasterKeyRing
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "DeviceRow",
+    "SqliteStore",
+    "Store",
+    "StoreTx",
+    "UserRow",
+]
+
+#: The schema version this code writes; older files are migrated on open.
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, Sequence[str]] = {
+    1: (
+        """CREATE TABLE users (
+            id INTEGER PRIMARY KEY,
+            username TEXT NOT NULL UNIQUE,
+            identity TEXT NOT NULL,
+            opted_out INTEGER NOT NULL DEFAULT 0,
+            closed INTEGER NOT NULL DEFAULT 0,
+            preferred_device INTEGER,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE devices (
+            id INTEGER PRIMARY KEY,
+            type TEXT NOT NULL,
+            state TEXT NOT NULL,
+            serial TEXT NOT NULL,
+            suite TEXT,
+            secret BLOB,
+            pin_hash BLOB,
+            phone TEXT,
+            issued_at REAL NOT NULL,
+            shipped_at REAL,
+            activated_at REAL,
+            expires_at REAL,
+            replaces INTEGER REFERENCES devices(id)
+        )""",
+        "CREATE INDEX devices_by_key ON devices(secret)",
+        """CREATE TABLE user_devices (
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            device_id INTEGER NOT NULL REFERENCES devices(id),
+            PRIMARY KEY (user_id, device_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX user_devices_by_device ON user_devices(device_id)",
+        # Consecutive failures since the last success: the last 10 times, JSON.
+        "CREATE TABLE failures (user_id INTEGER PRIMARY KEY, times TEXT NOT NULL)",
+        # Challenges used once; rows past their expiry can be purged (the token is refused
+        # as expired before the replay check would matter).
+        "CREATE TABLE consumed (challenge_id INTEGER PRIMARY KEY, expires_at REAL NOT NULL)",
+        "CREATE TABLE sequences (name TEXT PRIMARY KEY, next_value INTEGER NOT NULL)",
+        "CREATE TABLE server_secrets (name TEXT PRIMARY KEY, sealed BLOB NOT NULL)",
+        # The change feed: every write to users/devices bumps it, so each process's
+        # in-memory directory reloads exactly what changed.
+        """CREATE TABLE changes (
+            generation INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id INTEGER,
+            device_id INTEGER
+        )""",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class UserRow:
+    id: int
+    username: str
+    identity: dict[str, str] = field(repr=False)
+    opted_out: bool
+    closed: bool
+    preferred_device: int | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    """A device row with its secrets opened. Never printed: the repr hides them."""
+
+    id: int
+    type: str
+    state: str
+    serial: str
+    suite: str | None
+    issued_at: float
+    shipped_at: float | None
+    activated_at: float | None
+    expires_at: float | None
+    replaces: int | None
+    phone: str | None = field(repr=False, default=None)
+    secret: bytes | None = field(repr=False, default=None)
+    pin_hash: bytes | None = field(repr=False, default=None)
+
+
+class StoreTx(Protocol):
+    """One write transaction: everything in it lands together or not at all."""
+
+    def generation(self) -> int: ...
+    def changes_since(self, generation: int) -> tuple[set[int], set[int]] | None: ...
+    def failures(self, user_ids: Iterable[int]) -> dict[int, list[float]]: ...
+    def put_failures(self, rows: dict[int, list[float]]) -> None: ...
+    def clear_failures(self, user_ids: Iterable[int]) -> None: ...
+    def consumed(self, challenge_ids: Sequence[int]) -> set[int]: ...
+    def consume(self, challenge_ids: Sequence[int], expires_at: float) -> None: ...
+    def insert_user(self, username: str, identity: dict[str, str], now: float) -> int: ...
+    def update_user(self, user_id: int, **values: Any) -> None: ...
+    def insert_device(self, row: DeviceRow, owners: Sequence[int]) -> int: ...
+    def update_device(self, device_id: int, **values: Any) -> None: ...
+    def link(self, user_id: int, device_id: int) -> None: ...
+    def bulk_enroll(
+        self, users: Sequence[tuple[str, dict[str, str]]], devices: Sequence[DeviceRow], now: float
+    ) -> None: ...
+    def users(self, user_ids: Iterable[int] | None = None) -> list[UserRow]: ...
+    def devices(self, device_ids: Iterable[int] | None = None) -> list[DeviceRow]: ...
+    def links(self, user_ids: Iterable[int] | None = None) -> list[tuple[int, int]]: ...
+    def reserve(self, name: str, count: int) -> int: ...
+    def server_secret(self, name: str, make: Callable[[], bytes]) -> bytes: ...
+
+
+class Store(Protocol):
+    def write(self) -> contextlib.AbstractContextManager[StoreTx]: ...
+    def close(self) -> None: ...
+
+
+def _ids_json(ids: Iterable[int]) -> str:
+    return json.dumps([int(i) for i in ids])
+
+
+class _SqliteTx:
+    def __init__(self, conn: sqlite3.Connection, keyring: MasterKeyRing) -> None:
+        self._conn = conn
+        self._keyring = keyring
+
+    # -- change feed -------------------------------------------------------------------
+    def generation(self) -> int:
+        row = self._conn.execute("SELECT max(generation) FROM changes").fetchone()
+        return int(row[0] or 0)
+
+    def _changed(self, user_id: int | None = None, device_id: int | None = None) -> None:
+        self._conn.execute(
+            "INSERT INTO changes (user_id, device_id) VALUES (?, ?)", (user_id, device_id)
+        )
+
+    def changes_since(self, generation: int) -> tuple[set[int], set[int]] | None:
+        """Users and devices changed after ``generation``; None when a bulk import
+        happened since (reload everything)."""
+        users: set[int] = set()
+        devices: set[int] = set()
+        for user_id, device_id in self._conn.execute(
+            "SELECT user_id, device_id FROM changes WHERE generation > ?", (generation,)
+        ):
+            if user_id is None and device_id is None:
+                return None
+            if user_id is not None:
+                users.add(user_id)
+            if device_id is not None:
+                devices.add(device_id)
+        return users, devices
+
+    # -- lockout -----------------------------------------------------------------------
+    def failures(self, user_ids: Iterable[int]) -> dict[int, list[float]]:
+        rows = self._conn.execute(
+            "SELECT user_id, times FROM failures WHERE user_id IN (SELECT value FROM json_each(?))",
+            (_ids_json(user_ids),),
+        )
+        return {uid: json.loads(times) for uid, times in rows}
+
+    def put_failures(self, rows: dict[int, list[float]]) -> None:
+        self._conn.executemany(
+            "INSERT INTO failures (user_id, times) VALUES (?, ?) "
+            "ON CONFLICT (user_id) DO UPDATE SET times = excluded.times",
+            [(uid, json.dumps(times)) for uid, times in rows.items()],
+        )
+
+    def clear_failures(self, user_ids: Iterable[int]) -> None:
+        self._conn.execute(
+            "DELETE FROM failures WHERE user_id IN (SELECT value FROM json_each(?))",
+            (_ids_json(user_ids),),
+        )
+
+    # -- replay ------------------------------------------------------------------------
+    def consumed(self, challenge_ids: Sequence[int]) -> set[int]:
+        if not challenge_ids:
+            return set()
+        rows = self._conn.execute(
+            "SELECT challenge_id FROM consumed "
+            "WHERE challenge_id IN (SELECT value FROM json_each(?))",
+            (_ids_json(challenge_ids),),
+        )
+        return {r[0] for r in rows}
+
+    def consume(self, challenge_ids: Sequence[int], expires_at: float) -> None:
+        # A plain INSERT: a duplicate here would be a bug upstream, and the primary key
+        # turns it into an error that rolls the whole batch back. One statement over a
+        # JSON array binds once instead of once per row.
+        self._conn.execute(
+            "INSERT INTO consumed (challenge_id, expires_at) SELECT value, ? FROM json_each(?)",
+            (expires_at, _ids_json(challenge_ids)),
+        )
+
+    def purge_consumed(self, before: float) -> int:
+        cur = self._conn.execute("DELETE FROM consumed WHERE expires_at <= ?", (before,))
+        return cur.rowcount
+
+    # -- users and devices -------------------------------------------------------------
+    def insert_user(self, username: str, identity: dict[str, str], now: float) -> int:
+        try:
+            cur = self._conn.execute(
+                "INSERT INTO users (username, identity, created_at) VALUES (?, ?, ?)",
+                (username, json.dumps(identity, sort_keys=True), now),
+            )
+        except sqlite3.IntegrityError:
+            raise InvalidInputError("username", "already taken") from None
+        user_id = int(cur.lastrowid or 0)
+        self._changed(user_id=user_id)
+        return user_id
+
+    _USER_COLUMNS = frozenset({"opted_out", "closed", "preferred_device"})
+    _DEVICE_COLUMNS = frozenset(
+        {"state", "activated_at", "expires_at", "shipped_at", "secret", "pin_hash", "suite"}
+    )
+
+    def update_user(self, user_id: int, **values: Any) -> None:
+        unknown = set(values) - self._USER_COLUMNS
+        if unknown:
+            raise ValueError(f"not user columns: {sorted(unknown)}")
+        sets = ", ".join(f"{k} = ?" for k in values)
+        self._conn.execute(f"UPDATE users SET {sets} WHERE id = ?", (*values.values(), user_id))  # noqa: S608
+        self._changed(user_id=user_id)
+
+    def _seal(self, device_id: int, what: str, value: bytes | None) -> bytes | None:
+        if value is None:
+            return None
+        return self._keyring.seal(value, aad=f"device:{device_id}:{what}".encode())
+
+    def _open(self, device_id: int, what: str, value: bytes | None) -> bytes | None:
+        if value is None:
+            return None
+        return self._keyring.open(value, aad=f"device:{device_id}:{what}".encode())
+
+    def insert_device(self, row: DeviceRow, owners: Sequence[int]) -> int:
+        cur = self._conn.execute(
+            "INSERT INTO devices (type, state, serial, suite, phone, issued_at, shipped_at,"
+            " activated_at, expires_at, replaces) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.type,
+                row.state,
+                row.serial,
+                row.suite,
+                row.phone,
+                row.issued_at,
+                row.shipped_at,
+                row.activated_at,
+                row.expires_at,
+                row.replaces,
+            ),
+        )
+        device_id = int(cur.lastrowid or 0)
+        self._conn.execute(
+            "UPDATE devices SET secret = ?, pin_hash = ? WHERE id = ?",
+            (
+                self._seal(device_id, "secret", row.secret),
+                self._seal(device_id, "pin_hash", row.pin_hash),
+                device_id,
+            ),
+        )
+        for owner in owners:
+            self.link(owner, device_id)
+        self._changed(device_id=device_id)
+        return device_id
+
+    def update_device(self, device_id: int, **values: Any) -> None:
+        unknown = set(values) - self._DEVICE_COLUMNS
+        if unknown:
+            raise ValueError(f"not device columns: {sorted(unknown)}")
+        for what in ("secret", "pin_hash"):
+            if what in values:
+                values[what] = self._seal(device_id, what, values[what])
+        sets = ", ".join(f"{k} = ?" for k in values)
+        self._conn.execute(
+            f"UPDATE devices SET {sets} WHERE id = ?",  # noqa: S608
+            (*values.values(), device_id),
+        )
+        self._changed(device_id=device_id)
+
+    def link(self, user_id: int, device_id: int) -> None:
+        self._conn.execute(
+            "INSERT OR IGNORE INTO user_devices (user_id, device_id) VALUES (?, ?)",
+            (user_id, device_id),
+        )
+        self._changed(user_id=user_id, device_id=device_id)
+
+    def bulk_enroll(
+        self, users: Sequence[tuple[str, dict[str, str]]], devices: Sequence[DeviceRow], now: float
+    ) -> None:
+        """Creates ``users[i]`` holding ``devices[i]`` for every i, in this transaction:
+        for migrations from another system and for benchmarks (a million devices in
+        seconds, not one transaction each)."""
+        if len(users) != len(devices):
+            raise InvalidInputError("devices", "one device per user")
+        first_user = int(self._conn.execute("SELECT coalesce(max(id), 0) FROM users").fetchone()[0])
+        first_device = int(
+            self._conn.execute("SELECT coalesce(max(id), 0) FROM devices").fetchone()[0]
+        )
+        try:
+            self._conn.executemany(
+                "INSERT INTO users (id, username, identity, created_at) VALUES (?, ?, ?, ?)",
+                (
+                    (first_user + 1 + i, name, json.dumps(identity, sort_keys=True), now)
+                    for i, (name, identity) in enumerate(users)
+                ),
+            )
+        except sqlite3.IntegrityError:
+            raise InvalidInputError("username", "already taken") from None
+        self._conn.executemany(
+            "INSERT INTO devices (id, type, state, serial, suite, secret, pin_hash, phone,"
+            " issued_at, shipped_at, activated_at, expires_at, replaces)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    first_device + 1 + i,
+                    d.type,
+                    d.state,
+                    d.serial,
+                    d.suite,
+                    self._seal(first_device + 1 + i, "secret", d.secret),
+                    self._seal(first_device + 1 + i, "pin_hash", d.pin_hash),
+                    d.phone,
+                    d.issued_at,
+                    d.shipped_at,
+                    d.activated_at,
+                    d.expires_at,
+                    None,
+                )
+                for i, d in enumerate(devices)
+            ),
+        )
+        self._conn.executemany(
+            "INSERT INTO user_devices (user_id, device_id) VALUES (?, ?)",
+            ((first_user + 1 + i, first_device + 1 + i) for i in range(len(users))),
+        )
+        self._changed()  # a bulk marker: every directory reloads in full
+
+    def users(self, user_ids: Iterable[int] | None = None) -> list[UserRow]:
+        query = (
+            "SELECT id, username, identity, opted_out, closed, preferred_device, created_at"
+            " FROM users"
+        )
+        if user_ids is None:
+            rows = self._conn.execute(query)
+        else:
+            rows = self._conn.execute(
+                query + " WHERE id IN (SELECT value FROM json_each(?))",  # noqa: S608 - constant
+                (_ids_json(user_ids),),
+            )
+        return [
+            UserRow(r[0], r[1], json.loads(r[2]), bool(r[3]), bool(r[4]), r[5], r[6]) for r in rows
+        ]
+
+    def devices(self, device_ids: Iterable[int] | None = None) -> list[DeviceRow]:
+        query = (
+            "SELECT id, type, state, serial, suite, issued_at, shipped_at, activated_at,"
+            " expires_at, replaces, phone, secret, pin_hash FROM devices"
+        )
+        if device_ids is None:
+            rows = self._conn.execute(query)
+        else:
+            rows = self._conn.execute(
+                query + " WHERE id IN (SELECT value FROM json_each(?))",  # noqa: S608 - constant
+                (_ids_json(device_ids),),
+            )
+        return [
+            DeviceRow(
+                id=r[0],
+                type=r[1],
+                state=r[2],
+                serial=r[3],
+                suite=r[4],
+                issued_at=r[5],
+                shipped_at=r[6],
+                activated_at=r[7],
+                expires_at=r[8],
+                replaces=r[9],
+                phone=r[10],
+                secret=self._open(r[0], "secret", r[11]),
+                pin_hash=self._open(r[0], "pin_hash", r[12]),
+            )
+            for r in rows
+        ]
+
+    def links(self, user_ids: Iterable[int] | None = None) -> list[tuple[int, int]]:
+        if user_ids is None:
+            rows = self._conn.execute("SELECT user_id, device_id FROM user_devices")
+        else:
+            rows = self._conn.execute(
+                "SELECT user_id, device_id FROM user_devices"
+                " WHERE user_id IN (SELECT value FROM json_each(?))",
+                (_ids_json(user_ids),),
+            )
+        return [(int(u), int(d)) for u, d in rows]
+
+    # -- sequences and server secrets --------------------------------------------------
+    def reserve(self, name: str, count: int) -> int:
+        """Reserves ``count`` consecutive numbers of sequence ``name``; returns the first."""
+        row = self._conn.execute(
+            "INSERT INTO sequences (name, next_value) VALUES (?, 1 + ?) "
+            "ON CONFLICT (name) DO UPDATE SET next_value = next_value + ? RETURNING next_value",
+            (name, count, count),
+        ).fetchone()
+        return int(row[0]) - count
+
+    def server_secret(self, name: str, make: Callable[[], bytes]) -> bytes:
+        aad = f"server:{name}".encode()
+        row = self._conn.execute(
+            "SELECT sealed FROM server_secrets WHERE name = ?", (name,)
+        ).fetchone()
+        if row is not None:
+            return self._keyring.open(row[0], aad=aad)
+        value = make()
+        self._conn.execute(
+            "INSERT INTO server_secrets (name, sealed) VALUES (?, ?)",
+            (name, self._keyring.seal(value, aad=aad)),
+        )
+        return value
+
+
+class SqliteStore:
+    """The embedded store: one SQLite file in WAL mode, shared safely by many processes.
+
+    Each thread gets its own connection. Write transactions are ``BEGIN IMMEDIATE``: they
+    take SQLite's single write lock up front, which is what makes replay and lockout exact
+    across every process that opens the same file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        keyring: MasterKeyRing,
+        busy_timeout: float = 30.0,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        if synchronous not in {"NORMAL", "FULL"}:
+            raise InvalidInputError("synchronous", "must be NORMAL or FULL")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._keyring = keyring
+        self._busy_timeout = busy_timeout
+        self._synchronous = synchronous
+        self._local = threading.local()
+        self._migrate()
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        pid = os.getpid()
+        if conn is None or getattr(self._local, "pid", None) != pid:
+            # A connection must never cross fork: the child opens its own.
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=True
+            )
+            conn.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL survives a killed process (the WAL is written before COMMIT
+            # returns); FULL also survives power loss, at a cost per commit.
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+            self._local.pid = pid
+        return conn
+
+    def _migrate(self) -> None:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise InvalidInputError(
+                    "store",
+                    f"schema version {version} is newer than this sls_core ({SCHEMA_VERSION})",
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[target]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._connection().execute("PRAGMA user_version").fetchone()[0])
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[_SqliteTx]:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield _SqliteTx(conn, self._keyring)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- master key rotation -----------------------------------------------------------
+    def rotate_master_key(
+        self,
+        keyring: MasterKeyRing,
+        *,
+        chunk: int = 500,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Re-seals every device secret, PIN hash and server secret not yet under
+        ``keyring``'s active key, ``chunk`` rows per transaction; returns how many rows
+        changed. Interrupted, it resumes where it stopped: finished rows carry the new key
+        id and are skipped. ``progress(done, total)`` is called after each chunk."""
+        self._keyring = keyring
+        active = keyring.active_key_id
+        conn = self._connection()
+
+        def stale_devices() -> list[int]:
+            ids = []
+            for device_id, secret, pin_hash in conn.execute(
+                "SELECT id, secret, pin_hash FROM devices"
+            ):
+                if any(
+                    blob is not None and MasterKeyRing.key_id_of(blob) != active
+                    for blob in (secret, pin_hash)
+                ):
+                    ids.append(device_id)
+            return ids
+
+        todo = stale_devices()
+        total, done = len(todo), 0
+        for start in range(0, total, chunk):
+            with self.write() as tx:
+                for row in tx.devices(todo[start : start + chunk]):
+                    conn.execute(
+                        "UPDATE devices SET secret = ?, pin_hash = ? WHERE id = ?",
+                        (
+                            tx._seal(row.id, "secret", row.secret),
+                            tx._seal(row.id, "pin_hash", row.pin_hash),
+                            row.id,
+                        ),
+                    )
+                    done += 1
+            if progress is not None:
+                progress(done, total)
+        with self.write() as tx:
+            for name, sealed in conn.execute("SELECT name, sealed FROM server_secrets").fetchall():
+                if MasterKeyRing.key_id_of(sealed) != active:
+                    aad = f"server:{name}".encode()
+                    value = keyring.open(sealed, aad=aad)
+                    conn.execute(
+                        "UPDATE server_secrets SET sealed = ? WHERE name = ?",
+                        (keyring.seal(value, aad=aad), name),
+                    )
+                    done += 1
+            del tx
+        return done

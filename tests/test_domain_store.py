@@ -1,0 +1,270 @@
+"""The store: durability, exactness across processes, encryption at rest and rotation.
+
+Concurrency and crash tests use real processes (``multiprocessing`` with the ``spawn``
+start method, so no process forks after rayon or SQLite started).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sls_core import ocra
+from sls_core.clock import ManualClock
+from sls_core.devices import DeviceType
+from sls_core.login import SecureLogin
+from sls_core.outcome import LoginOutcome
+from sls_core.sealing import MasterKeyRing, SealingError
+from sls_core.store import SCHEMA_VERSION, SqliteStore
+
+SUITE = "OCRA-1:HOTP-SHA1-8:QN06-PSHA1"
+SECRET = bytes(range(20))
+PIN = "4711"
+NOW = 1_800_000_000.0
+
+
+def _answer(challenge: str) -> str:
+    return ocra.compute(SUITE, SECRET, question=challenge, pin=PIN)
+
+
+def _setup(data: Path, users: int = 1) -> SecureLogin:
+    sls = SecureLogin.open(data, clock=ManualClock(NOW))
+    for u in range(users):
+        name = f"user{u}"
+        sls.create_user(name)
+        sls.enroll_device(name, DeviceType.DSC_PLUS, secret=SECRET, pin=PIN)
+    return sls
+
+
+def _verify_in_process(data: str, token: str, answer: str, start: object) -> int:
+    sls = SecureLogin.open(data, clock=ManualClock(NOW))
+    start.wait()  # type: ignore[attr-defined]
+    return int(sls.verify("user0", token, answer).outcome)
+
+
+def test_the_same_right_response_from_8_processes_at_once_is_ok_exactly_once(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    sls = _setup(data)
+    challenge = sls.issue_challenge("user0")
+    answer = _answer(challenge.challenge or "")
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        start = manager.Event()
+        with ctx.Pool(8) as pool:
+            pending = [
+                pool.apply_async(_verify_in_process, (str(data), challenge.token, answer, start))
+                for _ in range(8)
+            ]
+            start.set()
+            outcomes = sorted(p.get(timeout=120) for p in pending)
+    assert outcomes == [LoginOutcome.OK] + [LoginOutcome.REPLAYED] * 7
+
+
+_CRASHING_WORKER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from sls_core.clock import ManualClock
+    from sls_core.login import SecureLogin
+    from sls_core.store import _SqliteTx
+
+    data, mode = sys.argv[1], sys.argv[2]
+    sls = SecureLogin.open(data, clock=ManualClock({now}))
+    tokens = [line.split()[0] for line in open(os.path.join(data, "tokens.txt"))]
+    answers = [line.split()[1] for line in open(os.path.join(data, "tokens.txt"))]
+    original = getattr(_SqliteTx, mode)
+
+    def die_after(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 in the middle of the batch's writes
+
+    setattr(_SqliteTx, mode, die_after)
+    users = [f"user{{i}}" for i in range(len(tokens))]
+    sls.verify_batch(users, tokens, answers)
+    """
+).format(now=NOW)
+
+
+@pytest.mark.parametrize("die_after", ["consume", "put_failures"])
+def test_kill_9_in_the_middle_of_a_batch_loses_nothing_and_half_applies_nothing(
+    tmp_path: Path, die_after: str
+) -> None:
+    data = tmp_path / "data"
+    sls = _setup(data, users=20)
+    lines = []
+    for u in range(20):
+        challenge = sls.issue_challenge(f"user{u}")
+        answer = _answer(challenge.challenge or "")
+        if u % 2:  # odd users answer wrong: failures to count
+            answer = f"{(int(answer) + 1) % 10**8:08d}"
+        lines.append(f"{challenge.token} {answer}\n")
+    (data / "tokens.txt").write_text("".join(lines))
+    worker = subprocess.run(  # noqa: S603 - our own interpreter and script
+        [sys.executable, "-c", _CRASHING_WORKER, str(data), die_after],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert worker.returncode == -signal.SIGKILL, worker.stderr.decode()[-2000:]
+    # The batch died before COMMIT: nothing of it is applied, so the same attempts decide
+    # now, exactly once, and every failure is counted exactly once.
+    reopened = SecureLogin.open(data, clock=ManualClock(NOW))
+    tokens = [line.split()[0] for line in lines]
+    answers = [line.split()[1] for line in lines]
+    users = [f"user{u}" for u in range(20)]
+    first = reopened.verify_batch(users, tokens, answers)
+    assert [first[u] for u in range(20)] == [
+        LoginOutcome.WRONG if u % 2 else LoginOutcome.OK for u in range(20)
+    ]
+    again = reopened.verify_batch(users, tokens, answers)
+    assert all(again[u] is LoginOutcome.REPLAYED for u in range(20))
+    for u in range(20):
+        expected = 1 if u % 2 else 0
+        assert reopened.lockout_status(f"user{u}").consecutive_failures == expected
+
+
+def test_a_committed_batch_survives_kill_9(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    sls = _setup(data)
+    challenge = sls.issue_challenge("user0")
+    answer = _answer(challenge.challenge or "")
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from sls_core.clock import ManualClock
+        from sls_core.login import SecureLogin
+        sls = SecureLogin.open({str(data)!r}, clock=ManualClock({NOW}))
+        assert sls.verify("user0", {challenge.token!r}, {answer!r}).ok
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    worker = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", script], capture_output=True, check=False, timeout=120
+    )
+    assert worker.returncode == -signal.SIGKILL, worker.stderr.decode()[-2000:]
+    reopened = SecureLogin.open(data, clock=ManualClock(NOW))
+    assert reopened.verify("user0", challenge.token, answer).outcome is LoginOutcome.REPLAYED
+
+
+def test_an_enrollment_that_fails_halfway_does_not_exist(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    sls = _setup(data)
+    user_id = sls.user("user0").id
+
+    def enroll_then_fail() -> None:
+        with sls._write() as tx:
+            tx.store.insert_device(_row(), [user_id])
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        enroll_then_fail()
+    assert len(sls.devices("user0")) == 1
+    count = sqlite3.connect(data / "sls.db").execute("SELECT count(*) FROM devices").fetchone()
+    assert count == (1,)
+
+
+def _row():  # type: ignore[no-untyped-def]
+    from sls_core.store import DeviceRow
+
+    return DeviceRow(
+        id=0,
+        type="dsc_plus",
+        state="active",
+        serial="DS-X",
+        suite=SUITE,
+        issued_at=NOW,
+        shipped_at=None,
+        activated_at=NOW,
+        expires_at=None,
+        replaces=None,
+        secret=SECRET,
+        pin_hash=b"\x00" * 20,
+    )
+
+
+def test_schema_is_versioned_and_a_newer_file_is_refused(tmp_path: Path) -> None:
+    keyring = MasterKeyRing({"k1": os.urandom(32)}, "k1")
+    store = SqliteStore(tmp_path / "s.db", keyring=keyring)
+    assert store.schema_version == SCHEMA_VERSION
+    store.close()
+    conn = sqlite3.connect(tmp_path / "s.db")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(ValueError, match="newer"):
+        SqliteStore(tmp_path / "s.db", keyring=keyring)
+
+
+def test_device_secrets_are_tagged_with_their_key_id_and_bound_to_their_row(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    _setup(data, users=2)
+    conn = sqlite3.connect(data / "sls.db")
+    rows = conn.execute("SELECT id, secret FROM devices ORDER BY id").fetchall()
+    assert all(MasterKeyRing.key_id_of(secret) == "k1" for _, secret in rows)
+    # Swap the two sealed secrets: each is bound to its row, so neither opens.
+    (a, sa), (b, sb) = rows
+    conn.execute("UPDATE devices SET secret = ? WHERE id = ?", (sb, a))
+    conn.execute("UPDATE devices SET secret = ? WHERE id = ?", (sa, b))
+    conn.commit()
+    with pytest.raises(SealingError):
+        SecureLogin.open(data, clock=ManualClock(NOW)).devices("user0")
+
+
+def test_master_key_rotation_re_encrypts_everything_and_resumes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    sls = _setup(data, users=7)
+    challenge = sls.issue_challenge("user3")
+    key_file = data / "master-key.json"
+    old = MasterKeyRing.from_file(key_file)
+    new = old.with_new_active_key("k2")
+    store = SqliteStore(data / "sls.db", keyring=new)
+    seen: list[tuple[int, int]] = []
+
+    def stop_after_first_chunk(done: int, total: int) -> None:
+        seen.append((done, total))
+        if len(seen) == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.rotate_master_key(new, chunk=3, progress=stop_after_first_chunk)
+    assert seen == [(3, 7)]
+    rest = store.rotate_master_key(new, chunk=3, progress=lambda d, t: seen.append((d, t)))
+    assert rest == 4 + 3  # 4 devices left, then 3 server secrets
+    conn = sqlite3.connect(data / "sls.db")
+    ids = {MasterKeyRing.key_id_of(s) for (s,) in conn.execute("SELECT secret FROM devices")}
+    assert ids == {"k2"}
+    new.save(key_file)
+    reopened = SecureLogin.open(data, clock=ManualClock(NOW))
+    assert reopened.verify("user3", challenge.token, _answer(challenge.challenge or "")).ok
+
+
+def test_the_rotation_command_resumes_and_retires_the_old_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sls_core import admin
+
+    data = tmp_path / "data"
+    sls = _setup(data, users=5)
+    challenge = sls.issue_challenge("user2")
+    args = ["--data-dir", str(data), "rotate-master-key", "--new-key-id", "k2", "--quiet"]
+    assert admin.main([*args, "--chunk", "2"]) == 0
+    assert admin.main([*args, "--retire"]) == 0  # a second run resumes: nothing left
+    err = capsys.readouterr().err
+    assert "resuming" in err
+    assert "retired key ids: k1" in err
+    ring = MasterKeyRing.from_file(data / "master-key.json")
+    assert ring.key_ids == {"k2"}
+    reopened = SecureLogin.open(data, clock=ManualClock(NOW))
+    assert reopened.verify("user2", challenge.token, _answer(challenge.challenge or "")).ok
+    assert admin.main(["--data-dir", str(data), "status"]) == 0
+    assert "'k2': " in capsys.readouterr().out

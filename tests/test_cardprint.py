@@ -55,7 +55,7 @@ def test_the_repr_never_shows_the_codes() -> None:
         ("codes", {"codes": ("12", *CODES[1:])}),
         ("codes", {"codes": ("12a", *CODES[1:])}),
         ("codes", {"codes": ()}),
-        ("codes", {"codes": CODES + ("123",)}),
+        ("codes", {"codes": (*CODES, "123")}),
         ("serial", {"serial": ""}),
         ("username", {"username": ""}),
     ],

@@ -268,3 +268,41 @@ def test_the_rotation_command_resumes_and_retires_the_old_key(
     assert reopened.verify("user2", challenge.token, _answer(challenge.challenge or "")).ok
     assert admin.main(["--data-dir", str(data), "status"]) == 0
     assert "'k2': " in capsys.readouterr().out
+
+
+def test_a_version_1_store_is_migrated_on_open(tmp_path: Path) -> None:
+    from sls_core import store as store_module
+
+    keyring = MasterKeyRing({"k1": os.urandom(32)}, "k1")
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for statement in store_module._MIGRATIONS[1]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO consumed VALUES (7, 1.0)")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path, keyring=keyring)
+    assert store.schema_version == SCHEMA_VERSION == 2
+    with store.write() as tx:
+        assert tx.consumed([7]) == {7}
+        assert tx.purge_consumed(2.0) == 1
+    index = sqlite3.connect(path).execute(
+        "SELECT name FROM sqlite_master WHERE name = 'consumed_by_expiry'"
+    )
+    assert index.fetchone() == ("consumed_by_expiry",)
+
+
+def test_expired_consumed_challenges_are_purged_as_verification_goes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    clock = ManualClock(NOW)
+    sls = SecureLogin.open(data, clock=clock)
+    sls.create_user("user0")
+    sls.enroll_device("user0", DeviceType.DSC_PLUS, secret=SECRET, pin=PIN)
+    challenge = sls.issue_challenge("user0")
+    assert sls.verify("user0", challenge.token, _answer(challenge.challenge or "")).ok
+    db = sqlite3.connect(data / "sls.db")
+    assert db.execute("SELECT count(*) FROM consumed").fetchone() == (1,)
+    clock.advance(sls.challenge_ttl + 120)
+    sls.verify("user0", None, "x")  # any later batch purges
+    assert db.execute("SELECT count(*) FROM consumed").fetchone() == (0,)

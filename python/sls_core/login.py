@@ -78,6 +78,8 @@ CARD_INDICES = 100
 PASSCODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 PASSCODE_LENGTH = 12
 DEFAULT_CHALLENGE_TTL = 5 * 60.0
+#: How often each process deletes consumed challenges that have expired.
+PURGE_INTERVAL = 60.0
 SMS_CODE_DIGITS = 6
 OCRA_SUITES = {
     # DSC+ and Android IB Key put the device PIN in the computation.
@@ -442,6 +444,7 @@ class SecureLogin:
         self._directory = _Directory()
         self._lock = threading.RLock()
         self._ids: list[int] = []
+        self._next_purge = 0.0
         with store.write() as tx:
             token_key = tx.server_secret("token_key.1", lambda: secrets.token_bytes(32))
             self._pepper = tx.server_secret("passcode_pepper", lambda: secrets.token_bytes(32))
@@ -1024,6 +1027,11 @@ class SecureLogin:
             plan.resolve(device_ids)
             plan.evaluate()
             plan.settle(tx.store)
+            if now >= self._next_purge:
+                # A consumed challenge past its expiry can never be presented again (the
+                # token is refused as expired first), so its row is dead weight.
+                tx.store.purge_consumed(now)
+                self._next_purge = now + PURGE_INTERVAL
         return BatchResult(outcome, device_ids)
 
 

@@ -35,6 +35,8 @@ def check_phone(phone: object) -> str:
 
 
 class SmsSender(Protocol):
+    """What the domain layer needs from an SMS channel; a gateway client or the outbox."""
+
     def send(self, phone: str, text: str) -> None:
         """Delivers ``text`` to ``phone``; raises if it cannot."""
         ...
@@ -42,6 +44,8 @@ class SmsSender(Protocol):
 
 @dataclass(frozen=True)
 class OutboxMessage:
+    """One message read back from the outbox; ``text`` holds a code, so ``repr`` hides it."""
+
     to: str
     text: str = field(repr=False)
     sent_at: str
@@ -67,7 +71,10 @@ class OutboxSender:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, line.encode())
+            data = line.encode()
+            written = os.write(fd, data)
+            while written < len(data):  # a short write (full disk, signal): finish the line
+                written += os.write(fd, data[written:])
         finally:
             os.close(fd)  # closing releases the lock
 
@@ -75,7 +82,10 @@ class OutboxSender:
 def read_outbox(path: str | os.PathLike[str]) -> list[OutboxMessage]:
     """Every message in an outbox file, oldest first (an absent file is an empty outbox)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as outbox:
+            # A reader polling during a send would otherwise see half a line and fail to parse.
+            fcntl.flock(outbox.fileno(), fcntl.LOCK_SH)
+            text = outbox.read().decode("utf-8")
     except FileNotFoundError:
         return []
     return [

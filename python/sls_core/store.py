@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: The schema version this code writes; older files are migrated on open.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, Sequence[str]] = {
     1: (
@@ -65,7 +65,6 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
             expires_at REAL,
             replaces INTEGER REFERENCES devices(id)
         )""",
-        "CREATE INDEX devices_by_key ON devices(secret)",
         """CREATE TABLE user_devices (
             user_id INTEGER NOT NULL REFERENCES users(id),
             device_id INTEGER NOT NULL REFERENCES devices(id),
@@ -87,6 +86,8 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
             device_id INTEGER
         )""",
     ),
+    # 2: expired challenges are purged as verification goes (see purge_consumed).
+    2: ("CREATE INDEX consumed_by_expiry ON consumed(expires_at)",),
 }
 
 
@@ -130,6 +131,7 @@ class StoreTx(Protocol):
     def clear_failures(self, user_ids: Iterable[int]) -> None: ...
     def consumed(self, challenge_ids: Sequence[int]) -> set[int]: ...
     def consume(self, challenge_ids: Sequence[int], expires_at: float) -> None: ...
+    def purge_consumed(self, before: float) -> int: ...
     def insert_user(self, username: str, identity: dict[str, str], now: float) -> int: ...
     def update_user(self, user_id: int, **values: Any) -> None: ...
     def insert_device(self, row: DeviceRow, owners: Sequence[int]) -> int: ...

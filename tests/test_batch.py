@@ -146,7 +146,9 @@ def test_large_batch_agrees_with_scalar_verify_on_a_sample(batch: Batch) -> None
         )
 
 
-@pytest.mark.parametrize("layout", ["keytable", "keytable-index", "numpy-S", "object", "lists"])
+@pytest.mark.parametrize(
+    "layout", ["keytable", "keytable-index", "keytable-shuffled", "numpy-S", "object", "lists"]
+)
 def test_large_batch_gives_the_same_outcomes_in_every_key_layout(batch: Batch, layout: str) -> None:
     keys: Any
     key_index = None
@@ -157,6 +159,12 @@ def test_large_batch_gives_the_same_outcomes_in_every_key_layout(batch: Batch, l
         # The table holds the keys in reverse order; the index maps each item back.
         keys = KeyTable(batch.keys[::-1], algorithm="sha1", threads=2)
         key_index = np.arange(N - 1, -1, -1, dtype=np.int64)
+    elif layout == "keytable-shuffled":
+        # Rows in random order, as a server's table indexed by device id: the kernel warms
+        # each chunk's keys out of order, and the verdicts must stay in input order.
+        shuffled = np.random.default_rng(3).permutation(N)
+        keys = KeyTable(batch.keys[shuffled], algorithm="sha1", threads=2)
+        key_index = np.argsort(shuffled).astype(np.uint64)
     elif layout == "numpy-S":
         keys = batch.keys.view("S20").reshape(N)
     elif layout == "object":

@@ -3,7 +3,6 @@ message (``str``, ``repr``, ``args``, chained exceptions) ever carries the key, 
 the PIN hash or the response.
 
 Distinctive secret values are passed wherever a call takes them, so a leak would show.
-Tests marked xfail(strict=True) document package bugs (see the reasons).
 """
 
 from __future__ import annotations
@@ -771,45 +770,273 @@ def test_wrong_python_type_is_invalid_input_type_error(
     assert isinstance(exc, TypeError)
 
 
+# Parameters the bindings once converted with PyO3's own u8/u64/usize/&str extraction,
+# which raised a plain OverflowError or TypeError: each now raises the sls_core error that
+# names the field and the rule.
+FULL_RANGE = "must be an integer from 0 to 2**64-1"
+OTP_DIGITS = "must be from 6 to 10 (RFC 4226 section 5.3)"
+STEP_RANGE = "must be at least 1 second and at most 2**64-1"
+_BATCH_ARGS = ([SECRET_KEY], [SECRET_RESPONSE], [0])
+
+
+def _param(
+    call: Callable[[], Any],
+    field: str,
+    rule: str,
+    case_id: str,
+    cls: type[InvalidInputError] = InvalidInputError,
+) -> Any:
+    return pytest.param(call, field, rule, cls, id=case_id)
+
+
 NOT_SLS_ERROR_CASES: list[Any] = [
-    pytest.param(
+    # digits: negative, beyond u8, beyond any machine integer; float, numpy scalar.
+    _param(
+        lambda: hotp.compute(SECRET_KEY, 0, digits=-1), "digits", OTP_DIGITS, "hotp-digits-negative"
+    ),
+    _param(
+        lambda: hotp.compute(SECRET_KEY, 0, digits=300), "digits", OTP_DIGITS, "hotp-digits-300"
+    ),
+    _param(
+        lambda: hotp.verify(SECRET_KEY, SECRET_RESPONSE, 0, digits=2**200),
+        "digits",
+        OTP_DIGITS,
+        "hotp-verify-digits-2**200",
+    ),
+    _param(
+        lambda: totp.verify(SECRET_KEY, SECRET_RESPONSE, 0, digits=-(2**200)),
+        "digits",
+        OTP_DIGITS,
+        "totp-verify-digits-minus-2**200",
+    ),
+    _param(
+        lambda: hotp.verify_batch(*_BATCH_ARGS, digits=-1),
+        "digits",
+        OTP_DIGITS,
+        "hotp-batch-digits-negative",
+    ),
+    _param(
+        lambda: totp.compute_batch([SECRET_KEY], [0], digits=256),
+        "digits",
+        OTP_DIGITS,
+        "totp-compute-batch-digits-256",
+    ),
+    _param(
+        lambda: hotp.compute(SECRET_KEY, 0, digits=8.0),
+        "digits",
+        "expected int, got float",
+        "hotp-digits-float",
+        InvalidInputTypeError,
+    ),
+    _param(
+        lambda: hotp.compute(SECRET_KEY, 0, digits=np.int64(8)),
+        "digits",
+        "expected int, got int64",  # as for counters: Python int only
+        "hotp-digits-numpy-scalar",
+        InvalidInputTypeError,
+    ),
+    # step and t0.
+    _param(lambda: totp.compute(SECRET_KEY, 0, step=-30), "step", STEP_RANGE, "totp-step-negative"),
+    _param(lambda: totp.compute(SECRET_KEY, 0, step=2**64), "step", STEP_RANGE, "totp-step-2**64"),
+    _param(
+        lambda: totp.verify(SECRET_KEY, SECRET_RESPONSE, 0, step=-1),
+        "step",
+        STEP_RANGE,
+        "totp-verify-step-negative",
+    ),
+    _param(
+        lambda: totp.verify_batch(*_BATCH_ARGS, step=-30),
+        "step",
+        STEP_RANGE,
+        "totp-batch-step-negative",
+    ),
+    _param(
+        lambda: totp.compute(SECRET_KEY, 0, step="30"),
+        "step",
+        "expected int, got str",
+        "totp-step-str",
+        InvalidInputTypeError,
+    ),
+    _param(lambda: totp.compute(SECRET_KEY, 0, t0=-1), "t0", FULL_RANGE, "totp-t0-negative"),
+    _param(lambda: totp.compute(SECRET_KEY, 0, t0=2**64), "t0", FULL_RANGE, "totp-t0-2**64"),
+    _param(
+        lambda: totp.verify(SECRET_KEY, SECRET_RESPONSE, 0, t0=-1),
+        "t0",
+        FULL_RANGE,
+        "totp-verify-t0-negative",
+    ),
+    _param(
+        lambda: totp.compute_batch([SECRET_KEY], [0], t0=-1),
+        "t0",
+        FULL_RANGE,
+        "totp-compute-batch-t0-negative",
+    ),
+    _param(
+        lambda: totp.verify(SECRET_KEY, SECRET_RESPONSE, 0, t0=None),
+        "t0",
+        "expected int, got NoneType",
+        "totp-t0-none",
+        InvalidInputTypeError,
+    ),
+    # window: HOTP's int, TOTP's int or tuple, scalar and batch.
+    _param(
         lambda: hotp.verify(SECRET_KEY, SECRET_RESPONSE, 0, window=-1),
         "window",
-        id="hotp-window-negative",
+        FULL_RANGE,
+        "hotp-window-negative",
     ),
-    pytest.param(
-        lambda: hotp.compute(SECRET_KEY, 0, digits=-1), "digits", id="hotp-digits-negative"
+    _param(
+        lambda: hotp.verify(SECRET_KEY, SECRET_RESPONSE, 0, window=2**64),
+        "window",
+        FULL_RANGE,
+        "hotp-window-2**64",
     ),
-    pytest.param(lambda: hotp.compute(SECRET_KEY, 0, digits=300), "digits", id="hotp-digits-300"),
-    pytest.param(lambda: totp.compute(SECRET_KEY, 0, step=-30), "step", id="totp-step-negative"),
-    pytest.param(lambda: totp.compute(SECRET_KEY, 0, t0=-1), "t0", id="totp-t0-negative"),
-    pytest.param(
+    _param(
+        lambda: hotp.verify(SECRET_KEY, SECRET_RESPONSE, 0, window=1.5),
+        "window",
+        "expected int, got float",
+        "hotp-window-float",
+        InvalidInputTypeError,
+    ),
+    _param(
+        lambda: hotp.verify_batch(*_BATCH_ARGS, window=2**64),
+        "window",
+        FULL_RANGE,
+        "hotp-batch-window-2**64",
+    ),
+    _param(
+        lambda: totp.verify(SECRET_KEY, SECRET_RESPONSE, 0, window=(-1, 1)),
+        "window",
+        FULL_RANGE,
+        "totp-window-tuple-negative",
+    ),
+    _param(
+        lambda: totp.verify_batch(*_BATCH_ARGS, window=(0, 2**64)),
+        "window",
+        FULL_RANGE,
+        "totp-batch-window-tuple-2**64",
+    ),
+    # threads, on every batch entry point and KeyTable.
+    _param(
         lambda: ocra.verify_batch(SUITE, [SECRET_KEY], [QUESTION], [SECRET_RESPONSE], threads=-1),
         "threads",
-        id="threads-negative",
+        "must be at least 1",
+        "threads-negative",
     ),
-    pytest.param(
-        lambda: ocra.compute(12345, SECRET_KEY, question=QUESTION), "suite", id="suite-int"
+    _param(
+        lambda: ocra.compute_batch(SUITE, [SECRET_KEY], [QUESTION], threads=2**70),
+        "threads",
+        "must be at most 1024",
+        "compute-batch-threads-2**70",
     ),
-    pytest.param(
-        lambda: hotp.compute(SECRET_KEY, 0, algorithm=None), "algorithm", id="algorithm-none"
+    _param(
+        lambda: hotp.verify_batch(*_BATCH_ARGS, threads=-(2**70)),
+        "threads",
+        "must be at least 1",
+        "hotp-batch-threads-minus-2**70",
+    ),
+    _param(
+        lambda: totp.compute_batch([SECRET_KEY], [0], threads=-1),
+        "threads",
+        "must be at least 1",
+        "totp-compute-batch-threads-negative",
+    ),
+    _param(
+        lambda: KeyTable([SECRET_KEY], threads=-1),
+        "threads",
+        "must be at least 1",
+        "keytable-threads-negative",
+    ),
+    _param(
+        lambda: ocra.verify_batch(SUITE, [SECRET_KEY], [QUESTION], [SECRET_RESPONSE], threads=2.0),
+        "threads",
+        "expected int, got float",
+        "threads-float",
+        InvalidInputTypeError,
+    ),
+    # suite: every entry point that takes one.
+    _param(
+        lambda: ocra.compute(12345, SECRET_KEY, question=QUESTION),
+        "suite",
+        "expected str, got int",
+        "suite-int",
+        InvalidInputTypeError,
+    ),
+    _param(
+        lambda: ocra.verify(SUITE.encode(), SECRET_KEY, SECRET_RESPONSE, question=QUESTION),
+        "suite",
+        "expected str, got bytes",
+        "verify-suite-bytes",
+        InvalidInputTypeError,
+    ),
+    _param(
+        lambda: ocra.verify_batch(None, [SECRET_KEY], [QUESTION], [SECRET_RESPONSE]),
+        "suite",
+        "expected str, got NoneType",
+        "verify-batch-suite-none",
+        InvalidInputTypeError,
+    ),
+    _param(
+        lambda: ocra.compute_batch(1, [SECRET_KEY], [QUESTION]),
+        "suite",
+        "expected str, got int",
+        "compute-batch-suite-int",
+        InvalidInputTypeError,
+    ),
+    _param(
+        lambda: ocra.parse_suite(12345),
+        "suite",
+        "expected str, got int",
+        "parse-suite-int",
+        InvalidInputTypeError,
+    ),
+    _param(
+        lambda: ocra.verify(SUITE + "\ud800", SECRET_KEY, SECRET_RESPONSE, question=QUESTION),
+        "suite",
+        "must be text without lone surrogates",
+        "suite-lone-surrogate",
+        InvalidSuiteError,
+    ),
+    # algorithm: scalar, batch and KeyTable.
+    _param(
+        lambda: hotp.compute(SECRET_KEY, 0, algorithm=None),
+        "algorithm",
+        "expected str, got NoneType",
+        "algorithm-none",
+        InvalidInputTypeError,
+    ),
+    _param(
+        lambda: totp.verify(SECRET_KEY, SECRET_RESPONSE, 0, algorithm=b"sha1"),
+        "algorithm",
+        "expected str, got bytes",
+        "totp-algorithm-bytes",
+        InvalidInputTypeError,
+    ),
+    _param(
+        lambda: hotp.verify_batch(*_BATCH_ARGS, algorithm=1),
+        "algorithm",
+        "expected str, got int",
+        "hotp-batch-algorithm-int",
+        InvalidInputTypeError,
+    ),
+    _param(
+        lambda: KeyTable([SECRET_KEY], algorithm=None),
+        "algorithm",
+        "expected str, got NoneType",
+        "keytable-algorithm-none",
+        InvalidInputTypeError,
     ),
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parameters typed u8/u64/usize/&str in the PyO3 signatures (digits, step, "
-    "t0, HOTP window, threads, suite, algorithm) raise plain OverflowError/TypeError, not "
-    "the sls_core error hierarchy (TOTP's window=-1 does raise InvalidInputError)",
-)
-@pytest.mark.parametrize(("call", "field"), NOT_SLS_ERROR_CASES)
+@pytest.mark.parametrize(("call", "field", "rule", "cls"), NOT_SLS_ERROR_CASES)
 def test_out_of_range_or_ill_typed_parameter_raises_an_sls_error(
-    call: Callable[[], Any], field: str
+    call: Callable[[], Any], field: str, rule: str, cls: type[InvalidInputError]
 ) -> None:
-    with pytest.raises(SlsError) as excinfo:
-        call()
-    assert excinfo.value.field == field  # type: ignore[attr-defined]
+    exc = check(call, field, rule, cls)
+    # Raised directly, not on top of a PyO3 OverflowError/TypeError.
+    assert exc.__cause__ is None
+    assert exc.__context__ is None
 
 
 def test_pin_hash_hex_text_with_plus_signs_is_refused() -> None:

@@ -146,7 +146,9 @@ def test_large_batch_agrees_with_scalar_verify_on_a_sample(batch: Batch) -> None
         )
 
 
-@pytest.mark.parametrize("layout", ["keytable", "keytable-index", "numpy-S", "object", "lists"])
+@pytest.mark.parametrize(
+    "layout", ["keytable", "keytable-index", "keytable-shuffled", "numpy-S", "object", "lists"]
+)
 def test_large_batch_gives_the_same_outcomes_in_every_key_layout(batch: Batch, layout: str) -> None:
     keys: Any
     key_index = None
@@ -157,6 +159,12 @@ def test_large_batch_gives_the_same_outcomes_in_every_key_layout(batch: Batch, l
         # The table holds the keys in reverse order; the index maps each item back.
         keys = KeyTable(batch.keys[::-1], algorithm="sha1", threads=2)
         key_index = np.arange(N - 1, -1, -1, dtype=np.int64)
+    elif layout == "keytable-shuffled":
+        # Rows in random order, as a server's table indexed by device id: the kernel warms
+        # each chunk's keys out of order, and the verdicts must stay in input order.
+        shuffled = np.random.default_rng(3).permutation(N)
+        keys = KeyTable(batch.keys[shuffled], algorithm="sha1", threads=2)
+        key_index = np.argsort(shuffled).astype(np.uint64)
     elif layout == "numpy-S":
         keys = batch.keys.view("S20").reshape(N)
     elif layout == "object":
@@ -331,6 +339,55 @@ def test_uint8_matrix_cells_are_used_as_is_but_s_cells_drop_nul_padding() -> Non
     assert ocra.verify_batch(suite, [key], ["00000000"], exact).tolist() == [Outcome.OK]
     as_s = np.array([b"237653"], dtype="S8")
     assert ocra.verify_batch(suite, [key], ["00000000"], as_s).tolist() == [Outcome.OK]
+
+
+RFC_SUITE, RFC_KEY, RFC_QUESTION = "OCRA-1:HOTP-SHA1-6:QN08", b"12345678901234567890", "00000000"
+RFC_RESPONSE = "237653"  # RFC 6287 Appendix C, one-way challenge/response
+
+
+def test_trailing_nul_in_a_numpy_s_or_u_column_is_padding_as_numpy_itself_reads_it() -> None:
+    r"""Rule: numpy's fixed-width S and U dtypes cannot hold a trailing NUL (numpy reads
+    ``np.array([b"237653\0"], "S7")[0]`` back as ``b"237653"``), so a response or code in
+    such a column reads as numpy reads it, and verifies. Lists, scalars and object arrays
+    keep the NUL, and there it is malformed."""
+    with_nul = RFC_RESPONSE + "\x00"
+    s_column = np.array([with_nul.encode()], dtype="S7")
+    u_column = np.array([with_nul], dtype="U7")
+    assert s_column[0] == RFC_RESPONSE.encode()  # numpy's own semantics
+    assert u_column[0] == RFC_RESPONSE
+    for responses in (s_column, u_column):
+        outcomes = ocra.verify_batch(RFC_SUITE, [RFC_KEY], [RFC_QUESTION], responses)
+        assert outcomes.tolist() == [Outcome.OK]
+    hotp_codes = np.array([b"755224\x00"], dtype="S7")  # RFC 4226 Appendix D, counter 0
+    result = hotp.verify_batch([RFC_KEY], hotp_codes, [0])
+    assert result.outcomes.tolist() == [Outcome.OK]
+
+    for responses in ([with_nul], [with_nul.encode()], np.array([with_nul], dtype=object)):
+        outcomes = ocra.verify_batch(RFC_SUITE, [RFC_KEY], [RFC_QUESTION], responses)
+        assert outcomes.tolist() == [Outcome.MALFORMED]
+    assert ocra.verify(RFC_SUITE, RFC_KEY, with_nul, question=RFC_QUESTION) is False
+
+
+@pytest.mark.parametrize(
+    "response",
+    [b"237\x00653", b"23\x00653", b"\x00237653"],
+    ids=["inserted", "replacing-a-digit", "leading"],
+)
+def test_nul_before_the_end_of_a_numpy_s_or_u_cell_is_still_malformed(response: bytes) -> None:
+    """Only trailing NULs are numpy padding: one with a digit after it is part of the value."""
+    for responses in (np.array([response], dtype="S"), np.array([response.decode()], dtype="U")):
+        assert responses[0] == (response if responses.dtype.kind == "S" else response.decode())
+        outcomes = ocra.verify_batch(RFC_SUITE, [RFC_KEY], [RFC_QUESTION], responses)
+        assert outcomes.tolist() == [Outcome.MALFORMED]
+
+
+def test_nul_inside_an_8_digit_totp_code_in_a_numpy_column_is_malformed() -> None:
+    right = "94287082"  # RFC 6238 Appendix B, SHA-1 at 59 s
+    cases = {right[:4] + "\x00" + right[4:]: Outcome.MALFORMED, right + "\x00": Outcome.OK}
+    for code, expected in cases.items():
+        for codes in (np.array([code.encode()], dtype="S"), np.array([code], dtype="U")):
+            result = totp.verify_batch([RFC_KEY], codes, [59], digits=8, window=0)
+            assert result.outcomes.tolist() == [expected], (code, codes.dtype)
 
 
 NUL_ENDING_PIN = b"25"  # SHA-1 of it ends in 0x00: ...640400

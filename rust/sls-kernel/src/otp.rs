@@ -11,6 +11,8 @@ use crate::mac::HmacKeyRef;
 
 /// RFC 4226 section 5.3 requires at least 6 digits; 10 is all a 31-bit value holds.
 pub const MIN_OTP_DIGITS: u8 = 6;
+/// The rule an HOTP/TOTP `digits` outside `MIN_OTP_DIGITS..=MAX_DIGITS` breaks.
+pub const OTP_DIGITS_RULE: &str = "must be from 6 to 10 (RFC 4226 section 5.3)";
 /// Candidates checked on each side of a window at most, so one request cannot buy unbounded work.
 pub const MAX_WINDOW: u64 = 1000;
 
@@ -34,10 +36,7 @@ pub struct OtpParams {
 impl OtpParams {
     pub fn new(digits: u8) -> Result<Self, Error> {
         if !(MIN_OTP_DIGITS..=crate::code::MAX_DIGITS).contains(&digits) {
-            return Err(Error::input(
-                "digits",
-                "must be from 6 to 10 (RFC 4226 section 5.3)",
-            ));
+            return Err(Error::input("digits", OTP_DIGITS_RULE));
         }
         Ok(OtpParams {
             format: CodeFormat::new(digits),

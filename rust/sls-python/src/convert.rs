@@ -17,7 +17,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyFloat, PyInt, PyMemoryView, PyString};
 use sls_kernel::batch::{ByteColumn, Execution, KeyColumn};
 use sls_kernel::HashAlgorithm;
 
-use crate::errors::{invalid, to_py, wrong_type};
+use crate::errors::{invalid, to_py, wrong_type, InvalidSuiteError};
 use crate::threads::run_batch;
 
 /// An immutable byte string borrowed from Python.
@@ -63,13 +63,78 @@ pub fn blob(obj: &Bound<'_, PyAny>, field: &str, allow_str: bool) -> PyResult<Bl
     Err(wrong_type(field, expected, obj))
 }
 
-/// A non-negative integer that fits in 64 bits.
-pub fn unsigned(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<u64> {
+/// A Python `int` (not a float, str, None or numpy scalar), as an i128: wide enough for
+/// every parameter. A larger value saturates with its sign, so it stays outside every range.
+fn integer(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<i128> {
     if !obj.is_instance_of::<PyInt>() {
         return Err(wrong_type(field, "int", obj));
     }
-    obj.extract::<u64>()
-        .map_err(|_| invalid(field, "must be an integer from 0 to 2**64-1"))
+    match obj.extract::<i128>() {
+        Ok(value) => Ok(value),
+        Err(_) if obj.lt(0)? => Ok(i128::MIN),
+        Err(_) => Ok(i128::MAX),
+    }
+}
+
+/// An int parameter as the Rust integer `T`; a value `T` cannot hold breaks `rule`.
+/// (PyO3's own conversion would raise a plain OverflowError or TypeError.)
+pub fn int_param<T: TryFrom<i128>>(obj: &Bound<'_, PyAny>, field: &str, rule: &str) -> PyResult<T> {
+    T::try_from(integer(obj, field)?).map_err(|_| invalid(field, rule))
+}
+
+/// A non-negative integer that fits in 64 bits.
+pub fn unsigned(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<u64> {
+    int_param(obj, field, "must be an integer from 0 to 2**64-1")
+}
+
+const NO_SURROGATES: &str = "must be text without lone surrogates";
+
+/// A `str` parameter, borrowed; `None` when it holds lone surrogates (not UTF-8).
+fn text<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> PyResult<Option<&'a str>> {
+    let text = obj
+        .cast::<PyString>()
+        .map_err(|_| wrong_type(field, "str", obj))?;
+    Ok(text.to_str().ok())
+}
+
+// Converters for the entry points' typed parameters (`#[pyo3(from_py_with = ...)]`), so a
+// value of the wrong type or out of the Rust type's range raises an sls_core error naming
+// the field, as every other bad input does.
+
+pub fn suite_arg<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<&'a str> {
+    text(obj, "suite")?.ok_or_else(|| InvalidSuiteError::new_err(("suite", NO_SURROGATES)))
+}
+
+pub fn algorithm_arg<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<&'a str> {
+    text(obj, "algorithm")?.ok_or_else(|| invalid("algorithm", NO_SURROGATES))
+}
+
+pub fn kind_arg<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<&'a str> {
+    text(obj, "kind")?.ok_or_else(|| invalid("kind", NO_SURROGATES))
+}
+
+pub fn digits_arg(obj: &Bound<'_, PyAny>) -> PyResult<u8> {
+    int_param(obj, "digits", sls_kernel::otp::OTP_DIGITS_RULE)
+}
+
+pub fn step_arg(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
+    int_param(obj, "step", "must be at least 1 second and at most 2**64-1")
+}
+
+pub fn t0_arg(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
+    unsigned(obj, "t0")
+}
+
+/// HOTP's `window`: counters of look-ahead (TOTP's window may also be a tuple).
+pub fn look_ahead_arg(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
+    unsigned(obj, "window")
+}
+
+/// `threads`: None (the default count) or an int. A value outside `usize` saturates (a
+/// negative one to 0), so `threads::thread_count` refuses it with the bound it breaks.
+pub fn threads_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
+    obj.map(|obj| Ok(usize::try_from(integer(obj, "threads")?.max(0)).unwrap_or(usize::MAX)))
+        .transpose()
 }
 
 /// Unix time in whole seconds from an int, or a float rounded down.
@@ -320,10 +385,11 @@ impl KeyTable {
     fn new(
         py: Python<'_>,
         keys: &Bound<'_, PyAny>,
-        algorithm: &str,
-        threads: Option<usize>,
+        #[pyo3(from_py_with = algorithm_arg)] algorithm: &str,
+        threads: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let algorithm = self::algorithm(algorithm)?;
+        let threads = threads_arg(threads)?;
         let data = column(keys, "keys", false)?;
         let column = data.column()?;
         let table = run_batch(py, column.len(), threads, |execution: Execution| {

@@ -11,8 +11,8 @@ use sls_kernel::batch::{code_width, Execution, OcraBatch};
 use sls_kernel::{HmacKey, OcraInput, OcraSuite, Outcome};
 
 use crate::convert::{
-    blob, code_matrix, column, int_column, keys_data, unix_seconds, unsigned, Blob, ColumnData,
-    IntColumn,
+    blob, code_matrix, column, int_column, keys_data, suite_arg, threads_arg, unix_seconds,
+    unsigned, Blob, ColumnData, IntColumn,
 };
 use crate::errors::{invalid, to_py};
 use crate::threads::run_batch;
@@ -134,7 +134,7 @@ impl ScalarInputs {
 #[pyo3(signature = (suite, key, *, question, counter=None, pin=None, pin_hash=None, session=None, timestamp=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn ocra_compute(
-    suite: &str,
+    #[pyo3(from_py_with = suite_arg)] suite: &str,
     key: &Bound<'_, PyAny>,
     question: &Bound<'_, PyAny>,
     counter: Option<&Bound<'_, PyAny>>,
@@ -155,7 +155,7 @@ pub fn ocra_compute(
 #[pyo3(signature = (suite, key, response, *, question, counter=None, pin=None, pin_hash=None, session=None, timestamp=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn ocra_verify(
-    suite: &str,
+    #[pyo3(from_py_with = suite_arg)] suite: &str,
     key: &Bound<'_, PyAny>,
     response: &Bound<'_, PyAny>,
     question: &Bound<'_, PyAny>,
@@ -229,7 +229,7 @@ impl<'py> BatchData<'py> {
 #[allow(clippy::too_many_arguments)]
 pub fn ocra_verify_batch<'py>(
     py: Python<'py>,
-    suite: &str,
+    #[pyo3(from_py_with = suite_arg)] suite: &str,
     keys: &Bound<'py, PyAny>,
     questions: &Bound<'py, PyAny>,
     responses: &Bound<'py, PyAny>,
@@ -238,10 +238,11 @@ pub fn ocra_verify_batch<'py>(
     timestamps: Option<&Bound<'py, PyAny>>,
     sessions: Option<&Bound<'py, PyAny>>,
     key_index: Option<&Bound<'py, PyAny>>,
-    threads: Option<usize>,
+    threads: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray1<u8>>> {
     let suite = parse_suite(suite)?;
     let suite: &OcraSuite = &suite;
+    let threads = threads_arg(threads)?;
     let data = BatchData::new(
         keys, questions, pin_hashes, counters, timestamps, sessions, key_index,
     )?;
@@ -262,7 +263,7 @@ pub fn ocra_verify_batch<'py>(
 #[allow(clippy::too_many_arguments)]
 pub fn ocra_compute_batch<'py>(
     py: Python<'py>,
-    suite: &str,
+    #[pyo3(from_py_with = suite_arg)] suite: &str,
     keys: &Bound<'py, PyAny>,
     questions: &Bound<'py, PyAny>,
     pin_hashes: Option<&Bound<'py, PyAny>>,
@@ -270,10 +271,11 @@ pub fn ocra_compute_batch<'py>(
     timestamps: Option<&Bound<'py, PyAny>>,
     sessions: Option<&Bound<'py, PyAny>>,
     key_index: Option<&Bound<'py, PyAny>>,
-    threads: Option<usize>,
+    threads: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
     let suite = parse_suite(suite)?;
     let suite: &OcraSuite = &suite;
+    let threads = threads_arg(threads)?;
     let data = BatchData::new(
         keys, questions, pin_hashes, counters, timestamps, sessions, key_index,
     )?;
@@ -290,7 +292,10 @@ pub fn ocra_compute_batch<'py>(
 
 /// What a suite string declares, as a dict (parsed and validated).
 #[pyfunction]
-pub fn ocra_suite_info<'py>(py: Python<'py>, suite: &str) -> PyResult<Bound<'py, PyDict>> {
+pub fn ocra_suite_info<'py>(
+    py: Python<'py>,
+    #[pyo3(from_py_with = suite_arg)] suite: &str,
+) -> PyResult<Bound<'py, PyDict>> {
     let suite = parse_suite(suite)?;
     let info = PyDict::new(py);
     info.set_item("suite", suite.as_str())?;

@@ -8,7 +8,8 @@ use sls_kernel::otp::hotp_window;
 use sls_kernel::{HmacKey, OtpParams, TotpParams, WindowMatch};
 
 use crate::convert::{
-    algorithm, blob, code_matrix, column, int_column, keys_data, unix_seconds, unsigned,
+    algorithm, algorithm_arg, blob, code_matrix, column, digits_arg, int_column, keys_data,
+    kind_arg, look_ahead_arg, step_arg, t0_arg, threads_arg, unix_seconds, unsigned,
 };
 use crate::errors::{invalid, to_py, wrong_type};
 use crate::threads::run_batch;
@@ -55,8 +56,8 @@ fn matched(result: WindowMatch) -> Option<u64> {
 pub fn hotp_compute(
     key: &Bound<'_, PyAny>,
     counter: &Bound<'_, PyAny>,
-    digits: u8,
-    algorithm: &str,
+    #[pyo3(from_py_with = digits_arg)] digits: u8,
+    #[pyo3(from_py_with = algorithm_arg)] algorithm: &str,
 ) -> PyResult<String> {
     let params = OtpParams::new(digits).map_err(to_py)?;
     let key = self::key(key, algorithm)?;
@@ -71,9 +72,9 @@ pub fn hotp_verify(
     key: &Bound<'_, PyAny>,
     code: &Bound<'_, PyAny>,
     counter: &Bound<'_, PyAny>,
-    window: u64,
-    digits: u8,
-    algorithm: &str,
+    #[pyo3(from_py_with = look_ahead_arg)] window: u64,
+    #[pyo3(from_py_with = digits_arg)] digits: u8,
+    #[pyo3(from_py_with = algorithm_arg)] algorithm: &str,
 ) -> PyResult<Option<u64>> {
     let params = OtpParams::new(digits).map_err(to_py)?;
     let key = self::key(key, algorithm)?;
@@ -88,10 +89,10 @@ pub fn hotp_verify(
 pub fn totp_compute(
     key: &Bound<'_, PyAny>,
     unix_time: &Bound<'_, PyAny>,
-    step: u64,
-    digits: u8,
-    algorithm: &str,
-    t0: u64,
+    #[pyo3(from_py_with = step_arg)] step: u64,
+    #[pyo3(from_py_with = digits_arg)] digits: u8,
+    #[pyo3(from_py_with = algorithm_arg)] algorithm: &str,
+    #[pyo3(from_py_with = t0_arg)] t0: u64,
 ) -> PyResult<String> {
     let params = TotpParams::new(digits, step, t0).map_err(to_py)?;
     let key = self::key(key, algorithm)?;
@@ -108,11 +109,11 @@ pub fn totp_verify(
     key: &Bound<'_, PyAny>,
     code: &Bound<'_, PyAny>,
     unix_time: &Bound<'_, PyAny>,
-    step: u64,
+    #[pyo3(from_py_with = step_arg)] step: u64,
     window: Option<&Bound<'_, PyAny>>,
-    digits: u8,
-    algorithm: &str,
-    t0: u64,
+    #[pyo3(from_py_with = digits_arg)] digits: u8,
+    #[pyo3(from_py_with = algorithm_arg)] algorithm: &str,
+    #[pyo3(from_py_with = t0_arg)] t0: u64,
 ) -> PyResult<Option<u64>> {
     let params = TotpParams::new(digits, step, t0).map_err(to_py)?;
     let key = self::key(key, algorithm)?;
@@ -163,20 +164,21 @@ type OtpBatchArrays<'py> = (Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<u64>>)
 #[allow(clippy::too_many_arguments)]
 pub fn otp_verify_batch<'py>(
     py: Python<'py>,
-    kind: &str,
+    #[pyo3(from_py_with = kind_arg)] kind: &str,
     keys: &Bound<'py, PyAny>,
     codes: &Bound<'py, PyAny>,
     moving_factors: &Bound<'py, PyAny>,
     window: Option<&Bound<'py, PyAny>>,
-    digits: u8,
-    algorithm: &str,
-    step: u64,
-    t0: u64,
+    #[pyo3(from_py_with = digits_arg)] digits: u8,
+    #[pyo3(from_py_with = algorithm_arg)] algorithm: &str,
+    #[pyo3(from_py_with = step_arg)] step: u64,
+    #[pyo3(from_py_with = t0_arg)] t0: u64,
     key_index: Option<&Bound<'py, PyAny>>,
-    threads: Option<usize>,
+    threads: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<OtpBatchArrays<'py>> {
     let mode = mode(kind, digits, step, t0, window)?;
     let algorithm = self::algorithm(algorithm)?;
+    let threads = threads_arg(threads)?;
     let field = if kind == "hotp" {
         "counters"
     } else {
@@ -216,18 +218,19 @@ pub fn otp_verify_batch<'py>(
 #[allow(clippy::too_many_arguments)]
 pub fn otp_compute_batch<'py>(
     py: Python<'py>,
-    kind: &str,
+    #[pyo3(from_py_with = kind_arg)] kind: &str,
     keys: &Bound<'py, PyAny>,
     moving_factors: &Bound<'py, PyAny>,
-    digits: u8,
-    algorithm: &str,
-    step: u64,
-    t0: u64,
+    #[pyo3(from_py_with = digits_arg)] digits: u8,
+    #[pyo3(from_py_with = algorithm_arg)] algorithm: &str,
+    #[pyo3(from_py_with = step_arg)] step: u64,
+    #[pyo3(from_py_with = t0_arg)] t0: u64,
     key_index: Option<&Bound<'py, PyAny>>,
-    threads: Option<usize>,
+    threads: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
     let mode = mode(kind, digits, step, t0, None)?;
     let algorithm = self::algorithm(algorithm)?;
+    let threads = threads_arg(threads)?;
     let field = if kind == "hotp" {
         "counters"
     } else {

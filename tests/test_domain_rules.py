@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sls_core.sms import read_outbox
 
 from sls_core import ocra
 from sls_core.clock import DAY, HOUR, ManualClock
@@ -26,6 +25,7 @@ from sls_core.login import (
     SharingError,
 )
 from sls_core.outcome import LoginOutcome
+from sls_core.sms import read_outbox
 
 OC = LoginOutcome
 DSC_SECRET = bytes(range(20))

@@ -361,21 +361,22 @@ fn prepare_all<'k, S: ChainingState + Send + Sync>(
     execution: crate::batch::Execution,
 ) -> Result<Vec<Pads<S>>, usize> {
     use rayon::prelude::*;
-    let prepare = |row: usize| {
-        let key = key_at(row);
-        if key.is_empty() {
-            return Err(row);
-        }
-        Ok(Pads::<S>::new(key, |k| algorithm.digest(k)))
-    };
+    if let Some(row) = (0..rows).find(|&row| key_at(row).is_empty()) {
+        return Err(row);
+    }
+    let prepare = |row: usize| Pads::<S>::new(key_at(row), |k| algorithm.digest(k));
+    // Allocated once at its final size: a growing Vec would move prepared pads by
+    // reallocation and leave unwiped copies in freed memory.
+    let mut out = Vec::with_capacity(rows);
     match execution {
-        crate::batch::Execution::Sequential => (0..rows).map(prepare).collect(),
+        crate::batch::Execution::Sequential => out.extend((0..rows).map(prepare)),
         crate::batch::Execution::Parallel => (0..rows)
             .into_par_iter()
             .with_min_len(1024)
             .map(prepare)
-            .collect(),
+            .collect_into_vec(&mut out),
     }
+    Ok(out)
 }
 
 impl PreparedKeys {

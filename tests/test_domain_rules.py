@@ -600,3 +600,73 @@ def test_every_outcome_has_a_human_message_without_secrets() -> None:
     for outcome in LoginOutcome:
         assert outcome.message
         assert outcome.message[0].isupper()
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"pin": "12345"}, "pin"),  # a DSC+ PIN is 4 digits
+        ({"pin": None}, "pin"),
+        ({"pin": 4711}, "pin"),
+        ({"secret": b"short"}, "secret"),
+        ({"suite": "OCRA-1:HOTP-SHA1-8:QX06"}, "suite"),
+        ({"shipped": True, "device_type": DeviceType.IB_KEY, "pin": "1234"}, "shipped"),
+    ],
+)
+def test_bad_enrollment_names_the_field_and_never_quotes_a_secret_or_pin(
+    sls: SecureLogin, kwargs: dict[str, object], field: str
+) -> None:
+    sls.create_user("alice")
+    args: dict[str, object] = {"secret": DSC_SECRET, "pin": PIN}
+    args.update(kwargs)
+    device_type = args.pop("device_type", DeviceType.DSC_PLUS)
+    with pytest.raises(InvalidInputError) as info:
+        sls.enroll_device("alice", device_type, **args)  # type: ignore[arg-type]
+    assert info.value.field == field
+    text = str(info.value) + repr(info.value)
+    for secret in ("12345", "4711", DSC_SECRET.hex(), repr(DSC_SECRET)):
+        assert secret not in text
+
+
+def test_batch_items_of_the_wrong_type_are_refused_per_item(sls: SecureLogin) -> None:
+    with_dsc(sls)
+    challenge = sls.issue_challenge("alice")
+    answer = dsc_answer(challenge.challenge or "")
+    result = sls.verify_batch(
+        [None, "alice", "alice", "alice"],  # type: ignore[list-item]
+        [challenge.token, 12345, challenge.token, challenge.token],  # type: ignore[list-item]
+        [answer, answer, 12345678, answer],  # type: ignore[list-item]
+    )
+    assert [result[i] for i in range(4)] == [
+        OC.INVALID_USERNAME,
+        OC.CHALLENGE_INVALID,
+        OC.MALFORMED,
+        OC.OK,
+    ]
+    with pytest.raises(InvalidInputError, match="same length"):
+        sls.verify_batch(["alice"], [], [])
+
+
+def test_no_secret_pin_or_code_in_any_repr(sls: SecureLogin) -> None:
+    device_id = with_dsc(sls)
+    sls.create_user("erin")
+    sls.enroll_device("erin", DeviceType.SMS, phone="+41791234567")
+    passcode = sls.issue_temporary_passcode("alice")
+    _, card = sls.issue_online_card("alice")
+    shown = " ".join(
+        repr(x)
+        for x in (
+            sls,
+            sls.device("alice", device_id),
+            sls.devices("erin"),
+            sls.user("alice"),
+            card,
+            sls.store,
+            PERSON,
+        )
+    )
+    for secret in (passcode, DSC_SECRET.hex(), repr(DSC_SECRET), PIN, "+41791234567", "X1234567"):
+        assert secret not in shown

@@ -17,7 +17,8 @@ $(VENV)/.deps: pyproject.toml
 	$(PIP) install -q "maturin>=1.7,<2" "numpy>=1.24" "pytest>=8" "hypothesis>=6.100" \
 		"oath==1.4.5" "pyotp>=2.9" "cryptography>=42" "pytest-benchmark>=4" \
 		"matplotlib>=3.8" "ruff>=0.6" "mypy>=1.11" \
-		"pillow>=10.1" "reportlab>=4.0" "pypdf>=4" "tqdm>=4.66" "types-tqdm"
+		"pillow>=10.1" "reportlab>=4.0" "pypdf>=4" "tqdm>=4.66" "types-tqdm" \
+		"segno>=1.6" "zxing-cpp>=2.2"
 	touch $@
 
 setup: $(VENV)/.deps

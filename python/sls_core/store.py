@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: The schema version this code writes; older files are migrated on open.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, Sequence[str]] = {
     1: (
@@ -88,6 +88,31 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
     ),
     # 2: expired challenges are purged as verification goes (see purge_consumed).
     2: ("CREATE INDEX consumed_by_expiry ON consumed(expires_at)",),
+    # 3: IB Key activation by QR code / manual string / SMS token, and push approvals.
+    3: (
+        # The app's Ed25519 key that signs push approvals; it also identifies the app
+        # installation that holds the user ("already enrolled" on that app).
+        "ALTER TABLE devices ADD COLUMN push_public BLOB",
+        """CREATE TABLE activations (
+            session_id BLOB PRIMARY KEY,
+            manual_prefix BLOB NOT NULL UNIQUE,
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            server_private BLOB NOT NULL,
+            channel TEXT NOT NULL,
+            issued_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            used_at REAL
+        )""",
+        """CREATE TABLE pushes (
+            challenge_id INTEGER PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            device_id INTEGER NOT NULL REFERENCES devices(id),
+            issued_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            decision TEXT,
+            decided_at REAL
+        )""",
+    ),
 }
 
 
@@ -119,6 +144,32 @@ class DeviceRow:
     phone: str | None = field(repr=False, default=None)
     secret: bytes | None = field(repr=False, default=None)
     pin_hash: bytes | None = field(repr=False, default=None)
+    push_public: bytes | None = field(repr=False, default=None)
+
+
+@dataclass(frozen=True)
+class ActivationRow:
+    """An IB Key activation offer. ``server_private`` is the X25519 key, opened."""
+
+    session_id: bytes
+    manual_prefix: bytes
+    user_id: int
+    channel: str
+    issued_at: float
+    expires_at: float
+    used_at: float | None = None
+    server_private: bytes = field(repr=False, default=b"")
+
+
+@dataclass(frozen=True)
+class PushRow:
+    challenge_id: int
+    user_id: int
+    device_id: int
+    issued_at: float
+    expires_at: float
+    decision: str | None = None
+    decided_at: float | None = None
 
 
 class StoreTx(Protocol):
@@ -132,6 +183,13 @@ class StoreTx(Protocol):
     def consumed(self, challenge_ids: Sequence[int]) -> set[int]: ...
     def consume(self, challenge_ids: Sequence[int], expires_at: float) -> None: ...
     def purge_consumed(self, before: float) -> int: ...
+    def insert_activation(self, row: ActivationRow) -> None: ...
+    def take_activation(
+        self, *, session_id: bytes | None = None, manual_prefix: bytes | None = None, now: float
+    ) -> ActivationRow | None: ...
+    def insert_push(self, row: PushRow) -> None: ...
+    def push(self, challenge_id: int) -> PushRow | None: ...
+    def decide_push(self, challenge_id: int, decision: str, now: float) -> bool: ...
     def insert_user(self, username: str, identity: dict[str, str], now: float) -> int: ...
     def update_user(self, user_id: int, **values: Any) -> None: ...
     def insert_device(self, row: DeviceRow, owners: Sequence[int]) -> int: ...
@@ -232,6 +290,79 @@ class _SqliteTx:
         cur = self._conn.execute("DELETE FROM consumed WHERE expires_at <= ?", (before,))
         return cur.rowcount
 
+    # -- activations and pushes --------------------------------------------------------
+    def insert_activation(self, row: ActivationRow) -> None:
+        aad = b"activation:" + row.session_id
+        self._conn.execute(
+            "INSERT INTO activations (session_id, manual_prefix, user_id, server_private,"
+            " channel, issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.session_id,
+                row.manual_prefix,
+                row.user_id,
+                self._keyring.seal(row.server_private, aad=aad),
+                row.channel,
+                row.issued_at,
+                row.expires_at,
+            ),
+        )
+
+    def take_activation(
+        self, *, session_id: bytes | None = None, manual_prefix: bytes | None = None, now: float
+    ) -> ActivationRow | None:
+        """The activation, marked used in this transaction (an attempt uses it up, whatever
+        its outcome); None when there is no such activation. ``used_at`` is the earlier
+        use, if any, so the caller can refuse a second attempt."""
+        query = (
+            "SELECT session_id, manual_prefix, user_id, server_private, channel, issued_at,"
+            " expires_at, used_at FROM activations WHERE "
+        )
+        if session_id is not None:
+            row = self._conn.execute(query + "session_id = ?", (session_id,)).fetchone()
+        else:
+            row = self._conn.execute(query + "manual_prefix = ?", (manual_prefix,)).fetchone()
+        if row is None:
+            return None
+        if row[7] is None:
+            self._conn.execute(
+                "UPDATE activations SET used_at = ? WHERE session_id = ?", (now, row[0])
+            )
+        private = self._keyring.open(row[3], aad=b"activation:" + row[0])
+        return ActivationRow(
+            session_id=row[0],
+            manual_prefix=row[1],
+            user_id=row[2],
+            channel=row[4],
+            issued_at=row[5],
+            expires_at=row[6],
+            used_at=row[7],
+            server_private=private,
+        )
+
+    def insert_push(self, row: PushRow) -> None:
+        self._conn.execute(
+            "INSERT INTO pushes (challenge_id, user_id, device_id, issued_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (row.challenge_id, row.user_id, row.device_id, row.issued_at, row.expires_at),
+        )
+
+    def push(self, challenge_id: int) -> PushRow | None:
+        row = self._conn.execute(
+            "SELECT challenge_id, user_id, device_id, issued_at, expires_at, decision,"
+            " decided_at FROM pushes WHERE challenge_id = ?",
+            (challenge_id,),
+        ).fetchone()
+        return None if row is None else PushRow(*row)
+
+    def decide_push(self, challenge_id: int, decision: str, now: float) -> bool:
+        """Records the app's answer once: False when the push was already decided."""
+        cur = self._conn.execute(
+            "UPDATE pushes SET decision = ?, decided_at = ?"
+            " WHERE challenge_id = ? AND decision IS NULL",
+            (decision, now, challenge_id),
+        )
+        return cur.rowcount == 1
+
     # -- users and devices -------------------------------------------------------------
     def insert_user(self, username: str, identity: dict[str, str], now: float) -> int:
         try:
@@ -271,7 +402,8 @@ class _SqliteTx:
     def insert_device(self, row: DeviceRow, owners: Sequence[int]) -> int:
         cur = self._conn.execute(
             "INSERT INTO devices (type, state, serial, suite, phone, issued_at, shipped_at,"
-            " activated_at, expires_at, replaces) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " activated_at, expires_at, replaces, push_public)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 row.type,
                 row.state,
@@ -283,6 +415,7 @@ class _SqliteTx:
                 row.activated_at,
                 row.expires_at,
                 row.replaces,
+                row.push_public,
             ),
         )
         device_id = int(cur.lastrowid or 0)
@@ -390,7 +523,7 @@ class _SqliteTx:
     def devices(self, device_ids: Iterable[int] | None = None) -> list[DeviceRow]:
         query = (
             "SELECT id, type, state, serial, suite, issued_at, shipped_at, activated_at,"
-            " expires_at, replaces, phone, secret, pin_hash FROM devices"
+            " expires_at, replaces, phone, secret, pin_hash, push_public FROM devices"
         )
         if device_ids is None:
             rows = self._conn.execute(query)
@@ -414,6 +547,7 @@ class _SqliteTx:
                 phone=r[10],
                 secret=self._open(r[0], "secret", r[11]),
                 pin_hash=self._open(r[0], "pin_hash", r[12]),
+                push_public=r[13],
             )
             for r in rows
         ]

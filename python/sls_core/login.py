@@ -18,15 +18,17 @@ with failures to count).
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import hmac
 import re
 import secrets
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +42,9 @@ from sls_core.outcome import LoginOutcome
 from sls_core.sealing import MasterKeyRing
 from sls_core.sms import OutboxSender, SmsSender, check_phone
 from sls_core.store import DeviceRow, SqliteStore, Store, StoreTx, UserRow
+
+if TYPE_CHECKING:
+    from sls_core.ibkey import IbKey
 
 __all__ = [
     "CARD_INDICES",
@@ -477,6 +482,13 @@ class SecureLogin:
 
     def __repr__(self) -> str:
         return f"SecureLogin(store={self.store!r})"
+
+    @functools.cached_property
+    def ibkey(self) -> IbKey:
+        """IB Key activation and push approvals (:mod:`sls_core.ibkey`)."""
+        from sls_core.ibkey import IbKey
+
+        return IbKey(self)
 
     # -- helpers -------------------------------------------------------------------------
     def _write(self) -> _Tx:
@@ -1082,7 +1094,9 @@ class _Tx:
             self._service._directory.refresh(self.store)
         except BaseException:
             if self._cm is not None and self.store is not None:
-                self._cm.__exit__(None, None, None)
+                # Roll back (not commit) what was opened, and reload the directory next time.
+                self._cm.__exit__(*sys.exc_info())
+                self._service._directory.generation = -1
             self._service._lock.release()
             raise
         return self

@@ -39,6 +39,7 @@ class LoginOutcome(IntEnum):
     INVALID_USERNAME = 10
     CHALLENGE_INVALID = 11
     ACCOUNT_CLOSED = 12
+    DECLINED = 13
 
     @property
     def message(self) -> str:
@@ -69,6 +70,7 @@ _MESSAGES = {
     ),
     LoginOutcome.INVALID_USERNAME: "The username has invalid characters.",
     LoginOutcome.CHALLENGE_INVALID: "The challenge is not valid for this user and device.",
+    LoginOutcome.DECLINED: "The login was declined on the IB Key app.",
     LoginOutcome.ACCOUNT_CLOSED: (
         "The account is closed: portal access with username and password, statements only."
     ),

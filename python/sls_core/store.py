@@ -98,6 +98,7 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
             manual_prefix BLOB NOT NULL UNIQUE,
             user_id INTEGER NOT NULL REFERENCES users(id),
             server_private BLOB NOT NULL,
+            server_public BLOB NOT NULL,
             channel TEXT NOT NULL,
             issued_at REAL NOT NULL,
             expires_at REAL NOT NULL,
@@ -158,6 +159,7 @@ class ActivationRow:
     issued_at: float
     expires_at: float
     used_at: float | None = None
+    server_public: bytes = b""
     server_private: bytes = field(repr=False, default=b"")
 
 
@@ -189,6 +191,7 @@ class StoreTx(Protocol):
     ) -> ActivationRow | None: ...
     def insert_push(self, row: PushRow) -> None: ...
     def push(self, challenge_id: int) -> PushRow | None: ...
+    def pending_pushes(self, device_ids: Sequence[int], now: float) -> list[PushRow]: ...
     def decide_push(self, challenge_id: int, decision: str, now: float) -> bool: ...
     def insert_user(self, username: str, identity: dict[str, str], now: float) -> int: ...
     def update_user(self, user_id: int, **values: Any) -> None: ...
@@ -295,12 +298,13 @@ class _SqliteTx:
         aad = b"activation:" + row.session_id
         self._conn.execute(
             "INSERT INTO activations (session_id, manual_prefix, user_id, server_private,"
-            " channel, issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " server_public, channel, issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 row.session_id,
                 row.manual_prefix,
                 row.user_id,
                 self._keyring.seal(row.server_private, aad=aad),
+                row.server_public,
                 row.channel,
                 row.issued_at,
                 row.expires_at,
@@ -315,7 +319,7 @@ class _SqliteTx:
         use, if any, so the caller can refuse a second attempt."""
         query = (
             "SELECT session_id, manual_prefix, user_id, server_private, channel, issued_at,"
-            " expires_at, used_at FROM activations WHERE "
+            " expires_at, used_at, server_public FROM activations WHERE "
         )
         if session_id is not None:
             row = self._conn.execute(query + "session_id = ?", (session_id,)).fetchone()
@@ -336,6 +340,7 @@ class _SqliteTx:
             issued_at=row[5],
             expires_at=row[6],
             used_at=row[7],
+            server_public=row[8],
             server_private=private,
         )
 
@@ -353,6 +358,15 @@ class _SqliteTx:
             (challenge_id,),
         ).fetchone()
         return None if row is None else PushRow(*row)
+
+    def pending_pushes(self, device_ids: Sequence[int], now: float) -> list[PushRow]:
+        rows = self._conn.execute(
+            "SELECT challenge_id, user_id, device_id, issued_at, expires_at, decision,"
+            " decided_at FROM pushes WHERE decision IS NULL AND expires_at > ?"
+            " AND device_id IN (SELECT value FROM json_each(?)) ORDER BY challenge_id",
+            (now, _ids_json(device_ids)),
+        )
+        return [PushRow(*r) for r in rows]
 
     def decide_push(self, challenge_id: int, decision: str, now: float) -> bool:
         """Records the app's answer once: False when the push was already decided."""

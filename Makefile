@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: setup build bench bench-pytest check lint rust-check rust-test wheel pytest typecheck clean
+.PHONY: setup build bench bench-pytest check lint rust-check rust-test fuzz-smoke fuzz wheel pytest typecheck clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,7 @@ build: setup
 bench: build
 	$(PY) benches/report.py --out bench-results
 	$(PY) benches/login_report.py --out bench-results
+	$(PY) benches/ibkey_report.py --out bench-results
 
 # The same benchmarks through pytest-benchmark, with its statistics.
 bench-pytest: build
@@ -42,6 +43,20 @@ rust-check: setup
 
 rust-test:
 	cargo test -p sls-kernel --locked
+
+# The fuzz targets' regression corpus and a few thousand random inputs, no libFuzzer.
+fuzz-smoke:
+	cargo test --manifest-path rust/fuzz/Cargo.toml --no-default-features --locked
+
+# Bounded fuzzing (not in `check`): FUZZ_SECONDS per target, crashes in rust/fuzz/artifacts.
+FUZZ_SECONDS ?= 60
+fuzz:
+	cargo install cargo-fuzz --locked --quiet
+	for t in activation_payload manual_code ocra_suite; do \
+		mkdir -p rust/fuzz/corpus/$$t && \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir rust/fuzz $$t rust/fuzz/corpus/$$t \
+			rust/fuzz/seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 # `pip install .` from a clean tree, as a user would: proves the wheel builds and works.
 wheel: setup
@@ -58,7 +73,7 @@ typecheck: setup
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest sls_core._native --mypy-config-file pyproject.toml
 
-check: rust-check rust-test wheel pytest lint typecheck
+check: rust-check rust-test fuzz-smoke wheel pytest lint typecheck
 
 clean:
 	rm -rf $(VENV) target bench-results

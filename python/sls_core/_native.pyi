@@ -7,15 +7,20 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "ActivationSigner",
+    "ActivationVerifier",
     "KeyTable",
     "TokenKeys",
     "__version__",
+    "approval_message",
     "card_codes",
     "card_verify",
     "card_verify_batch",
     "default_threads",
+    "derive_ocra_secret",
     "hotp_compute",
     "hotp_verify",
+    "manual_code",
     "ocra_compute",
     "ocra_compute_batch",
     "ocra_suite_info",
@@ -23,8 +28,17 @@ __all__ = [
     "ocra_verify_batch",
     "otp_compute_batch",
     "otp_verify_batch",
+    "parse_manual_code",
+    "payload_status_name",
+    "push_keypair",
+    "push_public_key",
+    "sign_approval",
     "totp_compute",
     "totp_verify",
+    "verify_approval",
+    "verify_approvals_batch",
+    "x25519_keypair",
+    "x25519_public_key",
 ]
 
 __version__: str
@@ -180,4 +194,60 @@ def card_codes(card_secret: bytes, count: int) -> list[str]: ...
 def card_verify(card_secret: bytes, first: int, second: int, response: str | bytes) -> int: ...
 def card_verify_batch(
     card_secrets: Any, indices: Any, responses: Any, *, threads: int | None = None
+) -> npt.NDArray[np.uint8]: ...
+
+@final
+class ActivationSigner:
+    """The server's Ed25519 activation-payload keys: ``{key_id: 32-byte seed}``."""
+
+    def __new__(cls, keys: Mapping[int, bytes], *, active: int) -> ActivationSigner: ...
+    @property
+    def active_key_id(self) -> int: ...
+    def public_keys(self) -> dict[int, bytes]: ...
+    def sign(
+        self,
+        *,
+        session_id: bytes,
+        username: str,
+        issued_at: int | float,
+        expires_at: int | float,
+        server_public: bytes,
+        flags: int | None = None,
+    ) -> str: ...
+
+@final
+class ActivationVerifier:
+    """The server's activation-payload public keys: ``{key_id: 32-byte Ed25519 key}``."""
+
+    def __new__(
+        cls, public_keys: Mapping[int, bytes], *, skew: int | None = None
+    ) -> ActivationVerifier: ...
+    @property
+    def key_ids(self) -> list[int]: ...
+    @property
+    def skew(self) -> int: ...
+    def verify(
+        self, payload: str | bytes, now: int | float
+    ) -> tuple[int, dict[str, Any] | None]: ...
+    def verify_batch(
+        self, payloads: Any, now: int | float, *, threads: int | None = None
+    ) -> dict[str, npt.NDArray[Any]]: ...
+
+def payload_status_name(status: int) -> str: ...
+def manual_code(session_id: bytes) -> str: ...
+def parse_manual_code(text: str | bytes) -> bytes: ...
+def x25519_keypair() -> tuple[bytes, bytes]: ...
+def x25519_public_key(private: bytes) -> bytes: ...
+def derive_ocra_secret(
+    own_private: bytes, peer_public: bytes, session_id: bytes, username: str
+) -> bytes: ...
+def push_keypair() -> tuple[bytes, bytes]: ...
+def push_public_key(seed: bytes) -> bytes: ...
+def approval_message(
+    challenge_id: int, user_id: int, device_id: int, expires_at: int | float, decision: int
+) -> bytes: ...
+def sign_approval(seed: bytes, message: bytes) -> bytes: ...
+def verify_approval(public: bytes, message: bytes, signature: bytes) -> bool: ...
+def verify_approvals_batch(
+    publics: Any, messages: Any, signatures: Any, *, threads: int | None = None
 ) -> npt.NDArray[np.uint8]: ...

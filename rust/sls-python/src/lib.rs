@@ -6,6 +6,7 @@
 
 use pyo3::prelude::*;
 
+mod activation;
 mod convert;
 mod domain;
 mod errors;
@@ -33,5 +34,19 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(domain::card_codes, m)?)?;
     m.add_function(wrap_pyfunction!(domain::card_verify, m)?)?;
     m.add_function(wrap_pyfunction!(domain::card_verify_batch, m)?)?;
+    m.add_class::<activation::ActivationSigner>()?;
+    m.add_class::<activation::ActivationVerifier>()?;
+    m.add_function(wrap_pyfunction!(activation::payload_status_name, m)?)?;
+    m.add_function(wrap_pyfunction!(activation::manual_code, m)?)?;
+    m.add_function(wrap_pyfunction!(activation::parse_manual_code, m)?)?;
+    m.add_function(wrap_pyfunction!(activation::x25519_keypair, m)?)?;
+    m.add_function(wrap_pyfunction!(activation::x25519_public_key, m)?)?;
+    m.add_function(wrap_pyfunction!(activation::derive_ocra_secret, m)?)?;
+    m.add_function(wrap_pyfunction!(activation::push_keypair, m)?)?;
+    m.add_function(wrap_pyfunction!(activation::push_public_key, m)?)?;
+    m.add_function(wrap_pyfunction!(activation::approval_message, m)?)?;
+    m.add_function(wrap_pyfunction!(activation::sign_approval, m)?)?;
+    m.add_function(wrap_pyfunction!(activation::verify_approval, m)?)?;
+    m.add_function(wrap_pyfunction!(activation::verify_approvals_batch, m)?)?;
     Ok(())
 }

@@ -277,3 +277,39 @@ def test_the_simulator_plays_the_dsc_plus(capsys: pytest.CaptureFixture[str]) ->
 
 def test_activation_offers_expire_after_ten_minutes() -> None:
     assert ACTIVATION_TTL == 10 * MINUTE
+
+
+# -- recovery PIN ------------------------------------------------------------------------
+
+
+def test_the_recovery_pin_re_enables_the_app_after_reinstalling(
+    sls: SecureLogin, app: SimulatedApp, tmp_path: Path
+) -> None:
+    app.activate(sls.ibkey, payload=sls.ibkey.create_activation("bob").payload, pin="7a7a")
+    reinstalled = SimulatedApp(tmp_path / "reinstalled.json")  # keys lost
+    with pytest.raises(InvalidInputError, match="not on this app"):
+        reinstalled.respond("bob", "123456", "7a7a")
+    reinstalled.recover(sls.ibkey, "bob", "7a7a")
+    assert login_offline(sls, reinstalled, "bob", "7a7a") is OC.OK
+    assert login_offline(sls, app, "bob", "7a7a") is OC.WRONG  # the old keys are gone
+    push = sls.ibkey.create_push("bob")
+    assert reinstalled.answer_pushes(sls.ibkey) == [(push.challenge_id, OC.OK)]
+
+
+def test_a_wrong_recovery_pin_counts_toward_lockout(
+    sls: SecureLogin, app: SimulatedApp, tmp_path: Path
+) -> None:
+    app.activate(sls.ibkey, payload=sls.ibkey.create_activation("bob").payload, pin="7a7a")
+    reinstalled = SimulatedApp(tmp_path / "reinstalled.json")
+    for _ in range(10):
+        with pytest.raises(ActivationError, match="wrong recovery PIN"):
+            reinstalled.recover(sls.ibkey, "bob", "0000")
+    assert sls.lockout_status("bob").locked_until is not None
+    with pytest.raises(ActivationError, match="locked"):
+        reinstalled.recover(sls.ibkey, "bob", "7a7a")
+
+
+def test_without_a_pin_there_is_no_recovery(sls: SecureLogin, app: SimulatedApp) -> None:
+    app.activate(sls.ibkey, payload=sls.ibkey.create_activation("bob").payload)
+    with pytest.raises(ActivationError, match="no IB Key with a recovery PIN"):
+        SimulatedApp(None).recover(sls.ibkey, "bob", "1234")

@@ -24,6 +24,7 @@ login falls back to challenge/response (:meth:`SecureLogin.issue_challenge`).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 import time
@@ -81,6 +82,9 @@ class ActivationError(SlsError, ValueError):
     """Activation refused; ``reason`` is what the app shows."""
 
     USED_OR_EXPIRED = "already used or expired"
+    WRONG_RECOVERY_PIN = "wrong recovery PIN"
+    LOCKED = "locked after too many failed attempts"
+    NO_RECOVERY = "no IB Key with a recovery PIN"
     ALREADY_ENROLLED = "already enrolled"
     UNKNOWN = "no such activation"
     INVALID = "not a valid activation code"
@@ -270,6 +274,7 @@ class IbKey:
                             secret=secret,
                             pin_hash=hashlib.sha1(pin.encode()).digest() if pin else None,  # noqa: S324 - OCRA PSHA1
                             push_public=push_public,
+                            recovery_hash=self._recovery_hash(user.id, pin) if pin else None,
                         ),
                         [user.id],
                     )
@@ -288,6 +293,70 @@ class IbKey:
         assert enrolled is not None
         device_id, name, server_public, session_id, suite = enrolled
         return Activated(sls.device(name, device_id), name, server_public, session_id, suite)
+
+    def _recovery_hash(self, user_id: int, pin: str) -> bytes:
+        # Keyed with the server pepper and bound to the user: a stolen database alone
+        # does not let anyone test the 4-6 character PINs offline.
+        message = b"recovery:%d:" % user_id + pin.encode()
+        return hmac.new(self._sls._pepper, message, hashlib.sha256).digest()
+
+    def recover(
+        self, username: str, recovery_pin: str, *, app_public: bytes, push_public: bytes
+    ) -> Activated:
+        """Re-enables a reinstalled app with the IB Key PIN (the recovery PIN): new keys for
+        the user's IB Key, agreed by X25519 + HKDF as in an activation. A wrong PIN is a
+        failed attempt for lockout (10 within 24 hours lock the user)."""
+        from sls_core.login import LOCKOUT_FAILURES, locked_until
+
+        validate_ibkey_pin(recovery_pin)
+        for name, key in (("app_public", app_public), ("push_public", push_public)):
+            if not isinstance(key, bytes) or len(key) != 32:
+                raise InvalidInputError(name, "must be 32 bytes")
+        sls = self._sls
+        server_private, server_public = _native.x25519_keypair()
+        session_id = secrets.token_bytes(16)
+        refusal: ActivationError | None = None
+        enrolled: tuple[int, str] | None = None
+        with sls._write() as tx:
+            now = sls.clock.now()
+            user = sls._user(username)
+            failures = tx.store.failures([user.id]).get(user.id, [])
+            until = locked_until(failures)
+            candidates = [
+                sls._directory.devices[d]
+                for d in sorted(sls._directory.devices_of.get(user.id, ()))
+                if sls._directory.devices[d].type is DeviceType.IB_KEY
+                and sls._directory.devices[d].row.recovery_hash is not None
+                and sls._effective_state(sls._directory.devices[d], now) is DeviceState.ACTIVE
+            ]
+            expected = self._recovery_hash(user.id, recovery_pin)
+            match = [
+                e for e in candidates if hmac.compare_digest(e.row.recovery_hash or b"", expected)
+            ]
+            if until is not None and now < until:
+                refusal = ActivationError(ActivationError.LOCKED)
+            elif not candidates:
+                refusal = ActivationError(ActivationError.NO_RECOVERY)
+            elif not match:
+                refusal = ActivationError(ActivationError.WRONG_RECOVERY_PIN)
+                tx.store.put_failures({user.id: [*failures, now][-LOCKOUT_FAILURES:]})
+            else:
+                entry = match[0]
+                secret = bytes(
+                    _native.derive_ocra_secret(
+                        bytes(server_private), app_public, session_id, user.username
+                    )
+                )
+                tx.store.update_device(entry.row.id, secret=secret, push_public=push_public)
+                if failures:
+                    tx.store.clear_failures([user.id])
+                enrolled = (entry.row.id, user.username)
+        if refusal is not None:
+            raise refusal
+        assert enrolled is not None
+        device_id, name = enrolled
+        device = sls.device(name, device_id)
+        return Activated(device, name, bytes(server_public), session_id, device.suite or "")
 
     # -- push ----------------------------------------------------------------------------
     def create_push(self, username: str, *, device_id: int | None = None) -> PushChallenge:

@@ -7,6 +7,8 @@
     sls-core-simulator --state app.json activate --data-dir data --qr activation.png --pin 1234
     sls-core-simulator --state app.json activate --data-dir data --code K7QM-4TZ9-HX3P
     sls-core-simulator --state app.json users
+    # after reinstalling the app: the IB Key PIN re-enables a user (the recovery PIN)
+    sls-core-simulator --state new-app.json recover --data-dir data --user alice --pin 1234
     # offline mode: the 6-digit challenge on the login page -> the 8-digit response
     sls-core-simulator --state app.json respond --user alice --challenge 123456 --pin 1234
     # push notifications: list, approve or decline what is waiting for this app
@@ -137,6 +139,29 @@ class SimulatedApp:
         self._save()
         return user
 
+    def recover(self, ibkey: Any, username: str, recovery_pin: str) -> AppUser:
+        """After a reinstall (this app lost its keys): re-enables ``username`` with the
+        recovery PIN; new push and X25519 keys, a new OCRA secret agreed with the server."""
+        seed, public = _native.push_keypair()
+        self.state.push_seed_hex, self.state.push_public_hex = (
+            bytes(seed).hex(),
+            bytes(public).hex(),
+        )
+        app_private, app_public = _native.x25519_keypair()
+        done = ibkey.recover(
+            username, recovery_pin, app_public=bytes(app_public), push_public=self.push_public
+        )
+        secret = bytes(
+            _native.derive_ocra_secret(
+                app_private, done.server_public, done.session_id, done.username
+            )
+        )
+        self.state.users = [u for u in self.state.users if u.username != done.username]
+        user = AppUser(done.username, done.device.id, done.suite, secret.hex())
+        self.state.users.append(user)
+        self._save()
+        return user
+
     def respond(self, username: str, challenge: str, pin: str | None = None) -> str:
         """Offline mode: the 8-digit response to a 6-digit challenge."""
         user = self.user(username)
@@ -184,6 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--payload", help="the QR code's text")
     source.add_argument("--code", help="the manual string (or SMS token)")
     a.add_argument("--pin", help="IB Key PIN (Android: in the computation)")
+    rc = commands.add_parser("recover", help="after a reinstall: re-enable a user by recovery PIN")
+    rc.add_argument("--data-dir", required=True)
+    rc.add_argument("--user", required=True)
+    rc.add_argument("--pin", required=True)
     commands.add_parser("users", help="users on this app")
     r = commands.add_parser("respond", help="offline mode: challenge -> response")
     r.add_argument("--user", required=True)
@@ -214,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pin=args.pin,
             )
             print(f"activated {user.username} (device {user.device_id})")
+        elif args.command == "recover":
+            user = app.recover(_ibkey(args.data_dir), args.user, args.pin)
+            print(f"recovered {user.username} (device {user.device_id})")
         elif args.command == "users":
             for u in app.state.users:
                 print(f"{u.username}\tdevice {u.device_id}\t{u.suite}")

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: The schema version this code writes; older files are migrated on open.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: dict[int, Sequence[str]] = {
     1: (
@@ -114,6 +114,8 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
             decided_at REAL
         )""",
     ),
+    # 4: the IB Key PIN doubles as the recovery PIN: its keyed hash, per device.
+    4: ("ALTER TABLE devices ADD COLUMN recovery_hash BLOB",),
 }
 
 
@@ -146,6 +148,7 @@ class DeviceRow:
     secret: bytes | None = field(repr=False, default=None)
     pin_hash: bytes | None = field(repr=False, default=None)
     push_public: bytes | None = field(repr=False, default=None)
+    recovery_hash: bytes | None = field(repr=False, default=None)
 
 
 @dataclass(frozen=True)
@@ -392,7 +395,17 @@ class _SqliteTx:
 
     _USER_COLUMNS = frozenset({"opted_out", "closed", "preferred_device"})
     _DEVICE_COLUMNS = frozenset(
-        {"state", "activated_at", "expires_at", "shipped_at", "secret", "pin_hash", "suite"}
+        {
+            "state",
+            "activated_at",
+            "expires_at",
+            "shipped_at",
+            "secret",
+            "pin_hash",
+            "suite",
+            "push_public",
+            "recovery_hash",
+        }
     )
 
     def update_user(self, user_id: int, **values: Any) -> None:
@@ -416,8 +429,8 @@ class _SqliteTx:
     def insert_device(self, row: DeviceRow, owners: Sequence[int]) -> int:
         cur = self._conn.execute(
             "INSERT INTO devices (type, state, serial, suite, phone, issued_at, shipped_at,"
-            " activated_at, expires_at, replaces, push_public)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " activated_at, expires_at, replaces, push_public, recovery_hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 row.type,
                 row.state,
@@ -430,6 +443,7 @@ class _SqliteTx:
                 row.expires_at,
                 row.replaces,
                 row.push_public,
+                row.recovery_hash,
             ),
         )
         device_id = int(cur.lastrowid or 0)
@@ -537,7 +551,8 @@ class _SqliteTx:
     def devices(self, device_ids: Iterable[int] | None = None) -> list[DeviceRow]:
         query = (
             "SELECT id, type, state, serial, suite, issued_at, shipped_at, activated_at,"
-            " expires_at, replaces, phone, secret, pin_hash, push_public FROM devices"
+            " expires_at, replaces, phone, secret, pin_hash, push_public, recovery_hash"
+            " FROM devices"
         )
         if device_ids is None:
             rows = self._conn.execute(query)
@@ -562,6 +577,7 @@ class _SqliteTx:
                 secret=self._open(r[0], "secret", r[11]),
                 pin_hash=self._open(r[0], "pin_hash", r[12]),
                 push_public=r[13],
+                recovery_hash=r[14],
             )
             for r in rows
         ]

@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: setup build bench bench-pytest check lint rust-check rust-test fuzz-smoke fuzz wheel pytest typecheck clean
+.PHONY: proto setup build bench bench-pytest check lint rust-check rust-test fuzz-smoke fuzz wheel pytest typecheck clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,10 @@ $(VENV)/.deps: pyproject.toml
 		"oath==1.4.5" "pyotp>=2.9" "cryptography>=42" "pytest-benchmark>=4" \
 		"matplotlib>=3.8" "ruff>=0.6" "mypy>=1.11" \
 		"pillow>=10.1" "reportlab>=4.0" "pypdf>=4" "tqdm>=4.66" "types-tqdm" \
-		"segno>=1.6" "zxing-cpp>=2.2"
+		"segno>=1.6" "zxing-cpp>=2.2" \
+		"grpcio>=1.85.1" "grpcio-health-checking>=1.85.1" "grpcio-reflection>=1.85.1" \
+		"protobuf>=7.35.1" "prometheus-client>=0.20" "types-protobuf" "types-grpcio" \
+		"grpcio-tools==1.85.1" "mypy-protobuf==5.1.0"  # pinned: they write the committed code
 	touch $@
 
 setup: $(VENV)/.deps
@@ -36,6 +39,10 @@ bench: build
 # The same benchmarks through pytest-benchmark, with its statistics.
 bench-pytest: build
 	$(PY) -m pytest benches --benchmark-enable --benchmark-only -q
+
+# Regenerates python/sls_core/api/v1 from proto/sls/v1 (the generated code is committed).
+proto: setup
+	$(PY) scripts/gen_proto.py
 
 rust-check: setup
 	cargo fmt --all --check

@@ -306,3 +306,25 @@ def test_expired_consumed_challenges_are_purged_as_verification_goes(tmp_path: P
     clock.advance(sls.challenge_ttl + 120)
     sls.verify("user0", None, "x")  # any later batch purges
     assert db.execute("SELECT count(*) FROM consumed").fetchone() == (0,)
+
+
+def test_the_native_name_index_maps_usernames_and_refuses_non_strings() -> None:
+    from sls_core import _native
+
+    index = _native.NameIndex()
+    index.insert("alice", 7)
+    index.insert("bob", 9)
+    index.remove("bob")
+    assert index.lookup(["alice", "bob", None, 7, "\ud800", "ALICE"]).tolist() == [
+        7,
+        -1,
+        -1,
+        -1,
+        -1,
+        -1,
+    ]
+    assert len(index) == 1
+    with pytest.raises(ValueError, match="user_id"):
+        index.insert("carol", -1)
+    with pytest.raises(TypeError, match="usernames"):
+        index.lookup(("alice",))  # type: ignore[arg-type]

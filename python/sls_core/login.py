@@ -349,7 +349,7 @@ class _Directory:
         self.generation = -1
         self.user_by_name: dict[str, UserRow] = {}
         self.user_by_id: dict[int, UserRow] = {}
-        self.uid_by_name: dict[str, int] = {}
+        self.names = _native.NameIndex()
         self.closed: set[int] = set()
         self.devices: dict[int, _DeviceEntry] = {}
         self.devices_of: dict[int, set[int]] = {}
@@ -379,7 +379,7 @@ class _Directory:
             users, devices, links = tx.users(), tx.devices(), tx.links()
             self.user_by_name.clear()
             self.user_by_id.clear()
-            self.uid_by_name.clear()
+            self.names.clear()
             self.closed.clear()
             self.devices.clear()
             self.devices_of.clear()
@@ -393,10 +393,10 @@ class _Directory:
             old = self.user_by_id.get(u.id)
             if old is not None:
                 self.user_by_name.pop(old.username, None)
-                self.uid_by_name.pop(old.username, None)
+                self.names.remove(old.username)
             self.user_by_id[u.id] = u
             self.user_by_name[u.username] = u
-            self.uid_by_name[u.username] = u.id
+            self.names.insert(u.username, u.id)
             if u.closed:
                 self.closed.add(u.id)
             else:
@@ -1152,13 +1152,9 @@ class _Plan:
 
     def resolve(self, device_ids: npt.NDArray[np.uint64]) -> None:
         d = self.s._directory
-        # Username -> user id in one pass of dict lookups (a non-str is never a key).
-        uid_of = d.uid_by_name.get
-        self.user_ids = np.fromiter(
-            (uid_of(u, -1) if isinstance(u, str) else -1 for u in self.usernames),
-            np.int64,
-            self.n,
-        )
+        # Username -> user id for the whole batch in one native call (-1: unknown).
+        names = self.usernames if isinstance(self.usernames, list) else list(self.usernames)
+        self.user_ids = d.names.lookup(names)
         for i in np.flatnonzero(self.user_ids < 0).tolist():
             name = self.usernames[i]
             ok_name = isinstance(name, str) and _USERNAME.fullmatch(name)

@@ -10,6 +10,7 @@ mod activation;
 mod convert;
 mod domain;
 mod errors;
+mod names;
 mod ocra;
 mod otp;
 mod threads;
@@ -31,6 +32,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(threads::default_threads, m)?)?;
     m.add_class::<convert::KeyTable>()?;
     m.add_class::<domain::TokenKeys>()?;
+    m.add_class::<names::NameIndex>()?;
     m.add_function(wrap_pyfunction!(domain::card_codes, m)?)?;
     m.add_function(wrap_pyfunction!(domain::card_verify, m)?)?;
     m.add_function(wrap_pyfunction!(domain::card_verify_batch, m)?)?;

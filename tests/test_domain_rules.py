@@ -670,3 +670,21 @@ def test_no_secret_pin_or_code_in_any_repr(sls: SecureLogin) -> None:
     )
     for secret in (passcode, DSC_SECRET.hex(), repr(DSC_SECRET), PIN, "+41791234567", "X1234567"):
         assert secret not in shown
+
+
+def test_first_occurrences_keep_input_order_like_a_replay_check() -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from sls_core.login import _first_occurrences
+
+    @given(st.lists(st.integers(0, 20), max_size=60))
+    def check(values: list[int]) -> None:
+        seen: set[int] = set()
+        expected = []
+        for v in values:
+            expected.append(v not in seen)
+            seen.add(v)
+        assert _first_occurrences(np.array(values, dtype=np.uint64)).tolist() == expected
+
+    check()

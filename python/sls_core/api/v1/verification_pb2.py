@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from sls_core.api.v1 import common_pb2 as sls_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sls/v1/verification.proto\x12\x06sls.v1\x1a\x13sls/v1/common.proto\"^\n\x15IssueChallengeRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\x04\x12 \n\x07purpose\x18\x03 \x01(\x0e\x32\x0f.sls.v1.Purpose\"\xa0\x01\n\x16IssueChallengeResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\x04\x12\'\n\x0b\x64\x65vice_type\x18\x03 \x01(\x0e\x32\x12.sls.v1.DeviceType\x12\x12\n\nexpires_at\x18\x04 \x01(\x01\x12\x11\n\tchallenge\x18\x05 \x01(\t\x12\x14\n\x0c\x63\x61rd_indices\x18\x06 \x03(\r\"b\n\rVerifyRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\t\x12\x1e\n\x06\x61\x63\x63\x65ss\x18\x04 \x01(\x0e\x32\x0e.sls.v1.Access\"V\n\x0eVerifyResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.sls.v1.Outcome\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\x04\"j\n\x12VerifyBatchRequest\x12\x11\n\tusernames\x18\x01 \x03(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12\x11\n\tresponses\x18\x03 \x03(\t\x12\x1e\n\x06\x61\x63\x63\x65ss\x18\x04 \x01(\x0e\x32\x0e.sls.v1.Access\"L\n\x13VerifyBatchResponse\x12!\n\x08outcomes\x18\x01 \x03(\x0e\x32\x0f.sls.v1.Outcome\x12\x12\n\ndevice_ids\x18\x02 \x03(\x04\x32\xb4\x02\n\x13VerificationService\x12O\n\x0eIssueChallenge\x12\x1d.sls.v1.IssueChallengeRequest\x1a\x1e.sls.v1.IssueChallengeResponse\x12\x37\n\x06Verify\x12\x15.sls.v1.VerifyRequest\x1a\x16.sls.v1.VerifyResponse\x12\x46\n\x0bVerifyBatch\x12\x1a.sls.v1.VerifyBatchRequest\x1a\x1b.sls.v1.VerifyBatchResponse\x12K\n\x0cVerifyStream\x12\x1a.sls.v1.VerifyBatchRequest\x1a\x1b.sls.v1.VerifyBatchResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sls/v1/verification.proto\x12\x06sls.v1\x1a\x13sls/v1/common.proto\"^\n\x15IssueChallengeRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\x04\x12 \n\x07purpose\x18\x03 \x01(\x0e\x32\x0f.sls.v1.Purpose\"\xa0\x01\n\x16IssueChallengeResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\x04\x12\'\n\x0b\x64\x65vice_type\x18\x03 \x01(\x0e\x32\x12.sls.v1.DeviceType\x12\x12\n\nexpires_at\x18\x04 \x01(\x01\x12\x11\n\tchallenge\x18\x05 \x01(\t\x12\x14\n\x0c\x63\x61rd_indices\x18\x06 \x03(\r\"\x84\x01\n\rVerifyRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\t\x12\x1e\n\x06\x61\x63\x63\x65ss\x18\x04 \x01(\x0e\x32\x0e.sls.v1.Access\x12 \n\x07purpose\x18\x05 \x01(\x0e\x32\x0f.sls.v1.Purpose\"V\n\x0eVerifyResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.sls.v1.Outcome\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\x04\"j\n\x12VerifyBatchRequest\x12\x11\n\tusernames\x18\x01 \x03(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12\x11\n\tresponses\x18\x03 \x03(\t\x12\x1e\n\x06\x61\x63\x63\x65ss\x18\x04 \x01(\x0e\x32\x0e.sls.v1.Access\"L\n\x13VerifyBatchResponse\x12!\n\x08outcomes\x18\x01 \x03(\x0e\x32\x0f.sls.v1.Outcome\x12\x12\n\ndevice_ids\x18\x02 \x03(\x04\x32\xb4\x02\n\x13VerificationService\x12O\n\x0eIssueChallenge\x12\x1d.sls.v1.IssueChallengeRequest\x1a\x1e.sls.v1.IssueChallengeResponse\x12\x37\n\x06Verify\x12\x15.sls.v1.VerifyRequest\x1a\x16.sls.v1.VerifyResponse\x12\x46\n\x0bVerifyBatch\x12\x1a.sls.v1.VerifyBatchRequest\x1a\x1b.sls.v1.VerifyBatchResponse\x12K\n\x0cVerifyStream\x12\x1a.sls.v1.VerifyBatchRequest\x1a\x1b.sls.v1.VerifyBatchResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,14 +37,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ISSUECHALLENGEREQUEST']._serialized_end=152
   _globals['_ISSUECHALLENGERESPONSE']._serialized_start=155
   _globals['_ISSUECHALLENGERESPONSE']._serialized_end=315
-  _globals['_VERIFYREQUEST']._serialized_start=317
-  _globals['_VERIFYREQUEST']._serialized_end=415
-  _globals['_VERIFYRESPONSE']._serialized_start=417
-  _globals['_VERIFYRESPONSE']._serialized_end=503
-  _globals['_VERIFYBATCHREQUEST']._serialized_start=505
-  _globals['_VERIFYBATCHREQUEST']._serialized_end=611
-  _globals['_VERIFYBATCHRESPONSE']._serialized_start=613
-  _globals['_VERIFYBATCHRESPONSE']._serialized_end=689
-  _globals['_VERIFICATIONSERVICE']._serialized_start=692
-  _globals['_VERIFICATIONSERVICE']._serialized_end=1000
+  _globals['_VERIFYREQUEST']._serialized_start=318
+  _globals['_VERIFYREQUEST']._serialized_end=450
+  _globals['_VERIFYRESPONSE']._serialized_start=452
+  _globals['_VERIFYRESPONSE']._serialized_end=538
+  _globals['_VERIFYBATCHREQUEST']._serialized_start=540
+  _globals['_VERIFYBATCHREQUEST']._serialized_end=646
+  _globals['_VERIFYBATCHRESPONSE']._serialized_start=648
+  _globals['_VERIFYBATCHRESPONSE']._serialized_end=724
+  _globals['_VERIFICATIONSERVICE']._serialized_start=727
+  _globals['_VERIFICATIONSERVICE']._serialized_end=1035
 # @@protoc_insertion_point(module_scope)

@@ -94,6 +94,7 @@ class VerifyRequest(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
     ACCESS_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
     username: _builtins.str
     token: _builtins.str
     """The token from IssueChallenge; empty for a temporary passcode."""
@@ -102,6 +103,10 @@ class VerifyRequest(_message.Message):
     the temporary passcode.
     """
     access: _common_pb2.Access.ValueType
+    purpose: _common_pb2.Purpose.ValueType
+    """PURPOSE_ACTIVATION answers an activation challenge (a shipped device, an online card):
+    the device becomes active. Unspecified is a login.
+    """
     def __init__(
         self,
         *,
@@ -109,10 +114,11 @@ class VerifyRequest(_message.Message):
         token: _builtins.str = ...,
         response: _builtins.str = ...,
         access: _common_pb2.Access.ValueType = ...,
+        purpose: _common_pb2.Purpose.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "response", b"response", "token", b"token", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "purpose", b"purpose", "response", b"response", "token", b"token", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

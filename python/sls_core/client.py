@@ -1,0 +1,1725 @@
+"""Clients of the sls_core gRPC service (``proto/sls/v1``) for login gateways and client
+services: :class:`SlsClient` (blocking, thread-safe) and :class:`AsyncSlsClient` (asyncio).
+
+Both take Python values and return the domain's types (:class:`~sls_core.login.Challenge`,
+:class:`~sls_core.login.Verdict`, :class:`~sls_core.login.BatchResult`,
+:class:`~sls_core.devices.Device`, ...) and raise :class:`~sls_core.errors.SlsError`
+subclasses, never a raw ``grpc.RpcError``:
+
+==========================  =========================================================
+gRPC status                 exception
+==========================  =========================================================
+INVALID_ARGUMENT            :class:`~sls_core.errors.InvalidInputError` (``field: rule``)
+OUT_OF_RANGE                :class:`~sls_core.errors.InvalidInputError`
+FAILED_PRECONDITION         :class:`ClientRefusedError` (``reason``)
+PERMISSION_DENIED           :class:`PermissionDeniedError`
+UNAUTHENTICATED             :class:`UnauthenticatedError` (a :class:`PermissionDeniedError`)
+NOT_FOUND                   :class:`NotFoundError`
+RESOURCE_EXHAUSTED          :class:`ResourceExhaustedError`
+DEADLINE_EXCEEDED           :class:`DeadlineExceededError` (also a ``TimeoutError``)
+UNAVAILABLE                 :class:`UnavailableError` (also a ``ConnectionError``)
+anything else               :class:`SlsRpcError`
+==========================  =========================================================
+
+Retries. Only read-only calls are retried, on UNAVAILABLE, by gRPC's own retry machinery
+(the ``grpc.service_config`` channel option: exponential backoff with jitter, at most
+``RetryPolicy.max_attempts`` attempts, all inside the call's deadline):
+:data:`RETRIED_METHODS`. Everything else changes state on the server and is never retried
+automatically: a retried ``Verify`` or ``VerifyBatch`` whose first attempt did reach the
+server would be answered ``REPLAYED`` (the challenge is used up) or count a wrong answer
+twice toward the lockout; a retried ``IssueChallenge`` mints a second challenge and, for
+SMS devices, sends a second text message; pushes, activations and the admin calls are not
+idempotent either. The caller decides what to do with an :class:`UnavailableError` there.
+
+Micro-batching. With ``linger > 0`` (the default), single :meth:`SlsClient.verify` calls
+made concurrently (threads, or asyncio tasks for :class:`AsyncSlsClient`) are coalesced into
+``VerifyBatch`` calls: the first waiting attempt starts a ``linger``-second timer, a batch
+leaves when the timer fires or ``max_batch`` attempts wait, whichever comes first, and each
+caller gets its own outcome. A batch that fails fails only its own callers; ``close()``
+sends what is still waiting and waits for batches in flight. ``linger=0`` sends a plain
+``Verify`` per call.
+
+This module never puts a response, code, PIN, passcode, key or secret in an exception
+message, a ``repr`` or a log: messages name the field and the rule only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ipaddress
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import grpc
+import grpc.aio
+import numpy as np
+from google.protobuf.message import Message
+
+from sls_core.api.v1 import (
+    activation_pb2,
+    activation_pb2_grpc,
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    push_pb2,
+    push_pb2_grpc,
+    verification_pb2,
+    verification_pb2_grpc,
+)
+from sls_core.devices import Device, DeviceState, DeviceType
+from sls_core.errors import InvalidInputError, InvalidInputTypeError, SlsError
+from sls_core.ibkey import APPROVE, DECLINE, Activated, PushChallenge
+from sls_core.login import (
+    Access,
+    BatchResult,
+    Challenge,
+    Identity,
+    LockoutStatus,
+    Purpose,
+    Verdict,
+    WithdrawalLimits,
+)
+from sls_core.outcome import LoginOutcome
+
+if TYPE_CHECKING:
+    from sls_core.api.v1.activation_pb2_grpc import ActivationServiceAsyncStub
+    from sls_core.api.v1.admin_pb2_grpc import AdminServiceAsyncStub, PolicyServiceAsyncStub
+    from sls_core.api.v1.push_pb2_grpc import PushServiceAsyncStub
+    from sls_core.api.v1.verification_pb2_grpc import VerificationServiceAsyncStub
+
+__all__ = [
+    "DEFAULT_LINGER",
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_MESSAGE_LENGTH",
+    "DEFAULT_RETRY",
+    "DEFAULT_TIMEOUT",
+    "RETRIED_METHODS",
+    "ActivationOffer",
+    "AsyncSlsClient",
+    "ClientClosedError",
+    "ClientRefusedError",
+    "DeadlineExceededError",
+    "NotFoundError",
+    "OnlineCard",
+    "PermissionDeniedError",
+    "ProtocolError",
+    "ResourceExhaustedError",
+    "RetryPolicy",
+    "SecurityLevel",
+    "SlsClient",
+    "SlsRpcError",
+    "TlsSettings",
+    "UnauthenticatedError",
+    "UnavailableError",
+]
+
+#: Seconds a call may take unless the call says otherwise.
+DEFAULT_TIMEOUT = 5.0
+#: Seconds the first waiting verify() holds its batch open for others.
+DEFAULT_LINGER = 0.002
+#: Attempts per coalesced VerifyBatch call.
+DEFAULT_MAX_BATCH = 10_000
+#: Bytes per message, both ways (gRPC's own default is 4 MiB received).
+DEFAULT_MAX_MESSAGE_LENGTH = 64 * 1024 * 1024
+
+#: Read-only methods: retried on UNAVAILABLE. Nothing else is (see the module docstring).
+RETRIED_METHODS: frozenset[str] = frozenset(
+    {
+        "sls.v1.PushService/GetPushStatus",
+        "sls.v1.PushService/ListPendingPushes",
+        "sls.v1.AdminService/ListDevices",
+        "sls.v1.PolicyService/GetSecurityLevel",
+        "sls.v1.PolicyService/GetWithdrawalLimits",
+        "sls.v1.PolicyService/GetSessionLength",
+        "sls.v1.PolicyService/GetLockoutStatus",
+    }
+)
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class SlsRpcError(SlsError):
+    """A call failed with a gRPC status. ``method`` is the RPC ("Verify"), ``code`` the
+    ``grpc.StatusCode`` and ``details`` the server's text (never a secret or a code)."""
+
+    def __init__(self, method: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{method}: {code.name}" + (f": {details}" if details else ""))
+        self.method = method
+        self.code = code
+        self.details = details
+
+    def __reduce__(self) -> tuple[type[SlsRpcError], tuple[str, grpc.StatusCode, str]]:
+        return (type(self), (self.method, self.code, self.details))
+
+
+class ClientRefusedError(SlsRpcError):
+    """FAILED_PRECONDITION: the server refused the request for a domain reason, e.g.
+    "already used or expired" (activation) or "less secure device" (sharing)."""
+
+    def __init__(self, method: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(method, code, details)
+        self.reason = details
+
+
+class PermissionDeniedError(SlsRpcError):
+    """PERMISSION_DENIED: this identity may not make this call (a gateway administering)."""
+
+
+class UnauthenticatedError(PermissionDeniedError):
+    """UNAUTHENTICATED: the server does not know who is calling."""
+
+
+class NotFoundError(SlsRpcError, LookupError):
+    """NOT_FOUND: no such user, device, push or activation."""
+
+
+class ResourceExhaustedError(SlsRpcError):
+    """RESOURCE_EXHAUSTED: too many items in a batch, a message too large, or a rate limit."""
+
+
+class DeadlineExceededError(SlsRpcError, TimeoutError):
+    """DEADLINE_EXCEEDED: no answer in time. The server may still have acted on the call
+    (a verify may have used its challenge up)."""
+
+
+class UnavailableError(SlsRpcError, ConnectionError):
+    """UNAVAILABLE: the server cannot be reached or is shutting down."""
+
+
+class ProtocolError(SlsError):
+    """The server's answer does not follow the API (wrong item count, unknown enum)."""
+
+
+class ClientClosedError(SlsError, RuntimeError):
+    """The client was closed."""
+
+    def __init__(self, message: str = "the client is closed") -> None:
+        super().__init__(message)
+
+
+_STATUS_ERRORS: dict[grpc.StatusCode, type[SlsRpcError]] = {
+    grpc.StatusCode.FAILED_PRECONDITION: ClientRefusedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+}
+
+
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\[\]]*")
+
+
+def _rpc_error(err: grpc.RpcError, method: str) -> SlsError:
+    """The sls_core exception for a failed call (one place, for both clients)."""
+    code_of = getattr(err, "code", None)
+    code = code_of() if callable(code_of) else None
+    if not isinstance(code, grpc.StatusCode):
+        code = grpc.StatusCode.UNKNOWN
+    details_of = getattr(err, "details", None)
+    details = (details_of() if callable(details_of) else None) or ""
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
+        name, sep, rule = details.partition(": ")
+        if sep and rule and _FIELD.fullmatch(name):
+            return InvalidInputError(name, rule)
+        return InvalidInputError("request", details or code.name.lower())
+    return _STATUS_ERRORS.get(code, SlsRpcError)(method, code, details)
+
+
+# --- settings -----------------------------------------------------------------------------
+
+#: PEM data as ``bytes``, or the path of a PEM file as ``str`` / ``os.PathLike``.
+PemSource = bytes | str | os.PathLike[str]
+
+
+def _pem(field_name: str, source: PemSource | None) -> bytes | None:
+    if source is None:
+        return None
+    if isinstance(source, bytes):
+        data = source
+    elif isinstance(source, str | os.PathLike):
+        try:
+            data = Path(source).read_bytes()
+        except OSError as err:
+            raise InvalidInputError(field_name, f"cannot read the file ({err.strerror})") from None
+    else:
+        raise InvalidInputTypeError(field_name, "must be PEM bytes or a file path")
+    if b"-----BEGIN " not in data:
+        raise InvalidInputError(field_name, "must be PEM")
+    return data
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS for the channel: ``ca_cert`` checks the server (``None``: the system roots);
+    ``client_cert`` and ``client_key`` (both or neither) are the gateway's identity for
+    mutual TLS. Each is PEM ``bytes`` or a file path. ``server_name_override`` is the name
+    the server certificate must carry when it differs from the target's host (tests,
+    connecting by IP address)."""
+
+    ca_cert: PemSource | None = None
+    client_cert: PemSource | None = None
+    client_key: PemSource | None = field(default=None, repr=False)
+    server_name_override: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise InvalidInputError(
+                "client_key", "give both client_cert and client_key, or neither"
+            )
+        return grpc.ssl_channel_credentials(
+            root_certificates=_pem("ca_cert", self.ca_cert),
+            private_key=_pem("client_key", self.client_key),
+            certificate_chain=_pem("client_cert", self.client_cert),
+        )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """gRPC retry policy for :data:`RETRIED_METHODS` on UNAVAILABLE: the n-th retry waits a
+    random time in ``[0, min(initial_backoff * backoff_multiplier**(n-1), max_backoff)]``
+    seconds (gRFC A6). gRPC caps ``max_attempts`` at 5."""
+
+    max_attempts: int = 4
+    initial_backoff: float = 0.05
+    max_backoff: float = 1.0
+    backoff_multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.max_attempts, int) and 2 <= self.max_attempts <= 5):
+            raise InvalidInputError("max_attempts", "must be an int from 2 to 5")
+        for name in ("initial_backoff", "max_backoff", "backoff_multiplier"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not value > 0:
+                raise InvalidInputError(name, "must be a positive number")
+
+    def service_config(self) -> str:
+        """The ``grpc.service_config`` JSON: this policy for the read-only methods only."""
+        names = []
+        for path in sorted(RETRIED_METHODS):
+            service, method = path.split("/")
+            names.append({"service": service, "method": method})
+        policy = {
+            "maxAttempts": self.max_attempts,
+            "initialBackoff": f"{self.initial_backoff:.6f}s",
+            "maxBackoff": f"{self.max_backoff:.6f}s",
+            "backoffMultiplier": self.backoff_multiplier,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+        return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
+
+
+#: The retry policy clients use unless told otherwise.
+DEFAULT_RETRY = RetryPolicy()
+
+
+def _is_loopback(target: str) -> bool:
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    for scheme in ("dns:///", "ipv4:", "ipv6:"):
+        target = target.removeprefix(scheme)
+    if target.startswith("["):
+        host = target[1 : target.find("]")]
+    else:
+        host = target.rsplit(":", 1)[0] if target.count(":") == 1 else target
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class _ChannelSettings:
+    target: str
+    tls: TlsSettings | None
+    timeout: float
+    linger: float
+    max_batch: int
+    options: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def build(
+        cls,
+        target: str,
+        *,
+        tls: TlsSettings | None,
+        timeout: float,
+        linger: float,
+        max_batch: int,
+        max_send_message_length: int,
+        max_receive_message_length: int,
+        retry: RetryPolicy | None,
+    ) -> _ChannelSettings:
+        if not isinstance(target, str) or not target:
+            raise InvalidInputError("target", "must be a non-empty 'host:port' string")
+        if tls is None and not _is_loopback(target):
+            raise InvalidInputError("tls", "TLS settings are required for a non-loopback target")
+        if tls is not None and not isinstance(tls, TlsSettings):
+            raise InvalidInputTypeError("tls", "must be a TlsSettings or None")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidInputTypeError("retry", "must be a RetryPolicy or None")
+        for name, number in (("timeout", timeout), ("linger", linger)):
+            if not isinstance(number, int | float) or not 0 <= number < float("inf"):
+                raise InvalidInputError(name, "must be a finite number of seconds >= 0")
+        if timeout <= 0:
+            raise InvalidInputError("timeout", "must be > 0")
+        for name, count in (
+            ("max_batch", max_batch),
+            ("max_send_message_length", max_send_message_length),
+            ("max_receive_message_length", max_receive_message_length),
+        ):
+            if not isinstance(count, int) or not 1 <= count <= 2**31 - 1:
+                raise InvalidInputError(name, "must be an int from 1 to 2**31 - 1")
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", max_send_message_length),
+            ("grpc.max_receive_message_length", max_receive_message_length),
+            # Only our own service config: a DNS TXT record must not turn retries on for Verify.
+            ("grpc.service_config_disable_resolution", 1),
+            # retry=None: no retries of any kind, not even gRPC's transparent ones.
+            ("grpc.enable_retries", 1 if retry is not None else 0),
+        ]
+        if retry is not None:
+            options.append(("grpc.service_config", retry.service_config()))
+        if tls is not None and tls.server_name_override:
+            options.append(("grpc.ssl_target_name_override", tls.server_name_override))
+        return cls(target, tls, float(timeout), float(linger), max_batch, tuple(options))
+
+
+# --- results that have no domain type -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActivationOffer:
+    """What the portal shows: the QR code (``qr_png``/``qr_svg`` of ``payload``) and the
+    manual string under it. Kept out of ``repr``: they activate an IB Key."""
+
+    payload: str = field(repr=False)
+    manual_code: str = field(repr=False)
+    expires_at: float
+    qr_png: bytes = field(repr=False)
+    qr_svg: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class OnlineCard:
+    """An Online Security Code Card: the device and the printable card (its codes are on
+    it, so it stays out of ``repr``)."""
+
+    device: Device
+    card_png: bytes = field(repr=False)
+    card_pdf: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SecurityLevel:
+    """1 (highest) to 5; 0 and ``strongest_device=None`` when the user has no active device."""
+
+    level: int
+    strongest_device: DeviceType | None
+
+
+# --- conversions --------------------------------------------------------------------------
+
+# Indexed by value; LoginOutcome(i) fails at import if the values ever stop being 0..n-1.
+_OUTCOMES = tuple(LoginOutcome(i) for i in range(len(LoginOutcome)))
+_ACCESS = {
+    Access.TRADING: common_pb2.ACCESS_TRADING,
+    Access.PORTAL: common_pb2.ACCESS_PORTAL,
+    Access.ONLINE_CARD: common_pb2.ACCESS_ONLINE_CARD,
+}
+_PURPOSE = {
+    Purpose.LOGIN: common_pb2.PURPOSE_LOGIN,
+    Purpose.ACTIVATION: common_pb2.PURPOSE_ACTIVATION,
+}
+_PURPOSE_FROM = {v: k for k, v in _PURPOSE.items()}
+_TYPE_TO = {t: common_pb2.DeviceType.Value(f"DEVICE_TYPE_{t.name}") for t in DeviceType}
+_TYPE_FROM: dict[int, DeviceType] = {v: k for k, v in _TYPE_TO.items()}
+_STATE_FROM: dict[int, DeviceState] = {
+    common_pb2.DeviceState.Value(f"DEVICE_STATE_{s.name}"): s for s in DeviceState
+}
+_PUSH_STATUS: dict[int, str] = {
+    push_pb2.PUSH_STATUS_PENDING: "pending",
+    push_pb2.PUSH_STATUS_APPROVED: "approved",
+    push_pb2.PUSH_STATUS_DECLINED: "declined",
+    push_pb2.PUSH_STATUS_EXPIRED: "expired",
+}
+_DECISION = {APPROVE: push_pb2.DECISION_APPROVE, DECLINE: push_pb2.DECISION_DECLINE}
+
+_M = TypeVar("_M", bound=Message)
+_T = TypeVar("_T")
+
+
+def _message(cls: Callable[..., _M], **fields: Any) -> _M:
+    """Builds a request; a value protobuf refuses is reported by field name, never quoted.
+
+    The error is raised outside any ``except`` block, so it does not even carry protobuf's
+    exception as its context."""
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError):
+        pass
+    raise _refused_field(cls, fields)
+
+
+def _refused_field(cls: Callable[..., Message], fields: dict[str, Any]) -> InvalidInputError:
+    for name, value in fields.items():
+        try:
+            cls(**{name: value})
+        except TypeError:
+            return InvalidInputTypeError(name, "has the wrong type")
+        except ValueError:
+            return InvalidInputError(name, "is out of range")
+    return InvalidInputError("request", "cannot be encoded")
+
+
+def _text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputTypeError(name, "must be a str")
+    return value
+
+
+def _access(access: str) -> common_pb2.Access.ValueType:
+    value = _ACCESS.get(access) if isinstance(access, str) else None
+    if value is None:
+        raise InvalidInputError("access", "must be one of " + ", ".join(Access.ALL))
+    return value
+
+
+def _optional_id(name: str, value: int | None) -> int:
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InvalidInputError(name, "must be a positive int or None")
+    return value
+
+
+def _outcome(value: int) -> LoginOutcome:
+    if not 1 <= value <= len(_OUTCOMES):
+        raise ProtocolError(f"outcome: unknown value {value}")
+    return _OUTCOMES[value - 1]
+
+
+def _device_type(value: int) -> DeviceType:
+    try:
+        return _TYPE_FROM[value]
+    except KeyError:
+        raise ProtocolError(f"device type: unknown value {value}") from None
+
+
+def _device(proto: common_pb2.Device) -> Device:
+    state = _STATE_FROM.get(proto.state)
+    if state is None:
+        raise ProtocolError(f"device state: unknown value {proto.state}")
+    return Device(
+        id=proto.device_id,
+        type=_device_type(proto.type),
+        state=state,
+        serial=proto.serial,
+        issued_at=proto.issued_at,
+        activated_at=proto.activated_at or None,
+        expires_at=proto.expires_at or None,
+    )
+
+
+def _push(proto: push_pb2.Push) -> PushChallenge:
+    return PushChallenge(proto.challenge_id, proto.user_id, proto.device_id, proto.expires_at)
+
+
+def _batch_result(response: verification_pb2.VerifyBatchResponse, count: int) -> BatchResult:
+    raw = np.fromiter(response.outcomes, dtype=np.int64, count=len(response.outcomes))
+    if len(raw) != count:
+        raise ProtocolError(f"VerifyBatch: {len(raw)} outcomes for {count} attempts")
+    if count and (raw.min() < 1 or raw.max() > len(_OUTCOMES)):
+        raise ProtocolError("VerifyBatch: unknown outcome value")
+    ids = np.fromiter(response.device_ids, dtype=np.uint64, count=len(response.device_ids))
+    if len(ids) == 0:
+        ids = np.zeros(count, dtype=np.uint64)
+    elif len(ids) != count:
+        raise ProtocolError(f"VerifyBatch: {len(ids)} device ids for {count} attempts")
+    return BatchResult(outcomes=(raw - 1).astype(np.uint8), device_ids=ids)
+
+
+def _challenge(response: verification_pb2.IssueChallengeResponse, purpose: int) -> Challenge:
+    indices = tuple(response.card_indices)
+    return Challenge(
+        token=response.token,
+        device_id=response.device_id,
+        device_type=_device_type(response.device_type),
+        purpose=purpose,
+        expires_at=response.expires_at,
+        challenge=response.challenge or None,
+        card_indices=(indices[0], indices[1]) if len(indices) == 2 else None,
+    )
+
+
+def _verdict(response: verification_pb2.VerifyResponse) -> Verdict:
+    return Verdict(_outcome(response.outcome), response.device_id or None)
+
+
+def _push_status(response: push_pb2.GetPushStatusResponse) -> str:
+    try:
+        return _PUSH_STATUS[response.status]
+    except KeyError:
+        raise ProtocolError(f"push status: unknown value {response.status}") from None
+
+
+def _limits(response: admin_pb2.GetWithdrawalLimitsResponse) -> WithdrawalLimits:
+    device = _device_type(response.device) if response.device else None
+    if response.unlimited:
+        return WithdrawalLimits(device, None, None)
+    return WithdrawalLimits(device, response.per_day, response.per_five_days)
+
+
+def _none(_response: Message) -> None:
+    return None
+
+
+# --- calls, shared by both clients --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Call(Generic[_T]):
+    """One unary call: which stub and method, the request, how to read the answer."""
+
+    service: str
+    method: str
+    request: Message
+    parse: Callable[[Any], _T]
+    extra_timeout: float = 0.0
+
+
+def _issue_challenge_call(username: str, device_id: int | None, purpose: int) -> _Call[Challenge]:
+    _check_purpose(purpose)
+    request = _message(
+        verification_pb2.IssueChallengeRequest,
+        username=_text("username", username),
+        device_id=_optional_id("device_id", device_id),
+        purpose=_PURPOSE[purpose],
+    )
+    return _Call("verification", "IssueChallenge", request, partial(_challenge, purpose=purpose))
+
+
+def _verify_fields(
+    username: str, token: str | None, response: str, access: str
+) -> tuple[str, str, str, common_pb2.Access.ValueType]:
+    """Checked before an attempt joins a batch, so a bad one never fails its neighbours."""
+    return (
+        _text("username", username),
+        "" if token is None else _text("token", token),
+        _text("response", response),
+        _access(access),
+    )
+
+
+def _verify_call(
+    fields: tuple[str, str, str, common_pb2.Access.ValueType], purpose: int = Purpose.LOGIN
+) -> _Call[Verdict]:
+    username, token, response, access = fields
+    request = verification_pb2.VerifyRequest(
+        username=username, token=token, response=response, access=access
+    )
+    if purpose != Purpose.LOGIN:
+        request.purpose = _PURPOSE[purpose]
+    return _Call("verification", "Verify", request, _verdict)
+
+
+def _check_purpose(purpose: int) -> int:
+    if purpose not in _PURPOSE:
+        raise InvalidInputError("purpose", "must be Purpose.LOGIN or Purpose.ACTIVATION")
+    return purpose
+
+
+def _column(name: str, values: Sequence[str | None], count: int | None) -> list[str]:
+    if isinstance(values, str | bytes):
+        raise InvalidInputTypeError(name, "must be a sequence of str, not a single value")
+    column = ["" if v is None else v for v in values]
+    if count is not None and len(column) != count:
+        raise InvalidInputError(name, "must have one entry per username")
+    for v in column:
+        if not isinstance(v, str):
+            raise InvalidInputTypeError(name, "every entry must be a str")
+    return column
+
+
+def _verify_batch_call(
+    usernames: Sequence[str],
+    tokens: Sequence[str | None],
+    responses: Sequence[str],
+    access: str,
+) -> _Call[BatchResult]:
+    names = _column("usernames", usernames, None)
+    request = verification_pb2.VerifyBatchRequest(
+        usernames=names,
+        tokens=_column("tokens", tokens, len(names)),
+        responses=_column("responses", responses, len(names)),
+        access=_access(access),
+    )
+    return _Call("verification", "VerifyBatch", request, partial(_batch_result, count=len(names)))
+
+
+def _create_activation_call(username: str) -> _Call[ActivationOffer]:
+    request = _message(activation_pb2.CreateActivationRequest, username=username)
+
+    def parse(r: activation_pb2.CreateActivationResponse) -> ActivationOffer:
+        return ActivationOffer(r.payload, r.manual_code, r.expires_at, r.qr_png, r.qr_svg)
+
+    return _Call("activation", "CreateActivation", request, parse)
+
+
+def _complete_activation_call(
+    app_public: bytes,
+    push_public: bytes,
+    payload: str | None,
+    manual_code: str | None,
+    pin: str | None,
+) -> _Call[Activated]:
+    if (payload is None) == (manual_code is None):
+        raise InvalidInputError("payload", "give exactly one of payload and manual_code")
+    code = (
+        {"payload": _text("payload", payload)}
+        if payload is not None
+        else {"manual_code": _text("manual_code", manual_code)}
+    )
+    request = _message(
+        activation_pb2.CompleteActivationRequest,
+        app_public=app_public,
+        push_public=push_public,
+        pin="" if pin is None else _text("pin", pin),
+        **code,
+    )
+
+    def parse(r: activation_pb2.CompleteActivationResponse) -> Activated:
+        return Activated(_device(r.device), r.username, r.server_public, r.session_id, r.suite)
+
+    return _Call("activation", "CompleteActivation", request, parse)
+
+
+def _send_sms_activation_call(username: str) -> _Call[float]:
+    request = _message(activation_pb2.SendSmsActivationRequest, username=username)
+    return _Call("activation", "SendSmsActivation", request, lambda r: float(r.expires_at))
+
+
+def _create_push_call(username: str, device_id: int | None) -> _Call[PushChallenge]:
+    request = _message(
+        push_pb2.CreatePushRequest,
+        username=username,
+        device_id=_optional_id("device_id", device_id),
+    )
+    return _Call("push", "CreatePush", request, lambda r: _push(r.push))
+
+
+def _list_pending_pushes_call(push_public: bytes) -> _Call[list[PushChallenge]]:
+    request = _message(push_pb2.ListPendingPushesRequest, push_public=push_public)
+    return _Call("push", "ListPendingPushes", request, lambda r: [_push(p) for p in r.pushes])
+
+
+def _answer_push_call(challenge_id: int, decision: int, signature: bytes) -> _Call[LoginOutcome]:
+    if decision not in _DECISION:
+        raise InvalidInputError("decision", "must be ibkey.APPROVE (1) or ibkey.DECLINE (2)")
+    request = _message(
+        push_pb2.AnswerPushRequest,
+        challenge_id=challenge_id,
+        decision=_DECISION[decision],
+        signature=signature,
+    )
+    return _Call("push", "AnswerPush", request, lambda r: _outcome(r.outcome))
+
+
+def _push_status_call(challenge_id: int, wait_seconds: float) -> _Call[str]:
+    if not isinstance(wait_seconds, int | float) or not 0 <= wait_seconds < float("inf"):
+        raise InvalidInputError("timeout", "must be a finite number of seconds >= 0")
+    request = _message(
+        push_pb2.GetPushStatusRequest, challenge_id=challenge_id, wait_seconds=wait_seconds
+    )
+    return _Call("push", "GetPushStatus", request, _push_status, extra_timeout=wait_seconds)
+
+
+def _create_user_call(username: str, identity: Identity | None) -> _Call[int]:
+    if identity is not None and not isinstance(identity, Identity):
+        raise InvalidInputTypeError("identity", "must be a login.Identity or None")
+    ident = _message(admin_pb2.Identity, **(identity or Identity()).as_dict())
+    request = _message(admin_pb2.CreateUserRequest, username=username, identity=ident)
+    return _Call("admin", "CreateUser", request, lambda r: int(r.user_id))
+
+
+def _enroll_device_call(
+    username: str,
+    device_type: DeviceType,
+    secret: bytes | None,
+    pin: str | None,
+    suite: str | None,
+    serial: str | None,
+    phone: str | None,
+    shipped: bool,
+    replaces: int | None,
+) -> _Call[Device]:
+    if not isinstance(device_type, DeviceType):
+        raise InvalidInputTypeError("device_type", "must be a DeviceType")
+    request = _message(
+        admin_pb2.EnrollDeviceRequest,
+        username=username,
+        type=_TYPE_TO[device_type],
+        secret=secret or b"",
+        pin=pin or "",
+        suite=suite or "",
+        serial=serial or "",
+        phone=phone or "",
+        shipped=shipped,
+        replaces=_optional_id("replaces", replaces),
+    )
+    return _Call("admin", "EnrollDevice", request, lambda r: _device(r.device))
+
+
+def _list_devices_call(username: str) -> _Call[list[Device]]:
+    request = _message(admin_pb2.ListDevicesRequest, username=username)
+    return _Call("admin", "ListDevices", request, lambda r: [_device(d) for d in r.devices])
+
+
+def _device_call(method: str, cls: Callable[..., Message], **fields: Any) -> _Call[None]:
+    return _Call("admin", method, _message(cls, **fields), _none)
+
+
+def _issue_temporary_passcode_call(username: str) -> _Call[str]:
+    request = _message(admin_pb2.IssueTemporaryPasscodeRequest, username=username)
+    return _Call("admin", "IssueTemporaryPasscode", request, lambda r: str(r.passcode))
+
+
+def _issue_online_card_call(username: str) -> _Call[OnlineCard]:
+    request = _message(admin_pb2.IssueOnlineCardRequest, username=username)
+
+    def parse(r: admin_pb2.IssueOnlineCardResponse) -> OnlineCard:
+        return OnlineCard(_device(r.device), r.card_png, r.card_pdf)
+
+    return _Call("admin", "IssueOnlineCard", request, parse)
+
+
+def _security_level_call(username: str) -> _Call[SecurityLevel]:
+    request = _message(admin_pb2.GetSecurityLevelRequest, username=username)
+
+    def parse(r: admin_pb2.GetSecurityLevelResponse) -> SecurityLevel:
+        strongest = _device_type(r.strongest_device) if r.strongest_device else None
+        return SecurityLevel(r.security_level, strongest)
+
+    return _Call("policy", "GetSecurityLevel", request, parse)
+
+
+def _withdrawal_limits_call(username: str) -> _Call[WithdrawalLimits]:
+    request = _message(admin_pb2.GetWithdrawalLimitsRequest, username=username)
+    return _Call("policy", "GetWithdrawalLimits", request, _limits)
+
+
+def _session_length_call(unlock: str) -> _Call[float]:
+    request = _message(admin_pb2.GetSessionLengthRequest, unlock=unlock)
+    return _Call("policy", "GetSessionLength", request, lambda r: float(r.seconds))
+
+
+def _lockout_status_call(username: str) -> _Call[LockoutStatus]:
+    request = _message(admin_pb2.GetLockoutStatusRequest, username=username)
+
+    def parse(r: admin_pb2.GetLockoutStatusResponse) -> LockoutStatus:
+        return LockoutStatus(r.consecutive_failures, r.locked_until or None)
+
+    return _Call("policy", "GetLockoutStatus", request, parse)
+
+
+def _batch_request(
+    attempts: Sequence[_Attempt[Any]], access: common_pb2.Access.ValueType
+) -> verification_pb2.VerifyBatchRequest:
+    return verification_pb2.VerifyBatchRequest(
+        usernames=[a.username for a in attempts],
+        tokens=[a.token for a in attempts],
+        responses=[a.response for a in attempts],
+        access=access,
+    )
+
+
+def _by_access(
+    attempts: list[_Attempt[_T]],
+) -> dict[common_pb2.Access.ValueType, list[_Attempt[_T]]]:
+    """One VerifyBatch per access (the request carries one); input order kept in each."""
+    groups: dict[common_pb2.Access.ValueType, list[_Attempt[_T]]] = {}
+    for attempt in attempts:
+        groups.setdefault(attempt.access, []).append(attempt)
+    return groups
+
+
+@dataclass(eq=False)
+class _Attempt(Generic[_T]):
+    """One verify() waiting for its batch. ``future`` is a concurrent or asyncio future."""
+
+    username: str
+    token: str
+    response: str = field(repr=False)
+    access: common_pb2.Access.ValueType
+    deadline: float
+    future: _T
+    enqueued: float = 0.0
+
+
+def _verdicts(result: BatchResult) -> list[Verdict]:
+    ids = result.device_ids.tolist()
+    return [Verdict(_OUTCOMES[o], ids[i] or None) for i, o in enumerate(result.outcomes.tolist())]
+
+
+def _batch_failure(err: BaseException | None) -> SlsError:
+    """A fresh exception per caller (each raises it in its own thread or task)."""
+    if err is None:
+        return _timeout_error()
+    if isinstance(err, grpc.RpcError):
+        return _rpc_error(err, "VerifyBatch")
+    if isinstance(err, ProtocolError):
+        return ProtocolError(str(err))
+    if isinstance(err, grpc.FutureCancelledError | asyncio.CancelledError):
+        return ClientClosedError()
+    return SlsError(f"VerifyBatch failed: {type(err).__name__}")
+
+
+# --- the blocking client ------------------------------------------------------------------
+
+
+_SyncAttempt = _Attempt["concurrent.futures.Future[Verdict]"]
+
+
+class _ThreadBatcher:
+    """Coalesces verify() calls from many threads into VerifyBatch calls.
+
+    One daemon thread waits for the first attempt, holds the batch open ``linger`` seconds
+    (or until ``max_batch`` attempts wait) and starts the call without waiting for it;
+    gRPC's completion callback hands each caller its outcome. Order within a batch is
+    arrival order under the lock, and an attempt is taken off the queue exactly once.
+    """
+
+    def __init__(
+        self,
+        rpc: grpc.UnaryUnaryMultiCallable[
+            verification_pb2.VerifyBatchRequest, verification_pb2.VerifyBatchResponse
+        ],
+        *,
+        linger: float,
+        max_batch: int,
+    ) -> None:
+        self._rpc = rpc
+        self._linger = linger
+        self._max_batch = max_batch
+        self._cond = threading.Condition()
+        self._pending: list[_SyncAttempt] = []
+        self._in_flight = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def submit(
+        self,
+        username: str,
+        token: str,
+        response: str,
+        access: common_pb2.Access.ValueType,
+        *,
+        deadline: float,
+    ) -> concurrent.futures.Future[Verdict]:
+        future: concurrent.futures.Future[Verdict] = concurrent.futures.Future()
+        attempt = _SyncAttempt(username, token, response, access, deadline, future)
+        with self._cond:
+            if self._closed:
+                raise ClientClosedError()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="sls-client-batcher", daemon=True
+                )
+                self._thread.start()
+            attempt.enqueued = time.monotonic()
+            self._pending.append(attempt)
+            waiting = len(self._pending)
+            if waiting == 1 or waiting >= self._max_batch:
+                self._cond.notify()
+        return future
+
+    def close(self) -> None:
+        """Sends what is waiting, then waits for every batch in flight."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        with self._cond:
+            self._cond.wait_for(lambda: self._in_flight == 0)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return  # closed and drained
+                flush_at = self._pending[0].enqueued + self._linger
+                while len(self._pending) < self._max_batch and not self._closed:
+                    remaining = flush_at - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                groups = _by_access(batch)
+                self._in_flight += len(groups)
+            for access, group in groups.items():
+                self._send(access, group)
+
+    def _send(self, access: common_pb2.Access.ValueType, group: list[_SyncAttempt]) -> None:
+        # The batch may run until its latest caller gives up; each caller waits its own time.
+        timeout = max(a.deadline for a in group) - time.monotonic()
+        if timeout <= 0:
+            self._fail(group, None)
+            return
+        try:
+            call = self._rpc.future(_batch_request(group, access), timeout=timeout)
+        except Exception as err:  # the channel is closed or broken: fail these callers
+            self._fail(group, err)
+        else:
+            call.add_done_callback(partial(self._complete, group))
+
+    def _complete(
+        self,
+        group: list[_SyncAttempt],
+        call: grpc.Future[verification_pb2.VerifyBatchResponse],
+    ) -> None:
+        try:
+            verdicts = _verdicts(_batch_result(call.result(), len(group)))
+        except Exception as err:  # every caller must get an answer
+            self._fail(group, err)
+            return
+        for attempt, verdict in zip(group, verdicts, strict=True):
+            if not attempt.future.done():
+                attempt.future.set_result(verdict)
+        self._done()
+
+    def _fail(self, group: list[_SyncAttempt], err: BaseException | None) -> None:
+        """``err=None``: the deadline passed before the batch could leave."""
+        for attempt in group:
+            if not attempt.future.done():
+                attempt.future.set_exception(_batch_failure(err))
+        self._done()
+
+    def _done(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+
+def _timeout_error() -> DeadlineExceededError:
+    return DeadlineExceededError(
+        "VerifyBatch", grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before an answer"
+    )
+
+
+class SlsClient:
+    """Blocking client, safe to share between threads.
+
+    ``target`` is ``"host:port"``; ``tls`` the :class:`TlsSettings` (``None`` = plaintext,
+    refused unless the target is a loopback address); ``timeout`` the deadline of each call
+    in seconds unless the call gives its own; ``linger`` and ``max_batch`` drive
+    micro-batching of :meth:`verify` (``linger=0``: off); ``retry`` the policy of the
+    read-only calls (``None``: no retries). Use as a context manager, or call
+    :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: TlsSettings | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        linger: float = DEFAULT_LINGER,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_send_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
+        max_receive_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+    ) -> None:
+        self._settings = _ChannelSettings.build(
+            target,
+            tls=tls,
+            timeout=timeout,
+            linger=linger,
+            max_batch=max_batch,
+            max_send_message_length=max_send_message_length,
+            max_receive_message_length=max_receive_message_length,
+            retry=retry,
+        )
+        options = list(self._settings.options)
+        if tls is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
+        verification = verification_pb2_grpc.VerificationServiceStub(self._channel)
+        self._stubs: dict[str, Any] = {
+            "verification": verification,
+            "activation": activation_pb2_grpc.ActivationServiceStub(self._channel),
+            "push": push_pb2_grpc.PushServiceStub(self._channel),
+            "admin": admin_pb2_grpc.AdminServiceStub(self._channel),
+            "policy": admin_pb2_grpc.PolicyServiceStub(self._channel),
+        }
+        self._batcher = (
+            _ThreadBatcher(
+                verification.VerifyBatch,
+                linger=self._settings.linger,
+                max_batch=self._settings.max_batch,
+            )
+            if self._settings.linger > 0
+            else None
+        )
+        self._closed = False
+
+    def __repr__(self) -> str:
+        mode = "insecure" if self._settings.tls is None else "tls"
+        return f"SlsClient({self._settings.target!r}, {mode}, linger={self._settings.linger})"
+
+    def __enter__(self) -> SlsClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Sends the verify() attempts still waiting, waits for their answers, then closes
+        the channel. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._batcher is not None:
+            self._batcher.close()
+        self._channel.close()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Blocks until the channel is connected (:class:`DeadlineExceededError` if not in
+        ``timeout`` seconds, default the client's)."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=self._timeout(timeout))
+        except grpc.FutureTimeoutError:
+            raise DeadlineExceededError(
+                "connect", grpc.StatusCode.DEADLINE_EXCEEDED, "channel not ready in time"
+            ) from None
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self._settings.timeout if timeout is None else timeout
+
+    def _run(self, call: _Call[_T], timeout: float | None) -> _T:
+        if self._closed:
+            raise ClientClosedError()
+        rpc = getattr(self._stubs[call.service], call.method)
+        try:
+            response = rpc(call.request, timeout=self._timeout(timeout) + call.extra_timeout)
+        except grpc.RpcError as err:
+            raise _rpc_error(err, call.method) from err
+        return call.parse(response)
+
+    # verification
+
+    def issue_challenge(
+        self,
+        username: str,
+        *,
+        device_id: int | None = None,
+        purpose: int = Purpose.LOGIN,
+        timeout: float | None = None,
+    ) -> Challenge:
+        """A challenge for ``username``'s device (M2FS: ``device_id``, else their choice).
+        Not retried: each call mints a new challenge (and texts SMS devices)."""
+        return self._run(_issue_challenge_call(username, device_id, purpose), timeout)
+
+    def verify(
+        self,
+        username: str,
+        token: str | None,
+        response: str,
+        *,
+        access: str = Access.TRADING,
+        purpose: int = Purpose.LOGIN,
+        timeout: float | None = None,
+    ) -> Verdict:
+        """One attempt: what the user typed for the challenge ``token`` (``None`` for a
+        temporary passcode). Coalesced with concurrent calls when ``linger > 0``; never
+        retried (a replay would be refused, and a wrong answer counted twice).
+        ``purpose=Purpose.ACTIVATION`` answers an activation challenge (the device becomes
+        active); those go as a plain Verify, since a batch carries no purpose."""
+        fields = _verify_fields(username, token, response, access)
+        if self._batcher is None or _check_purpose(purpose) != Purpose.LOGIN:
+            return self._run(_verify_call(fields, purpose), timeout)
+        if self._closed:
+            raise ClientClosedError()
+        wait = self._timeout(timeout)
+        future = self._batcher.submit(*fields, deadline=time.monotonic() + wait)
+        try:
+            return future.result(timeout=wait)
+        except DeadlineExceededError:
+            raise
+        except concurrent.futures.TimeoutError:
+            raise _timeout_error() from None
+
+    def verify_batch(
+        self,
+        usernames: Sequence[str],
+        tokens: Sequence[str | None],
+        responses: Sequence[str],
+        *,
+        access: str = Access.TRADING,
+        timeout: float | None = None,
+    ) -> BatchResult:
+        """Many attempts in one call: per-item ``LoginOutcome`` values (``uint8``) and device
+        ids in input order. Never retried."""
+        return self._run(_verify_batch_call(usernames, tokens, responses, access), timeout)
+
+    # activation
+
+    def create_activation(self, username: str, *, timeout: float | None = None) -> ActivationOffer:
+        return self._run(_create_activation_call(username), timeout)
+
+    def complete_activation(
+        self,
+        *,
+        app_public: bytes,
+        push_public: bytes,
+        payload: str | None = None,
+        manual_code: str | None = None,
+        pin: str | None = None,
+        timeout: float | None = None,
+    ) -> Activated:
+        """:class:`ClientRefusedError` with ``reason`` "already used or expired" or "already
+        enrolled" when refused."""
+        call = _complete_activation_call(app_public, push_public, payload, manual_code, pin)
+        return self._run(call, timeout)
+
+    def send_sms_activation(self, username: str, *, timeout: float | None = None) -> float:
+        """Texts an activation code to the user's phone; returns its expiry (Unix seconds)."""
+        return self._run(_send_sms_activation_call(username), timeout)
+
+    # push
+
+    def create_push(
+        self, username: str, *, device_id: int | None = None, timeout: float | None = None
+    ) -> PushChallenge:
+        return self._run(_create_push_call(username, device_id), timeout)
+
+    def list_pending_pushes(
+        self, push_public: bytes, *, timeout: float | None = None
+    ) -> list[PushChallenge]:
+        return self._run(_list_pending_pushes_call(push_public), timeout)
+
+    def answer_push(
+        self,
+        challenge_id: int,
+        decision: int,
+        signature: bytes,
+        *,
+        timeout: float | None = None,
+    ) -> LoginOutcome:
+        """From the app: ``ibkey.APPROVE`` or ``ibkey.DECLINE`` signed with its push key."""
+        return self._run(_answer_push_call(challenge_id, decision, signature), timeout)
+
+    def push_status(self, challenge_id: int, *, timeout: float | None = None) -> str:
+        """ "pending", "approved", "declined" or "expired", now."""
+        return self._run(_push_status_call(challenge_id, 0.0), timeout)
+
+    def wait_push(self, challenge_id: int, *, wait: float, timeout: float | None = None) -> str:
+        """The status once decided or expired, or after ``wait`` seconds ("pending": fall
+        back to challenge/response). The call's deadline is ``wait + timeout``."""
+        return self._run(_push_status_call(challenge_id, wait), timeout)
+
+    # client services
+
+    def create_user(
+        self, username: str, identity: Identity | None = None, *, timeout: float | None = None
+    ) -> int:
+        return self._run(_create_user_call(username, identity), timeout)
+
+    def enroll_device(
+        self,
+        username: str,
+        device_type: DeviceType,
+        *,
+        secret: bytes | None = None,
+        pin: str | None = None,
+        suite: str | None = None,
+        serial: str | None = None,
+        phone: str | None = None,
+        shipped: bool = False,
+        replaces: int | None = None,
+        timeout: float | None = None,
+    ) -> Device:
+        call = _enroll_device_call(
+            username, device_type, secret, pin, suite, serial, phone, shipped, replaces
+        )
+        return self._run(call, timeout)
+
+    def list_devices(self, username: str, *, timeout: float | None = None) -> list[Device]:
+        return self._run(_list_devices_call(username), timeout)
+
+    def choose_device(self, username: str, device_id: int, *, timeout: float | None = None) -> None:
+        call = _device_call(
+            "ChooseDevice", admin_pb2.ChooseDeviceRequest, username=username, device_id=device_id
+        )
+        self._run(call, timeout)
+
+    def share_device(
+        self, owner: str, device_id: int, with_username: str, *, timeout: float | None = None
+    ) -> None:
+        """:class:`ClientRefusedError` with ``reason`` "less secure device", "different
+        identification information" or "a temporary device is assigned" when refused."""
+        call = _device_call(
+            "ShareDevice",
+            admin_pb2.ShareDeviceRequest,
+            owner=owner,
+            device_id=device_id,
+            with_username=with_username,
+        )
+        self._run(call, timeout)
+
+    def revoke_device(self, username: str, device_id: int, *, timeout: float | None = None) -> None:
+        call = _device_call(
+            "RevokeDevice", admin_pb2.RevokeDeviceRequest, username=username, device_id=device_id
+        )
+        self._run(call, timeout)
+
+    def reactivate_device(
+        self, username: str, device_id: int, *, timeout: float | None = None
+    ) -> None:
+        call = _device_call(
+            "ReactivateDevice",
+            admin_pb2.ReactivateDeviceRequest,
+            username=username,
+            device_id=device_id,
+        )
+        self._run(call, timeout)
+
+    def issue_temporary_passcode(self, username: str, *, timeout: float | None = None) -> str:
+        """The passcode, to show once; never log it."""
+        return self._run(_issue_temporary_passcode_call(username), timeout)
+
+    def issue_online_card(self, username: str, *, timeout: float | None = None) -> OnlineCard:
+        return self._run(_issue_online_card_call(username), timeout)
+
+    def set_opt_out(self, username: str, opted_out: bool, *, timeout: float | None = None) -> None:
+        call = _device_call(
+            "SetOptOut", admin_pb2.SetOptOutRequest, username=username, opted_out=opted_out
+        )
+        self._run(call, timeout)
+
+    # policy
+
+    def security_level(self, username: str, *, timeout: float | None = None) -> SecurityLevel:
+        return self._run(_security_level_call(username), timeout)
+
+    def withdrawal_limits(self, username: str, *, timeout: float | None = None) -> WithdrawalLimits:
+        return self._run(_withdrawal_limits_call(username), timeout)
+
+    def session_length(self, unlock: str, *, timeout: float | None = None) -> float:
+        """Seconds of a trading session after ``unlock`` ("pin", "passcode", "fingerprint",
+        "face")."""
+        return self._run(_session_length_call(unlock), timeout)
+
+    def lockout_status(self, username: str, *, timeout: float | None = None) -> LockoutStatus:
+        return self._run(_lockout_status_call(username), timeout)
+
+
+# --- the asyncio client -------------------------------------------------------------------
+
+
+_AsyncAttempt = _Attempt["asyncio.Future[Verdict]"]
+
+
+class _TaskBatcher:
+    """Coalesces verify() calls from many tasks of one event loop into VerifyBatch calls:
+    the first waiting attempt arms a ``linger`` timer; the batch leaves when it fires or
+    ``max_batch`` attempts wait. Runs on the loop only, so needs no lock."""
+
+    def __init__(
+        self,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[
+            verification_pb2.VerifyBatchRequest, verification_pb2.VerifyBatchResponse
+        ],
+        *,
+        linger: float,
+        max_batch: int,
+    ) -> None:
+        self._rpc = rpc
+        self._linger = linger
+        self._max_batch = max_batch
+        self._pending: list[_AsyncAttempt] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def submit(
+        self,
+        username: str,
+        token: str,
+        response: str,
+        access: common_pb2.Access.ValueType,
+        *,
+        deadline: float,
+    ) -> asyncio.Future[Verdict]:
+        if self._closed:
+            raise ClientClosedError()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Verdict] = loop.create_future()
+        self._pending.append(_AsyncAttempt(username, token, response, access, deadline, future))
+        if len(self._pending) >= self._max_batch:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self._linger, self._flush)
+        return future
+
+    async def close(self) -> None:
+        """Sends what is waiting, then waits for every batch in flight."""
+        self._closed = True
+        self._flush()
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            for access, group in _by_access(batch).items():
+                task = asyncio.get_running_loop().create_task(self._send(access, group))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, access: common_pb2.Access.ValueType, group: list[_AsyncAttempt]) -> None:
+        # The batch may run until its latest caller gives up; each caller waits its own time.
+        timeout = max(a.deadline for a in group) - time.monotonic()
+        if timeout <= 0:
+            self._fail(group, None)
+            return
+        try:
+            response = await self._rpc(_batch_request(group, access), timeout=timeout)
+            verdicts = _verdicts(_batch_result(response, len(group)))
+        except asyncio.CancelledError as err:
+            self._fail(group, err)
+            raise
+        except Exception as err:  # every caller must get an answer
+            self._fail(group, err)
+            return
+        for attempt, verdict in zip(group, verdicts, strict=True):
+            if not attempt.future.done():
+                attempt.future.set_result(verdict)
+
+    @staticmethod
+    def _fail(group: list[_AsyncAttempt], err: BaseException | None) -> None:
+        for attempt in group:
+            if not attempt.future.done():
+                attempt.future.set_exception(_batch_failure(err))
+
+
+class AsyncSlsClient:
+    """The asyncio client: the same calls as :class:`SlsClient`, as coroutines. Create it
+    inside the event loop that uses it (a gRPC asyncio channel belongs to one loop); use
+    ``async with`` or ``await close()``."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: TlsSettings | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        linger: float = DEFAULT_LINGER,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_send_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
+        max_receive_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+    ) -> None:
+        self._settings = _ChannelSettings.build(
+            target,
+            tls=tls,
+            timeout=timeout,
+            linger=linger,
+            max_batch=max_batch,
+            max_send_message_length=max_send_message_length,
+            max_receive_message_length=max_receive_message_length,
+            retry=retry,
+        )
+        options = list(self._settings.options)
+        if tls is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, tls.credentials(), options=options)
+        verification: VerificationServiceAsyncStub = verification_pb2_grpc.VerificationServiceStub(
+            self._channel
+        )
+        activation: ActivationServiceAsyncStub = activation_pb2_grpc.ActivationServiceStub(
+            self._channel
+        )
+        push: PushServiceAsyncStub = push_pb2_grpc.PushServiceStub(self._channel)
+        admin: AdminServiceAsyncStub = admin_pb2_grpc.AdminServiceStub(self._channel)
+        policy: PolicyServiceAsyncStub = admin_pb2_grpc.PolicyServiceStub(self._channel)
+        self._stubs: dict[str, Any] = {
+            "verification": verification,
+            "activation": activation,
+            "push": push,
+            "admin": admin,
+            "policy": policy,
+        }
+        self._batcher = (
+            _TaskBatcher(
+                verification.VerifyBatch,
+                linger=self._settings.linger,
+                max_batch=self._settings.max_batch,
+            )
+            if self._settings.linger > 0
+            else None
+        )
+        self._closed = False
+
+    def __repr__(self) -> str:
+        mode = "insecure" if self._settings.tls is None else "tls"
+        return f"AsyncSlsClient({self._settings.target!r}, {mode}, linger={self._settings.linger})"
+
+    async def __aenter__(self) -> AsyncSlsClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Sends the verify() attempts still waiting, waits for their answers, then closes
+        the channel. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._batcher is not None:
+            await self._batcher.close()
+        await self._channel.close()
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), self._timeout(timeout))
+        except asyncio.TimeoutError:
+            raise DeadlineExceededError(
+                "connect", grpc.StatusCode.DEADLINE_EXCEEDED, "channel not ready in time"
+            ) from None
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self._settings.timeout if timeout is None else timeout
+
+    async def _run(self, call: _Call[_T], timeout: float | None) -> _T:
+        if self._closed:
+            raise ClientClosedError()
+        rpc = getattr(self._stubs[call.service], call.method)
+        try:
+            response = await rpc(call.request, timeout=self._timeout(timeout) + call.extra_timeout)
+        except grpc.RpcError as err:
+            raise _rpc_error(err, call.method) from err
+        return call.parse(response)
+
+    # verification
+
+    async def issue_challenge(
+        self,
+        username: str,
+        *,
+        device_id: int | None = None,
+        purpose: int = Purpose.LOGIN,
+        timeout: float | None = None,
+    ) -> Challenge:
+        return await self._run(_issue_challenge_call(username, device_id, purpose), timeout)
+
+    async def verify(
+        self,
+        username: str,
+        token: str | None,
+        response: str,
+        *,
+        access: str = Access.TRADING,
+        purpose: int = Purpose.LOGIN,
+        timeout: float | None = None,
+    ) -> Verdict:
+        """As :meth:`SlsClient.verify`; concurrent tasks are coalesced."""
+        fields = _verify_fields(username, token, response, access)
+        if self._batcher is None or _check_purpose(purpose) != Purpose.LOGIN:
+            return await self._run(_verify_call(fields, purpose), timeout)
+        if self._closed:
+            raise ClientClosedError()
+        wait = self._timeout(timeout)
+        future = self._batcher.submit(*fields, deadline=time.monotonic() + wait)
+        try:
+            return await asyncio.wait_for(future, wait)
+        except DeadlineExceededError:
+            raise
+        except asyncio.TimeoutError:
+            raise _timeout_error() from None
+
+    async def verify_batch(
+        self,
+        usernames: Sequence[str],
+        tokens: Sequence[str | None],
+        responses: Sequence[str],
+        *,
+        access: str = Access.TRADING,
+        timeout: float | None = None,
+    ) -> BatchResult:
+        return await self._run(_verify_batch_call(usernames, tokens, responses, access), timeout)
+
+    # activation
+
+    async def create_activation(
+        self, username: str, *, timeout: float | None = None
+    ) -> ActivationOffer:
+        return await self._run(_create_activation_call(username), timeout)
+
+    async def complete_activation(
+        self,
+        *,
+        app_public: bytes,
+        push_public: bytes,
+        payload: str | None = None,
+        manual_code: str | None = None,
+        pin: str | None = None,
+        timeout: float | None = None,
+    ) -> Activated:
+        call = _complete_activation_call(app_public, push_public, payload, manual_code, pin)
+        return await self._run(call, timeout)
+
+    async def send_sms_activation(self, username: str, *, timeout: float | None = None) -> float:
+        return await self._run(_send_sms_activation_call(username), timeout)
+
+    # push
+
+    async def create_push(
+        self, username: str, *, device_id: int | None = None, timeout: float | None = None
+    ) -> PushChallenge:
+        return await self._run(_create_push_call(username, device_id), timeout)
+
+    async def list_pending_pushes(
+        self, push_public: bytes, *, timeout: float | None = None
+    ) -> list[PushChallenge]:
+        return await self._run(_list_pending_pushes_call(push_public), timeout)
+
+    async def answer_push(
+        self,
+        challenge_id: int,
+        decision: int,
+        signature: bytes,
+        *,
+        timeout: float | None = None,
+    ) -> LoginOutcome:
+        return await self._run(_answer_push_call(challenge_id, decision, signature), timeout)
+
+    async def push_status(self, challenge_id: int, *, timeout: float | None = None) -> str:
+        return await self._run(_push_status_call(challenge_id, 0.0), timeout)
+
+    async def wait_push(
+        self, challenge_id: int, *, wait: float, timeout: float | None = None
+    ) -> str:
+        return await self._run(_push_status_call(challenge_id, wait), timeout)
+
+    # client services
+
+    async def create_user(
+        self, username: str, identity: Identity | None = None, *, timeout: float | None = None
+    ) -> int:
+        return await self._run(_create_user_call(username, identity), timeout)
+
+    async def enroll_device(
+        self,
+        username: str,
+        device_type: DeviceType,
+        *,
+        secret: bytes | None = None,
+        pin: str | None = None,
+        suite: str | None = None,
+        serial: str | None = None,
+        phone: str | None = None,
+        shipped: bool = False,
+        replaces: int | None = None,
+        timeout: float | None = None,
+    ) -> Device:
+        call = _enroll_device_call(
+            username, device_type, secret, pin, suite, serial, phone, shipped, replaces
+        )
+        return await self._run(call, timeout)
+
+    async def list_devices(self, username: str, *, timeout: float | None = None) -> list[Device]:
+        return await self._run(_list_devices_call(username), timeout)
+
+    async def choose_device(
+        self, username: str, device_id: int, *, timeout: float | None = None
+    ) -> None:
+        call = _device_call(
+            "ChooseDevice", admin_pb2.ChooseDeviceRequest, username=username, device_id=device_id
+        )
+        await self._run(call, timeout)
+
+    async def share_device(
+        self, owner: str, device_id: int, with_username: str, *, timeout: float | None = None
+    ) -> None:
+        call = _device_call(
+            "ShareDevice",
+            admin_pb2.ShareDeviceRequest,
+            owner=owner,
+            device_id=device_id,
+            with_username=with_username,
+        )
+        await self._run(call, timeout)
+
+    async def revoke_device(
+        self, username: str, device_id: int, *, timeout: float | None = None
+    ) -> None:
+        call = _device_call(
+            "RevokeDevice", admin_pb2.RevokeDeviceRequest, username=username, device_id=device_id
+        )
+        await self._run(call, timeout)
+
+    async def reactivate_device(
+        self, username: str, device_id: int, *, timeout: float | None = None
+    ) -> None:
+        call = _device_call(
+            "ReactivateDevice",
+            admin_pb2.ReactivateDeviceRequest,
+            username=username,
+            device_id=device_id,
+        )
+        await self._run(call, timeout)
+
+    async def issue_temporary_passcode(self, username: str, *, timeout: float | None = None) -> str:
+        return await self._run(_issue_temporary_passcode_call(username), timeout)
+
+    async def issue_online_card(self, username: str, *, timeout: float | None = None) -> OnlineCard:
+        return await self._run(_issue_online_card_call(username), timeout)
+
+    async def set_opt_out(
+        self, username: str, opted_out: bool, *, timeout: float | None = None
+    ) -> None:
+        call = _device_call(
+            "SetOptOut", admin_pb2.SetOptOutRequest, username=username, opted_out=opted_out
+        )
+        await self._run(call, timeout)
+
+    # policy
+
+    async def security_level(self, username: str, *, timeout: float | None = None) -> SecurityLevel:
+        return await self._run(_security_level_call(username), timeout)
+
+    async def withdrawal_limits(
+        self, username: str, *, timeout: float | None = None
+    ) -> WithdrawalLimits:
+        return await self._run(_withdrawal_limits_call(username), timeout)
+
+    async def session_length(self, unlock: str, *, timeout: float | None = None) -> float:
+        return await self._run(_session_length_call(unlock), timeout)
+
+    async def lockout_status(self, username: str, *, timeout: float | None = None) -> LockoutStatus:
+        return await self._run(_lockout_status_call(username), timeout)

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
+from client_fakes import BOOM_USER, SLOW_USER, FakeSls, expected, serve
 from sls_core.client import (
     ClientClosedError,
     ClientRefusedError,
@@ -33,7 +34,6 @@ from sls_core.errors import InvalidInputError, InvalidInputTypeError, SlsError
 from sls_core.ibkey import APPROVE, DECLINE
 from sls_core.login import Access, Identity, Purpose
 from sls_core.outcome import LoginOutcome
-from client_fakes import BOOM_USER, SLOW_USER, FakeSls, expected, serve
 
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)
 

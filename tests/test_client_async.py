@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
+from client_fakes import BOOM_USER, SLOW_USER, FakeSls, expected, serve
 from sls_core.client import (
     AsyncSlsClient,
     ClientClosedError,
@@ -26,7 +27,6 @@ from sls_core.errors import InvalidInputError, InvalidInputTypeError
 from sls_core.ibkey import APPROVE
 from sls_core.login import Access, Identity, Verdict
 from sls_core.outcome import LoginOutcome
-from client_fakes import BOOM_USER, SLOW_USER, FakeSls, expected, serve
 
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)
 T = TypeVar("T")

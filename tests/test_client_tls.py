@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from client_fakes import FakeSls, serve
 from sls_core.client import (
     AsyncSlsClient,
     SlsClient,
@@ -24,7 +25,6 @@ from sls_core.client import (
     UnavailableError,
 )
 from sls_core.errors import InvalidInputError, InvalidInputTypeError
-from client_fakes import FakeSls, serve
 
 SERVER_NAME = "sls.internal"  # not the address we dial: server_name_override is needed
 

@@ -1,0 +1,294 @@
+"""Gateway load test: many concurrent gateways against ``sls-core serve`` on 127.0.0.1.
+
+Run it from the project root with the virtualenv's Python::
+
+    python benches/loadtest.py [--seconds 10] [--gateways 64] [--workers 2] [--users 10k]
+                               [--batch 10k] [--linger 0.0005] [--out DIR]
+
+It enrolls ``--users`` DSC+ users in a fresh data dir, starts the server (``--workers``
+processes sharing the port), pre-issues login challenges through the embedded store (so
+the timed phase measures verification only), computes the right answers as the device
+simulator would, spoils 1% (wrong) and 1% (malformed, a space inside) so that lockout
+counting and the malformed path run, then for a bounded time:
+
+* **single**: ``--gateways`` threads call ``SlsClient.verify`` one attempt at a time (the
+  client coalesces concurrent calls into VerifyBatch within ``--linger``), reporting
+  requests/s and p50/p95/p99 latency;
+* **batch**: one gateway sends VerifyBatch calls of ``--batch`` attempts, reporting
+  attempts/s and latency per call;
+* **in-process**: the same store-backed work through ``SecureLogin.verify_batch`` in this
+  process, the rate VerifyBatch is compared with.
+
+Traffic goes to 127.0.0.1 only, bounded in count and time. Writes ``DIR/loadtest.md`` and
+``DIR/loadtest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sls_core import ocra
+from sls_core.client import SlsClient
+from sls_core.devices import DeviceType
+from sls_core.login import SecureLogin
+from sls_core.outcome import LoginOutcome
+
+SUITE = "OCRA-1:HOTP-SHA1-8:QN06-PSHA1"
+PIN = "2580"
+PIN_HASH = hashlib.sha1(PIN.encode()).digest()  # noqa: S324 - the suite's PIN hash
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().lower()
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1], 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Workload:
+    """Users with DSC+ cards and a supply of fresh attempts (a challenge verifies once)."""
+
+    def __init__(self, data: Path, users: int, seed: int = 11) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.names = [f"gw{i}" for i in range(users)]
+        self.secrets = [self.rng.bytes(20) for _ in range(users)]
+        self.sls = SecureLogin.open(data)
+        self.sls.enroll_bulk(self.names, DeviceType.DSC_PLUS, self.secrets, pins=[PIN] * users)
+
+    def attempts(self, n: int) -> tuple[list[str], list[str], list[str]]:
+        pick = self.rng.integers(0, len(self.names), n)
+        users = [self.names[i] for i in pick]
+        challenges = self.sls.issue_challenges(users)
+        codes = ocra.compute_batch(
+            SUITE,
+            [self.secrets[i] for i in pick],
+            [c.challenge or "" for c in challenges],
+            pin_hashes=[PIN_HASH] * n,
+        )
+        responses = [c.decode() for c in codes]
+        for i in self.rng.choice(n, max(1, n // 50), replace=False).tolist():
+            responses[i] = (
+                f"{(int(responses[i]) + 1) % 10**8:08d}" if i % 2 else responses[i][:4] + " 1234"
+            )
+        return users, [c.token for c in challenges], responses
+
+
+def start_server(data: Path, port: int, workers: int, log: Path) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable,
+        "-m",
+        "sls_core.server",
+        "serve",
+        "--data-dir",
+        str(data),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--log-level",
+        "WARNING",
+    ]
+    out = log.open("wb")
+    return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
+
+
+def wait_ready(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with SlsClient(f"127.0.0.1:{port}", timeout=2.0, linger=0) as client:
+                client.wait_ready(timeout=2.0)
+                client.session_length("pin")
+                return
+        except Exception:  # not up yet
+            time.sleep(0.2)
+    raise SystemExit("the server did not start")
+
+
+def percentiles(latencies: list[float]) -> dict[str, float]:
+    values = np.array(latencies) * 1e3
+    return {f"p{p}": float(np.percentile(values, p)) for p in (50, 95, 99)}
+
+
+def run_single(
+    port: int,
+    load: tuple[list[str], list[str], list[str]],
+    gateways: int,
+    seconds: float,
+    linger: float,
+) -> dict[str, Any]:
+    users, tokens, responses = load
+    latencies: list[float] = []
+    outcomes: list[int] = []
+    lock = threading.Lock()
+    cursor = iter(range(len(users)))
+    stop = time.monotonic() + seconds
+    with SlsClient(f"127.0.0.1:{port}", timeout=10.0, linger=linger) as client:
+
+        def gateway() -> None:
+            mine_l, mine_o = [], []
+            while time.monotonic() < stop:
+                with lock:
+                    i = next(cursor, None)
+                if i is None:
+                    break
+                started = time.perf_counter()
+                verdict = client.verify(users[i], tokens[i], responses[i])
+                mine_l.append(time.perf_counter() - started)
+                mine_o.append(int(verdict.outcome))
+            with lock:
+                latencies.extend(mine_l)
+                outcomes.extend(mine_o)
+
+        threads = [threading.Thread(target=gateway) for _ in range(gateways)]
+        began = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - began
+    return {
+        "mode": "single Verify (client micro-batching)",
+        "requests": len(latencies),
+        "rate": len(latencies) / elapsed,
+        **percentiles(latencies),
+        "ok_share": outcomes.count(LoginOutcome.OK) / max(1, len(outcomes)),
+    }
+
+
+def run_batch(port: int, loads: list[tuple[list[str], list[str], list[str]]]) -> dict[str, Any]:
+    latencies = []
+    items = 0
+    with SlsClient(f"127.0.0.1:{port}", timeout=60.0, linger=0) as client:
+        began = time.perf_counter()
+        for users, tokens, responses in loads:
+            started = time.perf_counter()
+            result = client.verify_batch(users, tokens, responses)
+            latencies.append(time.perf_counter() - started)
+            items += len(result.outcomes)
+        elapsed = time.perf_counter() - began
+    return {
+        "mode": "VerifyBatch",
+        "requests": len(latencies),
+        "items": items,
+        "rate": items / elapsed,
+        **percentiles(latencies),
+    }
+
+
+def run_in_process(
+    work: Workload, loads: list[tuple[list[str], list[str], list[str]]]
+) -> dict[str, Any]:
+    items = 0
+    began = time.perf_counter()
+    for users, tokens, responses in loads:
+        items += len(work.sls.verify_batch(users, tokens, responses).outcomes)
+    elapsed = time.perf_counter() - began
+    return {"mode": "in-process SecureLogin.verify_batch", "items": items, "rate": items / elapsed}
+
+
+def render(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = [
+        "## gRPC load test (127.0.0.1)",
+        "",
+        f"{args.workers} server processes, {args.gateways} gateway threads for single calls"
+        f" (client linger {args.linger * 1e3:g} ms), batches of {args.batch:,}; {args.users:,}"
+        " DSC+ users; 1% wrong and 1% malformed answers.",
+        "",
+        "| mode | requests | attempts/s | p50 ms | p95 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        p = [f"{r[k]:.2f}" if k in r else "—" for k in ("p50", "p95", "p99")]
+        lines.append(
+            f"| {r['mode']} | {r.get('requests', '—')} | {r['rate']:,.0f} | {' | '.join(p)} |"
+        )
+    batch = next(r for r in rows if r["mode"] == "VerifyBatch")
+    local = next(r for r in rows if r["mode"].startswith("in-process"))
+    single = next(r for r in rows if r["mode"].startswith("single"))
+    lines += [
+        "",
+        f"VerifyBatch end to end is {batch['rate'] / local['rate']:.0%} of the in-process"
+        " store-backed rate (target ≥ 80%); single Verify "
+        f"{single['rate']:,.0f} requests/s with p99 {single['p99']:.2f} ms"
+        " (target ≥ 5,000/s with p99 ≤ 2 ms).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--gateways", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--users", type=parse_size, default=10_000)
+    parser.add_argument("--batch", type=parse_size, default=10_000)
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--linger", type=float, default=0.0005)
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="sls-load-") as tmp:
+        data = Path(tmp) / "data"
+        work = Workload(data, args.users)
+        single_load = work.attempts(int(args.seconds * 20_000))
+        batch_loads = [work.attempts(args.batch) for _ in range(args.batches)]
+        local_loads = [work.attempts(args.batch) for _ in range(args.batches)]
+        port = free_port()
+        server = start_server(data, port, args.workers, Path(tmp) / "server.log")
+        try:
+            wait_ready(port)
+            # Warm-up, untimed: each server process loads its directory on first use.
+            with SlsClient(f"127.0.0.1:{port}", timeout=60.0, linger=0) as client:
+                for users, tokens, responses in [work.attempts(500) for _ in range(4)]:
+                    client.verify_batch(users, tokens, responses)
+            work.sls.verify_batch(*work.attempts(500))
+            rows = [
+                run_single(port, single_load, args.gateways, args.seconds, args.linger),
+                run_batch(port, batch_loads),
+                run_in_process(work, local_loads),
+            ]
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    text = render(rows, args)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "loadtest.md").write_text(text)
+    (args.out / "loadtest.json").write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "args": vars(args) | {"out": str(args.out)},
+                "cpu_count": os.cpu_count(),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

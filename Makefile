@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: proto setup build bench bench-pytest check lint rust-check rust-test fuzz-smoke fuzz wheel pytest typecheck clean
+.PHONY: proto setup build serve bench loadtest bench-pytest check lint rust-check rust-test fuzz-smoke fuzz wheel pytest typecheck clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,11 +30,20 @@ setup: $(VENV)/.deps
 build: setup
 	$(VENV)/bin/maturin develop --release -q
 
-# The main job: the side-by-side benchmark table and the throughput plot.
+# The main job: the gRPC verification service on the embedded store (./data), 127.0.0.1:50051.
+SERVE_ARGS ?=
+serve: build
+	$(PY) -m sls_core.server serve $(SERVE_ARGS)
+
+# The side-by-side benchmark tables and the throughput plot.
 bench: build
 	$(PY) benches/report.py --out bench-results
 	$(PY) benches/login_report.py --out bench-results
 	$(PY) benches/ibkey_report.py --out bench-results
+
+# Gateways against `sls-core serve` on 127.0.0.1 (bounded in time).
+loadtest: build
+	$(PY) benches/loadtest.py --out bench-results
 
 # The same benchmarks through pytest-benchmark, with its statistics.
 bench-pytest: build

@@ -1,0 +1,239 @@
+"""The grpc.aio server: the five sls.v1 services, health checking (grpc.health.v1), server
+reflection, TLS / mutual TLS, interceptors (access log, metrics, authorization), the audit
+trail, and a graceful shutdown.
+
+Shutdown (SIGTERM, SIGINT, or :meth:`SlsServer.stop`): health goes NOT_SERVING for every
+service, ``drain_seconds`` pass so load balancers notice, the port stops accepting calls,
+in-flight calls get ``grace_seconds`` to finish (a batch commits all of its items or none,
+so a cancelled one leaves nothing half-applied), then the worker threads, the audit file
+and the store close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
+
+from sls_core.api.v1 import (
+    activation_pb2,
+    activation_pb2_grpc,
+    admin_pb2,
+    admin_pb2_grpc,
+    push_pb2,
+    push_pb2_grpc,
+    verification_pb2,
+    verification_pb2_grpc,
+)
+from sls_core.login import SecureLogin
+from sls_core.server.audit import AuditTrail
+from sls_core.server.config import ServerConfig
+from sls_core.server.interceptors import (
+    AccessLogInterceptor,
+    AuthorizationInterceptor,
+    MetricsInterceptor,
+)
+from sls_core.server.metrics import Metrics, serve_metrics
+from sls_core.server.servicers import (
+    ActivationServicer,
+    AdminServicer,
+    Domain,
+    PolicyServicer,
+    PushServicer,
+    VerificationServicer,
+)
+
+__all__ = ["SERVICE_NAMES", "SlsServer", "run"]
+
+log = logging.getLogger("sls_core.server")
+
+SERVICE_NAMES = (
+    verification_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
+    activation_pb2.DESCRIPTOR.services_by_name["ActivationService"].full_name,
+    push_pb2.DESCRIPTOR.services_by_name["PushService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
+)
+
+
+class SlsServer:
+    """One server process. ``sls`` may be given (tests pass one with a manual clock);
+    otherwise the embedded store in ``config.data_dir`` is opened by :meth:`start`."""
+
+    def __init__(self, config: ServerConfig, *, sls: SecureLogin | None = None) -> None:
+        self.config = config
+        self.sls = sls
+        self._owns_sls = sls is None
+        self.metrics = Metrics()
+        self.executor = ThreadPoolExecutor(config.threads, thread_name_prefix="sls-domain")
+        self.audit: AuditTrail | None = None
+        self.port: int | None = None
+        self.health: Any = None
+        self._server: grpc.aio.Server | None = None
+        self._stopping: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None
+        self._metrics_http: Any = None
+
+    def __repr__(self) -> str:
+        return f"SlsServer(listen={self.config.listen!r}, port={self.port!r})"
+
+    async def start(self) -> int:
+        """Opens the store, binds the port and starts serving; returns the bound port."""
+        config = self.config
+        loop = asyncio.get_running_loop()
+        if self.sls is None:
+            self.sls = await loop.run_in_executor(self.executor, SecureLogin.open, config.data_dir)
+        self.audit = AuditTrail(config.audit_path)
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        domain = Domain(
+            sls=self.sls,
+            executor=self.executor,
+            audit=self.audit,
+            metrics=self.metrics,
+            max_batch_items=config.max_batch_items,
+            default_deadline=config.default_deadline_seconds,
+            max_push_wait=config.max_push_wait_seconds,
+            stopping=self._stopping,
+        )
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            # Several worker processes share the port; a single one must own it (gRPC
+            # sets SO_REUSEPORT by default, which would let a second server bind silently).
+            ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
+        ]
+        server = grpc.aio.server(
+            interceptors=[
+                AccessLogInterceptor(),
+                MetricsInterceptor(self.metrics),
+                AuthorizationInterceptor(config.roles, tls=config.tls is not None),
+            ],
+            options=options,
+        )
+        verification_pb2_grpc.add_VerificationServiceServicer_to_server(
+            VerificationServicer(domain), server
+        )
+        activation_pb2_grpc.add_ActivationServiceServicer_to_server(
+            ActivationServicer(domain), server
+        )
+        push_pb2_grpc.add_PushServiceServicer_to_server(PushServicer(domain), server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(domain), server)
+        admin_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(domain), server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        try:
+            self.port = self._bind(server)
+        except OSError:
+            await self._close_resources()
+            raise
+        await server.start()
+        self._server = server
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if config.metrics_port and config.workers == 1:
+            self._metrics_http = serve_metrics(config.metrics_port, self.metrics.registry)
+        fields = {
+            "listen": config.listen,
+            "port": self.port,
+            "tls": config.tls is not None,
+            "mutual_tls": bool(config.tls and config.tls.client_ca),
+            "threads": config.threads,
+            "audit_log": str(config.audit_path) if config.audit_path else None,
+        }
+        log.info("serving", extra={"fields": fields})
+        if config.tls is None:
+            log.warning(
+                "plaintext gRPC without TLS: every caller is admin (development only)",
+                extra={"fields": {"listen": config.listen}},
+            )
+        if config.audit_path is None:
+            log.warning('the audit trail is off (audit_log = "")')
+        return self.port
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        config = self.config
+        try:
+            if config.tls is None:
+                port = server.add_insecure_port(config.listen)
+            else:
+                tls = config.tls
+                credentials = grpc.ssl_server_credentials(
+                    [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())],
+                    root_certificates=(
+                        Path(tls.client_ca).read_bytes() if tls.client_ca is not None else None
+                    ),
+                    require_client_auth=tls.require_client_auth,
+                )
+                port = server.add_secure_port(config.listen, credentials)
+        except RuntimeError as e:
+            raise OSError(f"cannot listen on {config.listen}: {e}") from None
+        if port == 0:
+            raise OSError(f"cannot listen on {config.listen}")
+        return port
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping is not None and self._stopping.is_set()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown (idempotent): NOT_SERVING, drain, stop accepting, let
+        in-flight calls finish within ``grace`` seconds, close everything."""
+        if self._stopping is None or self._stopped is None:
+            return
+        if self._stopping.is_set():
+            await self._stopped.wait()
+            return
+        self._stopping.set()
+        config = self.config
+        grace = config.grace_seconds if grace is None else grace
+        log.info("shutting down", extra={"fields": {"grace_seconds": grace}})
+        await self.health.enter_graceful_shutdown()
+        if config.drain_seconds:
+            await asyncio.sleep(config.drain_seconds)
+        if self._server is not None:
+            await self._server.stop(grace)
+        await self._close_resources()
+        log.info("stopped")
+        self._stopped.set()
+
+    async def _close_resources(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.executor.shutdown, True)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        if self.audit is not None:
+            self.audit.close()
+        if self._owns_sls and self.sls is not None:
+            self.sls.store.close()
+
+    async def wait(self) -> None:
+        """Until :meth:`stop` has finished."""
+        if self._stopped is not None:
+            await self._stopped.wait()
+
+
+async def _serve(config: ServerConfig) -> None:
+    server = SlsServer(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop()))
+    await server.wait()
+
+
+def run(config: ServerConfig) -> None:
+    """Serves until SIGTERM or SIGINT (one process)."""
+    asyncio.run(_serve(config))

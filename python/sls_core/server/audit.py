@@ -1,0 +1,169 @@
+"""The audit trail: one JSON line per decision, appended to a file.
+
+Each line says who asked (the client identity: certificate CN, or the peer address on a
+plaintext development server), which user and device, the outcome, when, and the request id
+that also appears in the access log. It never holds a secret, a code, a response, a PIN, a
+passcode or a token: the callers of this module pass none, and a username that failed
+validation (it may be a password typed into the wrong field) is written as ``""``.
+
+A batch's lines are formatted with list slicing and one ``str.join`` (no per-item format
+call) and written with one ``write`` on an ``O_APPEND`` descriptor under an exclusive
+``flock``, so several server processes can share the file and a batch's lines stay together.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from sls_core.outcome import LoginOutcome
+
+__all__ = ["AuditTrail"]
+
+_INVALID_USERNAME = int(LoginOutcome.INVALID_USERNAME)
+# The tail of a line for each outcome value, so a batch picks them with one numpy take.
+_TAILS = np.array([f',"outcome":"{o.name}"}}\n' for o in LoginOutcome], dtype=object)
+
+
+def _now_iso() -> str:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class AuditTrail:
+    """Appends audit lines to ``path`` (created 0600). ``path=None`` keeps no trail."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def __repr__(self) -> str:
+        return f"AuditTrail({str(self.path) if self.path else None!r})"
+
+    @property
+    def enabled(self) -> bool:
+        return self._fd is not None
+
+    def _write(self, text: str) -> None:
+        if self._fd is None:
+            return
+        data = text.encode()
+        with self._lock:
+            fd = self._fd
+            if fd is None:
+                return
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def record(
+        self,
+        event: str,
+        caller: str,
+        request_id: str,
+        *,
+        username: str | None = None,
+        device_id: int | None = None,
+        outcome: str,
+        **details: Any,
+    ) -> None:
+        """One decision (an activation, a push answer, a client-services action)."""
+        if self._fd is None:
+            return
+        line = {
+            "time": _now_iso(),
+            "event": event,
+            "caller": caller,
+            "request_id": request_id,
+            "username": username,
+            "device_id": device_id,
+            "outcome": outcome,
+            **details,
+        }
+        self._write(json.dumps(line, separators=(",", ":")) + "\n")
+
+    def verdicts(
+        self,
+        event: str,
+        caller: str,
+        request_id: str,
+        usernames: Sequence[str],
+        device_ids: npt.NDArray[np.uint64],
+        outcomes: npt.NDArray[np.uint8],
+    ) -> None:
+        """One line per login attempt of a batch (``LoginOutcome`` values), in one write."""
+        if self._fd is not None and len(outcomes):
+            self._write(_lines(event, caller, request_id, usernames, device_ids, outcomes))
+
+    def verdicts_of_calls(
+        self,
+        event: str,
+        callers: Sequence[tuple[str, str]],
+        usernames: Sequence[str],
+        device_ids: npt.NDArray[np.uint64],
+        outcomes: npt.NDArray[np.uint8],
+    ) -> None:
+        """Like :meth:`verdicts` for single calls verified together: each item has its own
+        caller and request id, ``callers[i] = (identity, request_id)``; one write."""
+        if self._fd is None or not len(outcomes):
+            return
+        self._write(
+            "".join(
+                _lines(
+                    event,
+                    who,
+                    rid,
+                    usernames[i : i + 1],
+                    device_ids[i : i + 1],
+                    outcomes[i : i + 1],
+                )
+                for i, (who, rid) in enumerate(callers)
+            )
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _lines(
+    event: str,
+    caller: str,
+    request_id: str,
+    usernames: Sequence[str],
+    device_ids: npt.NDArray[np.uint64],
+    outcomes: npt.NDArray[np.uint8],
+) -> str:
+    n = len(outcomes)
+    head = json.dumps(
+        {"time": _now_iso(), "event": event, "caller": caller, "request_id": request_id},
+        separators=(",", ":"),
+    )
+    names = list(usernames)
+    for i in np.flatnonzero(outcomes == _INVALID_USERNAME).tolist():
+        names[i] = ""  # not a valid name: maybe a password typed into the wrong field
+    pieces: list[str] = [head[:-1] + ',"username":"'] * (4 * n)
+    pieces[1::4] = names
+    pieces[2::4] = [f'","device_id":{d}' for d in device_ids.tolist()]
+    pieces[3::4] = _TAILS[outcomes].tolist()
+    return "".join(pieces)

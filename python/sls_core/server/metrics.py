@@ -1,0 +1,136 @@
+"""Prometheus metrics of the gRPC server: requests and items by method and outcome, latency,
+batch sizes and lockouts.
+
+Labels are method names, status codes and outcome names only: never a username, a device
+or anything a caller typed. With several worker processes the metrics go through
+prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor
+before it starts the workers) and the supervisor serves the sum of them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from sls_core.outcome import LoginOutcome
+
+__all__ = ["Metrics", "serve_metrics"]
+
+_LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+_BATCH_BUCKETS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
+_OUTCOME_NAMES = [o.name for o in LoginOutcome]
+
+
+class Metrics:
+    """One set of metrics per server (its own registry, so tests can run several servers in
+    one process). Label children are cached: a request costs a few dict lookups."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "sls_grpc_requests",
+            "gRPC calls by method and status code.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "sls_grpc_request_seconds",
+            "Server time of a gRPC call, by method.",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_progress = Gauge(
+            "sls_grpc_requests_in_progress",
+            "gRPC calls being served, by method.",
+            ["method"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.items = Counter(
+            "sls_verify_items",
+            "Decisions (login attempts, push answers) by method and outcome.",
+            ["method", "outcome"],
+            registry=r,
+        )
+        self.batch_items = Histogram(
+            "sls_verify_batch_items",
+            "Items per VerifyBatch / VerifyStream message.",
+            ["method"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.lockouts = Counter(
+            "sls_locked_outcomes",
+            "Attempts refused because the user is locked out (LOCKED outcomes).",
+            registry=r,
+        )
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def started(self, method: str) -> None:
+        self._child(self.in_progress, method).inc()
+
+    def finished(self, method: str, code: str, seconds: float) -> None:
+        self._child(self.in_progress, method).dec()
+        self._child(self.requests, method, code).inc()
+        self._child(self.latency, method).observe(seconds)
+
+    def outcomes(self, method: str, outcomes: npt.NDArray[np.uint8], *, batch: bool) -> None:
+        """Counts a batch's outcomes with one ``bincount``, not a Python step per item."""
+        counts = np.bincount(outcomes, minlength=len(_OUTCOME_NAMES))
+        for value in np.flatnonzero(counts).tolist():
+            name = _OUTCOME_NAMES[value] if value < len(_OUTCOME_NAMES) else str(value)
+            self._child(self.items, method, name).inc(int(counts[value]))
+        locked = int(counts[LoginOutcome.LOCKED])
+        if locked:
+            self.lockouts.inc(locked)
+        if batch:
+            self._child(self.batch_items, method).observe(len(outcomes))
+
+    def outcome(self, method: str, outcome: LoginOutcome) -> None:
+        self._child(self.items, method, outcome.name).inc()
+        if outcome is LoginOutcome.LOCKED:
+            self.lockouts.inc()
+
+
+def serve_metrics(port: int, registry: CollectorRegistry | None = None) -> Any:
+    """Serves ``/metrics`` on 127.0.0.1:``port`` from a daemon thread. Without a registry,
+    the sum of every worker's files in ``PROMETHEUS_MULTIPROC_DIR`` (the supervisor)."""
+    if registry is None:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    return server

@@ -1,0 +1,416 @@
+"""Running the server: health checking and reflection for stock tools, Prometheus metrics,
+graceful shutdown (NOT_SERVING, in-flight work completes), ``sls-core serve`` as a process
+(SIGTERM, development keys, several processes on one store, workers sharing the port), and
+the config file's validation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import signal
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from grpc_fixtures import (
+    CALL_TIMEOUT,
+    GrpcIbKey,
+    InProcessServer,
+    Stubs,
+    free_port,
+    spawn_server,
+)
+from sls_core.api.v1 import activation_pb2, admin_pb2, common_pb2, push_pb2, verification_pb2
+from sls_core.server.config import ConfigError, ServerConfig, load_config
+from sls_core.server.main import main
+from sls_core.simulator import SimulatedApp, dsc_response
+
+pytest_plugins = ["grpc_fixtures"]
+
+SECRET = bytes(range(1, 21))
+PIN = "4711"
+V = verification_pb2
+SERVICES = [
+    "sls.v1.VerificationService",
+    "sls.v1.ActivationService",
+    "sls.v1.PushService",
+    "sls.v1.AdminService",
+    "sls.v1.PolicyService",
+]
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def with_dsc(stubs: Stubs, name: str = "alice") -> None:
+    stubs.admin.CreateUser(admin_pb2.CreateUserRequest(username=name), timeout=CALL_TIMEOUT)
+    stubs.admin.EnrollDevice(
+        admin_pb2.EnrollDeviceRequest(
+            username=name, type=common_pb2.DEVICE_TYPE_DSC_PLUS, secret=SECRET, pin=PIN
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+
+
+def right_batch(stubs: Stubs, name: str, n: int) -> V.VerifyBatchRequest:
+    challenges = [
+        stubs.verification.IssueChallenge(V.IssueChallengeRequest(username=name)) for _ in range(n)
+    ]
+    return V.VerifyBatchRequest(
+        usernames=[name] * n,
+        tokens=[c.token for c in challenges],
+        responses=[dsc_response(SECRET, PIN, c.challenge) for c in challenges],
+    )
+
+
+def until(condition: Callable[[], bool], timeout: float = CALL_TIMEOUT) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "condition not met in time"
+        time.sleep(0.01)
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=CALL_TIMEOUT) as r:
+        return str(r.read().decode())
+
+
+def test_health_per_service_and_reflection_lists_the_api(stubs: Stubs) -> None:
+    for service in ["", *SERVICES]:
+        answer = stubs.health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert answer.status == SERVING, service
+    with pytest.raises(grpc.RpcError) as unknown:
+        stubs.health.Check(health_pb2.HealthCheckRequest(service="sls.v1.Nope"))
+    assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
+    database = ProtoReflectionDescriptorDatabase(stubs.channel)
+    assert set(database.get_services()) == {
+        *SERVICES,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    pool = descriptor_pool.DescriptorPool(database)
+    service = pool.FindServiceByName("sls.v1.VerificationService")
+    assert [m.name for m in service.methods] == [
+        "IssueChallenge",
+        "Verify",
+        "VerifyBatch",
+        "VerifyStream",
+    ]
+    assert pool.FindMessageTypeByName("sls.v1.VerifyBatchRequest").fields_by_name["usernames"]
+
+
+def test_metrics_count_requests_items_outcomes_batches_and_lockouts(
+    serve: Callable[..., InProcessServer],
+) -> None:
+    port = free_port()
+    server = serve(metrics_port=port)
+    stubs = server.stubs()
+    with_dsc(stubs, "lea")
+    batch = right_batch(stubs, "lea", 11)
+    del batch.responses[:]
+    batch.responses.extend(["00000000"] * 10 + ["11111111"])
+    stubs.verification.VerifyBatch(batch)
+    with pytest.raises(grpc.RpcError):
+        stubs.admin.CreateUser(admin_pb2.CreateUserRequest(username="Bad"))
+    stubs.verification.Verify(V.VerifyRequest(username="nobody", response="1"))
+    text = scrape(port)
+    expected = [
+        'sls_grpc_requests_total{code="OK",method="/sls.v1.VerificationService/VerifyBatch"} 1.0',
+        'sls_grpc_requests_total{code="INVALID_ARGUMENT",'
+        'method="/sls.v1.AdminService/CreateUser"} 1.0',
+        'sls_verify_items_total{method="VerifyBatch",outcome="WRONG"} 10.0',
+        'sls_verify_items_total{method="VerifyBatch",outcome="LOCKED"} 1.0',
+        'sls_verify_items_total{method="Verify",outcome="UNKNOWN_USER"} 1.0',
+        "sls_locked_outcomes_total 1.0",
+        'sls_verify_batch_items_bucket{le="100.0",method="VerifyBatch"} 1.0',
+        'sls_verify_batch_items_count{method="VerifyBatch"} 1.0',
+        'sls_grpc_request_seconds_count{method="/sls.v1.VerificationService/IssueChallenge"} 11.0',
+    ]
+    for line in expected:
+        assert line in text, line
+    assert "lea" not in text
+
+
+def test_graceful_shutdown_not_serving_then_the_in_flight_batch_completes(
+    serve: Callable[..., InProcessServer],
+) -> None:
+    server = serve(threads=1)
+    stubs = server.stubs()
+    with_dsc(stubs)
+    request = right_batch(stubs, "alice", 20)
+    watch = stubs.health.Watch(
+        health_pb2.HealthCheckRequest(service="sls.v1.VerificationService"), timeout=CALL_TIMEOUT
+    )
+    assert next(watch).status == SERVING
+    release = threading.Event()
+    blocker = server.server.executor.submit(release.wait, CALL_TIMEOUT)
+    in_flight = stubs.verification.VerifyBatch.future(request, timeout=CALL_TIMEOUT)
+    registry = server.server.metrics.registry
+    until(
+        lambda: (
+            registry.get_sample_value(
+                "sls_grpc_requests_in_progress",
+                {"method": "/sls.v1.VerificationService/VerifyBatch"},
+            )
+            == 1
+        )
+    )  # the batch is on the server, queued behind the blocker
+    stopping = server.stop_async()
+    assert next(watch).status == NOT_SERVING
+    watch.cancel()
+    release.set()
+    answer = in_flight.result(CALL_TIMEOUT)
+    assert list(answer.outcomes) == [common_pb2.OUTCOME_OK] * 20
+    stopping.result(CALL_TIMEOUT)
+    blocker.result(CALL_TIMEOUT)
+    with pytest.raises(grpc.RpcError) as gone:
+        stubs.health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+    assert gone.value.code() is grpc.StatusCode.UNAVAILABLE
+    audit = server.config.audit_path.read_text().splitlines()  # type: ignore[union-attr]
+    assert sum(json.loads(line)["event"] == "verify" for line in audit) == 20
+
+
+def test_sls_core_serve_sigterm_health_and_waiting_calls_end_then_exit_0(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    metrics_port = free_port()
+    with spawn_server(data, "--metrics-port", str(metrics_port)) as process:
+        log = process.log()
+        # No config: the embedded store and generated development keys, and where they are.
+        start = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+        keys = next(line for line in start if line["message"] == "generated development master key")
+        assert keys["master_key"] == str((data / "master-key.json").resolve())
+        assert (data / "master-key.json").stat().st_mode & 0o077 == 0
+        assert any("every caller is admin" in line["message"] for line in start)
+        stubs = process.stubs()
+        stubs.admin.CreateUser(admin_pb2.CreateUserRequest(username="bob"))
+        offer = stubs.activation.CreateActivation(
+            activation_pb2.CreateActivationRequest(username="bob")
+        )
+        SimulatedApp(None).activate(GrpcIbKey(stubs), qr_png=offer.qr_png)
+        push = stubs.push.CreatePush(push_pb2.CreatePushRequest(username="bob")).push
+        waiting = stubs.push.GetPushStatus.future(
+            push_pb2.GetPushStatusRequest(challenge_id=push.challenge_id, wait_seconds=30),
+            timeout=CALL_TIMEOUT,
+        )
+        watch = stubs.health.Watch(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT)
+        assert next(watch).status == SERVING
+        waiting_line = (
+            'sls_grpc_requests_in_progress{method="/sls.v1.PushService/GetPushStatus"} 1.0'
+        )
+        until(lambda: waiting_line in scrape(metrics_port))
+        started = time.monotonic()
+        process.process.send_signal(signal.SIGTERM)
+        assert next(watch).status == NOT_SERVING
+        watch.cancel()
+        # The waiting gateway gets its answer now, not after 30 s.
+        assert waiting.result(CALL_TIMEOUT).status == push_pb2.PUSH_STATUS_PENDING
+        assert process.process.wait(CALL_TIMEOUT) == 0
+        assert time.monotonic() - started < 5
+        stubs.channel.close()
+        lines = [json.loads(line) for line in process.log().splitlines()]
+        messages = [line["message"] for line in lines]
+        assert "shutting down" in messages
+        assert messages[-1] == "stopped"
+        waited = [line for line in lines if line.get("method", "").endswith("/GetPushStatus")]
+        assert [line["code"] for line in waited] == ["OK"]
+
+
+def test_the_same_answers_sent_to_two_server_processes_at_once_verify_exactly_once(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    with (
+        spawn_server(data, "--log-level", "WARNING") as a,
+        spawn_server(data, "--log-level", "WARNING") as b,
+    ):
+        stubs_a, stubs_b = a.stubs(), b.stubs()
+        with_dsc(stubs_a)
+        request = right_batch(stubs_a, "alice", 100)
+        barrier = threading.Barrier(2)
+
+        def send(stubs: Stubs) -> list[int]:
+            barrier.wait(CALL_TIMEOUT)
+            return list(stubs.verification.VerifyBatch(request, timeout=CALL_TIMEOUT).outcomes)
+
+        with ThreadPoolExecutor(2) as pool:
+            first, second = pool.map(send, (stubs_a, stubs_b))
+        pairs = sorted(zip(first, second, strict=True))
+        ok, replayed = common_pb2.OUTCOME_OK, common_pb2.OUTCOME_REPLAYED
+        assert set(pairs) <= {(ok, replayed), (replayed, ok)}
+        assert len(pairs) == 100
+        # Single calls too, a few rounds.
+        for _ in range(5):
+            c = stubs_b.verification.IssueChallenge(V.IssueChallengeRequest(username="alice"))
+            single = V.VerifyRequest(
+                username="alice", token=c.token, response=dsc_response(SECRET, PIN, c.challenge)
+            )
+
+            def one(stubs: Stubs, single: V.VerifyRequest = single) -> int:
+                barrier.wait(CALL_TIMEOUT)
+                return stubs.verification.Verify(single, timeout=CALL_TIMEOUT).outcome
+
+            with ThreadPoolExecutor(2) as pool:
+                outcomes = sorted(pool.map(one, (stubs_a, stubs_b)))
+            assert outcomes == [ok, replayed]
+        stubs_a.channel.close()
+        stubs_b.channel.close()
+        assert a.terminate() == 0
+        assert b.terminate() == 0
+
+
+def test_workers_share_the_port_and_the_supervisor_serves_their_metrics(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    with spawn_server(
+        tmp_path / "data", "--workers", "2", "--metrics-port", str(metrics_port)
+    ) as supervisor:
+        for _ in range(50):
+            pids = [
+                json.loads(line)["pid"]
+                for line in supervisor.log().splitlines()
+                if '"message":"serving"' in line
+            ]
+            if len(set(pids)) == 2:
+                break
+            time.sleep(0.1)
+        assert len(set(pids)) == 2, supervisor.log()
+        for _ in range(16):  # new connections: the kernel spreads them over the workers
+            own = [("grpc.use_local_subchannel_pool", 1)]  # a new TCP connection each time
+            with grpc.insecure_channel(supervisor.address, options=own) as channel:
+                Stubs.over(channel).policy.GetSessionLength(
+                    admin_pb2.GetSessionLengthRequest(unlock="pin"), timeout=CALL_TIMEOUT
+                )
+        text = scrape(metrics_port)
+        line = 'sls_grpc_requests_total{code="OK",method="/sls.v1.PolicyService/GetSessionLength"}'
+        assert f"{line} 16.0" in text
+        assert supervisor.terminate() == 0
+        served = {
+            json.loads(entry)["pid"]
+            for entry in supervisor.log().splitlines()
+            if '"message":"call"' in entry
+        }
+        assert served == set(pids)
+
+
+def test_config_file_values_and_errors_name_the_key_and_the_rule(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("x")
+    (tmp_path / "key.pem").write_text("x")
+    good = tmp_path / "good.toml"
+    good.write_text(
+        """
+listen = "0.0.0.0:6000"
+data_dir = "state"
+workers = 2
+max_batch_items = 5000
+metrics_port = 9464
+audit_log = ""
+log_level = "warning"
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+[roles]
+"gw-1" = "gateway"
+"""
+    )
+    config = load_config(good)
+    assert config.listen == "0.0.0.0:6000"
+    assert config.data_dir == tmp_path / "state"
+    assert config.tls is not None
+    assert config.tls.cert == tmp_path / "cert.pem"
+    assert config.audit_path is None
+    assert config.log_level == "WARNING"
+    assert dict(config.roles) == {"gw-1": "gateway"}
+    assert ServerConfig().audit_path == Path("data") / "audit.jsonl"
+    cases = [
+        ('listen = "nowhere"', "listen: must be HOST:PORT"),
+        ('listen = "127.0.0.1:70000"', "listen: port must be 0 to 65535"),
+        ('listen = "0.0.0.0:6000"', "tls: required when listening on a non-loopback address"),
+        ("workers = 0", "workers: must be 1 to 256"),
+        ('workers = "2"', "workers: must be an integer"),
+        ("max_batch_items = true", "max_batch_items: must be an integer"),
+        ("max_message_bytes = 10", "max_message_bytes: must be 1024 to 2147483647"),
+        ("grace_seconds = -1", "grace_seconds: must be 0 or more seconds"),
+        ('log_level = "LOUD"', "log_level: must be one of DEBUG"),
+        ("metrics_port = 99999", "metrics_port: must be 0 to 65535"),
+        ("wrokers = 2", "wrokers: unknown key"),
+        ('[roles]\n"gw" = "root"', "roles.gw: must be one of gateway, admin"),
+        ('[tls]\ncert = "cert.pem"', "tls.key: required"),
+        ('[tls]\ncert = "nope.pem"\nkey = "key.pem"', "tls.cert: file not found"),
+        (
+            '[tls]\ncert = "cert.pem"\nkey = "key.pem"\nrequire_client_auth = true',
+            "tls.client_ca: required when require_client_auth is true",
+        ),
+        ('[tls]\ncert = "cert.pem"\nkey = "key.pem"\nciphers = "all"', "tls.ciphers: unknown key"),
+        ("listen = ", "config: not valid TOML"),
+    ]
+    for text, message in cases:
+        path = tmp_path / "bad.toml"
+        path.write_text(text + "\n")
+        with pytest.raises(ConfigError) as error:
+            load_config(path)
+        assert str(error.value).startswith(message), (text, str(error.value))
+
+
+def test_the_command_line_reports_config_errors_without_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--listen", "0.0.0.0:1", "--data-dir", str(tmp_path)]) == 2
+    assert "config error: tls: required when listening on a non-loopback address" in (
+        capsys.readouterr().err
+    )
+    assert main(["serve", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "config error: config: file not found" in capsys.readouterr().err
+    assert main(["serve", "--workers", "0", "--data-dir", str(tmp_path)]) == 2
+    assert not (tmp_path / "sls.db").exists()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """``main`` sets up JSON logging on the ``sls_core`` logger; put it back afterwards."""
+    logger = logging.getLogger("sls_core")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_port_in_use_is_an_error_not_a_second_server(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path)])
+    assert code == 3
+
+
+def test_shutdown_ends_an_idle_verify_stream_instead_of_waiting_out_the_grace(
+    serve: Callable[..., InProcessServer],
+) -> None:
+    server = serve(grace_seconds=30)
+    stubs = server.stubs()
+    with_dsc(stubs)
+    requests: queue.Queue[V.VerifyBatchRequest | None] = queue.Queue()
+
+    def outgoing() -> Iterator[V.VerifyBatchRequest]:
+        while (request := requests.get(timeout=CALL_TIMEOUT)) is not None:
+            yield request
+
+    stream = stubs.verification.VerifyStream(outgoing(), timeout=CALL_TIMEOUT)
+    requests.put(right_batch(stubs, "alice", 3))
+    assert list(next(stream).outcomes) == [common_pb2.OUTCOME_OK] * 3
+    started = time.monotonic()
+    server.stop_async().result(CALL_TIMEOUT)
+    assert time.monotonic() - started < 5
+    assert list(stream) == []  # ended cleanly (status OK): the gateway reconnects elsewhere
+    requests.put(None)

@@ -168,7 +168,53 @@ def run_single(
             t.join()
         elapsed = time.perf_counter() - began
     return {
-        "mode": "single Verify (client micro-batching)",
+        "mode": f"single Verify, {gateways} gateway threads (client micro-batching)",
+        "requests": len(latencies),
+        "rate": len(latencies) / elapsed,
+        **percentiles(latencies),
+        "ok_share": outcomes.count(LoginOutcome.OK) / max(1, len(outcomes)),
+    }
+
+
+def run_single_async(
+    port: int,
+    load: tuple[list[str], list[str], list[str]],
+    gateways: int,
+    seconds: float,
+    linger: float,
+) -> dict[str, Any]:
+    """Like run_single, with ``gateways`` asyncio tasks on one event loop (AsyncSlsClient):
+    the client costs one thread, not a GIL-contended thread per gateway."""
+    import asyncio
+
+    from sls_core.client import AsyncSlsClient
+
+    users, tokens, responses = load
+    latencies: list[float] = []
+    outcomes: list[int] = []
+
+    async def drive() -> float:
+        cursor = iter(range(len(users)))
+        stop = time.monotonic() + seconds
+        async with AsyncSlsClient(f"127.0.0.1:{port}", timeout=10.0, linger=linger) as client:
+
+            async def gateway() -> None:
+                while time.monotonic() < stop:
+                    i = next(cursor, None)
+                    if i is None:
+                        return
+                    started = time.perf_counter()
+                    verdict = await client.verify(users[i], tokens[i], responses[i])
+                    latencies.append(time.perf_counter() - started)
+                    outcomes.append(int(verdict.outcome))
+
+            began = time.perf_counter()
+            await asyncio.gather(*(gateway() for _ in range(gateways)))
+            return time.perf_counter() - began
+
+    elapsed = asyncio.run(drive())
+    return {
+        "mode": f"single Verify, {gateways} asyncio gateways (client micro-batching)",
         "requests": len(latencies),
         "rate": len(latencies) / elapsed,
         **percentiles(latencies),
@@ -241,7 +287,7 @@ def render(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
         )
     batch = next(r for r in rows if r["mode"].startswith("VerifyBatch"))
     local = next(r for r in rows if r["mode"].startswith("in-process"))
-    single = next(r for r in rows if r["mode"].startswith("single"))
+    single = max((r for r in rows if r["mode"].startswith("single")), key=lambda r: r["rate"])
     lines += [
         "",
         f"VerifyBatch end to end is {batch['rate'] / local['rate']:.0%} of the in-process"
@@ -262,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--linger", type=float, default=0.0005)
     parser.add_argument("--connections", type=int, default=1, help="for VerifyBatch")
+    parser.add_argument("--async-gateways", type=int, default=16, help="asyncio gateways")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sls-load-") as tmp:
@@ -279,8 +326,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for users, tokens, responses in [work.attempts(500) for _ in range(4)]:
                     client.verify_batch(users, tokens, responses)
             work.sls.verify_batch(*work.attempts(500))
+            half = len(single_load[0]) // 2
             rows = [
-                run_single(port, single_load, args.gateways, args.seconds, args.linger),
+                run_single(
+                    port,
+                    tuple(c[:half] for c in single_load),  # type: ignore[arg-type]
+                    args.gateways,
+                    args.seconds / 2,
+                    args.linger,
+                ),
+                run_single_async(
+                    port,
+                    tuple(c[half:] for c in single_load),  # type: ignore[arg-type]
+                    args.async_gateways,
+                    args.seconds / 2,
+                    args.linger,
+                ),
                 run_batch(port, batch_loads, args.connections),
                 run_in_process(work, local_loads),
             ]

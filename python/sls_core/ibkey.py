@@ -433,7 +433,8 @@ class IbKey:
         out = np.full(n, 255, dtype=np.uint8)
         with sls._write() as tx:
             now = sls.clock.now()
-            rows = [tx.store.push(int(c)) for c in challenge_ids]
+            found = tx.store.pushes([int(c) for c in challenge_ids])
+            rows = [found.get(int(c)) for c in challenge_ids]
             publics: list[bytes] = []
             messages: list[bytes] = []
             sigs: list[bytes] = []

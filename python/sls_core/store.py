@@ -194,6 +194,7 @@ class StoreTx(Protocol):
     ) -> ActivationRow | None: ...
     def insert_push(self, row: PushRow) -> None: ...
     def push(self, challenge_id: int) -> PushRow | None: ...
+    def pushes(self, challenge_ids: Sequence[int]) -> dict[int, PushRow]: ...
     def pending_pushes(self, device_ids: Sequence[int], now: float) -> list[PushRow]: ...
     def decide_push(self, challenge_id: int, decision: str, now: float) -> bool: ...
     def insert_user(self, username: str, identity: dict[str, str], now: float) -> int: ...
@@ -353,6 +354,15 @@ class _SqliteTx:
             " VALUES (?, ?, ?, ?, ?)",
             (row.challenge_id, row.user_id, row.device_id, row.issued_at, row.expires_at),
         )
+
+    def pushes(self, challenge_ids: Sequence[int]) -> dict[int, PushRow]:
+        """The pushes among ``challenge_ids``, in one query."""
+        rows = self._conn.execute(
+            "SELECT challenge_id, user_id, device_id, issued_at, expires_at, decision,"
+            " decided_at FROM pushes WHERE challenge_id IN (SELECT value FROM json_each(?))",
+            (_ids_json(challenge_ids),),
+        )
+        return {r[0]: PushRow(*r) for r in rows}
 
     def push(self, challenge_id: int) -> PushRow | None:
         row = self._conn.execute(

@@ -367,23 +367,15 @@ class IbKey:
         with sls._write() as tx:
             user = sls._user(username)
             if device_id is None:
-                keys = [
-                    d
-                    for d in sorted(sls._directory.devices_of.get(user.id, ()))
-                    if sls._directory.devices[d].type is DeviceType.IB_KEY
-                    and sls._directory.devices[d].row.push_public is not None
-                    and sls._effective_state(sls._directory.devices[d], now) is DeviceState.ACTIVE
-                ]
-                if user.preferred_device in keys:
-                    device_id = user.preferred_device
-                elif len(keys) == 1:
-                    device_id = keys[0]
-                elif not keys:
-                    raise InvalidInputError("device_id", "the user has no active IB Key")
-                else:
-                    raise InvalidInputError(
-                        "device_id", "the user has several IB Keys: choose one (M2FS)"
-                    )
+                device_id = sls._choose(
+                    user,
+                    lambda e: (
+                        e.type is DeviceType.IB_KEY
+                        and e.row.push_public is not None
+                        and sls._effective_state(e, now) is DeviceState.ACTIVE
+                    ),
+                    "active IB Key",
+                ).row.id
             entry = sls._device_of(user, device_id)
             if entry.type is not DeviceType.IB_KEY or entry.row.push_public is None:
                 raise InvalidInputError("device_id", "push approval needs an activated IB Key")

@@ -25,7 +25,7 @@ import re
 import secrets
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -947,6 +947,28 @@ class SecureLogin:
                 )
         return out
 
+    def _choose(
+        self,
+        user: UserRow,
+        eligible: Callable[[_DeviceEntry], bool],
+        what: str,
+    ) -> _DeviceEntry:
+        """M2FS: among the user's ``eligible`` devices, their chosen one, else the only one;
+        several with none chosen is an error asking to choose, never "all must answer"."""
+        candidates = [
+            self._directory.devices[i]
+            for i in sorted(self._directory.devices_of.get(user.id, ()))
+            if eligible(self._directory.devices[i])
+        ]
+        preferred = [c for c in candidates if c.row.id == user.preferred_device]
+        if preferred:
+            return preferred[0]
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            raise InvalidInputError("device_id", f"the user has no {what}")
+        raise InvalidInputError("device_id", f"the user has several {what}s: choose one (M2FS)")
+
     def _pick_device(
         self, user: UserRow, device_id: int | None, purpose: int, now: float
     ) -> _DeviceEntry:
@@ -954,24 +976,15 @@ class SecureLogin:
         if device_id is not None:
             entry = self._device_of(user, device_id)
         else:
-            candidates = [
-                self._directory.devices[i]
-                for i in sorted(self._directory.devices_of.get(user.id, ()))
-                if self._effective_state(self._directory.devices[i], now) is wanted
-                and self._directory.devices[i].type is not DeviceType.TEMPORARY_PASSCODE
-                and (self._directory.devices[i].row.expires_at or float("inf")) > now
-            ]
-            preferred = [c for c in candidates if c.row.id == user.preferred_device]
-            if preferred:
-                entry = preferred[0]
-            elif len(candidates) == 1:
-                entry = candidates[0]
-            elif not candidates:
-                raise InvalidInputError("device_id", f"the user has no {wanted.value} device")
-            else:
-                raise InvalidInputError(
-                    "device_id", "the user has several active devices: choose one (M2FS)"
-                )
+            entry = self._choose(
+                user,
+                lambda e: (
+                    self._effective_state(e, now) is wanted
+                    and e.type is not DeviceType.TEMPORARY_PASSCODE
+                    and (e.row.expires_at or float("inf")) > now
+                ),
+                f"{wanted.value} device",
+            )
         state = self._effective_state(entry, now)
         if state is not wanted:
             raise InvalidInputError("device_id", f"the device is {state.value}")
@@ -1192,7 +1205,6 @@ class _Plan:
             self.fast[:] = False
         device_ids[self.fast] = dev[self.fast]
         token_devices = dev.tolist()
-        passcodes = self._passcodes_of()
         now = self.now
         login = self.purpose == Purpose.LOGIN
         wanted = DeviceState.ACTIVE if login else DeviceState.PENDING
@@ -1208,7 +1220,7 @@ class _Plan:
                     self.out[i] = LoginOutcome.NO_SUCH_DEVICE
                     continue
             else:
-                entry = passcodes.get(uid)
+                entry = self._passcode_of(uid)
                 if entry is None:
                     self.out[i] = LoginOutcome.NO_SUCH_DEVICE
                     continue
@@ -1229,16 +1241,13 @@ class _Plan:
             elif not has_token_list[i]:
                 self.out[i] = LoginOutcome.CHALLENGE_INVALID
 
-    def _passcodes_of(self) -> dict[int, _DeviceEntry]:
-        """Each user's live temporary passcode (only needed for items without a token)."""
-        if all(t is not None for t in self.tokens):
-            return {}
-        out: dict[int, _DeviceEntry] = {}
-        for entry in self.s._directory.devices.values():
-            if entry.type is DeviceType.TEMPORARY_PASSCODE and entry.row.state == "active":
-                for owner in entry.owners:
-                    out[owner] = entry
-        return out
+    def _passcode_of(self, user_id: int) -> _DeviceEntry | None:
+        """The user's live temporary passcode (items without a token answer with it)."""
+        d = self.s._directory
+        for device_id in d.live_temporary(user_id, (DeviceType.TEMPORARY_PASSCODE,)):
+            if d.devices[device_id].row.state == DeviceState.ACTIVE.value:
+                return d.devices[device_id]
+        return None
 
     def _responses(self, rows: npt.NDArray[np.intp]) -> tuple[npt.NDArray[np.intp], list[Any]]:
         """The responses of ``rows``; a response that is not str or bytes is MALFORMED."""

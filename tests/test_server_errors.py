@@ -424,11 +424,19 @@ def test_a_deadline_too_short_for_the_call_is_deadline_exceeded(stubs: Stubs) ->
     with_dsc(stubs)
     c = challenge(stubs)
     answer = dsc_response(SECRET, PIN, c.challenge)
-    error = refused(
-        stubs.verification.Verify,
-        V.VerifyRequest(username="alice", token=c.token, response=answer),
-        timeout=0.000001,
-    )
-    assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    request = V.VerifyRequest(username="alice", token=c.token, response=answer)
+    reply = None
+    code = grpc.StatusCode.OK
+    try:
+        reply = stubs.verification.Verify(request, timeout=0.000001)
+    except grpc.RpcError as error:
+        code = error.code()
+    if reply is None:
+        assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+        allowed_next = (OK, common_pb2.OUTCOME_REPLAYED)  # applied whole, or not at all
+    else:
+        # Rarely the call beats even this deadline: then it was applied, whole.
+        assert reply.outcome == OK
+        allowed_next = (common_pb2.OUTCOME_REPLAYED,)
     again = V.VerifyRequest(username="alice", token=c.token, response=answer)
-    assert stubs.verification.Verify(again).outcome in (OK, common_pb2.OUTCOME_REPLAYED)
+    assert stubs.verification.Verify(again).outcome in allowed_next

@@ -1,6 +1,6 @@
 """Type stubs of the Rust extension ``sls_core._native`` (checked by mypy.stubtest)."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, final
 
 import numpy as np
@@ -14,6 +14,7 @@ __all__ = [
     "TokenKeys",
     "__version__",
     "approval_message",
+    "audit_lines",
     "card_codes",
     "card_verify",
     "card_verify_batch",
@@ -252,6 +253,15 @@ def verify_approval(public: bytes, message: bytes, signature: bytes) -> bool: ..
 def verify_approvals_batch(
     publics: Any, messages: Any, signatures: Any, *, threads: int | None = None
 ) -> npt.NDArray[np.uint8]: ...
+def audit_lines(
+    head: str | Sequence[str],
+    usernames: Sequence[str],
+    device_ids: npt.NDArray[np.uint64],
+    outcomes: npt.NDArray[np.uint8],
+    *,
+    outcome_names: Sequence[str],
+    blank_username_outcome: int,
+) -> bytes: ...
 
 @final
 class NameIndex:

@@ -6,9 +6,12 @@ that also appears in the access log. It never holds a secret, a code, a response
 passcode or a token: the callers of this module pass none, and a username that failed
 validation (it may be a password typed into the wrong field) is written as ``""``.
 
-A batch's lines are formatted with list slicing and one ``str.join`` (no per-item format
-call) and written with one ``write`` on an ``O_APPEND`` descriptor under an exclusive
-``flock``, so several server processes can share the file and a batch's lines stay together.
+A batch's lines are formatted by the native extension (``_native.audit_lines``): Python
+JSON-encodes the head of a call's lines once (time, event, caller, request id, with
+``json.dumps``); Rust adds each item's username (JSON-escaped, ASCII only, as ``json.dumps``
+writes it), device id and outcome name, without the GIL for a large batch. The bytes go out
+with one ``write`` on an ``O_APPEND`` descriptor under an exclusive ``flock``, so several
+server processes can share the file and a batch's lines stay together.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from sls_core import _native
 from sls_core.outcome import LoginOutcome
 
 __all__ = ["AuditTrail"]
 
 _INVALID_USERNAME = int(LoginOutcome.INVALID_USERNAME)
-# The tail of a line for each outcome value, so a batch picks them with one numpy take.
-_TAILS = np.array([f',"outcome":"{o.name}"}}\n' for o in LoginOutcome], dtype=object)
+# The name of each outcome value, by value (a gap in the values would raise here).
+_OUTCOME_NAMES = tuple(LoginOutcome(value).name for value in range(len(LoginOutcome)))
 
 
 def _now_iso() -> str:
@@ -57,10 +61,9 @@ class AuditTrail:
     def enabled(self) -> bool:
         return self._fd is not None
 
-    def _write(self, text: str) -> None:
+    def _write(self, data: bytes) -> None:
         if self._fd is None:
             return
-        data = text.encode()
         with self._lock:
             fd = self._fd
             if fd is None:
@@ -98,7 +101,7 @@ class AuditTrail:
             "outcome": outcome,
             **details,
         }
-        self._write(json.dumps(line, separators=(",", ":")) + "\n")
+        self._write((json.dumps(line, separators=(",", ":")) + "\n").encode())
 
     def verdicts(
         self,
@@ -111,7 +114,8 @@ class AuditTrail:
     ) -> None:
         """One line per login attempt of a batch (``LoginOutcome`` values), in one write."""
         if self._fd is not None and len(outcomes):
-            self._write(_lines(event, caller, request_id, usernames, device_ids, outcomes))
+            head = _head(_now_iso(), event, caller, request_id)
+            self._write(_lines(head, usernames, device_ids, outcomes))
 
     def verdicts_of_calls(
         self,
@@ -125,19 +129,9 @@ class AuditTrail:
         caller and request id, ``callers[i] = (identity, request_id)``; one write."""
         if self._fd is None or not len(outcomes):
             return
-        self._write(
-            "".join(
-                _lines(
-                    event,
-                    who,
-                    rid,
-                    usernames[i : i + 1],
-                    device_ids[i : i + 1],
-                    outcomes[i : i + 1],
-                )
-                for i, (who, rid) in enumerate(callers)
-            )
-        )
+        now = _now_iso()
+        heads = [_head(now, event, who, rid) for who, rid in callers]
+        self._write(_lines(heads, usernames, device_ids, outcomes))
 
     def close(self) -> None:
         with self._lock:
@@ -146,24 +140,32 @@ class AuditTrail:
                 self._fd = None
 
 
+def _head(time: str, event: str, caller: str, request_id: str) -> str:
+    """The JSON text a call's lines start with: their first keys, the object left open.
+
+    The same text as ``json.dumps({...}, separators=(",", ":"))[:-1]``, four times faster:
+    ``json.dumps`` of a lone str takes its C fast path (coalesced calls need one head each).
+    """
+    dumps = json.dumps
+    return (
+        f'{{"time":{dumps(time)},"event":{dumps(event)},'
+        f'"caller":{dumps(caller)},"request_id":{dumps(request_id)}'
+    )
+
+
 def _lines(
-    event: str,
-    caller: str,
-    request_id: str,
+    head: str | Sequence[str],
     usernames: Sequence[str],
     device_ids: npt.NDArray[np.uint64],
     outcomes: npt.NDArray[np.uint8],
-) -> str:
-    n = len(outcomes)
-    head = json.dumps(
-        {"time": _now_iso(), "event": event, "caller": caller, "request_id": request_id},
-        separators=(",", ":"),
+) -> bytes:
+    """The lines of a batch: ``head`` for every line, or one head per item."""
+    return _native.audit_lines(
+        head,
+        usernames,
+        device_ids,
+        outcomes,
+        outcome_names=_OUTCOME_NAMES,
+        # not a valid name: maybe a password typed into the wrong field
+        blank_username_outcome=_INVALID_USERNAME,
     )
-    names = list(usernames)
-    for i in np.flatnonzero(outcomes == _INVALID_USERNAME).tolist():
-        names[i] = ""  # not a valid name: maybe a password typed into the wrong field
-    pieces: list[str] = [head[:-1] + ',"username":"'] * (4 * n)
-    pieces[1::4] = names
-    pieces[2::4] = [f'","device_id":{d}' for d in device_ids.tolist()]
-    pieces[3::4] = _TAILS[outcomes].tolist()
-    return "".join(pieces)

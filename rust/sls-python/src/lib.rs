@@ -2,11 +2,14 @@
 //!
 //! It converts Python and numpy inputs, releases the GIL around kernel work, picks the
 //! thread pool and maps kernel errors to the exception classes of `sls_core.errors`.
-//! It holds no algorithm of its own. Users import `sls_core.ocra`, never this module.
+//! It holds no algorithm of its own, apart from the server's audit lines (`audit`: JSON
+//! text formatting, nothing the kernel should know). Users import `sls_core.ocra`, never
+//! this module.
 
 use pyo3::prelude::*;
 
 mod activation;
+mod audit;
 mod convert;
 mod domain;
 mod errors;
@@ -50,5 +53,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(activation::sign_approval, m)?)?;
     m.add_function(wrap_pyfunction!(activation::verify_approval, m)?)?;
     m.add_function(wrap_pyfunction!(activation::verify_approvals_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(audit::audit_lines, m)?)?;
     Ok(())
 }

@@ -328,3 +328,82 @@ def test_the_native_name_index_maps_usernames_and_refuses_non_strings() -> None:
         index.insert("carol", -1)
     with pytest.raises(TypeError, match="usernames"):
         index.lookup(("alice",))  # type: ignore[arg-type]
+
+
+def test_writers_queue_on_the_writer_gate_and_start_when_it_opens(tmp_path: Path) -> None:
+    """Writers wait on an flock of ``<file>-writer`` (woken at once on release) instead of
+    SQLite's busy-wait sleeps of 1, 2, 5 ms and more; the gate is 0600 like the store."""
+    import fcntl
+    import threading
+
+    sls = _setup(tmp_path / "data")
+    store = sls.store
+    assert isinstance(store, SqliteStore)
+    gate = store.writer_gate
+    assert gate.exists()
+    assert gate.stat().st_mode & 0o777 == 0o600
+    challenge = sls.issue_challenge("user0")
+    done = threading.Event()
+    outcome: list[LoginOutcome] = []
+
+    def verify() -> None:
+        outcome.append(
+            sls.verify("user0", challenge.token, _answer(challenge.challenge or "")).outcome
+        )
+        done.set()
+
+    holder = os.open(gate, os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another process's writer holds the gate
+        worker = threading.Thread(target=verify)
+        worker.start()
+        assert not done.wait(0.3), "a write went ahead while another writer held the gate"
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        assert done.wait(10.0)
+        worker.join()
+    finally:
+        os.close(holder)
+    assert outcome == [LoginOutcome.OK]
+
+
+def test_a_plain_sqlite_writer_without_the_gate_is_still_excluded(tmp_path: Path) -> None:
+    """The gate orders sls_core's writers; exactness still rests on BEGIN IMMEDIATE, so a
+    program that ignores the gate (the sqlite3 shell) cannot write in the middle."""
+    sls = _setup(tmp_path / "data")
+    store = sls.store
+    assert isinstance(store, SqliteStore)
+    other = sqlite3.connect(store.path, timeout=0.05, isolation_level=None)
+    try:
+        with store.write(), pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+def test_warm_loads_the_directory_from_a_snapshot_while_another_process_writes(
+    tmp_path: Path,
+) -> None:
+    """A server loads its directory before it says SERVING, without the write lock: a
+    long write elsewhere neither blocks it nor is blocked by it."""
+    data = tmp_path / "data"
+    _setup(data, users=3)
+    fresh = SecureLogin.open(data, clock=ManualClock(NOW))
+    store = fresh.store
+    assert isinstance(store, SqliteStore)
+    writer = sqlite3.connect(store.path, timeout=0.05, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # another process is in the middle of a write
+        fresh.warm()
+        writer.execute("ROLLBACK")
+    finally:
+        writer.close()
+    assert [fresh.user(f"user{u}").username for u in range(3)] == ["user0", "user1", "user2"]
+    challenge = fresh.issue_challenge("user2")
+    answer = _answer(challenge.challenge or "")
+    assert fresh.verify("user2", challenge.token, answer).outcome is LoginOutcome.OK
+    user1 = fresh.user("user1").id
+    with store.read() as tx:  # a snapshot discards what is written in it
+        tx.update_user(user1, opted_out=1)
+    assert not fresh.user("user1").opted_out

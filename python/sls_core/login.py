@@ -483,6 +483,19 @@ class SecureLogin:
     def __repr__(self) -> str:
         return f"SecureLogin(store={self.store!r})"
 
+    def warm(self) -> None:
+        """Loads this process's directory of users and devices now, from a read snapshot
+        that holds no write lock, rather than inside the first login's transaction (where
+        a million devices would take tens of seconds with every other writer waiting). A
+        server calls it before it reports SERVING; later transactions catch up from the
+        change feed."""
+        with self._lock, self.store.read() as tx:
+            try:
+                self._directory.refresh(tx)
+            except BaseException:
+                self._directory.generation = -1  # half loaded: the next transaction reloads
+                raise
+
     @functools.cached_property
     def ibkey(self) -> IbKey:
         """IB Key activation and push approvals (:mod:`sls_core.ibkey`)."""

@@ -91,6 +91,8 @@ class SlsServer:
         loop = asyncio.get_running_loop()
         if self.sls is None:
             self.sls = await loop.run_in_executor(self.executor, SecureLogin.open, config.data_dir)
+        # Before the port opens: the first login must not pay for loading the directory.
+        await loop.run_in_executor(self.executor, self.sls.warm)
         self.audit = AuditTrail(config.audit_path)
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()

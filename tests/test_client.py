@@ -152,7 +152,12 @@ def test_a_failing_batch_fails_its_own_callers_only(fake: FakeSls, target: str) 
         except Exception as err:
             return err
 
-    with SlsClient(target, linger=0.05) as client, ThreadPoolExecutor(12) as pool:
+    # max_in_flight=0: every batch is held for the linger, so the boom user's neighbours
+    # certainly share its batch.
+    with (
+        SlsClient(target, linger=0.05, max_in_flight=0) as client,
+        ThreadPoolExecutor(12) as pool,
+    ):
         results = list(pool.map(one, range(12)))
         after = client.verify("user99", "tok", "00000099")  # the batcher still works
     for i, result in enumerate(results):
@@ -168,14 +173,44 @@ def test_a_failing_batch_fails_its_own_callers_only(fake: FakeSls, target: str) 
 
 def test_a_batch_that_is_unavailable_is_not_retried(fake: FakeSls, target: str) -> None:
     fake.fail_next("VerifyBatch", grpc.StatusCode.UNAVAILABLE, "going away", times=5)
-    with SlsClient(target, linger=0.05, retry=FAST_RETRY) as client:
+    # max_in_flight=0: the five travel in one batch, so one call means none was retried
+    with SlsClient(target, linger=0.05, max_in_flight=0, retry=FAST_RETRY) as client:
         results = verify_concurrently(client, 5)
     assert all(isinstance(r, UnavailableError) for r in results)
     assert fake.calls["VerifyBatch"] == 1
 
 
+def test_an_idle_client_sends_at_once_instead_of_lingering(fake: FakeSls, target: str) -> None:
+    """With a free in-flight slot an attempt leaves at once: a 30 s linger never applies
+    (the call's own 5 s deadline would fail it if it did)."""
+    with SlsClient(target, linger=30.0, max_in_flight=1, timeout=5.0) as client:
+        for i in range(3):
+            assert client.verify(f"user{i}", "tok", f"{i:08d}").outcome is expected(f"{i:08d}")[0]
+    assert [len(b.usernames) for b in fake.batches()] == [1, 1, 1]
+
+
+def test_attempts_wait_for_a_free_slot_then_leave_together(fake: FakeSls, target: str) -> None:
+    """max_in_flight=1: while a slow batch is out, new attempts coalesce and leave as one
+    batch when it returns, long before their 30 s linger."""
+    with (
+        SlsClient(target, linger=30.0, max_in_flight=1, timeout=10.0) as client,
+        ThreadPoolExecutor(7) as pool,
+    ):
+        slow = pool.submit(client.verify, SLOW_USER, "tok", "00000000")
+        deadline = time.monotonic() + 5
+        while not fake.batches() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        waiting = [pool.submit(client.verify, f"user{i}", "tok", f"{i:08d}") for i in range(1, 7)]
+        assert [f.result(timeout=8).outcome for f in waiting] == [
+            expected(f"{i:08d}")[0] for i in range(1, 7)
+        ]
+        assert slow.result(timeout=8).outcome is expected("00000000")[0]
+    # the six waited together for the slot
+    assert [len(b.usernames) for b in fake.batches()] == [1, 6]
+
+
 def test_close_flushes_waiting_attempts_instead_of_lingering(fake: FakeSls, target: str) -> None:
-    client = SlsClient(target, linger=30.0)
+    client = SlsClient(target, linger=30.0, max_in_flight=0)
     with ThreadPoolExecutor(5) as pool:
         pending = [pool.submit(client.verify, f"user{i}", "tok", f"{i:08d}") for i in range(5)]
         deadline = time.monotonic() + 2
@@ -578,6 +613,10 @@ def test_plaintext_is_refused_for_a_non_loopback_target() -> None:
         ({"timeout": float("inf")}, "timeout"),
         ({"linger": -1}, "linger"),
         ({"max_batch": 0}, "max_batch"),
+        ({"max_in_flight": -1}, "max_in_flight"),
+        ({"max_in_flight": 1.5}, "max_in_flight"),
+        ({"channel_options": [("grpc.keepalive_time_ms",)]}, "channel_options"),
+        ({"channel_options": [(1, 2)]}, "channel_options"),
         ({"max_receive_message_length": 2**40}, "max_receive_message_length"),
         ({"tls": "yes"}, "tls"),
     ],
@@ -586,6 +625,16 @@ def test_settings_are_checked(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidInputError) as caught:
         SlsClient("127.0.0.1:1", **kwargs)  # type: ignore[arg-type]
     assert caught.value.field == field
+
+
+def test_channel_options_reach_the_channel(fake: FakeSls, target: str) -> None:
+    """A connection of its own per client (the load test's gateways use this to spread
+    over the server's processes) still talks to the same server."""
+    own = [("grpc.use_local_subchannel_pool", 1), ("grpc.primary_user_agent", "gw-7")]
+    with SlsClient(target, linger=0, channel_options=own) as a, SlsClient(target, linger=0) as b:
+        assert a.verify("user1", "tok", "00000001").outcome is expected("00000001")[0]
+        assert b.verify("user2", "tok", "00000002").outcome is expected("00000002")[0]
+    assert fake.calls["Verify"] == 2
 
 
 def test_retry_policy_is_checked_and_names_only_read_only_methods() -> None:

@@ -266,3 +266,33 @@ def test_every_call_answers_as_the_blocking_client_does(fake: FakeSls, target: s
     public = {n for n in dir(SlsClient) if not n.startswith("_")}
     assert public == {n for n in dir(AsyncSlsClient) if not n.startswith("_")}
     assert {name for name, _, _ in CALLS} == public - {"close", "wait_ready"}
+
+
+def test_an_idle_async_client_sends_at_once_instead_of_lingering(
+    fake: FakeSls, target: str
+) -> None:
+    """A free in-flight slot: the batch leaves on the loop's next turn, not after 30 s."""
+
+    async def body(client: AsyncSlsClient) -> list[Verdict]:
+        return [await client.verify(f"user{i}", "tok", f"{i:08d}") for i in range(3)]
+
+    results = run(target, body, linger=30.0, max_in_flight=1, timeout=5.0)
+    assert [r.outcome for r in results] == [expected(f"{i:08d}")[0] for i in range(3)]
+    assert [len(b.usernames) for b in fake.batches()] == [1, 1, 1]
+
+
+def test_tasks_wait_for_a_free_slot_then_leave_together(fake: FakeSls, target: str) -> None:
+    async def body(client: AsyncSlsClient) -> tuple[Verdict, list[Any]]:
+        slow = asyncio.ensure_future(client.verify(SLOW_USER, "tok", "00000000"))
+        while not fake.batches():
+            await asyncio.sleep(0.005)
+        waiting = []
+        for i in range(1, 7):  # arriving one by one while the slow batch is out
+            waiting.append(asyncio.ensure_future(client.verify(f"user{i}", "tok", f"{i:08d}")))
+            await asyncio.sleep(0.01)
+        return await slow, list(await asyncio.gather(*waiting))
+
+    slow, results = run(target, body, linger=30.0, max_in_flight=1, timeout=10.0)
+    assert slow.outcome is expected("00000000")[0]
+    assert [r.outcome for r in results] == [expected(f"{i:08d}")[0] for i in range(1, 7)]
+    assert [len(b.usernames) for b in fake.batches()] == [1, 6]

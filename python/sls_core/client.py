@@ -33,11 +33,15 @@ idempotent either. The caller decides what to do with an :class:`UnavailableErro
 
 Micro-batching. With ``linger > 0`` (the default), single :meth:`SlsClient.verify` calls
 made concurrently (threads, or asyncio tasks for :class:`AsyncSlsClient`) are coalesced into
-``VerifyBatch`` calls: the first waiting attempt starts a ``linger``-second timer, a batch
-leaves when the timer fires or ``max_batch`` attempts wait, whichever comes first, and each
-caller gets its own outcome. A batch that fails fails only its own callers; ``close()``
-sends what is still waiting and waits for batches in flight. ``linger=0`` sends a plain
-``Verify`` per call.
+``VerifyBatch`` calls, and each caller gets its own outcome. While fewer than
+``max_in_flight`` batches are on their way, an attempt leaves at once, together with
+whatever else is waiting: an idle client adds no delay. Once ``max_in_flight`` batches are
+in flight, attempts wait and coalesce until one of them returns, ``linger`` seconds pass
+since the oldest waiting attempt arrived, or ``max_batch`` attempts wait, whichever comes
+first; so under load the batches grow by themselves and the server pays its per-call cost
+once per batch, not once per login. ``max_in_flight=0`` always holds a batch open for
+``linger``. A batch that fails fails only its own callers; ``close()`` sends what is still
+waiting and waits for batches in flight. ``linger=0`` sends a plain ``Verify`` per call.
 
 This module never puts a response, code, PIN, passcode, key or secret in an exception
 message, a ``repr`` or a log: messages name the field and the rule only.
@@ -99,6 +103,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_LINGER",
     "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_MAX_MESSAGE_LENGTH",
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUT",
@@ -124,8 +129,11 @@ __all__ = [
 
 #: Seconds a call may take unless the call says otherwise.
 DEFAULT_TIMEOUT = 5.0
-#: Seconds the first waiting verify() holds its batch open for others.
+#: The longest a verify() waits for its batch to leave (see micro-batching above).
 DEFAULT_LINGER = 0.002
+#: Coalesced VerifyBatch calls on their way before verify() calls start waiting to
+#: coalesce. Two keep the server busy (one is answered while the next is verified).
+DEFAULT_MAX_IN_FLIGHT = 2
 #: Attempts per coalesced VerifyBatch call.
 DEFAULT_MAX_BATCH = 10_000
 #: Bytes per message, both ways (gRPC's own default is 4 MiB received).
@@ -348,6 +356,7 @@ class _ChannelSettings:
     timeout: float
     linger: float
     max_batch: int
+    max_in_flight: int
     options: tuple[tuple[str, Any], ...]
 
     @classmethod
@@ -359,9 +368,11 @@ class _ChannelSettings:
         timeout: float,
         linger: float,
         max_batch: int,
+        max_in_flight: int,
         max_send_message_length: int,
         max_receive_message_length: int,
         retry: RetryPolicy | None,
+        channel_options: Sequence[tuple[str, Any]] = (),
     ) -> _ChannelSettings:
         if not isinstance(target, str) or not target:
             raise InvalidInputError("target", "must be a non-empty 'host:port' string")
@@ -383,6 +394,8 @@ class _ChannelSettings:
         ):
             if not isinstance(count, int) or not 1 <= count <= 2**31 - 1:
                 raise InvalidInputError(name, "must be an int from 1 to 2**31 - 1")
+        if not isinstance(max_in_flight, int) or not 0 <= max_in_flight <= 1024:
+            raise InvalidInputError("max_in_flight", "must be an int from 0 to 1024")
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", max_send_message_length),
             ("grpc.max_receive_message_length", max_receive_message_length),
@@ -395,7 +408,20 @@ class _ChannelSettings:
             options.append(("grpc.service_config", retry.service_config()))
         if tls is not None and tls.server_name_override:
             options.append(("grpc.ssl_target_name_override", tls.server_name_override))
-        return cls(target, tls, float(timeout), float(linger), max_batch, tuple(options))
+        for option in channel_options:
+            if (
+                not isinstance(option, tuple)
+                or len(option) != 2
+                or not isinstance(option[0], str)
+                or not isinstance(option[1], int | str | bytes)
+            ):
+                raise InvalidInputTypeError(
+                    "channel_options", "must be (name, int | str | bytes) pairs"
+                )
+            options.append(option)
+        return cls(
+            target, tls, float(timeout), float(linger), max_batch, max_in_flight, tuple(options)
+        )
 
 
 # --- results that have no domain type -----------------------------------------------------
@@ -896,10 +922,11 @@ _SyncAttempt = _Attempt["concurrent.futures.Future[Verdict]"]
 class _ThreadBatcher:
     """Coalesces verify() calls from many threads into VerifyBatch calls.
 
-    One daemon thread waits for the first attempt, holds the batch open ``linger`` seconds
-    (or until ``max_batch`` attempts wait) and starts the call without waiting for it;
-    gRPC's completion callback hands each caller its outcome. Order within a batch is
-    arrival order under the lock, and an attempt is taken off the queue exactly once.
+    One daemon thread waits for attempts and starts each call without waiting for it: at
+    once while fewer than ``max_in_flight`` calls are in flight, else when one returns,
+    the oldest attempt has waited ``linger`` or ``max_batch`` attempts wait. gRPC's
+    completion callback hands each caller its outcome. Order within a batch is arrival
+    order under the lock, and an attempt is taken off the queue exactly once.
     """
 
     def __init__(
@@ -910,10 +937,12 @@ class _ThreadBatcher:
         *,
         linger: float,
         max_batch: int,
+        max_in_flight: int,
     ) -> None:
         self._rpc = rpc
         self._linger = linger
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
         self._cond = threading.Condition()
         self._pending: list[_SyncAttempt] = []
         self._in_flight = 0
@@ -965,7 +994,11 @@ class _ThreadBatcher:
                 if not self._pending:
                     return  # closed and drained
                 flush_at = self._pending[0].enqueued + self._linger
-                while len(self._pending) < self._max_batch and not self._closed:
+                while (
+                    len(self._pending) < self._max_batch
+                    and self._in_flight >= self._max_in_flight
+                    and not self._closed
+                ):
                     remaining = flush_at - time.monotonic()
                     if remaining <= 0:
                         break
@@ -1029,10 +1062,12 @@ class SlsClient:
 
     ``target`` is ``"host:port"``; ``tls`` the :class:`TlsSettings` (``None`` = plaintext,
     refused unless the target is a loopback address); ``timeout`` the deadline of each call
-    in seconds unless the call gives its own; ``linger`` and ``max_batch`` drive
-    micro-batching of :meth:`verify` (``linger=0``: off); ``retry`` the policy of the
-    read-only calls (``None``: no retries). Use as a context manager, or call
-    :meth:`close`.
+    in seconds unless the call gives its own; ``linger``, ``max_batch`` and
+    ``max_in_flight`` drive micro-batching of :meth:`verify` (``linger=0``: off; see the
+    module docstring); ``retry`` the policy of the read-only calls (``None``: no
+    retries); ``channel_options`` extra gRPC channel arguments (keepalive,
+    ``grpc.use_local_subchannel_pool`` for a connection of its own), added after the
+    client's own. Use as a context manager, or call :meth:`close`.
     """
 
     def __init__(
@@ -1043,9 +1078,11 @@ class SlsClient:
         timeout: float = DEFAULT_TIMEOUT,
         linger: float = DEFAULT_LINGER,
         max_batch: int = DEFAULT_MAX_BATCH,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         max_send_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
         max_receive_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
         retry: RetryPolicy | None = DEFAULT_RETRY,
+        channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self._settings = _ChannelSettings.build(
             target,
@@ -1053,9 +1090,11 @@ class SlsClient:
             timeout=timeout,
             linger=linger,
             max_batch=max_batch,
+            max_in_flight=max_in_flight,
             max_send_message_length=max_send_message_length,
             max_receive_message_length=max_receive_message_length,
             retry=retry,
+            channel_options=channel_options,
         )
         options = list(self._settings.options)
         if tls is None:
@@ -1075,6 +1114,7 @@ class SlsClient:
                 verification.VerifyBatch,
                 linger=self._settings.linger,
                 max_batch=self._settings.max_batch,
+                max_in_flight=self._settings.max_in_flight,
             )
             if self._settings.linger > 0
             else None
@@ -1339,9 +1379,11 @@ _AsyncAttempt = _Attempt["asyncio.Future[Verdict]"]
 
 
 class _TaskBatcher:
-    """Coalesces verify() calls from many tasks of one event loop into VerifyBatch calls:
-    the first waiting attempt arms a ``linger`` timer; the batch leaves when it fires or
-    ``max_batch`` attempts wait. Runs on the loop only, so needs no lock."""
+    """Coalesces verify() calls from many tasks of one event loop into VerifyBatch calls.
+    While fewer than ``max_in_flight`` calls are in flight, what waits leaves on the loop's
+    next turn (so the tasks woken together still travel together); otherwise the first
+    waiting attempt arms a ``linger`` timer, and the batch leaves when a call returns, the
+    timer fires or ``max_batch`` attempts wait. Runs on the loop only, so needs no lock."""
 
     def __init__(
         self,
@@ -1351,12 +1393,15 @@ class _TaskBatcher:
         *,
         linger: float,
         max_batch: int,
+        max_in_flight: int,
     ) -> None:
         self._rpc = rpc
         self._linger = linger
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
         self._pending: list[_AsyncAttempt] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -1377,7 +1422,10 @@ class _TaskBatcher:
         if len(self._pending) >= self._max_batch:
             self._flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self._linger, self._flush)
+            if self._in_flight < self._max_in_flight:
+                self._timer = loop.call_soon(self._flush)
+            else:
+                self._timer = loop.call_later(self._linger, self._flush)
         return future
 
     async def close(self) -> None:
@@ -1396,8 +1444,16 @@ class _TaskBatcher:
             del self._pending[: self._max_batch]
             for access, group in _by_access(batch).items():
                 task = asyncio.get_running_loop().create_task(self._send(access, group))
+                self._in_flight += 1
                 self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight -= 1
+        # Attempts that waited for a free slot leave now rather than at their linger.
+        if self._pending and self._in_flight < self._max_in_flight:
+            self._flush()
 
     async def _send(self, access: common_pb2.Access.ValueType, group: list[_AsyncAttempt]) -> None:
         # The batch may run until its latest caller gives up; each caller waits its own time.
@@ -1438,9 +1494,11 @@ class AsyncSlsClient:
         timeout: float = DEFAULT_TIMEOUT,
         linger: float = DEFAULT_LINGER,
         max_batch: int = DEFAULT_MAX_BATCH,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         max_send_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
         max_receive_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
         retry: RetryPolicy | None = DEFAULT_RETRY,
+        channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self._settings = _ChannelSettings.build(
             target,
@@ -1448,9 +1506,11 @@ class AsyncSlsClient:
             timeout=timeout,
             linger=linger,
             max_batch=max_batch,
+            max_in_flight=max_in_flight,
             max_send_message_length=max_send_message_length,
             max_receive_message_length=max_receive_message_length,
             retry=retry,
+            channel_options=channel_options,
         )
         options = list(self._settings.options)
         if tls is None:
@@ -1478,6 +1538,7 @@ class AsyncSlsClient:
                 verification.VerifyBatch,
                 linger=self._settings.linger,
                 max_batch=self._settings.max_batch,
+                max_in_flight=self._settings.max_in_flight,
             )
             if self._settings.linger > 0
             else None

@@ -309,38 +309,54 @@ def _worst_per_window(starts: list[float], latencies: list[float], window: float
 
 
 def run_batch(
-    port: int, loads: list[tuple[list[str], list[str], list[str]]], connections: int
+    port: int,
+    loads: list[tuple[list[str], list[str], list[str]]],
+    connections: int,
+    in_flight: int,
 ) -> dict[str, Any]:
-    """VerifyBatch calls over ``connections`` channels (one per server process is the
-    fair comparison: SO_REUSEPORT gives each connection to one process)."""
+    """VerifyBatch calls over ``connections`` gateway connections (SO_REUSEPORT gives each
+    connection to one server process), each keeping ``in_flight`` calls outstanding: a
+    gateway builds its next batch while the server verifies the last one."""
     latencies: list[float] = []
     items = 0
     lock = threading.Lock()
-    shares = [loads[k::connections] for k in range(connections)]
+    slots = connections * in_flight
+    shares = [loads[k::slots] for k in range(slots)]
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    clients = [
+        SlsClient(f"127.0.0.1:{port}", timeout=60.0, linger=0, channel_options=own)
+        for _ in range(connections)
+    ]
+    for client in clients:
+        client.wait_ready(timeout=10.0)
 
-    def gateway(share: list[tuple[list[str], list[str], list[str]]]) -> None:
+    def gateway(client: SlsClient, share: list[tuple[list[str], list[str], list[str]]]) -> None:
         nonlocal items
-        with SlsClient(f"127.0.0.1:{port}", timeout=60.0, linger=0) as client:
-            for users, tokens, responses in share:
-                started = time.perf_counter()
-                result = client.verify_batch(users, tokens, responses)
-                with lock:
-                    latencies.append(time.perf_counter() - started)
-                    items += len(result.outcomes)
+        for users, tokens, responses in share:
+            started = time.perf_counter()
+            result = client.verify_batch(users, tokens, responses)
+            with lock:
+                latencies.append(time.perf_counter() - started)
+                items += len(result.outcomes)
 
-    threads = [threading.Thread(target=gateway, args=(share,)) for share in shares]
+    threads = [
+        threading.Thread(target=gateway, args=(clients[k % connections], share))
+        for k, share in enumerate(shares)
+    ]
     began = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - began
+    for client in clients:
+        client.close()
     return {
-        "mode": f"VerifyBatch ({connections} connections)",
+        "mode": f"VerifyBatch ({connections} connections, {in_flight} calls in flight each)",
         "requests": len(latencies),
         "items": items,
-        "rate": items / elapsed,
-        **percentiles(latencies),
+        "elapsed": elapsed,
+        "latencies": latencies,
     }
 
 
@@ -352,7 +368,37 @@ def run_in_process(
     for users, tokens, responses in loads:
         items += len(work.sls.verify_batch(users, tokens, responses).outcomes)
     elapsed = time.perf_counter() - began
-    return {"mode": "in-process SecureLogin.verify_batch", "items": items, "rate": items / elapsed}
+    return {"mode": "in-process SecureLogin.verify_batch", "items": items, "elapsed": elapsed}
+
+
+def run_side_by_side(
+    port: int,
+    work: Workload,
+    batch_loads: list[tuple[list[str], list[str], list[str]]],
+    local_loads: list[tuple[list[str], list[str], list[str]]],
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """VerifyBatch through the server and the same work in this process, in alternating
+    rounds, so that a noisy neighbour on a shared machine weighs on both sides alike."""
+    rounds = max(1, min(args.rounds, len(batch_loads), len(local_loads)))
+    served: list[dict[str, Any]] = []
+    local: list[dict[str, Any]] = []
+    for k in range(rounds):
+        served.append(run_batch(port, batch_loads[k::rounds], args.connections, args.in_flight))
+        local.append(run_in_process(work, local_loads[k::rounds]))
+    rows = []
+    for parts in (served, local):
+        items = sum(p["items"] for p in parts)
+        row = {
+            "mode": parts[0]["mode"],
+            "items": items,
+            "rate": items / sum(p["elapsed"] for p in parts),
+        }
+        if "latencies" in parts[0]:
+            latencies = [x for p in parts for x in p["latencies"]]
+            row |= {"requests": len(latencies), **percentiles(latencies)}
+        rows.append(row)
+    return rows
 
 
 def render(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -397,9 +443,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--users", type=parse_size, default=10_000)
     parser.add_argument("--batch", type=parse_size, default=10_000)
-    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--batches", type=int, default=48)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating VerifyBatch / in-process rounds"
+    )
     parser.add_argument("--linger", type=float, default=0.0005)
-    parser.add_argument("--connections", type=int, default=1, help="for VerifyBatch")
+    parser.add_argument(
+        "--connections", type=int, default=4, help="VerifyBatch gateway connections"
+    )
+    parser.add_argument(
+        "--in-flight", type=int, default=1, help="VerifyBatch calls outstanding per connection"
+    )
     parser.add_argument("--async-gateways", type=int, default=16, help="asyncio gateways")
     parser.add_argument("--rate", type=float, default=5000.0, help="open loop: logins/s")
     parser.add_argument(
@@ -408,8 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-in-flight", type=int, default=2, help="client batches in flight")
     parser.add_argument(
         "--modes",
-        default="open,threads,async,batch,local",
-        help="which of open, threads, async, batch, local to run",
+        default="open,threads,async,batch",
+        help="which of open, threads, async, batch (with its in-process rate) to run",
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
@@ -465,9 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 )
             if "batch" in modes:
-                rows.append(run_batch(port, batch_loads, args.connections))
-            if "local" in modes:
-                rows.append(run_in_process(work, local_loads))
+                rows += run_side_by_side(port, work, batch_loads, local_loads, args)
         finally:
             server.terminate()
             try:

@@ -565,12 +565,12 @@ def _push(proto: push_pb2.Push) -> PushChallenge:
 
 
 def _batch_result(response: verification_pb2.VerifyBatchResponse, count: int) -> BatchResult:
-    raw = np.fromiter(response.outcomes, dtype=np.int64, count=len(response.outcomes))
+    raw = np.array(response.outcomes, dtype=np.int64)
     if len(raw) != count:
         raise ProtocolError(f"VerifyBatch: {len(raw)} outcomes for {count} attempts")
     if count and (raw.min() < 1 or raw.max() > len(_OUTCOMES)):
         raise ProtocolError("VerifyBatch: unknown outcome value")
-    ids = np.fromiter(response.device_ids, dtype=np.uint64, count=len(response.device_ids))
+    ids = np.array(response.device_ids, dtype=np.uint64)
     if len(ids) == 0:
         ids = np.zeros(count, dtype=np.uint64)
     elif len(ids) != count:
@@ -671,12 +671,14 @@ def _check_purpose(purpose: int) -> int:
 def _column(name: str, values: Sequence[str | None], count: int | None) -> list[str]:
     if isinstance(values, str | bytes):
         raise InvalidInputTypeError(name, "must be a sequence of str, not a single value")
-    column = ["" if v is None else v for v in values]
+    column = list(values)
+    if None in column:  # a temporary passcode comes without a token
+        column = ["" if v is None else v for v in column]
     if count is not None and len(column) != count:
         raise InvalidInputError(name, "must have one entry per username")
-    for v in column:
-        if not isinstance(v, str):
-            raise InvalidInputTypeError(name, "every entry must be a str")
+    # One pass in C over the types (a str subclass passes, as protobuf takes it).
+    if not set(map(type, column)) <= {str} and not all(isinstance(v, str) for v in column):
+        raise InvalidInputTypeError(name, "every entry must be a str")
     return column
 
 

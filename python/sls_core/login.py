@@ -1189,8 +1189,12 @@ class _Plan:
             closed = np.isin(self.user_ids, np.fromiter(d.closed, np.int64))
             self.out[closed & (self.out == 255)] = LoginOutcome.ACCOUNT_CLOSED
         # Challenge tokens, opened and checked by the kernel in one call.
-        has_token = np.fromiter((t is not None for t in self.tokens), bool, self.n)
-        texts = [t if isinstance(t, str) else "" for t in self.tokens]
+        tokens = self.tokens if isinstance(self.tokens, list) else list(self.tokens)
+        if set(map(type, tokens)) <= {str}:  # the usual batch: every item has its token
+            has_token, texts = np.ones(self.n, dtype=bool), tokens
+        else:
+            has_token = np.fromiter((t is not None for t in tokens), bool, self.n)
+            texts = [t if isinstance(t, str) else "" for t in tokens]
         opened = self.s._tokens.open_batch(texts, int(self.now), threads=self.s.threads)
         status = opened["status"]
         self._set(has_token & (status == 5), LoginOutcome.EXPIRED)

@@ -224,6 +224,11 @@ class Store(Protocol):
 
 
 def _ids_json(ids: Iterable[int]) -> str:
+    """A JSON array of the ids (for ``json_each``). An integer numpy array gives its Python
+    ints in one ``tolist`` (twice as fast as ``int()`` per item; a 10k batch writes three)."""
+    dtype = getattr(ids, "dtype", None)
+    if dtype is not None and dtype.kind in "iu":
+        return json.dumps(ids.tolist())  # type: ignore[attr-defined]
     return json.dumps([int(i) for i in ids])
 
 

@@ -1,9 +1,12 @@
 """Gateway load test: many concurrent gateways against ``sls-core serve`` on 127.0.0.1.
 
-Run it from the project root with the virtualenv's Python::
+Run it from the project root with the virtualenv's Python (``make loadtest``)::
 
-    python benches/loadtest.py [--seconds 10] [--gateways 64] [--workers 2] [--users 10k]
-                               [--batch 10k] [--linger 0.0005] [--out DIR]
+    python benches/loadtest.py [--seconds 10] [--workers 2] [--users 10k]
+        [--modes open,threads,async,batch] [--rate 5000] [--rate-connections 2]
+        [--max-in-flight 1] [--gateways 64] [--async-gateways 16] [--linger 0.0005]
+        [--batch 10k] [--batches 48] [--rounds 3] [--connections 4] [--in-flight 1]
+        [--out DIR]
 
 It enrolls ``--users`` DSC+ users in a fresh data dir, starts the server (``--workers``
 processes sharing the port), pre-issues login challenges through the embedded store (so
@@ -11,13 +14,16 @@ the timed phase measures verification only), computes the right answers as the d
 simulator would, spoils 1% (wrong) and 1% (malformed, a space inside) so that lockout
 counting and the malformed path run, then for a bounded time:
 
-* **single**: ``--gateways`` threads call ``SlsClient.verify`` one attempt at a time (the
-  client coalesces concurrent calls into VerifyBatch within ``--linger``), reporting
-  requests/s and p50/p95/p99 latency;
-* **batch**: one gateway sends VerifyBatch calls of ``--batch`` attempts, reporting
-  attempts/s and latency per call;
-* **in-process**: the same store-backed work through ``SecureLogin.verify_batch`` in this
-  process, the rate VerifyBatch is compared with.
+* **open**: logins arrive at ``--rate`` per second (Poisson), answered or not, spread
+  over ``--rate-connections`` gateways (``AsyncSlsClient`` each, micro-batching with
+  ``--max-in-flight``); latency percentiles, the cores each process kept busy, and the
+  worst latency of every 100 ms (in the JSON) show where a tail comes from;
+* **threads** / **async**: closed loops, ``--gateways`` threads (``SlsClient``) or
+  ``--async-gateways`` tasks, each calling ``verify`` one attempt at a time;
+* **batch**: ``--connections`` gateways send VerifyBatch calls of ``--batch`` attempts
+  (``--in-flight`` outstanding each), alternating in ``--rounds`` with the same
+  store-backed work through ``SecureLogin.verify_batch`` in this process: the in-process
+  rate VerifyBatch is compared with, measured side by side.
 
 Traffic goes to 127.0.0.1 only, bounded in count and time. Writes ``DIR/loadtest.md`` and
 ``DIR/loadtest.json``.
@@ -125,6 +131,29 @@ def wait_ready(port: int, timeout: float = 60.0) -> None:
     raise SystemExit("the server did not start")
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU time used so far by this process and by each server process (Linux /proc)."""
+    mine = os.times()
+    used = {"load generator": mine.user + mine.system}
+    tick = os.sysconf("SC_CLK_TCK")
+    for k, pid in enumerate([server_pid, *_children(server_pid)]):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        used[f"server process {k}"] = (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+def cpu_share(before: dict[str, float], after: dict[str, float], elapsed: float) -> dict[str, str]:
+    """Cores each process kept busy between two :func:`cpu_seconds` readings."""
+    return {k: f"{(after[k] - before.get(k, 0.0)) / elapsed:.2f}" for k in after}
+
+
 def percentiles(latencies: list[float]) -> dict[str, float]:
     values = np.array(latencies) * 1e3
     return {f"p{p}": float(np.percentile(values, p)) for p in (50, 95, 99)}
@@ -223,6 +252,7 @@ def run_single_async(
 
 
 def run_open_loop(
+    server_pid: int,
     port: int,
     load: tuple[list[str], list[str], list[str]],
     rate: float,
@@ -247,6 +277,7 @@ def run_open_loop(
     latencies: list[float] = []
     starts: list[float] = []
     late: list[float] = []
+    cores: dict[str, str] = {}
     outcomes: list[int] = []
 
     async def drive() -> float:
@@ -272,6 +303,7 @@ def run_open_loop(
             outcomes.append(int(verdict.outcome))
 
         tasks = []
+        used_before = cpu_seconds(server_pid)
         began = time.perf_counter()
         for i in range(count):
             wait = began + due[i] - time.perf_counter()
@@ -282,6 +314,7 @@ def run_open_loop(
             tasks.append(asyncio.ensure_future(login(i, clients[i % connections])))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - began
+        cores.update(cpu_share(used_before, cpu_seconds(server_pid), elapsed))
         for client in clients:
             await client.close()
         return elapsed
@@ -298,6 +331,7 @@ def run_open_loop(
         # The worst latency in each 100 ms of the run: where the tail comes from.
         "worst_per_100ms": _worst_per_window(starts, latencies, 0.1),
         "ok_share": outcomes.count(LoginOutcome.OK) / max(1, len(outcomes)),
+        "cores_busy": cores,
     }
 
 
@@ -457,9 +491,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--async-gateways", type=int, default=16, help="asyncio gateways")
     parser.add_argument("--rate", type=float, default=5000.0, help="open loop: logins/s")
     parser.add_argument(
-        "--rate-connections", type=int, default=4, help="open loop: gateway connections"
+        "--rate-connections", type=int, default=2, help="open loop: gateway connections"
     )
-    parser.add_argument("--max-in-flight", type=int, default=2, help="client batches in flight")
+    parser.add_argument("--max-in-flight", type=int, default=1, help="client batches in flight")
     parser.add_argument(
         "--modes",
         default="open,threads,async,batch",
@@ -471,10 +505,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = Path(tmp) / "data"
         work = Workload(data, args.users)
         modes = set(args.modes.split(","))
-        single_load = work.attempts(int(args.seconds * 20_000))
-        open_load = work.attempts(int(args.seconds * args.rate) + 1)
-        batch_loads = [work.attempts(args.batch) for _ in range(args.batches)]
-        local_loads = [work.attempts(args.batch) for _ in range(args.batches)]
+        none: tuple[list[str], list[str], list[str]] = ([], [], [])
+        wanted = modes & {"threads", "async"}
+        single_load = work.attempts(int(args.seconds * 20_000)) if wanted else none
+        open_load = work.attempts(int(args.seconds * args.rate) + 1) if "open" in modes else none
+        batches = args.batches if "batch" in modes else 0
+        batch_loads = [work.attempts(args.batch) for _ in range(batches)]
+        local_loads = [work.attempts(args.batch) for _ in range(batches)]
         port = free_port()
         server = start_server(data, port, args.workers, Path(tmp) / "server.log")
         try:
@@ -489,6 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "open" in modes:
                 rows.append(
                     run_open_loop(
+                        server.pid,
                         port,
                         open_load,
                         args.rate,

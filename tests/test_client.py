@@ -655,3 +655,24 @@ def test_large_messages_are_refused_by_the_size_limit(target: str) -> None:
         pytest.raises(ResourceExhaustedError),
     ):
         client.verify_batch(["alice"] * 200, ["tok"] * 200, ["12345678"] * 200)
+
+
+def test_an_attempt_that_times_out_waiting_for_a_slot_is_never_sent(
+    fake: FakeSls, target: str
+) -> None:
+    """Its caller has been told DEADLINE_EXCEEDED: sending it later would use up a
+    challenge (or count a failure) behind the caller's back."""
+    with (
+        SlsClient(target, linger=30.0, max_in_flight=1, timeout=10.0) as client,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        slow = pool.submit(client.verify, SLOW_USER, "tok", "00000000")
+        deadline = time.monotonic() + 5
+        while not fake.batches() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        with pytest.raises(DeadlineExceededError):
+            client.verify("user1", "tok", "00000001", timeout=0.2)
+        assert slow.result(timeout=8).outcome is expected("00000000")[0]
+        # the slot is free again: the next attempt goes at once, alone
+        assert client.verify("user2", "tok", "00000002").outcome is expected("00000002")[0]
+    assert [list(b.usernames) for b in fake.batches()] == [[SLOW_USER], ["user2"]]

@@ -371,7 +371,7 @@ def test_a_bad_message_in_a_stream_ends_it_with_invalid_argument_after_earlier_a
 def test_work_whose_deadline_passed_while_queued_is_refused_before_the_store(
     serve: Callable[..., InProcessServer],
 ) -> None:
-    server = serve(threads=1)
+    server = serve(threads=1, inline_max_items=0)  # every batch waits for the thread
     stubs = server.stubs()
     with_dsc(stubs)
     c = challenge(stubs)
@@ -394,7 +394,7 @@ def test_work_whose_deadline_passed_while_queued_is_refused_before_the_store(
 def test_a_call_without_a_deadline_gets_the_default_one(
     serve: Callable[..., InProcessServer],
 ) -> None:
-    server = serve(threads=1, default_deadline_seconds=0.2)
+    server = serve(threads=1, inline_max_items=0, default_deadline_seconds=0.2)
     stubs = server.stubs()
     with_dsc(stubs)
     c = challenge(stubs)

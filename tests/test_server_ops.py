@@ -146,7 +146,7 @@ def test_metrics_count_requests_items_outcomes_batches_and_lockouts(
 def test_graceful_shutdown_not_serving_then_the_in_flight_batch_completes(
     serve: Callable[..., InProcessServer],
 ) -> None:
-    server = serve(threads=1)
+    server = serve(threads=1, inline_max_items=0)  # every batch waits for the thread
     stubs = server.stubs()
     with_dsc(stubs)
     request = right_batch(stubs, "alice", 20)
@@ -313,6 +313,7 @@ listen = "0.0.0.0:6000"
 data_dir = "state"
 workers = 2
 max_batch_items = 5000
+inline_max_items = 16
 metrics_port = 9464
 audit_log = ""
 log_level = "warning"
@@ -330,6 +331,7 @@ key = "key.pem"
     assert config.tls.cert == tmp_path / "cert.pem"
     assert config.audit_path is None
     assert config.log_level == "WARNING"
+    assert config.inline_max_items == 16
     assert dict(config.roles) == {"gw-1": "gateway"}
     assert ServerConfig().audit_path == Path("data") / "audit.jsonl"
     cases = [
@@ -339,6 +341,7 @@ key = "key.pem"
         ("workers = 0", "workers: must be 1 to 256"),
         ('workers = "2"', "workers: must be an integer"),
         ("max_batch_items = true", "max_batch_items: must be an integer"),
+        ("inline_max_items = -1", "inline_max_items: must be 0 to 10000"),
         ("max_message_bytes = 10", "max_message_bytes: must be 1024 to 2147483647"),
         ("grace_seconds = -1", "grace_seconds: must be 0 or more seconds"),
         ('log_level = "LOUD"', "log_level: must be one of DEBUG"),
@@ -414,3 +417,63 @@ def test_shutdown_ends_an_idle_verify_stream_instead_of_waiting_out_the_grace(
     assert time.monotonic() - started < 5
     assert list(stream) == []  # ended cleanly (status OK): the gateway reconnects elsewhere
     requests.put(None)
+
+
+def test_a_small_batch_runs_on_the_event_loop_while_the_threads_are_busy(
+    serve: Callable[..., InProcessServer],
+) -> None:
+    """inline_max_items: a batch that small, with no other writer, is verified on the loop
+    itself (no hand-over to a thread), so it answers though every thread is busy; a
+    larger one waits for a thread."""
+    server = serve(threads=1, inline_max_items=8)
+    stubs = server.stubs()
+    with_dsc(stubs)
+    small, large = right_batch(stubs, "alice", 8), right_batch(stubs, "alice", 9)
+    single = right_batch(stubs, "alice", 1)
+    release = threading.Event()
+    blocker = server.server.executor.submit(release.wait, CALL_TIMEOUT)
+    try:
+        assert (
+            list(stubs.verification.VerifyBatch(small, timeout=CALL_TIMEOUT).outcomes)
+            == [common_pb2.OUTCOME_OK] * 8
+        )
+        verdict = stubs.verification.Verify(
+            V.VerifyRequest(username="alice", token=single.tokens[0], response=single.responses[0]),
+            timeout=CALL_TIMEOUT,
+        )
+        assert verdict.outcome == common_pb2.OUTCOME_OK
+        waiting = stubs.verification.VerifyBatch.future(large, timeout=CALL_TIMEOUT)
+        time.sleep(0.2)
+        assert not waiting.done()  # 9 items: queued behind the busy thread
+    finally:
+        release.set()
+        blocker.result(CALL_TIMEOUT)
+    assert list(waiting.result(CALL_TIMEOUT).outcomes) == [common_pb2.OUTCOME_OK] * 9
+
+
+def test_a_small_batch_never_blocks_the_event_loop_on_another_writer(
+    serve: Callable[..., InProcessServer],
+) -> None:
+    """While another process holds the store's writer gate, a small batch gives up its
+    place on the loop (nothing done) and waits on a thread: health checks still answer."""
+    import fcntl
+    import os
+
+    server = serve(threads=1)
+    stubs = server.stubs()
+    with_dsc(stubs)
+    request = right_batch(stubs, "alice", 3)
+    gate = os.open(server.sls.store.writer_gate, os.O_RDWR)  # type: ignore[attr-defined]
+    try:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        waiting = stubs.verification.VerifyBatch.future(request, timeout=CALL_TIMEOUT)
+        for _ in range(5):
+            check = stubs.health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+            assert check.status == SERVING
+        assert not waiting.done()
+        fcntl.flock(gate, fcntl.LOCK_UN)
+        assert list(waiting.result(CALL_TIMEOUT).outcomes) == [common_pb2.OUTCOME_OK] * 3
+    finally:
+        os.close(gate)
+    audit = server.config.audit_path.read_text().splitlines()  # type: ignore[union-attr]
+    assert sum(json.loads(line)["event"] == "verify" for line in audit) == 3  # once each

@@ -36,11 +36,12 @@ made concurrently (threads, or asyncio tasks for :class:`AsyncSlsClient`) are co
 ``VerifyBatch`` calls, and each caller gets its own outcome. While fewer than
 ``max_in_flight`` batches are on their way, an attempt leaves at once, together with
 whatever else is waiting: an idle client adds no delay. Once ``max_in_flight`` batches are
-in flight, attempts wait and coalesce until one of them returns, ``linger`` seconds pass
-since the oldest waiting attempt arrived, or ``max_batch`` attempts wait, whichever comes
-first; so under load the batches grow by themselves and the server pays its per-call cost
-once per batch, not once per login. ``max_in_flight=0`` always holds a batch open for
-``linger``. A batch that fails fails only its own callers; ``close()`` sends what is still
+in flight, attempts wait and coalesce until one of them returns or ``max_batch`` attempts
+wait: under load the batches grow by themselves, and a busy server gets fewer, larger
+calls (it pays its per-call cost once per batch, not once per login) instead of more. An
+attempt whose deadline passes while it waits fails with DEADLINE_EXCEEDED and is never
+sent. ``max_in_flight=0`` instead holds every batch open ``linger`` seconds from its first
+attempt. A batch that fails fails only its own callers; ``close()`` sends what is still
 waiting and waits for batches in flight. ``linger=0`` sends a plain ``Verify`` per call.
 
 This module never puts a response, code, PIN, passcode, key or secret in an exception
@@ -129,11 +130,12 @@ __all__ = [
 
 #: Seconds a call may take unless the call says otherwise.
 DEFAULT_TIMEOUT = 5.0
-#: The longest a verify() waits for its batch to leave (see micro-batching above).
+#: Micro-batching on (> 0); with ``max_in_flight=0``, how long a batch is held open.
 DEFAULT_LINGER = 0.002
 #: Coalesced VerifyBatch calls on their way before verify() calls start waiting to
-#: coalesce. Two keep the server busy (one is answered while the next is verified).
-DEFAULT_MAX_IN_FLIGHT = 2
+#: coalesce. One gave the lowest latency in the load test (benches/loadtest.py): with
+#: more, a busy server process queues several small calls instead of one larger one.
+DEFAULT_MAX_IN_FLIGHT = 1
 #: Attempts per coalesced VerifyBatch call.
 DEFAULT_MAX_BATCH = 10_000
 #: Bytes per message, both ways (gRPC's own default is 4 MiB received).
@@ -671,7 +673,7 @@ def _check_purpose(purpose: int) -> int:
 def _column(name: str, values: Sequence[str | None], count: int | None) -> list[str]:
     if isinstance(values, str | bytes):
         raise InvalidInputTypeError(name, "must be a sequence of str, not a single value")
-    column = list(values)
+    column: list[Any] = list(values)
     if None in column:  # a temporary passcode comes without a token
         column = ["" if v is None else v for v in column]
     if count is not None and len(column) != count:
@@ -897,6 +899,18 @@ class _Attempt(Generic[_T]):
     enqueued: float = 0.0
 
 
+def _unexpired(group: list[_Attempt[Any]]) -> list[_Attempt[Any]]:
+    """The attempts whose caller still waits; the others get DEADLINE_EXCEEDED here and
+    are never sent (a caller that gave up must not have its challenge used up)."""
+    now = time.monotonic()
+    live = [a for a in group if a.deadline > now]
+    if len(live) < len(group):
+        for attempt in group:
+            if attempt.deadline <= now and not attempt.future.done():
+                attempt.future.set_exception(_timeout_error())
+    return live
+
+
 def _verdicts(result: BatchResult) -> list[Verdict]:
     ids = result.device_ids.tolist()
     return [Verdict(_OUTCOMES[o], ids[i] or None) for i, o in enumerate(result.outcomes.tolist())]
@@ -996,11 +1010,12 @@ class _ThreadBatcher:
                 if not self._pending:
                     return  # closed and drained
                 flush_at = self._pending[0].enqueued + self._linger
-                while (
-                    len(self._pending) < self._max_batch
-                    and self._in_flight >= self._max_in_flight
-                    and not self._closed
-                ):
+                while len(self._pending) < self._max_batch and not self._closed:
+                    if self._max_in_flight:  # adaptive: leave when a slot is free
+                        if self._in_flight < self._max_in_flight:
+                            break
+                        self._cond.wait()  # a returning batch notifies
+                        continue
                     remaining = flush_at - time.monotonic()
                     if remaining <= 0:
                         break
@@ -1013,11 +1028,12 @@ class _ThreadBatcher:
                 self._send(access, group)
 
     def _send(self, access: common_pb2.Access.ValueType, group: list[_SyncAttempt]) -> None:
+        group = _unexpired(group)
+        if not group:
+            self._done()
+            return
         # The batch may run until its latest caller gives up; each caller waits its own time.
         timeout = max(a.deadline for a in group) - time.monotonic()
-        if timeout <= 0:
-            self._fail(group, None)
-            return
         try:
             call = self._rpc.future(_batch_request(group, access), timeout=timeout)
         except Exception as err:  # the channel is closed or broken: fail these callers
@@ -1426,8 +1442,9 @@ class _TaskBatcher:
         elif self._timer is None:
             if self._in_flight < self._max_in_flight:
                 self._timer = loop.call_soon(self._flush)
-            else:
+            elif not self._max_in_flight:
                 self._timer = loop.call_later(self._linger, self._flush)
+            # else every slot is taken: the first batch to return sends what waits
         return future
 
     async def close(self) -> None:
@@ -1458,11 +1475,11 @@ class _TaskBatcher:
             self._flush()
 
     async def _send(self, access: common_pb2.Access.ValueType, group: list[_AsyncAttempt]) -> None:
+        group = _unexpired(group)
+        if not group:
+            return
         # The batch may run until its latest caller gives up; each caller waits its own time.
         timeout = max(a.deadline for a in group) - time.monotonic()
-        if timeout <= 0:
-            self._fail(group, None)
-            return
         try:
             response = await self._rpc(_batch_request(group, access), timeout=timeout)
             verdicts = _verdicts(_batch_result(response, len(group)))

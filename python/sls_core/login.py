@@ -41,7 +41,7 @@ from sls_core.errors import InvalidInputError, InvalidInputTypeError, SlsError
 from sls_core.outcome import LoginOutcome
 from sls_core.sealing import MasterKeyRing
 from sls_core.sms import OutboxSender, SmsSender, check_phone
-from sls_core.store import DeviceRow, SqliteStore, Store, StoreTx, UserRow
+from sls_core.store import DeviceRow, SqliteStore, Store, StoreTx, UserRow, WriterBusyError
 
 if TYPE_CHECKING:
     from sls_core.ibkey import IbKey
@@ -504,8 +504,8 @@ class SecureLogin:
         return IbKey(self)
 
     # -- helpers -------------------------------------------------------------------------
-    def _write(self) -> _Tx:
-        return _Tx(self)
+    def _write(self, *, wait: bool = True) -> _Tx:
+        return _Tx(self, wait=wait)
 
     def _user(self, username: object) -> UserRow:
         name = validate_username(username)
@@ -1042,12 +1042,15 @@ class SecureLogin:
         *,
         access: str = Access.TRADING,
         purpose: int = Purpose.LOGIN,
+        wait: bool = True,
     ) -> BatchResult:
         """Verifies many attempts (mixed users, devices and methods) in input order.
 
         The kernel work is one batch call per method; the store is read and written in one
         transaction, so replay and lockout hold across every process sharing the store and
-        a crash leaves all of the batch applied or none of it."""
+        a crash leaves all of the batch applied or none of it. ``wait=False``: if another
+        thread or process is writing, :class:`~sls_core.store.WriterBusyError` at once,
+        with nothing done (a server's event loop tries a small batch this way)."""
         n = len(usernames)
         if len(tokens) != n or len(responses) != n:
             raise InvalidInputError(
@@ -1059,7 +1062,7 @@ class SecureLogin:
         device_ids = np.zeros(n, dtype=np.uint64)
         if n == 0:
             return BatchResult(outcome, device_ids)
-        with self._write() as tx:
+        with self._write(wait=wait) as tx:
             now = self.clock.now()
             plan = _Plan(self, usernames, tokens, responses, access, purpose, now, outcome)
             plan.resolve(device_ids)
@@ -1107,15 +1110,17 @@ def _serial(device_type: DeviceType) -> str:
 class _Tx:
     """A store write transaction that first brings the directory up to date."""
 
-    def __init__(self, service: SecureLogin) -> None:
+    def __init__(self, service: SecureLogin, *, wait: bool = True) -> None:
         self._service = service
+        self._wait = wait
         self._cm: Any = None
         self.store: Any = None
 
     def __enter__(self) -> _Tx:
-        self._service._lock.acquire()
+        if not self._service._lock.acquire(blocking=self._wait):
+            raise WriterBusyError
         try:
-            self._cm = self._service.store.write()
+            self._cm = self._service.store.write(wait=self._wait)
             self.store = self._cm.__enter__()
             self._service._directory.refresh(self.store)
         except BaseException:

@@ -35,7 +35,14 @@ __all__ = [
     "Store",
     "StoreTx",
     "UserRow",
+    "WriterBusyError",
 ]
+
+
+class WriterBusyError(Exception):
+    """``write(wait=False)`` found another writer in the middle of a transaction; nothing
+    was done. (Not an :class:`~sls_core.errors.SlsError`: callers retry by waiting.)"""
+
 
 #: The schema version this code writes; older files are migrated on open.
 SCHEMA_VERSION = 4
@@ -214,7 +221,11 @@ class StoreTx(Protocol):
 
 
 class Store(Protocol):
-    def write(self) -> contextlib.AbstractContextManager[StoreTx]: ...
+    def write(self, *, wait: bool = True) -> contextlib.AbstractContextManager[StoreTx]:
+        """A write transaction; ``wait=False`` raises :class:`WriterBusyError` at once
+        instead of waiting for another writer."""
+        ...
+
     def read(self) -> contextlib.AbstractContextManager[StoreTx]:
         """A consistent snapshot for reading, holding no write lock; anything written in
         it is discarded."""
@@ -700,10 +711,14 @@ class SqliteStore:
         return conn
 
     @contextlib.contextmanager
-    def _gated(self, conn: sqlite3.Connection) -> Iterator[None]:
+    def _gated(self, conn: sqlite3.Connection, *, wait: bool = True) -> Iterator[None]:
         """``BEGIN IMMEDIATE`` … behind the writer gate (see the class docstring)."""
         gate: int = self._local.gate
-        fcntl.flock(gate, fcntl.LOCK_EX)  # releases the GIL while it waits
+        try:
+            # Waiting, flock releases the GIL.
+            fcntl.flock(gate, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WriterBusyError from None
         try:
             conn.execute("BEGIN IMMEDIATE")
             yield
@@ -737,9 +752,9 @@ class SqliteStore:
         return int(self._connection().execute("PRAGMA user_version").fetchone()[0])
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[_SqliteTx]:
+    def write(self, *, wait: bool = True) -> Iterator[_SqliteTx]:
         conn = self._connection()
-        with self._gated(conn):
+        with self._gated(conn, wait=wait):
             try:
                 yield _SqliteTx(conn, self._keyring)
             except BaseException:

@@ -102,6 +102,7 @@ class SlsServer:
             audit=self.audit,
             metrics=self.metrics,
             max_batch_items=config.max_batch_items,
+            inline_max_items=config.inline_max_items,
             default_deadline=config.default_deadline_seconds,
             max_push_wait=config.max_push_wait_seconds,
             stopping=self._stopping,

@@ -3,7 +3,7 @@
 Run it from the project root with the virtualenv's Python (``make loadtest``)::
 
     python benches/loadtest.py [--seconds 10] [--workers 2] [--users 10k]
-        [--modes open,threads,async,batch] [--rate 5000] [--rate-connections 2]
+        [--modes open,threads,async,batch] [--rate 5000] [--async-connections 2]
         [--max-in-flight 1] [--gateways 64] [--async-gateways 16] [--linger 0.0005]
         [--batch 10k] [--batches 48] [--rounds 3] [--connections 4] [--in-flight 1]
         [--out DIR]
@@ -15,7 +15,7 @@ simulator would, spoils 1% (wrong) and 1% (malformed, a space inside) so that lo
 counting and the malformed path run, then for a bounded time:
 
 * **open**: logins arrive at ``--rate`` per second (Poisson), answered or not, spread
-  over ``--rate-connections`` gateways (``AsyncSlsClient`` each, micro-batching with
+  over ``--async-connections`` gateways (``AsyncSlsClient`` each, micro-batching with
   ``--max-in-flight``); latency percentiles, the cores each process kept busy, and the
   worst latency of every 100 ms (in the JSON) show where a tail comes from;
 * **threads** / **async**: closed loops, ``--gateways`` threads (``SlsClient``) or
@@ -32,6 +32,7 @@ Traffic goes to 127.0.0.1 only, bounded in count and time. Writes ``DIR/loadtest
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import os
@@ -154,6 +155,53 @@ def cpu_share(before: dict[str, float], after: dict[str, float], elapsed: float)
     return {k: f"{(after[k] - before.get(k, 0.0)) / elapsed:.2f}" for k in after}
 
 
+def _connections_to(port: int) -> dict[int, int]:
+    """Established loopback TCP connections to ``port``: socket inode -> client port, for
+    the server's side of each, and -inode -> client port for a client's side (Linux
+    /proc/net/tcp and tcp6: gRPC's sockets are dual-stack)."""
+    found = {}
+    lines = [
+        line
+        for table in ("/proc/net/tcp", "/proc/net/tcp6")
+        for line in Path(table).read_text().splitlines()[1:]
+    ]
+    for line in lines:
+        fields = line.split()
+        local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
+        if state == "01" and int(local.split(":")[1], 16) == port:
+            found[inode] = int(remote.split(":")[1], 16)
+        elif state == "01" and int(remote.split(":")[1], 16) == port:
+            found[-inode] = int(local.split(":")[1], 16)
+    return found
+
+
+def _sockets_of(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def worker_of_new_connection(server_pid: int, port: int, known: set[int]) -> tuple[int, int]:
+    """(client port, server process index) of this process's one connection to ``port``
+    not in ``known``: SO_REUSEPORT gives each connection to one server process, chosen
+    by a hash, and the load test needs to know which."""
+    table = _connections_to(port)
+    mine = _sockets_of(os.getpid())
+    client_ports = {cport for inode, cport in table.items() if inode < 0 and -inode in mine}
+    (new,) = client_ports - known
+    for k, pid in enumerate([server_pid, *_children(server_pid)]):
+        theirs = _sockets_of(pid)
+        if any(inode in theirs and cport == new for inode, cport in table.items() if inode > 0):
+            return new, k
+    raise RuntimeError("no server process holds the connection")
+
+
 def percentiles(latencies: list[float]) -> dict[str, float]:
     values = np.array(latencies) * 1e3
     return {f"p{p}": float(np.percentile(values, p)) for p in (50, 95, 99)}
@@ -206,53 +254,106 @@ def run_single(
 
 
 def run_single_async(
+    server_pid: int,
+    workers: int,
     port: int,
     load: tuple[list[str], list[str], list[str]],
     gateways: int,
     seconds: float,
     linger: float,
+    max_in_flight: int,
+    connections: int,
 ) -> dict[str, Any]:
-    """Like run_single, with ``gateways`` asyncio tasks on one event loop (AsyncSlsClient):
-    the client costs one thread, not a GIL-contended thread per gateway."""
-    import asyncio
-
-    from sls_core.client import AsyncSlsClient
-
+    """Like run_single, with ``gateways`` asyncio tasks on one event loop, taking turns
+    over ``connections`` clients (AsyncSlsClient) spread over the server processes: the
+    load generator costs one thread, not a GIL-contended thread per gateway."""
     users, tokens, responses = load
     latencies: list[float] = []
     outcomes: list[int] = []
+    cores: dict[str, str] = {}
 
     async def drive() -> float:
         cursor = iter(range(len(users)))
         stop = time.monotonic() + seconds
-        async with AsyncSlsClient(f"127.0.0.1:{port}", timeout=10.0, linger=linger) as client:
+        clients = await balanced_clients(
+            server_pid, port, workers, connections, linger, max_in_flight
+        )
 
-            async def gateway() -> None:
-                while time.monotonic() < stop:
-                    i = next(cursor, None)
-                    if i is None:
-                        return
-                    started = time.perf_counter()
-                    verdict = await client.verify(users[i], tokens[i], responses[i])
-                    latencies.append(time.perf_counter() - started)
-                    outcomes.append(int(verdict.outcome))
+        async def gateway(client: Any) -> None:
+            while time.monotonic() < stop:
+                i = next(cursor, None)
+                if i is None:
+                    return
+                started = time.perf_counter()
+                verdict = await client.verify(users[i], tokens[i], responses[i])
+                latencies.append(time.perf_counter() - started)
+                outcomes.append(int(verdict.outcome))
 
-            began = time.perf_counter()
-            await asyncio.gather(*(gateway() for _ in range(gateways)))
-            return time.perf_counter() - began
+        used_before = cpu_seconds(server_pid)
+        began = time.perf_counter()
+        await asyncio.gather(*(gateway(clients[g % connections]) for g in range(gateways)))
+        elapsed = time.perf_counter() - began
+        cores.update(cpu_share(used_before, cpu_seconds(server_pid), elapsed))
+        for client in clients:
+            await client.close()
+        return elapsed
 
     elapsed = asyncio.run(drive())
     return {
-        "mode": f"single Verify, {gateways} asyncio gateways (client micro-batching)",
+        "mode": f"single Verify, {gateways} asyncio gateways over {connections} connections"
+        f" (closed loop, client micro-batching, max_in_flight {max_in_flight})",
         "requests": len(latencies),
         "rate": len(latencies) / elapsed,
         **percentiles(latencies),
         "ok_share": outcomes.count(LoginOutcome.OK) / max(1, len(outcomes)),
+        "cores_busy": cores,
     }
+
+
+async def balanced_clients(
+    server_pid: int,
+    port: int,
+    workers: int,
+    connections: int,
+    linger: float,
+    max_in_flight: int,
+) -> list[Any]:
+    """``connections`` gateway clients, each on a connection of its own, spread evenly
+    over the server processes: SO_REUSEPORT hashes each connection to one process, and
+    two connections land on the same one half the time, which would measure one process
+    rather than the server. A client that lands on a process that already has its share
+    is closed and opened again."""
+    from sls_core.client import AsyncSlsClient
+
+    share = -(-connections // workers)
+    taken: dict[int, int] = {}
+    known: set[int] = set()
+    clients: list[Any] = []
+    for _attempt in range(connections * 20):
+        if len(clients) == connections:
+            break
+        client = AsyncSlsClient(
+            f"127.0.0.1:{port}",
+            timeout=10.0,
+            linger=linger,
+            max_in_flight=max_in_flight,
+            channel_options=[("grpc.use_local_subchannel_pool", 1)],
+        )
+        await client.wait_ready(timeout=10.0)
+        client_port, worker = worker_of_new_connection(server_pid, port, known)
+        if taken.get(worker, 0) < share:
+            taken[worker] = taken.get(worker, 0) + 1
+            known.add(client_port)
+            clients.append(client)
+        else:
+            await client.close()
+            await asyncio.sleep(0.05)  # let the closed connection leave the table
+    return clients
 
 
 def run_open_loop(
     server_pid: int,
+    workers: int,
     port: int,
     load: tuple[list[str], list[str], list[str]],
     rate: float,
@@ -281,19 +382,9 @@ def run_open_loop(
     outcomes: list[int] = []
 
     async def drive() -> float:
-        own = [("grpc.use_local_subchannel_pool", 1)]
-        clients = [
-            AsyncSlsClient(
-                f"127.0.0.1:{port}",
-                timeout=10.0,
-                linger=linger,
-                max_in_flight=max_in_flight,
-                channel_options=own,
-            )
-            for _ in range(connections)
-        ]
-        for client in clients:
-            await client.wait_ready(timeout=10.0)
+        clients = await balanced_clients(
+            server_pid, port, workers, connections, linger, max_in_flight
+        )
 
         async def login(i: int, client: AsyncSlsClient) -> None:
             started = time.perf_counter()
@@ -488,10 +579,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--in-flight", type=int, default=1, help="VerifyBatch calls outstanding per connection"
     )
-    parser.add_argument("--async-gateways", type=int, default=16, help="asyncio gateways")
+    parser.add_argument("--async-gateways", type=int, default=8, help="asyncio gateways")
     parser.add_argument("--rate", type=float, default=5000.0, help="open loop: logins/s")
     parser.add_argument(
-        "--rate-connections", type=int, default=2, help="open loop: gateway connections"
+        "--async-connections",
+        type=int,
+        default=2,
+        help="open loop and asyncio gateways: connections, spread over the server processes",
     )
     parser.add_argument("--max-in-flight", type=int, default=1, help="client batches in flight")
     parser.add_argument(
@@ -527,13 +621,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append(
                     run_open_loop(
                         server.pid,
+                        args.workers,
                         port,
                         open_load,
                         args.rate,
                         args.seconds,
                         args.linger,
                         args.max_in_flight,
-                        args.rate_connections,
+                        args.async_connections,
                     )
                 )
             if "threads" in modes:
@@ -549,11 +644,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "async" in modes:
                 rows.append(
                     run_single_async(
+                        server.pid,
+                        args.workers,
                         port,
                         tuple(c[half:] for c in single_load),  # type: ignore[arg-type]
                         args.async_gateways,
                         args.seconds / 2,
                         args.linger,
+                        args.max_in_flight,
+                        args.async_connections,
                     )
                 )
             if "batch" in modes:

@@ -407,3 +407,46 @@ def test_warm_loads_the_directory_from_a_snapshot_while_another_process_writes(
     with store.read() as tx:  # a snapshot discards what is written in it
         tx.update_user(user1, opted_out=1)
     assert not fresh.user("user1").opted_out
+
+
+def test_a_large_batch_checked_before_the_write_lock_sees_a_revocation_made_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of PRECHECK_MIN_ITEMS or more checks its answers before it takes the write
+    lock; a device revoked by another process in between is refused all the same, because
+    the batch checks again against the state it commits on."""
+    from sls_core import login
+
+    data = tmp_path / "data"
+    sls = _setup(data, users=2)
+    other = SecureLogin.open(data, clock=ManualClock(NOW))  # another process's view
+    half = login.PRECHECK_MIN_ITEMS // 2 + 1
+    users = ["user0"] * half + ["user1"] * half
+    challenges = sls.issue_challenges(users)
+    answers = [_answer(c.challenge or "") for c in challenges]
+    revoked_device = challenges[-1].device_id
+    evaluate = login._Plan.evaluate
+    calls: list[int] = []
+    revoke = [True]
+
+    def evaluate_then_revoke(plan: login._Plan) -> None:
+        evaluate(plan)
+        calls.append(plan.n)
+        if revoke.pop() if revoke else False:  # once, between the check and the lock
+            other.revoke_device("user1", revoked_device)
+
+    monkeypatch.setattr(login._Plan, "evaluate", evaluate_then_revoke)
+    result = sls.verify_batch(users, [c.token for c in challenges], answers)
+    assert calls == [2 * half, 2 * half]  # checked before the lock, then again inside
+    assert [result[i] for i in range(half)] == [LoginOutcome.OK] * half
+    assert [result[i] for i in range(half, 2 * half)] == [LoginOutcome.DEVICE_NOT_ACTIVE] * half
+    # Nothing changed in between: checked once, before the lock.
+    calls.clear()
+    challenges = sls.issue_challenges(["user0"] * 2 * half)
+    result = sls.verify_batch(
+        ["user0"] * 2 * half,
+        [c.token for c in challenges],
+        [_answer(c.challenge or "") for c in challenges],
+    )
+    assert calls == [2 * half]
+    assert set(result.outcomes.tolist()) == {LoginOutcome.OK}

@@ -237,7 +237,8 @@ def test_the_same_answers_sent_to_two_server_processes_at_once_verify_exactly_on
     ):
         stubs_a, stubs_b = a.stubs(), b.stubs()
         with_dsc(stubs_a)
-        request = right_batch(stubs_a, "alice", 100)
+        # 300 items: above PRECHECK_MIN_ITEMS, so both check before the write lock.
+        request = right_batch(stubs_a, "alice", 300)
         barrier = threading.Barrier(2)
 
         def send(stubs: Stubs) -> list[int]:
@@ -249,7 +250,7 @@ def test_the_same_answers_sent_to_two_server_processes_at_once_verify_exactly_on
         pairs = sorted(zip(first, second, strict=True))
         ok, replayed = common_pb2.OUTCOME_OK, common_pb2.OUTCOME_REPLAYED
         assert set(pairs) <= {(ok, replayed), (replayed, ok)}
-        assert len(pairs) == 100
+        assert len(pairs) == 300
         # Single calls too, a few rounds.
         for _ in range(5):
             c = stubs_b.verification.IssueChallenge(V.IssueChallengeRequest(username="alice"))

@@ -85,6 +85,9 @@ PASSCODE_LENGTH = 12
 DEFAULT_CHALLENGE_TTL = 5 * 60.0
 #: How often each process deletes consumed challenges that have expired.
 PURGE_INTERVAL = 60.0
+#: A batch this large checks its tokens and answers before it takes the store's write
+#: lock (see ``verify_batch``); a smaller one does all of it inside.
+PRECHECK_MIN_ITEMS = 256
 SMS_CODE_DIGITS = 6
 OCRA_SUITES = {
     # DSC+ and Android IB Key put the device PIN in the computation.
@@ -483,18 +486,22 @@ class SecureLogin:
     def __repr__(self) -> str:
         return f"SecureLogin(store={self.store!r})"
 
-    def warm(self) -> None:
-        """Loads this process's directory of users and devices now, from a read snapshot
-        that holds no write lock, rather than inside the first login's transaction (where
-        a million devices would take tens of seconds with every other writer waiting). A
-        server calls it before it reports SERVING; later transactions catch up from the
-        change feed."""
+    def _catch_up(self) -> None:
+        """The directory brought up to date from a read snapshot (no write lock)."""
         with self._lock, self.store.read() as tx:
             try:
                 self._directory.refresh(tx)
             except BaseException:
                 self._directory.generation = -1  # half loaded: the next transaction reloads
                 raise
+
+    def warm(self) -> None:
+        """Loads this process's directory of users and devices now, from a read snapshot
+        that holds no write lock, rather than inside the first login's transaction (where
+        a million devices would take tens of seconds with every other writer waiting). A
+        server calls it before it reports SERVING; later transactions catch up from the
+        change feed."""
+        self._catch_up()
 
     @functools.cached_property
     def ibkey(self) -> IbKey:
@@ -1050,7 +1057,14 @@ class SecureLogin:
         transaction, so replay and lockout hold across every process sharing the store and
         a crash leaves all of the batch applied or none of it. ``wait=False``: if another
         thread or process is writing, :class:`~sls_core.store.WriterBusyError` at once,
-        with nothing done (a server's event loop tries a small batch this way)."""
+        with nothing done (a server's event loop tries a small batch this way).
+
+        A large batch opens its tokens and checks its answers (the kernel work) against
+        this process's directory *before* it takes the write lock, so that several
+        processes sharing the store overlap that work and hold the lock only to settle
+        replay and lockout. If the directory changed in between (a device revoked,
+        enrolled or activated anywhere), the checks are done again inside the lock: the
+        verdict is always that of the state the transaction commits on."""
         n = len(usernames)
         if len(tokens) != n or len(responses) != n:
             raise InvalidInputError(
@@ -1062,17 +1076,34 @@ class SecureLogin:
         device_ids = np.zeros(n, dtype=np.uint64)
         if n == 0:
             return BatchResult(outcome, device_ids)
-        with self._write(wait=wait) as tx:
-            now = self.clock.now()
+
+        def checked(now: float) -> _Plan:
+            outcome.fill(255)
+            device_ids.fill(0)
             plan = _Plan(self, usernames, tokens, responses, access, purpose, now, outcome)
             plan.resolve(device_ids)
             plan.evaluate()
-            plan.settle(tx.store)
-            if now >= self._next_purge:
-                # A consumed challenge past its expiry can never be presented again (the
-                # token is refused as expired first), so its row is dead weight.
-                tx.store.purge_consumed(now)
-                self._next_purge = now + PURGE_INTERVAL
+            return plan
+
+        if not self._lock.acquire(blocking=wait):
+            raise WriterBusyError
+        try:
+            plan, seen = None, None
+            if wait and n >= PRECHECK_MIN_ITEMS:
+                self._catch_up()
+                plan, seen = checked(self.clock.now()), self._directory.generation
+            with self._write(wait=wait) as tx:
+                if plan is None or self._directory.generation != seen:
+                    plan = checked(self.clock.now())
+                now = plan.now
+                plan.settle(tx.store)
+                if now >= self._next_purge:
+                    # A consumed challenge past its expiry can never be presented again
+                    # (the token is refused as expired first), so its row is dead weight.
+                    tx.store.purge_consumed(now)
+                    self._next_purge = now + PURGE_INTERVAL
+        finally:
+            self._lock.release()
         return BatchResult(outcome, device_ids)
 
 

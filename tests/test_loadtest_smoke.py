@@ -1,0 +1,41 @@
+"""The gateway load test (benches/loadtest.py) still runs end to end, briefly, on a tiny
+workload: every mode answers every attempt with the outcomes its answers deserve."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
+
+import loadtest
+
+
+def test_the_load_test_runs_every_mode_and_reports_them(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = [
+        "--seconds", "1", "--users", "300", "--rate", "400", "--gateways", "4",
+        "--async-gateways", "4", "--batch", "400", "--batches", "6", "--rounds", "2",
+        "--out", str(out),
+    ]  # fmt: skip
+    assert loadtest.main(args) == 0
+    report = json.loads((out / "loadtest.json").read_text())
+    modes = [row["mode"] for row in report["rows"]]
+    assert [m.split(",")[0].split(" (")[0] for m in modes] == [
+        "single Verify",
+        "single Verify",
+        "single Verify",
+        "VerifyBatch",
+        "in-process SecureLogin.verify_batch",
+    ]
+    for row in report["rows"]:
+        assert row["rate"] > 0, row["mode"]
+        if "ok_share" in row:  # 1% wrong and 1% malformed: the rest verify
+            assert 0.9 <= row["ok_share"] < 1.0, row
+    opened = report["rows"][0]
+    assert opened["requests"] == 400  # every offered login was answered
+    assert set(opened["cores_busy"]) >= {"load generator", "server process 0"}
+    text = (out / "loadtest.md").read_text()
+    assert "VerifyBatch end to end is" in text
+    assert "Single Verify, open loop at 400 logins/s offered" in text

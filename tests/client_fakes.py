@@ -39,6 +39,7 @@ SLOW_USER = "slow"
 SLOW_SECONDS = 1.0
 #: A batch holding this username is refused as a whole (batch-failure tests).
 BOOM_USER = "boom"
+BYE_USER = "bye"
 
 
 def expected(response: str) -> tuple[LoginOutcome, int]:
@@ -131,6 +132,9 @@ class Verification(verification_pb2_grpc.VerificationServiceServicer):
 
     def VerifyBatch(self, request: Any, context: Any) -> Any:
         self.fake.enter("VerifyBatch", request, context)
+        return self._answer(request, context)
+
+    def _answer(self, request: Any, context: Any) -> Any:
         if BOOM_USER in request.usernames:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "usernames: refused by the fake")
         if SLOW_USER in request.usernames:
@@ -141,7 +145,15 @@ class Verification(verification_pb2_grpc.VerificationServiceServicer):
         )
 
     def VerifyStream(self, request_iterator: Any, context: Any) -> Any:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        """Each message a batch, answered in order, like the server. ``BOOM_USER`` aborts
+        the stream; ``BYE_USER`` ends it as a server shutting down does."""
+        with self.fake.lock:
+            self.fake.calls["VerifyStream.open"] += 1
+        for request in request_iterator:
+            self.fake.enter("VerifyStream", request, context)
+            if BYE_USER in request.usernames:
+                return
+            yield self._answer(request, context)
 
 
 class Activation(activation_pb2_grpc.ActivationServiceServicer):

@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from client_fakes import BOOM_USER, SLOW_USER, FakeSls, expected, serve
+from client_fakes import BOOM_USER, BYE_USER, SLOW_USER, FakeSls, expected, serve
 from sls_core.client import (
     ClientClosedError,
     ClientRefusedError,
@@ -676,3 +676,41 @@ def test_an_attempt_that_times_out_waiting_for_a_slot_is_never_sent(
         # the slot is free again: the next attempt goes at once, alone
         assert client.verify("user2", "tok", "00000002").outcome is expected("00000002")[0]
     assert [list(b.usernames) for b in fake.batches()] == [[SLOW_USER], ["user2"]]
+
+
+# --- micro-batches over one VerifyStream (stream=True) ------------------------------------
+
+
+def test_stream_mode_sends_batches_as_messages_of_one_stream(fake: FakeSls, target: str) -> None:
+    with SlsClient(target, stream=True) as client:
+        results = verify_concurrently(client, 32) + verify_concurrently(client, 32)
+    for i, verdict in enumerate(results):
+        assert verdict.outcome is expected(f"{i % 32:08d}")[0], i  # type: ignore[attr-defined]
+    assert fake.calls["VerifyBatch"] == 0
+    assert fake.calls["VerifyStream.open"] == 1
+    sent = sorted(u for m in fake.requests["VerifyStream"] for u in m.usernames)
+    assert sent == sorted([f"user{i}" for i in range(32)] * 2)  # none lost, none twice
+
+
+def test_a_failed_stream_fails_its_batch_only_and_the_next_opens_a_new_one(
+    fake: FakeSls, target: str
+) -> None:
+    with SlsClient(target, stream=True) as client:
+        with pytest.raises(InvalidInputError):
+            client.verify(BOOM_USER, "tok", "00000001")
+        assert client.verify("user3", "tok", "00000003").outcome is expected("00000003")[0]
+        with pytest.raises(UnavailableError):
+            client.verify(BYE_USER, "tok", "00000004")  # the server ended the stream
+        assert client.verify("user5", "tok", "00000005").outcome is expected("00000005")[0]
+    assert fake.calls["VerifyStream.open"] == 3
+
+
+def test_stream_mode_close_waits_for_the_batch_in_flight(fake: FakeSls, target: str) -> None:
+    client = SlsClient(target, stream=True, timeout=10.0)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(client.verify, SLOW_USER, "tok", "00000000")
+        deadline = time.monotonic() + 5
+        while not fake.requests["VerifyStream"] and time.monotonic() < deadline:
+            time.sleep(0.005)
+        client.close()
+        assert slow.result(timeout=5).outcome is expected("00000000")[0]

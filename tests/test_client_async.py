@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from client_fakes import BOOM_USER, SLOW_USER, FakeSls, expected, serve
+from client_fakes import BOOM_USER, BYE_USER, SLOW_USER, FakeSls, expected, serve
 from sls_core.client import (
     AsyncSlsClient,
     ClientClosedError,
@@ -296,3 +296,74 @@ def test_tasks_wait_for_a_free_slot_then_leave_together(fake: FakeSls, target: s
     assert slow.outcome is expected("00000000")[0]
     assert [r.outcome for r in results] == [expected(f"{i:08d}")[0] for i in range(1, 7)]
     assert [len(b.usernames) for b in fake.batches()] == [1, 6]
+
+
+# --- micro-batches over one VerifyStream (stream=True) ------------------------------------
+
+
+def test_stream_mode_sends_batches_as_messages_of_one_stream(fake: FakeSls, target: str) -> None:
+    async def body(client: AsyncSlsClient) -> list[Any]:
+        first = await verify_all(client, 50)
+        second = await verify_all(client, 50)
+        return first + second
+
+    results = run(target, body, stream=True)
+    assert [(r.outcome, r.device_id) for r in results] == [
+        (expected(f"{i % 50:08d}")[0], expected(f"{i % 50:08d}")[1] or None) for i in range(100)
+    ]
+    assert fake.calls["VerifyBatch"] == 0
+    assert fake.calls["VerifyStream.open"] == 1  # one stream for every batch
+    sent = fake.requests["VerifyStream"]
+    assert [u for m in sent for u in m.usernames] == [f"user{i % 50}" for i in range(100)]
+
+
+def test_stream_mode_keeps_the_answers_in_order_with_batches_in_flight(
+    fake: FakeSls, target: str
+) -> None:
+    """max_in_flight=3: a slow batch first, two behind it on the same stream; each caller
+    still gets its own answer."""
+
+    async def body(client: AsyncSlsClient) -> list[Any]:
+        slow = asyncio.ensure_future(client.verify(SLOW_USER, "tok", "00000000"))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(client.verify(f"user{i}", "t", f"{i:08d}")) for i in (1, 2)]
+        return list(await asyncio.gather(slow, *rest))
+
+    results = run(target, body, stream=True, max_in_flight=3, timeout=10.0)
+    assert [r.outcome for r in results] == [expected(f"{i:08d}")[0] for i in (0, 1, 2)]
+    assert fake.calls["VerifyStream.open"] == 1
+
+
+def test_a_failed_stream_fails_its_batches_only_and_the_next_opens_a_new_one(
+    fake: FakeSls, target: str
+) -> None:
+    async def body(client: AsyncSlsClient) -> tuple[list[Any], Verdict, list[Any], Verdict]:
+        boom = await asyncio.gather(
+            client.verify(BOOM_USER, "tok", "00000001"),
+            client.verify("user2", "tok", "00000002"),
+            return_exceptions=True,
+        )
+        after_boom = await client.verify("user3", "tok", "00000003")
+        bye = await asyncio.gather(
+            client.verify(BYE_USER, "tok", "00000004"), return_exceptions=True
+        )
+        after_bye = await client.verify("user5", "tok", "00000005")
+        return boom, after_boom, bye, after_bye
+
+    boom, after_boom, bye, after_bye = run(target, body, stream=True)
+    assert all(isinstance(r, InvalidInputError) for r in boom)  # the batch they shared
+    assert isinstance(bye[0], UnavailableError)  # the server ended the stream
+    assert after_boom.outcome is expected("00000003")[0]
+    assert after_bye.outcome is expected("00000005")[0]
+    assert fake.calls["VerifyStream.open"] == 3
+
+
+def test_stream_mode_close_waits_for_the_batches_in_flight(fake: FakeSls, target: str) -> None:
+    async def main() -> Verdict:
+        client = AsyncSlsClient(target, stream=True, timeout=10.0)
+        slow = asyncio.ensure_future(client.verify(SLOW_USER, "tok", "00000000"))
+        await asyncio.sleep(0.05)
+        await client.close()
+        return await slow
+
+    assert asyncio.run(main()).outcome is expected("00000000")[0]

@@ -505,3 +505,55 @@ def test_concurrent_single_calls_answer_as_if_one_after_the_other(
     verdicts = [a for a in audit if a["event"] == "verify"]
     assert len(verdicts) == 50
     assert len({a["request_id"] for a in verdicts}) == 50
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["VerifyBatch", "VerifyStream"])
+def test_gateway_clients_micro_batch_logins_through_the_server(
+    server: InProcessServer, stream: bool
+) -> None:
+    """Both clients, concurrent verify() calls coalesced into VerifyBatch calls or into
+    messages of one VerifyStream: right, wrong, replayed and malformed answers each get
+    their own outcome, exactly as one call at a time would."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sls_core.client import AsyncSlsClient, SlsClient
+    from sls_core.outcome import LoginOutcome
+
+    stubs = server.stubs()
+    with_dsc(stubs)
+    target = f"127.0.0.1:{server.port}"
+
+    def attempts(n: int) -> tuple[list[tuple[str, str]], list[LoginOutcome]]:
+        sent, want = [], []
+        for i in range(n):
+            c = challenge(stubs, "alice")
+            answer = dsc_response(SECRET, PIN, c.challenge)
+            if i % 4 == 1:
+                answer, outcome = answer[:4] + " 1234", LoginOutcome.MALFORMED
+            else:
+                outcome = LoginOutcome.OK
+            sent.append((c.token, answer))
+            want.append(outcome)
+        sent.append(sent[0])  # the first one again: used up
+        want.append(LoginOutcome.REPLAYED)
+        return sent, want
+
+    sent, want = attempts(12)
+    with SlsClient(target, stream=stream, timeout=CALL_TIMEOUT) as client:
+        first = client.verify("alice", *sent[0]).outcome
+        with ThreadPoolExecutor(8) as pool:
+            rest = list(pool.map(lambda a: client.verify("alice", *a).outcome, sent[1:]))
+    assert [first, *rest] == want
+
+    sent, want = attempts(12)
+
+    async def gateway() -> list[LoginOutcome]:
+        async with AsyncSlsClient(target, stream=stream, timeout=CALL_TIMEOUT) as client:
+            first = (await client.verify("alice", *sent[0])).outcome
+            rest = await asyncio.gather(*(client.verify("alice", *a) for a in sent[1:]))
+            return [first, *(v.outcome for v in rest)]
+
+    assert asyncio.run(gateway()) == want
+    audit = server.config.audit_path.read_text().splitlines()  # type: ignore[union-attr]
+    assert sum(json.loads(line)["event"] == "verify" for line in audit) == 2 * 13

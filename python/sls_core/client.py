@@ -51,14 +51,17 @@ message, a ``repr`` or a log: messages name the field and the rule only.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import contextlib
 import ipaddress
 import json
 import os
+import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -924,6 +927,8 @@ def _batch_failure(err: BaseException | None) -> SlsError:
         return _rpc_error(err, "VerifyBatch")
     if isinstance(err, ProtocolError):
         return ProtocolError(str(err))
+    if isinstance(err, SlsRpcError):
+        return type(err)(err.method, err.code, err.details)
     if isinstance(err, grpc.FutureCancelledError | asyncio.CancelledError):
         return ClientClosedError()
     return SlsError(f"VerifyBatch failed: {type(err).__name__}")
@@ -947,15 +952,13 @@ class _ThreadBatcher:
 
     def __init__(
         self,
-        rpc: grpc.UnaryUnaryMultiCallable[
-            verification_pb2.VerifyBatchRequest, verification_pb2.VerifyBatchResponse
-        ],
+        rpc: Any,
         *,
         linger: float,
         max_batch: int,
         max_in_flight: int,
     ) -> None:
-        self._rpc = rpc
+        self._rpc = rpc  # VerifyBatch, or a _SyncBatchStream: both have .future()
         self._linger = linger
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
@@ -1001,6 +1004,8 @@ class _ThreadBatcher:
             thread.join()
         with self._cond:
             self._cond.wait_for(lambda: self._in_flight == 0)
+        if isinstance(self._rpc, _SyncBatchStream):
+            self._rpc.close()
 
     def _run(self) -> None:
         while True:
@@ -1069,6 +1074,83 @@ class _ThreadBatcher:
             self._cond.notify_all()
 
 
+_STREAM_END = object()
+
+
+@dataclass(eq=False)
+class _OpenStream:
+    requests: queue.SimpleQueue[Any]
+    waiting: collections.deque[concurrent.futures.Future[verification_pb2.VerifyBatchResponse]]
+    reader: threading.Thread | None = None
+
+
+class _SyncBatchStream:
+    """The blocking client's micro-batches as the messages of one long-lived
+    ``VerifyStream`` call (see :class:`_BatchStream`): requests go through a queue that
+    gRPC drains, and a reader thread hands the answers, in order, to the batches."""
+
+    def __init__(
+        self,
+        rpc: grpc.StreamStreamMultiCallable[
+            verification_pb2.VerifyBatchRequest, verification_pb2.VerifyBatchResponse
+        ],
+    ) -> None:
+        self._rpc = rpc
+        self._lock = threading.Lock()
+        self._open: _OpenStream | None = None
+
+    def future(
+        self, request: verification_pb2.VerifyBatchRequest, *, timeout: float
+    ) -> concurrent.futures.Future[verification_pb2.VerifyBatchResponse]:
+        del timeout  # each caller waits its own time; a stream has no per-message deadline
+        answer: concurrent.futures.Future[verification_pb2.VerifyBatchResponse]
+        answer = concurrent.futures.Future()
+        with self._lock:
+            stream = self._open
+            if stream is None:
+                stream = self._open = _OpenStream(queue.SimpleQueue(), collections.deque())
+                responses = self._rpc(iter(stream.requests.get, _STREAM_END))
+                stream.reader = threading.Thread(
+                    target=self._read, args=(stream, responses), name="sls-client-stream"
+                )
+                stream.reader.daemon = True
+                stream.reader.start()
+            stream.waiting.append(answer)
+            stream.requests.put(request)
+        return answer
+
+    def _read(self, stream: _OpenStream, responses: Any) -> None:
+        error: Exception = UnavailableError(
+            "VerifyStream", grpc.StatusCode.UNAVAILABLE, "the server ended the stream"
+        )
+        try:
+            for response in responses:
+                with self._lock:
+                    answer = stream.waiting.popleft()
+                answer.set_result(response)
+        except Exception as err:  # the stream failed: every batch on it fails
+            error = err
+        with self._lock:
+            if self._open is stream:
+                self._open = None
+            left = list(stream.waiting)
+            stream.waiting.clear()
+        stream.requests.put(_STREAM_END)
+        if left:
+            with contextlib.suppress(Exception):
+                responses.cancel()
+        for answer in left:
+            answer.set_exception(error)
+
+    def close(self) -> None:
+        with self._lock:
+            stream, self._open = self._open, None
+        if stream is not None:
+            stream.requests.put(_STREAM_END)
+            if stream.reader is not None:
+                stream.reader.join()
+
+
 def _timeout_error() -> DeadlineExceededError:
     return DeadlineExceededError(
         "VerifyBatch", grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before an answer"
@@ -1101,6 +1183,7 @@ class SlsClient:
         max_receive_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
         retry: RetryPolicy | None = DEFAULT_RETRY,
         channel_options: Sequence[tuple[str, Any]] = (),
+        stream: bool = False,
     ) -> None:
         self._settings = _ChannelSettings.build(
             target,
@@ -1129,7 +1212,7 @@ class SlsClient:
         }
         self._batcher = (
             _ThreadBatcher(
-                verification.VerifyBatch,
+                _SyncBatchStream(verification.VerifyStream) if stream else verification.VerifyBatch,
                 linger=self._settings.linger,
                 max_batch=self._settings.max_batch,
                 max_in_flight=self._settings.max_in_flight,
@@ -1396,6 +1479,74 @@ class SlsClient:
 _AsyncAttempt = _Attempt["asyncio.Future[Verdict]"]
 
 
+class _BatchStream:
+    """Micro-batches as the messages of one long-lived ``VerifyStream`` call: no new
+    call per batch, answered in order. Any error ends the stream and fails every batch
+    on it (the next batch opens a new one); the server's end of the stream (shutdown)
+    fails them as UNAVAILABLE. Runs on the event loop only."""
+
+    def __init__(
+        self,
+        rpc: grpc.aio.StreamStreamMultiCallable[
+            verification_pb2.VerifyBatchRequest, verification_pb2.VerifyBatchResponse
+        ],
+    ) -> None:
+        self._rpc = rpc
+        self._call: Any = None
+        self._waiting: collections.deque[asyncio.Future[verification_pb2.VerifyBatchResponse]]
+        self._waiting = collections.deque()
+        self._write_lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __call__(
+        self, request: verification_pb2.VerifyBatchRequest, *, timeout: float
+    ) -> verification_pb2.VerifyBatchResponse:
+        del timeout  # each caller waits its own time; a stream has no per-message deadline
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[verification_pb2.VerifyBatchResponse] = loop.create_future()
+        async with self._write_lock:  # one write at a time, in the order of the answers
+            if self._call is None:
+                self._call = self._rpc()
+                self._reader = loop.create_task(self._read(self._call))
+            call = self._call
+            self._waiting.append(answer)
+            try:
+                await call.write(request)
+            except BaseException as err:
+                self._end(call, err)
+        return await answer
+
+    async def _read(self, call: Any) -> None:
+        try:
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    raise UnavailableError(
+                        "VerifyStream", grpc.StatusCode.UNAVAILABLE, "the server ended the stream"
+                    )
+                self._waiting.popleft().set_result(response)
+        except BaseException as err:
+            self._end(call, err)
+
+    def _end(self, call: Any, err: BaseException) -> None:
+        if self._call is not call:
+            return
+        self._call = None
+        call.cancel()
+        while self._waiting:
+            answer = self._waiting.popleft()
+            if not answer.done():
+                answer.set_exception(err if isinstance(err, Exception) else ClientClosedError())
+
+    async def close(self) -> None:
+        call, reader = self._call, self._reader
+        if call is not None:
+            with contextlib.suppress(Exception):
+                await call.done_writing()
+        if reader is not None:
+            await asyncio.gather(reader, return_exceptions=True)
+
+
 class _TaskBatcher:
     """Coalesces verify() calls from many tasks of one event loop into VerifyBatch calls.
     While fewer than ``max_in_flight`` calls are in flight, what waits leaves on the loop's
@@ -1405,9 +1556,7 @@ class _TaskBatcher:
 
     def __init__(
         self,
-        rpc: grpc.aio.UnaryUnaryMultiCallable[
-            verification_pb2.VerifyBatchRequest, verification_pb2.VerifyBatchResponse
-        ],
+        rpc: Callable[..., Awaitable[verification_pb2.VerifyBatchResponse]],
         *,
         linger: float,
         max_batch: int,
@@ -1453,6 +1602,8 @@ class _TaskBatcher:
         self._flush()
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if isinstance(self._rpc, _BatchStream):
+            await self._rpc.close()
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -1518,6 +1669,7 @@ class AsyncSlsClient:
         max_receive_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
         retry: RetryPolicy | None = DEFAULT_RETRY,
         channel_options: Sequence[tuple[str, Any]] = (),
+        stream: bool = False,
     ) -> None:
         self._settings = _ChannelSettings.build(
             target,
@@ -1554,7 +1706,7 @@ class AsyncSlsClient:
         }
         self._batcher = (
             _TaskBatcher(
-                verification.VerifyBatch,
+                _BatchStream(verification.VerifyStream) if stream else verification.VerifyBatch,
                 linger=self._settings.linger,
                 max_batch=self._settings.max_batch,
                 max_in_flight=self._settings.max_in_flight,

@@ -43,7 +43,7 @@ bench: build
 
 # Gateways against `sls-core serve` on 127.0.0.1 (bounded in time).
 loadtest: build
-	$(PY) benches/loadtest.py --out bench-results
+	$(PY) benches/loadtest.py --seconds 8 --out bench-results
 
 # The same benchmarks through pytest-benchmark, with its statistics.
 bench-pytest: build

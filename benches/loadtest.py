@@ -49,13 +49,14 @@ from typing import Any
 
 import numpy as np
 
-from sls_core import ocra
+from sls_core import _native, ocra
 from sls_core.client import SlsClient
 from sls_core.devices import DeviceType
 from sls_core.login import SecureLogin
 from sls_core.outcome import LoginOutcome
 
 SUITE = "OCRA-1:HOTP-SHA1-8:QN06-PSHA1"
+SUITE_NO_PIN = "OCRA-1:HOTP-SHA1-8:QN06"
 #: Gateways send their micro-batches as messages of one VerifyStream per client
 #: (``--transport stream``, the default) or as VerifyBatch calls (``batch``).
 STREAM = True
@@ -77,32 +78,83 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: The device mix of the gateways' users (shares of ``--users``): what a broker's login
+#: storm sees, mostly hardware and app OCRA devices, some printed cards.
+DEVICE_MIX = (
+    (DeviceType.DSC_PLUS, 0.6),  # OCRA with the device PIN in the computation
+    (DeviceType.IB_KEY, 0.2),  # the app (Android: with its PIN)
+    (DeviceType.PLATINUM, 0.1),  # legacy OCRA token without a PIN
+    (DeviceType.SECURITY_CODE_CARD, 0.1),  # two printed codes, concatenated
+)
+
+
 class Workload:
-    """Users with DSC+ cards and a supply of fresh attempts (a challenge verifies once)."""
+    """Users with a mix of devices (``DEVICE_MIX``) and a supply of fresh attempts (a
+    challenge verifies once), answered as the devices would: OCRA computed as the DSC+
+    and the IB Key app compute it (``sls_core.simulator``), card codes read off the
+    card's grid; then 1% are made wrong and 1% malformed."""
 
     def __init__(self, data: Path, users: int, seed: int = 11) -> None:
         self.rng = np.random.default_rng(seed)
         self.names = [f"gw{i}" for i in range(users)]
         self.secrets = [self.rng.bytes(20) for _ in range(users)]
         self.sls = SecureLogin.open(data)
-        self.sls.enroll_bulk(self.names, DeviceType.DSC_PLUS, self.secrets, pins=[PIN] * users)
+        self.types: list[DeviceType] = []
+        for device_type, share in DEVICE_MIX:
+            self.types += [device_type] * round(users * share)
+        self.types = (self.types + [DeviceType.DSC_PLUS] * users)[:users]
+        self.cards: dict[int, list[str]] = {}
+        for device_type, _share in DEVICE_MIX:
+            rows = [i for i, t in enumerate(self.types) if t is device_type]
+            if not rows:
+                continue
+            names = [self.names[i] for i in rows]
+            secrets = [self.secrets[i] for i in rows]
+            if device_type is DeviceType.SECURITY_CODE_CARD:
+                for i, name, secret in zip(rows, names, secrets, strict=True):
+                    self.sls.create_user(name)
+                    self.sls.enroll_device(name, device_type, secret=secret)
+                    self.cards[i] = list(_native.card_codes(secret, 100))
+            else:
+                pins = [PIN] * len(rows) if _uses_pin(device_type) else None
+                self.sls.enroll_bulk(names, device_type, secrets, pins=pins)
+        self.index = {name: i for i, name in enumerate(self.names)}
 
     def attempts(self, n: int) -> tuple[list[str], list[str], list[str]]:
-        pick = self.rng.integers(0, len(self.names), n)
+        pick = self.rng.integers(0, len(self.names), n).tolist()
         users = [self.names[i] for i in pick]
         challenges = self.sls.issue_challenges(users)
-        codes = ocra.compute_batch(
-            SUITE,
-            [self.secrets[i] for i in pick],
-            [c.challenge or "" for c in challenges],
-            pin_hashes=[PIN_HASH] * n,
-        )
-        responses = [c.decode() for c in codes]
-        for i in self.rng.choice(n, max(1, n // 50), replace=False).tolist():
-            responses[i] = (
-                f"{(int(responses[i]) + 1) % 10**8:08d}" if i % 2 else responses[i][:4] + " 1234"
+        responses = [""] * n
+        for device_type, _share in DEVICE_MIX:
+            rows = [k for k, i in enumerate(pick) if self.types[i] is device_type]
+            if not rows:
+                continue
+            if device_type is DeviceType.SECURITY_CODE_CARD:
+                for k in rows:
+                    first, second = challenges[k].card_indices or (1, 2)
+                    codes = self.cards[pick[k]]
+                    responses[k] = codes[first - 1] + codes[second - 1]
+                continue
+            with_pin = _uses_pin(device_type)
+            answers = ocra.compute_batch(
+                SUITE if with_pin else SUITE_NO_PIN,
+                [self.secrets[pick[k]] for k in rows],
+                [challenges[k].challenge or "" for k in rows],
+                pin_hashes=[PIN_HASH] * len(rows) if with_pin else None,
             )
+            for k, answer in zip(rows, answers, strict=True):
+                responses[k] = answer.decode()
+        for k in self.rng.choice(n, max(1, n // 50), replace=False).tolist():
+            typed = responses[k]
+            if k % 2:  # wrong: the last digit off by one
+                responses[k] = typed[:-1] + str((int(typed[-1]) + 1) % 10)
+            else:  # malformed: a space inside
+                responses[k] = typed[:4] + " " + typed[4:]
         return users, [c.token for c in challenges], responses
+
+
+def _uses_pin(device_type: DeviceType) -> bool:
+    return device_type in (DeviceType.DSC_PLUS, DeviceType.IB_KEY)
 
 
 def start_server(data: Path, port: int, workers: int, log: Path) -> subprocess.Popen[bytes]:

@@ -688,3 +688,37 @@ def test_first_occurrences_keep_input_order_like_a_replay_check() -> None:
         assert _first_occurrences(np.array(values, dtype=np.uint64)).tolist() == expected
 
     check()
+
+
+def test_batched_challenges_for_ocra_devices_and_code_cards_verify_in_one_batch(
+    sls: SecureLogin,
+) -> None:
+    """issue_challenges serves a login storm of DSC+ and security code card users alike
+    (a card challenge is two different index numbers); an SMS user is refused, since
+    batching would text every phone in the batch, and nothing is issued."""
+    from sls_core import _native
+
+    with_dsc(sls)
+    sls.create_user("carl")
+    card_secret = bytes(range(3, 23))
+    sls.enroll_device("carl", DeviceType.SECURITY_CODE_CARD, secret=card_secret)
+    codes = list(_native.card_codes(card_secret, 100))
+    challenges = sls.issue_challenges(["alice", "carl", "carl"])
+    assert challenges[0].challenge is not None
+    assert challenges[0].card_indices is None
+    answers = [dsc_answer(challenges[0].challenge)]
+    for c in challenges[1:]:
+        assert c.challenge is None
+        assert c.card_indices is not None
+        first, second = c.card_indices
+        assert 1 <= first <= 100
+        assert 1 <= second <= 100
+        assert first != second
+        answers.append(codes[first - 1] + codes[second - 1])
+    result = sls.verify_batch(["alice", "carl", "carl"], [c.token for c in challenges], answers)
+    assert [result[i] for i in range(3)] == [OC.OK, OC.OK, OC.OK]
+    sls.create_user("erin")
+    sls.enroll_device("erin", DeviceType.SMS, phone="+41791234567")
+    with pytest.raises(InvalidInputError, match="OCRA devices and code cards") as info:
+        sls.issue_challenges(["alice", "erin"])
+    assert info.value.field == "usernames"

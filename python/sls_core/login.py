@@ -895,13 +895,7 @@ class SecureLogin:
         method = entry.type.method
         if method == "passcode":
             raise InvalidInputError("device_id", "a temporary passcode needs no challenge")
-        if method == "card":
-            first = secrets.randbelow(CARD_INDICES) + 1
-            second = secrets.randbelow(CARD_INDICES - 1) + 1
-            second += second >= first  # two different index numbers
-            value = (first << 16) | second
-        else:
-            value = secrets.randbelow(1_000_000)
+        value = _challenge_value(method)
         expires = now + self.challenge_ttl
         token = self._tokens.seal(
             purpose=purpose,
@@ -933,7 +927,8 @@ class SecureLogin:
     def issue_challenges(self, usernames: Sequence[str]) -> list[Challenge]:
         """Login challenges for many users at once (one store transaction), for gateways
         that batch a login storm. Each user's device is chosen as in
-        :meth:`issue_challenge`; SMS devices are not batched (they send a message)."""
+        :meth:`issue_challenge`; OCRA devices and code cards only (an SMS device sends a
+        message, a temporary passcode needs no challenge)."""
         now = self.clock.now()
         expires = int(now + self.challenge_ttl) + 1
         out: list[Challenge] = []
@@ -941,11 +936,12 @@ class SecureLogin:
             for name in usernames:
                 user = self._user(name)
                 entry = self._pick_device(user, None, Purpose.LOGIN, now)
-                if entry.type.method != "ocra":
+                method = entry.type.method
+                if method not in ("ocra", "card"):
                     raise InvalidInputError(
-                        "usernames", "batched challenges are for challenge/response devices"
+                        "usernames", "batched challenges are for OCRA devices and code cards"
                     )
-                value = secrets.randbelow(1_000_000)
+                value = _challenge_value(method)
                 token = self._tokens.seal(
                     purpose=Purpose.LOGIN,
                     challenge_id=self._next_challenge_id(tx.store),
@@ -962,7 +958,8 @@ class SecureLogin:
                         device_type=entry.type,
                         purpose=Purpose.LOGIN,
                         expires_at=float(expires),
-                        challenge=f"{value:06d}",
+                        challenge=f"{value:06d}" if method == "ocra" else None,
+                        card_indices=(value >> 16, value & 0xFFFF) if method == "card" else None,
                     )
                 )
         return out
@@ -1105,6 +1102,17 @@ class SecureLogin:
         finally:
             self._lock.release()
         return BatchResult(outcome, device_ids)
+
+
+def _challenge_value(method: str) -> int:
+    """What a token carries as its challenge: six random digits (OCRA, SMS), or two
+    different card index numbers from 1 to CARD_INDICES (``first << 16 | second``)."""
+    if method == "card":
+        first = secrets.randbelow(CARD_INDICES) + 1
+        second = secrets.randbelow(CARD_INDICES - 1) + 1
+        second += second >= first  # two different index numbers
+        return (first << 16) | second
+    return secrets.randbelow(1_000_000)
 
 
 def _limit_rank(limits: WithdrawalLimits) -> tuple[float, float]:

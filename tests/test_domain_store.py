@@ -303,7 +303,13 @@ def test_expired_consumed_challenges_are_purged_as_verification_goes(tmp_path: P
     assert sls.verify("user0", challenge.token, _answer(challenge.challenge or "")).ok
     db = sqlite3.connect(data / "sls.db")
     assert db.execute("SELECT count(*) FROM consumed").fetchone() == (1,)
-    clock.advance(sls.challenge_ttl + 120)
+    from sls_core.login import PURGE_MARGIN
+
+    clock.advance(sls.challenge_ttl + PURGE_MARGIN - 60)
+    sls.verify("user0", None, "x")  # expired, but within the margin: kept
+    assert db.execute("SELECT count(*) FROM consumed").fetchone() == (1,)
+    clock.advance(120)
+    sls._next_purge = 0.0  # purges run once a minute
     sls.verify("user0", None, "x")  # any later batch purges
     assert db.execute("SELECT count(*) FROM consumed").fetchone() == (0,)
 
@@ -450,3 +456,54 @@ def test_a_large_batch_checked_before_the_write_lock_sees_a_revocation_made_mean
     )
     assert calls == [2 * half]
     assert set(result.outcomes.tolist()) == {LoginOutcome.OK}
+
+
+def test_a_token_used_elsewhere_stays_replayed_for_a_batch_checked_just_before_expiry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large batch checked before the write lock, half a second before a token expires,
+    commits after another process purged old consumed challenges: the token's use is
+    still on record (PURGE_MARGIN), so it is REPLAYED, never a second OK; and a check
+    older than PRECHECK_MAX_AGE is done again at commit time (the token has expired)."""
+    from sls_core import login
+
+    data = tmp_path / "data"
+    clock = ManualClock(NOW)  # one wall clock for both processes
+    mine = SecureLogin.open(data, clock=clock)
+    mine.create_user("user0")
+    mine.enroll_device("user0", DeviceType.DSC_PLUS, secret=SECRET, pin=PIN)
+    other = SecureLogin.open(data, clock=clock)
+    used = mine.issue_challenge("user0")
+    answer = _answer(used.challenge or "")
+    assert other.verify("user0", used.token, answer).outcome is LoginOutcome.OK
+    clock.advance(used.expires_at - NOW - 0.5)  # half a second before it expires
+    fresh = mine.issue_challenges(["user0"] * (login.PRECHECK_MIN_ITEMS - 1))
+    users = ["user0"] * login.PRECHECK_MIN_ITEMS
+    tokens = [used.token] + [c.token for c in fresh]
+    answers = [answer] + [_answer(c.challenge or "") for c in fresh]
+    evaluate = login._Plan.evaluate
+    pending = [0.9]  # seconds that pass between the check and the write lock
+
+    def evaluate_then_other_process_purges(plan: login._Plan) -> None:
+        evaluate(plan)
+        if pending:
+            clock.advance(pending.pop())
+            other._next_purge = 0.0
+            other.verify("user0", None, "x")  # its batch purges old consumed records
+
+    monkeypatch.setattr(login._Plan, "evaluate", evaluate_then_other_process_purges)
+    result = mine.verify_batch(users, tokens, answers)
+    assert result[0] is LoginOutcome.REPLAYED
+    assert set(result.outcomes[1:].tolist()) == {LoginOutcome.OK}
+    # The same with more than PRECHECK_MAX_AGE between check and commit: checked again,
+    # at a time when the token has expired.
+    pending[:] = [login.PRECHECK_MAX_AGE + 0.5]
+    fresh = mine.issue_challenges(["user0"] * (login.PRECHECK_MIN_ITEMS - 1))
+    almost = mine.issue_challenge("user0")
+    clock.advance(almost.expires_at - clock.now() - 0.5)
+    result = mine.verify_batch(
+        users,
+        [almost.token] + [c.token for c in fresh],
+        [_answer(almost.challenge or "")] + [_answer(c.challenge or "") for c in fresh],
+    )
+    assert result[0] is LoginOutcome.EXPIRED

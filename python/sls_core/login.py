@@ -88,6 +88,14 @@ PURGE_INTERVAL = 60.0
 #: A batch this large checks its tokens and answers before it takes the store's write
 #: lock (see ``verify_batch``); a smaller one does all of it inside.
 PRECHECK_MIN_ITEMS = 256
+#: A pre-check older than this (seconds) when the write lock is finally taken is done
+#: again: verdicts are judged at most this far from the time they commit at.
+PRECHECK_MAX_AGE = 1.0
+#: Consumed-challenge records are kept this long (seconds) past their expiry before the
+#: purge deletes them: far more than any batch takes, so a verdict judged a little
+#: earlier than it commits (a pre-check, a long batch) can never miss the record of a
+#: use another process made and find the token fresh.
+PURGE_MARGIN = 600.0
 SMS_CODE_DIGITS = 6
 OCRA_SUITES = {
     # DSC+ and Android IB Key put the device PIN in the computation.
@@ -1060,8 +1068,10 @@ class SecureLogin:
         this process's directory *before* it takes the write lock, so that several
         processes sharing the store overlap that work and hold the lock only to settle
         replay and lockout. If the directory changed in between (a device revoked,
-        enrolled or activated anywhere), the checks are done again inside the lock: the
-        verdict is always that of the state the transaction commits on."""
+        enrolled or activated anywhere), or the checks are older than PRECHECK_MAX_AGE,
+        they are done again inside the lock: the verdict is that of the state the
+        transaction commits on, judged at most a second before it commits (consumed
+        challenges outlive their tokens by PURGE_MARGIN, far more)."""
         n = len(usernames)
         if len(tokens) != n or len(responses) != n:
             raise InvalidInputError(
@@ -1090,14 +1100,18 @@ class SecureLogin:
                 self._catch_up()
                 plan, seen = checked(self.clock.now()), self._directory.generation
             with self._write(wait=wait) as tx:
-                if plan is None or self._directory.generation != seen:
+                if (
+                    plan is None
+                    or self._directory.generation != seen
+                    or self.clock.now() - plan.now > PRECHECK_MAX_AGE
+                ):
                     plan = checked(self.clock.now())
                 now = plan.now
                 plan.settle(tx.store)
                 if now >= self._next_purge:
                     # A consumed challenge past its expiry can never be presented again
                     # (the token is refused as expired first), so its row is dead weight.
-                    tx.store.purge_consumed(now)
+                    tx.store.purge_consumed(now - PURGE_MARGIN)
                     self._next_purge = now + PURGE_INTERVAL
         finally:
             self._lock.release()
@@ -1460,7 +1474,8 @@ class _Plan:
                 failures[uid] = []
             else:
                 self.out[i] = LoginOutcome.WRONG
-                failures[uid] = (failures[uid] + [self.now])[-LOCKOUT_FAILURES:]
+                # Sorted: another process may have recorded a failure a moment "later".
+                failures[uid] = sorted([*failures[uid], self.now])[-LOCKOUT_FAILURES:]
         tx.consume(consumed, expiry)
         tx.put_failures({u: t for u, t in failures.items() if t})
         tx.clear_failures([u for u, t in failures.items() if not t and u in on_record])

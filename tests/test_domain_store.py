@@ -507,3 +507,84 @@ def test_a_token_used_elsewhere_stays_replayed_for_a_batch_checked_just_before_e
         [_answer(almost.challenge or "")] + [_answer(c.challenge or "") for c in fresh],
     )
     assert result[0] is LoginOutcome.EXPIRED
+
+
+def test_a_write_that_must_not_wait_waits_for_nothing(tmp_path: Path) -> None:
+    """write(wait=False) refuses at once (WriterBusyError, nothing done) when a program
+    that ignores the writer gate holds SQLite's write lock, instead of sitting in SQLite's
+    busy handler; a waiting write then still gets SQLite's busy_timeout."""
+    import time
+
+    from sls_core.store import WriterBusyError
+
+    sls = _setup(tmp_path / "data")
+    store = sls.store
+    assert isinstance(store, SqliteStore)
+    shell = sqlite3.connect(store.path, timeout=0.05, isolation_level=None)
+    try:
+        shell.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(WriterBusyError), store.write(wait=False):
+            pass
+        assert time.monotonic() - started < 1.0  # not SQLite's 30 s busy wait
+        shell.execute("ROLLBACK")
+    finally:
+        shell.close()
+    challenge = sls.issue_challenge("user0")  # the connection's busy_timeout is back
+    assert sls.verify("user0", challenge.token, _answer(challenge.challenge or "")).ok
+
+
+def test_the_writer_gate_gives_up_after_busy_timeout(tmp_path: Path) -> None:
+    import fcntl
+
+    from sls_core.sealing import MasterKeyRing
+
+    path = tmp_path / "sls.db"
+    keyring = MasterKeyRing.generate_file(tmp_path / "master-key.json")
+    store = SqliteStore(path, keyring=keyring, busy_timeout=0.2)
+    holder = os.open(store.writer_gate, os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # a writer stopped while holding the gate
+        with (
+            pytest.raises(sqlite3.OperationalError, match="writer gate stayed busy"),
+            store.write(),
+        ):
+            pass
+    finally:
+        os.close(holder)
+    with store.write() as tx:
+        assert tx.generation() >= 0
+
+
+def test_a_forked_child_does_not_keep_its_parents_gate_locked(tmp_path: Path) -> None:
+    """A flock lives while any copy of its descriptor is open: a child forked while the
+    parent wrote must not keep the gate locked after the parent is gone."""
+    data = tmp_path / "data"
+    _setup(data)
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from sls_core.login import SecureLogin
+        sls = SecureLogin.open({str(data)!r})
+        with sls.store.write():
+            if os.fork() == 0:  # the child lives on, idle, with its copies of the fds
+                quiet = os.open(os.devnull, os.O_RDWR)
+                os.dup2(quiet, 1)  # not the test's pipe: it must not wait for this child
+                os.dup2(quiet, 2)
+                time.sleep(4)
+                os._exit(0)
+            print("forked", flush=True)
+            os._exit(0)  # the parent dies holding the gate
+        """
+    )
+    done = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert done.stdout.strip() == "forked", done.stderr
+    import fcntl
+
+    gate = os.open(data / "sls.db-writer", os.O_RDWR)
+    try:
+        fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if still held
+    finally:
+        os.close(gate)

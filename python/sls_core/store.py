@@ -20,6 +20,8 @@ import json
 import os
 import sqlite3
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -660,8 +662,10 @@ class SqliteStore:
     Writers first queue on an ``flock`` of ``<file>-writer`` (the *writer gate*, created
     0600 beside the database). SQLite's own wait for a busy write lock polls with sleeps of
     1, 2, 5, 10 ms and more, so two server processes contending for it would add whole
-    milliseconds to a login that needs a fraction of one; a blocked ``flock`` wakes as soon
-    as the holder releases it. The gate only orders writers: correctness still rests on
+    milliseconds to a login that needs a fraction of one; the gate is polled from 20 us,
+    doubling to 2 ms, for at most ``busy_timeout`` seconds (then "database is locked", as
+    SQLite would say). A forked child closes its inherited gate descriptors, so a lock
+    dies with the process that took it. The gate only orders writers: correctness still rests on
     ``BEGIN IMMEDIATE``, so a program that opens the file without the gate (the ``sqlite3``
     shell, an older sls_core) is still safe, it just waits the SQLite way.
     """
@@ -683,6 +687,15 @@ class SqliteStore:
         self._synchronous = synchronous
         self._local = threading.local()
         self.writer_gate = self.path.with_name(self.path.name + "-writer")
+        self._gates: set[int] = set()
+        this = weakref.ref(self)
+
+        def forget_gates_in_child() -> None:
+            store = this()
+            if store is not None:
+                store._forget_gates()
+
+        os.register_at_fork(after_in_child=forget_gates_in_child)
         self._migrate()
 
     def __repr__(self) -> str:
@@ -708,19 +721,62 @@ class SqliteStore:
             self._local.gate = os.open(
                 self.writer_gate, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
             )
+            self._gates.add(self._local.gate)
         return conn
+
+    def _forget_gates(self) -> None:
+        """In a forked child: close the inherited gate descriptors, so that a lock the
+        parent holds dies with the parent (a flock lives while any copy is open)."""
+        for fd in self._gates:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._gates.clear()
+
+    def _take_gate(self, gate: int, *, wait: bool) -> None:
+        try:
+            fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if not wait:
+                raise WriterBusyError from None
+        # Poll from 20 us, doubling up to 2 ms (SQLite's own wait sleeps 1, 2, 5, 10 ms
+        # and more), and give up after busy_timeout as SQLite would: a writer stopped
+        # while holding the gate must not hang every other one.
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 20e-6
+        while True:
+            time.sleep(delay)
+            try:
+                fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise sqlite3.OperationalError(
+                        f"database is locked: the writer gate stayed busy for"
+                        f" {self._busy_timeout:g} s"
+                    ) from None
+                delay = min(delay * 2, 0.002)
 
     @contextlib.contextmanager
     def _gated(self, conn: sqlite3.Connection, *, wait: bool = True) -> Iterator[None]:
-        """``BEGIN IMMEDIATE`` … behind the writer gate (see the class docstring)."""
+        """``BEGIN IMMEDIATE`` … behind the writer gate (see the class docstring). With
+        ``wait=False`` nothing waits: not the gate, and not SQLite's own busy handler
+        either (a program that ignores the gate may hold the write lock)."""
         gate: int = self._local.gate
+        self._take_gate(gate, wait=wait)
         try:
-            # Waiting, flock releases the GIL.
-            fcntl.flock(gate, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise WriterBusyError from None
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+            if wait:
+                conn.execute("BEGIN IMMEDIATE")
+            else:
+                conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as e:
+                    if "locked" in str(e) or "busy" in str(e):
+                        raise WriterBusyError from None
+                    raise
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
             yield
         finally:
             fcntl.flock(gate, fcntl.LOCK_UN)
@@ -776,6 +832,7 @@ class SqliteStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
+            self._gates.discard(self._local.gate)
             os.close(self._local.gate)
 
     # -- master key rotation -----------------------------------------------------------

@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from client_fakes import BOOM_USER, BYE_USER, SLOW_USER, FakeSls, expected, serve
+from client_fakes import BOOM_USER, BYE_USER, SLOW_SECONDS, SLOW_USER, FakeSls, expected, serve
 from sls_core.client import (
     ClientClosedError,
     ClientRefusedError,
@@ -714,3 +714,16 @@ def test_stream_mode_close_waits_for_the_batch_in_flight(fake: FakeSls, target: 
             time.sleep(0.005)
         client.close()
         assert slow.result(timeout=5).outcome is expected("00000000")[0]
+
+
+def test_stream_mode_keeps_each_batchs_deadline(fake: FakeSls, target: str) -> None:
+    """A stream has no per-message deadline: a batch whose callers' time runs out fails
+    with DEADLINE_EXCEEDED all the same, the stream behind it is ended, and the next
+    batch opens a new one instead of queueing behind the late answer."""
+    with SlsClient(target, stream=True, timeout=5.0) as client:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError):
+            client.verify(SLOW_USER, "tok", "00000000", timeout=0.2)
+        assert time.monotonic() - started < SLOW_SECONDS
+        assert client.verify("user1", "tok", "00000001").outcome is expected("00000001")[0]
+    assert fake.calls["VerifyStream.open"] == 2

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from client_fakes import BOOM_USER, BYE_USER, SLOW_USER, FakeSls, expected, serve
+from client_fakes import BOOM_USER, BYE_USER, SLOW_SECONDS, SLOW_USER, FakeSls, expected, serve
 from sls_core.client import (
     AsyncSlsClient,
     ClientClosedError,
@@ -367,3 +367,19 @@ def test_stream_mode_close_waits_for_the_batches_in_flight(fake: FakeSls, target
         return await slow
 
     assert asyncio.run(main()).outcome is expected("00000000")[0]
+
+
+def test_async_stream_mode_keeps_each_batchs_deadline(fake: FakeSls, target: str) -> None:
+    async def body(client: AsyncSlsClient) -> tuple[Any, float, Verdict]:
+        started = time.monotonic()
+        late = await asyncio.gather(
+            client.verify(SLOW_USER, "tok", "00000000", timeout=0.2), return_exceptions=True
+        )
+        took = time.monotonic() - started
+        return late[0], took, await client.verify("user1", "tok", "00000001")
+
+    late, took, after = run(target, body, stream=True, timeout=5.0)
+    assert isinstance(late, DeadlineExceededError)
+    assert took < SLOW_SECONDS
+    assert after.outcome is expected("00000001")[0]
+    assert fake.calls["VerifyStream.open"] == 2

@@ -1080,14 +1080,17 @@ _STREAM_END = object()
 @dataclass(eq=False)
 class _OpenStream:
     requests: queue.SimpleQueue[Any]
-    waiting: collections.deque[concurrent.futures.Future[verification_pb2.VerifyBatchResponse]]
-    reader: threading.Thread | None = None
+    #: (answer, deadline) of each batch written and not yet answered, in order.
+    owed: collections.deque[tuple[concurrent.futures.Future[Any], float]]
+    responses: Any = None
+    ended: bool = False
 
 
 class _SyncBatchStream:
     """The blocking client's micro-batches as the messages of one long-lived
     ``VerifyStream`` call (see :class:`_BatchStream`): requests go through a queue that
-    gRPC drains, and a reader thread hands the answers, in order, to the batches."""
+    gRPC drains, a reader thread hands the answers, in order, to the batches, and a
+    watchdog thread ends the stream when its oldest batch passes its deadline."""
 
     def __init__(
         self,
@@ -1096,59 +1099,95 @@ class _SyncBatchStream:
         ],
     ) -> None:
         self._rpc = rpc
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._open: _OpenStream | None = None
+        self._threads: list[threading.Thread] = []
 
     def future(
         self, request: verification_pb2.VerifyBatchRequest, *, timeout: float
     ) -> concurrent.futures.Future[verification_pb2.VerifyBatchResponse]:
-        del timeout  # each caller waits its own time; a stream has no per-message deadline
         answer: concurrent.futures.Future[verification_pb2.VerifyBatchResponse]
         answer = concurrent.futures.Future()
-        with self._lock:
+        with self._cond:
             stream = self._open
             if stream is None:
-                stream = self._open = _OpenStream(queue.SimpleQueue(), collections.deque())
-                responses = self._rpc(iter(stream.requests.get, _STREAM_END))
-                stream.reader = threading.Thread(
-                    target=self._read, args=(stream, responses), name="sls-client-stream"
-                )
-                stream.reader.daemon = True
-                stream.reader.start()
-            stream.waiting.append(answer)
+                stream = _OpenStream(queue.SimpleQueue(), collections.deque())
+                stream.responses = self._rpc(iter(stream.requests.get, _STREAM_END))
+                self._threads = [t for t in self._threads if t.is_alive()]
+                for target, name in ((self._read, "reader"), (self._watch, "watchdog")):
+                    thread = threading.Thread(
+                        target=target, args=(stream,), name=f"sls-client-stream-{name}"
+                    )
+                    thread.daemon = True
+                    thread.start()
+                    self._threads.append(thread)
+                self._open = stream  # only once it is served
+            stream.owed.append((answer, time.monotonic() + timeout))
             stream.requests.put(request)
+            self._cond.notify_all()
         return answer
 
-    def _read(self, stream: _OpenStream, responses: Any) -> None:
+    def _read(self, stream: _OpenStream) -> None:
         error: Exception = UnavailableError(
             "VerifyStream", grpc.StatusCode.UNAVAILABLE, "the server ended the stream"
         )
         try:
-            for response in responses:
-                with self._lock:
-                    answer = stream.waiting.popleft()
-                answer.set_result(response)
+            for response in stream.responses:
+                with self._cond:
+                    if not stream.owed:
+                        raise ProtocolError("VerifyStream: an answer nobody asked for")
+                    answer, _ = stream.owed.popleft()
+                if not answer.done():
+                    answer.set_result(response)
         except Exception as err:  # the stream failed: every batch on it fails
             error = err
-        with self._lock:
+        self._end(stream, error)
+
+    def _watch(self, stream: _OpenStream) -> None:
+        with self._cond:
+            while not stream.ended:
+                if not stream.owed:
+                    self._cond.wait()
+                    continue
+                late = min(deadline for _, deadline in stream.owed) - time.monotonic()
+                if late > 0:
+                    self._cond.wait(late)
+                    continue
+                break
+            else:
+                return
+        # Answers come in order: the batches behind a late one are late too.
+        self._end(stream, _timeout_error())
+
+    def _end(self, stream: _OpenStream, error: Exception) -> None:
+        with self._cond:
+            if stream.ended:
+                return
+            stream.ended = True
             if self._open is stream:
                 self._open = None
-            left = list(stream.waiting)
-            stream.waiting.clear()
+            owed = list(stream.owed)
+            stream.owed.clear()
+            self._cond.notify_all()
         stream.requests.put(_STREAM_END)
-        if left:
+        if owed:
             with contextlib.suppress(Exception):
-                responses.cancel()
-        for answer in left:
-            answer.set_exception(error)
+                stream.responses.cancel()
+        for answer, _ in owed:
+            if not answer.done():
+                answer.set_exception(error)
 
     def close(self) -> None:
-        with self._lock:
+        with self._cond:
             stream, self._open = self._open, None
+            threads = list(self._threads)
         if stream is not None:
-            stream.requests.put(_STREAM_END)
-            if stream.reader is not None:
-                stream.reader.join()
+            stream.requests.put(_STREAM_END)  # the server ends the stream in turn
+        for thread in threads:
+            if thread.name.endswith("reader"):
+                thread.join(5.0)
+        if stream is not None:
+            self._end(stream, ClientClosedError())
 
 
 def _timeout_error() -> DeadlineExceededError:
@@ -1481,9 +1520,10 @@ _AsyncAttempt = _Attempt["asyncio.Future[Verdict]"]
 
 class _BatchStream:
     """Micro-batches as the messages of one long-lived ``VerifyStream`` call: no new
-    call per batch, answered in order. Any error ends the stream and fails every batch
-    on it (the next batch opens a new one); the server's end of the stream (shutdown)
-    fails them as UNAVAILABLE. Runs on the event loop only."""
+    call per batch, answered in order. Any error, or the oldest batch on the stream
+    passing its callers' deadline, ends the stream and fails every batch on it (the next
+    batch opens a new one); the server's end of the stream (shutdown) fails them as
+    UNAVAILABLE. Runs on the event loop only."""
 
     def __init__(
         self,
@@ -1493,30 +1533,40 @@ class _BatchStream:
     ) -> None:
         self._rpc = rpc
         self._call: Any = None
-        self._waiting: collections.deque[asyncio.Future[verification_pb2.VerifyBatchResponse]]
-        self._waiting = collections.deque()
+        #: The answers each open call still owes, in the order its requests were written.
+        self._owed: dict[Any, collections.deque[asyncio.Future[Any]]] = {}
         self._write_lock = asyncio.Lock()
-        self._reader: asyncio.Task[None] | None = None
+        self._readers: set[asyncio.Task[None]] = set()
 
     async def __call__(
         self, request: verification_pb2.VerifyBatchRequest, *, timeout: float
     ) -> verification_pb2.VerifyBatchResponse:
-        del timeout  # each caller waits its own time; a stream has no per-message deadline
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[verification_pb2.VerifyBatchResponse] = loop.create_future()
         async with self._write_lock:  # one write at a time, in the order of the answers
             if self._call is None:
-                self._call = self._rpc()
-                self._reader = loop.create_task(self._read(self._call))
+                call = self._rpc()
+                self._owed[call] = collections.deque()
+                self._call = call
+                reader = loop.create_task(self._read(call))
+                self._readers.add(reader)
+                reader.add_done_callback(self._readers.discard)
             call = self._call
-            self._waiting.append(answer)
+            self._owed[call].append(answer)
             try:
                 await call.write(request)
             except BaseException as err:
                 self._end(call, err)
-        return await answer
+        try:
+            # A stream has no per-message deadline: the batch's own is kept here.
+            return await asyncio.wait_for(asyncio.shield(answer), timeout)
+        except asyncio.TimeoutError:
+            # Answers come in order: every batch behind this one is late too.
+            self._end(call, _timeout_error())
+            raise _timeout_error() from None
 
     async def _read(self, call: Any) -> None:
+        owed = self._owed[call]
         try:
             while True:
                 response = await call.read()
@@ -1524,27 +1574,35 @@ class _BatchStream:
                     raise UnavailableError(
                         "VerifyStream", grpc.StatusCode.UNAVAILABLE, "the server ended the stream"
                     )
-                self._waiting.popleft().set_result(response)
+                if not owed:
+                    raise ProtocolError("VerifyStream: an answer nobody asked for")
+                answer = owed.popleft()
+                if not answer.done():
+                    answer.set_result(response)
         except BaseException as err:
             self._end(call, err)
 
     def _end(self, call: Any, err: BaseException) -> None:
-        if self._call is not call:
+        """Ends ``call`` (if not already) and fails the answers it still owes."""
+        if self._call is call:
+            self._call = None
+        owed = self._owed.pop(call, None)
+        if owed is None:
             return
-        self._call = None
         call.cancel()
-        while self._waiting:
-            answer = self._waiting.popleft()
+        error = err if isinstance(err, Exception) else ClientClosedError()
+        while owed:
+            answer = owed.popleft()
             if not answer.done():
-                answer.set_exception(err if isinstance(err, Exception) else ClientClosedError())
+                answer.set_exception(error)
 
     async def close(self) -> None:
-        call, reader = self._call, self._reader
+        call = self._call
         if call is not None:
             with contextlib.suppress(Exception):
                 await call.done_writing()
-        if reader is not None:
-            await asyncio.gather(reader, return_exceptions=True)
+        if self._readers:
+            await asyncio.gather(*self._readers, return_exceptions=True)
 
 
 class _TaskBatcher:

@@ -588,3 +588,29 @@ def test_a_forked_child_does_not_keep_its_parents_gate_locked(tmp_path: Path) ->
         fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if still held
     finally:
         os.close(gate)
+
+
+def test_a_write_that_must_not_wait_leaves_a_directory_reload_to_one_that_may(
+    tmp_path: Path,
+) -> None:
+    """After a bulk enrollment elsewhere this process's directory must be reloaded in
+    full (seconds at a million devices): verify_batch(wait=False), the server's event
+    loop, refuses with WriterBusyError and nothing done; a waiting call reloads it."""
+    from sls_core.store import WriterBusyError
+
+    data = tmp_path / "data"
+    sls = _setup(data)
+    challenge = sls.issue_challenge("user0")
+    answer = _answer(challenge.challenge or "")
+    other = SecureLogin.open(data, clock=ManualClock(NOW))
+    other.enroll_bulk(["bulk0", "bulk1"], DeviceType.DSC_PLUS, [SECRET, SECRET], pins=[PIN] * 2)
+    with pytest.raises(WriterBusyError):
+        sls.verify_batch(["user0"], [challenge.token], [answer], wait=False)
+    result = sls.verify_batch(["user0"], [challenge.token], [answer])  # not used up above
+    assert result[0] is LoginOutcome.OK
+    assert sls.user("bulk1").username == "bulk1"  # reloaded
+    other_challenge = sls.issue_challenge("user0")
+    done = sls.verify_batch(
+        ["user0"], [other_challenge.token], [_answer(other_challenge.challenge or "")], wait=False
+    )
+    assert done[0] is LoginOutcome.OK  # up to date again: no need to wait

@@ -381,6 +381,19 @@ class _Directory:
             if self.devices[device_id].type in types and self.devices[device_id].row.state in live
         ]
 
+    #: Changed rows past which a refresh counts as slow (see ``slow_to_refresh``).
+    SLOW_REFRESH_ROWS = 256
+
+    def slow_to_refresh(self, tx: StoreTx) -> bool:
+        """Whether bringing the directory up to date means a full reload, or more than
+        ``SLOW_REFRESH_ROWS`` changed rows."""
+        if tx.generation() == self.generation:
+            return False
+        if self.generation < 0:
+            return True
+        changed = tx.changes_since(self.generation)
+        return changed is None or len(changed[0]) + len(changed[1]) > self.SLOW_REFRESH_ROWS
+
     def refresh(self, tx: StoreTx) -> None:
         generation = tx.generation()
         if generation == self.generation:
@@ -1175,7 +1188,14 @@ class _Tx:
         try:
             self._cm = self._service.store.write(wait=self._wait)
             self.store = self._cm.__enter__()
-            self._service._directory.refresh(self.store)
+            directory = self._service._directory
+            if not self._wait and directory.slow_to_refresh(self.store):
+                # A caller that must not wait (a server's event loop) leaves a reload of
+                # the directory (seconds at a million devices) to one that may.
+                self._cm.__exit__(WriterBusyError, WriterBusyError(), None)
+                self._cm = None
+                raise WriterBusyError
+            directory.refresh(self.store)
         except BaseException:
             if self._cm is not None and self.store is not None:
                 # Roll back (not commit) what was opened, and reload the directory next time.

@@ -95,11 +95,38 @@ def test_health_per_service_and_reflection_lists_the_api(stubs: Stubs) -> None:
         stubs.health.Check(health_pb2.HealthCheckRequest(service="sls.v1.Nope"))
     assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
     database = ProtoReflectionDescriptorDatabase(stubs.channel)
-    assert set(database.get_services()) == {
+    listed = {
         *SERVICES,
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
     }
+    assert set(database.get_services()) == listed
+    # v1, what grpcurl asks first: the same messages under another package.
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    v1 = stubs.channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    (answer,) = list(
+        v1(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+    )
+    assert {s.name for s in answer.list_services_response.service} == listed
+    (answer,) = list(
+        v1(
+            iter(
+                [
+                    reflection_pb2.ServerReflectionRequest(
+                        file_containing_symbol="sls.v1.VerifyRequest"
+                    )
+                ]
+            ),
+            timeout=5,
+        )
+    )
+    assert answer.file_descriptor_response.file_descriptor_proto
     pool = descriptor_pool.DescriptorPool(database)
     service = pool.FindServiceByName("sls.v1.VerificationService")
     assert [m.name for m in service.methods] == [
@@ -478,3 +505,35 @@ def test_a_small_batch_never_blocks_the_event_loop_on_another_writer(
         os.close(gate)
     audit = server.config.audit_path.read_text().splitlines()  # type: ignore[union-attr]
     assert sum(json.loads(line)["event"] == "verify" for line in audit) == 3  # once each
+
+
+def test_sighup_reopens_the_audit_file_after_log_rotation(tmp_path: Path) -> None:
+    """logrotate moves audit.jsonl away and sends SIGHUP to the supervisor: every worker
+    opens the file afresh, so the next decisions land in the new file and none is lost."""
+    data = tmp_path / "data"
+    with spawn_server(data, "--workers", "2") as supervisor:
+        stubs = supervisor.stubs()
+        with_dsc(stubs)
+        first = right_batch(stubs, "alice", 3)
+        assert (
+            list(stubs.verification.VerifyBatch(first, timeout=CALL_TIMEOUT).outcomes)
+            == [common_pb2.OUTCOME_OK] * 3
+        )
+        audit = data / "audit.jsonl"
+        rotated = data / "audit.jsonl.1"
+        audit.rename(rotated)
+        supervisor.process.send_signal(signal.SIGHUP)
+        until(lambda: audit.exists())
+        until(lambda: supervisor.log().count("audit log reopened") == 2)
+        second = right_batch(stubs, "alice", 2)
+        assert (
+            list(stubs.verification.VerifyBatch(second, timeout=CALL_TIMEOUT).outcomes)
+            == [common_pb2.OUTCOME_OK] * 2
+        )
+        old = [json.loads(line) for line in rotated.read_text().splitlines()]
+        new = [json.loads(line) for line in audit.read_text().splitlines()]
+        assert sum(e["event"] == "verify" for e in old) == 3
+        assert sum(e["event"] == "verify" for e in new) == 2
+        assert audit.stat().st_mode & 0o777 == 0o600
+        stubs.channel.close()
+        assert supervisor.terminate() == 0

@@ -21,7 +21,11 @@ from typing import Any
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
-from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
+from grpc_reflection.v1alpha import (  # type: ignore[import-untyped]
+    reflection,
+    reflection_pb2,
+    reflection_pb2_grpc,
+)
 
 from sls_core.api.v1 import (
     activation_pb2,
@@ -62,6 +66,27 @@ SERVICE_NAMES = (
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
 )
+
+
+#: Server reflection v1; grpcio-reflection serves only v1alpha, whose messages are the same.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(server: grpc.aio.Server) -> None:
+    """Server reflection, both versions: grpcurl and current tools ask for v1 first, older
+    ones for v1alpha. The two differ only in their package, so the v1alpha servicer
+    answers both."""
+    names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)
+    servicer = reflection.aio.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    info = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": info}),)
+    )
 
 
 class SlsServer:
@@ -133,9 +158,7 @@ class SlsServer:
         admin_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(domain), server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        _enable_reflection(server)
         try:
             self.port = self._bind(server)
         except OSError:
@@ -222,6 +245,12 @@ class SlsServer:
         if self._owns_sls and self.sls is not None:
             self.sls.store.close()
 
+    def reopen_logs(self) -> None:
+        """SIGHUP: the audit file is opened afresh (log rotation)."""
+        if self.audit is not None:
+            self.audit.reopen()
+            log.info("audit log reopened", extra={"fields": {"path": str(self.audit.path)}})
+
     async def wait(self) -> None:
         """Until :meth:`stop` has finished."""
         if self._stopped is not None:
@@ -234,9 +263,12 @@ async def _serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop()))
+    loop.add_signal_handler(signal.SIGHUP, server.reopen_logs)
     await server.wait()
 
 
 def run(config: ServerConfig) -> None:
-    """Serves until SIGTERM or SIGINT (one process)."""
+    """Serves until SIGTERM or SIGINT (one process); SIGHUP reopens the audit file."""
+    # Until the loop's handler is in place, a SIGHUP (logrotate) must not end the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     asyncio.run(_serve(config))

@@ -133,6 +133,17 @@ class AuditTrail:
         heads = [_head(now, event, who, rid) for who, rid in callers]
         self._write(_lines(heads, usernames, device_ids, outcomes))
 
+    def reopen(self) -> None:
+        """Opens ``path`` afresh (SIGHUP, after logrotate moved the file away): later
+        lines go to the new file; none is lost or split between the two."""
+        if self.path is None:
+            return
+        fresh = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with self._lock:
+            old, self._fd = self._fd, fresh
+        if old is not None:
+            os.close(old)
+
     def close(self) -> None:
         with self._lock:
             if self._fd is not None:

@@ -94,6 +94,7 @@ def _prepare(config: ServerConfig, *, announce: bool) -> None:
 
 def _worker(config: ServerConfig, index: int) -> None:
     """One server process (spawned: a fresh interpreter that imports grpc itself)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the server's own handler is set
     setup_logging(config.log_level)
     from sls_core.server.app import run
 
@@ -127,6 +128,12 @@ class _Supervisor:
         for process, _ in self.workers.values():
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
+
+    def reopen(self, signum: int, _frame: Any) -> None:
+        """SIGHUP: every worker reopens its audit file (log rotation)."""
+        for process, _ in self.workers.values():
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGHUP)
 
     def run(self) -> int:
         for index in range(self.config.workers):
@@ -170,6 +177,7 @@ def _serve_workers(config: ServerConfig) -> int:
     supervisor = _Supervisor(config)
     signal.signal(signal.SIGTERM, supervisor.forward)
     signal.signal(signal.SIGINT, supervisor.forward)
+    signal.signal(signal.SIGHUP, supervisor.reopen)
     http = None
     try:
         if config.metrics_port:

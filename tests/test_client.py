@@ -727,3 +727,16 @@ def test_stream_mode_keeps_each_batchs_deadline(fake: FakeSls, target: str) -> N
         assert time.monotonic() - started < SLOW_SECONDS
         assert client.verify("user1", "tok", "00000001").outcome is expected("00000001")[0]
     assert fake.calls["VerifyStream.open"] == 2
+
+
+def test_a_late_batch_behind_an_older_one_fails_alone(fake: FakeSls, target: str) -> None:
+    with (
+        SlsClient(target, stream=True, max_in_flight=2, timeout=5.0) as client,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        older = pool.submit(client.verify, SLOW_USER, "tok", "00000000")
+        time.sleep(0.05)
+        with pytest.raises(DeadlineExceededError):
+            client.verify("user1", "tok", "00000001", timeout=0.1)
+        assert older.result(timeout=5).outcome is expected("00000000")[0]
+    assert fake.calls["VerifyStream.open"] == 1

@@ -383,3 +383,19 @@ def test_async_stream_mode_keeps_each_batchs_deadline(fake: FakeSls, target: str
     assert took < SLOW_SECONDS
     assert after.outcome is expected("00000001")[0]
     assert fake.calls["VerifyStream.open"] == 2
+
+
+def test_a_late_batch_behind_an_older_one_fails_alone(fake: FakeSls, target: str) -> None:
+    """Stream mode, two batches in flight: the second one's callers give up first; only
+    they fail, and the older batch, still within its time, gets its answer."""
+
+    async def body(client: AsyncSlsClient) -> list[Any]:
+        older = asyncio.ensure_future(client.verify(SLOW_USER, "tok", "00000000", timeout=5.0))
+        await asyncio.sleep(0.05)
+        late = asyncio.ensure_future(client.verify("user1", "tok", "00000001", timeout=0.1))
+        return list(await asyncio.gather(older, late, return_exceptions=True))
+
+    older, late = run(target, body, stream=True, max_in_flight=2, timeout=5.0)
+    assert isinstance(late, DeadlineExceededError)
+    assert older.outcome is expected("00000000")[0]
+    assert fake.calls["VerifyStream.open"] == 1

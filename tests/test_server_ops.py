@@ -537,3 +537,24 @@ def test_sighup_reopens_the_audit_file_after_log_rotation(tmp_path: Path) -> Non
         assert audit.stat().st_mode & 0o777 == 0o600
         stubs.channel.close()
         assert supervisor.terminate() == 0
+
+
+def test_sighup_while_the_workers_start_kills_none_of_them(tmp_path: Path) -> None:
+    """logrotate may send SIGHUP at any time, also while a worker is still starting (an
+    unhandled SIGHUP would end it, and a worker that dies at once stops the server)."""
+    with spawn_server(tmp_path / "data", "--workers", "2", wait=False) as supervisor:
+        until(lambda: "supervising" in supervisor.log())
+        deadline = time.monotonic() + 20
+        while supervisor.log().count('"message":"serving"') < 2:
+            assert time.monotonic() < deadline, supervisor.log()
+            supervisor.process.send_signal(signal.SIGHUP)
+            time.sleep(0.02)
+        supervisor.process.send_signal(signal.SIGHUP)
+        stubs = supervisor.stubs()
+        answer = stubs.policy.GetSessionLength(
+            admin_pb2.GetSessionLengthRequest(unlock="pin"), timeout=CALL_TIMEOUT
+        )
+        assert answer.seconds > 0
+        stubs.channel.close()
+        assert supervisor.terminate() == 0
+        assert "worker exited" not in supervisor.log()

@@ -1090,7 +1090,8 @@ class _SyncBatchStream:
     """The blocking client's micro-batches as the messages of one long-lived
     ``VerifyStream`` call (see :class:`_BatchStream`): requests go through a queue that
     gRPC drains, a reader thread hands the answers, in order, to the batches, and a
-    watchdog thread ends the stream when its oldest batch passes its deadline."""
+    watchdog thread ends the stream when its oldest batch passes its deadline (the
+    batches behind it wait on its answer)."""
 
     def __init__(
         self,
@@ -1149,14 +1150,16 @@ class _SyncBatchStream:
                 if not stream.owed:
                     self._cond.wait()
                     continue
-                late = min(deadline for _, deadline in stream.owed) - time.monotonic()
+                # Only the oldest batch's lateness holds up the others (answers come in
+                # order); a later batch that is late has callers who stopped waiting,
+                # and its answer is dropped when it comes.
+                late = stream.owed[0][1] - time.monotonic()
                 if late > 0:
                     self._cond.wait(late)
                     continue
                 break
             else:
                 return
-        # Answers come in order: the batches behind a late one are late too.
         self._end(stream, _timeout_error())
 
     def _end(self, stream: _OpenStream, error: Exception) -> None:
@@ -1522,8 +1525,9 @@ class _BatchStream:
     """Micro-batches as the messages of one long-lived ``VerifyStream`` call: no new
     call per batch, answered in order. Any error, or the oldest batch on the stream
     passing its callers' deadline, ends the stream and fails every batch on it (the next
-    batch opens a new one); the server's end of the stream (shutdown) fails them as
-    UNAVAILABLE. Runs on the event loop only."""
+    batch opens a new one); a later batch that passes its deadline fails alone. The
+    server's end of the stream (shutdown) fails them as UNAVAILABLE. Runs on the event
+    loop only."""
 
     def __init__(
         self,
@@ -1543,26 +1547,37 @@ class _BatchStream:
     ) -> verification_pb2.VerifyBatchResponse:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[verification_pb2.VerifyBatchResponse] = loop.create_future()
-        async with self._write_lock:  # one write at a time, in the order of the answers
-            if self._call is None:
-                call = self._rpc()
-                self._owed[call] = collections.deque()
-                self._call = call
-                reader = loop.create_task(self._read(call))
-                self._readers.add(reader)
-                reader.add_done_callback(self._readers.discard)
-            call = self._call
-            self._owed[call].append(answer)
-            try:
-                await call.write(request)
-            except BaseException as err:
-                self._end(call, err)
+        # A stream has no per-message deadline: the batch's own is kept here, for the
+        # write (a server that stops reading) as for the answer.
+        deadline = loop.time() + timeout
         try:
-            # A stream has no per-message deadline: the batch's own is kept here.
-            return await asyncio.wait_for(asyncio.shield(answer), timeout)
+            async with asyncio.timeout_at(deadline), self._write_lock:
+                # One write at a time, in the order of the answers.
+                if self._call is None:
+                    call = self._rpc()
+                    self._owed[call] = collections.deque()
+                    self._call = call
+                    reader = loop.create_task(self._read(call))
+                    self._readers.add(reader)
+                    reader.add_done_callback(self._readers.discard)
+                call = self._call
+                self._owed[call].append(answer)
+                try:
+                    await call.write(request)
+                except BaseException as err:  # half written, maybe: the stream is done
+                    answer.cancel()
+                    self._end(call, err)
+                    raise
+        except TimeoutError:
+            raise _timeout_error() from None
+        try:
+            return await asyncio.wait_for(asyncio.shield(answer), deadline - loop.time())
         except asyncio.TimeoutError:
-            # Answers come in order: every batch behind this one is late too.
-            self._end(call, _timeout_error())
+            owed = self._owed.get(call)
+            oldest = bool(owed) and owed[0] is answer  # type: ignore[index]
+            answer.cancel()  # the reader skips its answer when it comes
+            if oldest:  # answers come in order: the batches behind it wait on it too
+                self._end(call, _timeout_error())
             raise _timeout_error() from None
 
     async def _read(self, call: Any) -> None:

@@ -663,7 +663,7 @@ class SqliteStore:
     0600 beside the database). SQLite's own wait for a busy write lock polls with sleeps of
     1, 2, 5, 10 ms and more, so two server processes contending for it would add whole
     milliseconds to a login that needs a fraction of one; the gate is polled from 20 us,
-    doubling to 2 ms, for at most ``busy_timeout`` seconds (then "database is locked", as
+    doubling to 250 us, for at most ``busy_timeout`` seconds (then "database is locked", as
     SQLite would say). A forked child closes its inherited gate descriptors, so a lock
     dies with the process that took it. The gate only orders writers: correctness still rests on
     ``BEGIN IMMEDIATE``, so a program that opens the file without the gate (the ``sqlite3``
@@ -731,6 +731,9 @@ class SqliteStore:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._gates.clear()
+        # The parent's connections and descriptor numbers are not the child's to use or
+        # close (a number may be reused by then): the child opens its own.
+        self._local = threading.local()
 
     def _take_gate(self, gate: int, *, wait: bool) -> None:
         try:
@@ -739,7 +742,7 @@ class SqliteStore:
         except BlockingIOError:
             if not wait:
                 raise WriterBusyError from None
-        # Poll from 20 us, doubling up to 2 ms (SQLite's own wait sleeps 1, 2, 5, 10 ms
+        # Poll from 20 us, doubling up to 250 us (SQLite's own wait sleeps 1, 2, 5, 10 ms
         # and more), and give up after busy_timeout as SQLite would: a writer stopped
         # while holding the gate must not hang every other one.
         deadline = time.monotonic() + self._busy_timeout
@@ -755,7 +758,7 @@ class SqliteStore:
                         f"database is locked: the writer gate stayed busy for"
                         f" {self._busy_timeout:g} s"
                     ) from None
-                delay = min(delay * 2, 0.002)
+                delay = min(delay * 2, 0.00025)
 
     @contextlib.contextmanager
     def _gated(self, conn: sqlite3.Connection, *, wait: bool = True) -> Iterator[None]:

@@ -140,9 +140,10 @@ class AuditTrail:
             return
         fresh = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with self._lock:
-            old, self._fd = self._fd, fresh
-        if old is not None:
-            os.close(old)
+            old = self._fd
+            if old is not None:  # not after close(): a SIGHUP during shutdown
+                self._fd = fresh
+        os.close(old if old is not None else fresh)
 
     def close(self) -> None:
         with self._lock:

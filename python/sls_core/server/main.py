@@ -117,7 +117,13 @@ class _Supervisor:
         process = self.ctx.Process(
             target=_worker, args=(self.config, index), name=f"sls-core-worker-{index}"
         )
-        process.start()
+        # Started ignoring SIGHUP (an ignored signal stays ignored across exec), so that a
+        # log rotation while it starts does not kill it before its handler is set.
+        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            process.start()
+        finally:
+            signal.signal(signal.SIGHUP, previous)
         self.workers[index] = (process, time.monotonic())
         log.info("worker started", extra={"fields": {"worker": index, "pid": process.pid}})
 
@@ -198,6 +204,9 @@ def _serve_workers(config: ServerConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A log rotation (SIGHUP) must not end the server while it starts; the supervisor or
+    # the server sets its own handler once it has something to reopen.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = _parser().parse_args(argv)
     try:
         config = _config(args)

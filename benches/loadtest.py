@@ -367,6 +367,28 @@ def run_single_async(
     }
 
 
+class _Spread:
+    """Places gateway connections evenly over the server processes: SO_REUSEPORT hashes
+    each connection to one process, and two connections land on the same one half the
+    time, which would measure one process rather than the server. A connection that lands
+    on a process that already has its share is to be closed and opened again."""
+
+    def __init__(self, server_pid: int, port: int, workers: int, connections: int) -> None:
+        self.server_pid, self.port = server_pid, port
+        self.share = -(-connections // workers)
+        self.taken: dict[int, int] = {}
+        self.known: set[int] = set()
+
+    def admits_newest(self) -> bool:
+        """Whether this process's newest connection to the port is kept (and counted)."""
+        client_port, worker = worker_of_new_connection(self.server_pid, self.port, self.known)
+        if self.taken.get(worker, 0) >= self.share:
+            return False
+        self.taken[worker] = self.taken.get(worker, 0) + 1
+        self.known.add(client_port)
+        return True
+
+
 async def balanced_clients(
     server_pid: int,
     port: int,
@@ -375,16 +397,11 @@ async def balanced_clients(
     linger: float,
     max_in_flight: int,
 ) -> list[Any]:
-    """``connections`` gateway clients, each on a connection of its own, spread evenly
-    over the server processes: SO_REUSEPORT hashes each connection to one process, and
-    two connections land on the same one half the time, which would measure one process
-    rather than the server. A client that lands on a process that already has its share
-    is closed and opened again."""
+    """``connections`` asyncio gateway clients, each on a connection of its own, spread
+    evenly over the server processes (see :class:`_Spread`)."""
     from sls_core.client import AsyncSlsClient
 
-    share = -(-connections // workers)
-    taken: dict[int, int] = {}
-    known: set[int] = set()
+    spread = _Spread(server_pid, port, workers, connections)
     clients: list[Any] = []
     for _attempt in range(connections * 20):
         if len(clients) == connections:
@@ -398,10 +415,7 @@ async def balanced_clients(
             stream=STREAM,
         )
         await client.wait_ready(timeout=10.0)
-        client_port, worker = worker_of_new_connection(server_pid, port, known)
-        if taken.get(worker, 0) < share:
-            taken[worker] = taken.get(worker, 0) + 1
-            known.add(client_port)
+        if spread.admits_newest():
             clients.append(client)
         else:
             await client.close()
@@ -413,9 +427,7 @@ def balanced_sync_clients(
     server_pid: int, port: int, workers: int, connections: int
 ) -> list[SlsClient]:
     """:func:`balanced_clients` for blocking clients (VerifyBatch gateways)."""
-    share = -(-connections // workers)
-    taken: dict[int, int] = {}
-    known: set[int] = set()
+    spread = _Spread(server_pid, port, workers, connections)
     clients: list[SlsClient] = []
     for _attempt in range(connections * 20):
         if len(clients) == connections:
@@ -427,14 +439,11 @@ def balanced_sync_clients(
             channel_options=[("grpc.use_local_subchannel_pool", 1)],
         )
         client.wait_ready(timeout=10.0)
-        client_port, worker = worker_of_new_connection(server_pid, port, known)
-        if taken.get(worker, 0) < share:
-            taken[worker] = taken.get(worker, 0) + 1
-            known.add(client_port)
+        if spread.admits_newest():
             clients.append(client)
         else:
             client.close()
-            time.sleep(0.05)
+            time.sleep(0.05)  # let the closed connection leave the table
     return clients
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from sls_core import _native, default_threads
+from sls_core import activation, default_threads, push
 from sls_core.clock import ManualClock
 from sls_core.login import SecureLogin
 from sls_core.simulator import SimulatedApp
@@ -44,8 +44,8 @@ def best_rate(items: int, run: Callable[[], Any], samples: int) -> float:
 
 def payload_rows(n: int, single: int, samples: int) -> list[dict[str, Any]]:
     seed = secrets.token_bytes(32)
-    signer = _native.ActivationSigner({1: seed}, active=1)
-    verifier = _native.ActivationVerifier(signer.public_keys())
+    signer = activation.ActivationSigner({1: seed}, active=1)
+    verifier = activation.ActivationVerifier(signer.public_keys())
     now = 1_800_000_000
     payloads = [
         signer.sign(
@@ -84,21 +84,21 @@ def payload_rows(n: int, single: int, samples: int) -> list[dict[str, Any]]:
 
 
 def approval_rows(n: int, single: int, samples: int) -> list[dict[str, Any]]:
-    keys = [_native.push_keypair() for _ in range(min(n, 1000))]
+    keys = [push.push_keypair() for _ in range(min(n, 1000))]
     publics, messages, signatures = [], [], []
     for i in range(n):
         seed, public = keys[i % len(keys)]
-        message = bytes(_native.approval_message(i, i, i, 1_800_000_120, 1))
+        message = bytes(push.approval_message(i, i, i, 1_800_000_120, 1))
         publics.append(bytes(public))
         messages.append(message)
-        signatures.append(bytes(_native.sign_approval(seed, message)))
+        signatures.append(bytes(push.sign_approval(seed, message)))
 
     def one_by_one() -> None:
         for k in range(single):
-            assert _native.verify_approval(publics[k], messages[k], signatures[k])
+            assert push.verify_approval(publics[k], messages[k], signatures[k])
 
     def batch() -> None:
-        assert (_native.verify_approvals_batch(publics, messages, signatures) == 0).all()
+        assert (push.verify_approvals_batch(publics, messages, signatures) == 0).all()
 
     return [
         {

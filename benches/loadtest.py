@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from sls_core import _native, ocra
+from sls_core import card, ocra
 from sls_core.client import SlsClient
 from sls_core.devices import DeviceType
 from sls_core.login import SecureLogin
@@ -113,8 +113,8 @@ class Workload:
             if device_type is DeviceType.SECURITY_CODE_CARD:
                 for i, name, secret in zip(rows, names, secrets, strict=True):
                     self.sls.create_user(name)
-                    self.sls.enroll_device(name, device_type, secret=secret)
-                    self.cards[i] = list(_native.card_codes(secret, 100))
+                    self.sls.import_device(name, device_type, secret=secret)  # legacy: imported
+                    self.cards[i] = list(card.card_codes(secret, 100))
             else:
                 pins = [PIN] * len(rows) if _uses_pin(device_type) else None
                 self.sls.enroll_bulk(names, device_type, secrets, pins=pins)

@@ -32,7 +32,7 @@ from sls_core.api.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
-from sls_core.outcome import LoginOutcome
+from sls_core.values import LoginOutcome
 
 #: A username whose calls take this long (deadline tests).
 SLOW_USER = "slow"
@@ -40,6 +40,8 @@ SLOW_SECONDS = 1.0
 #: A batch holding this username is refused as a whole (batch-failure tests).
 BOOM_USER = "boom"
 BYE_USER = "bye"
+#: A batch holding this username is answered with one outcome too few (protocol errors).
+SHORT_USER = "short"
 
 
 def expected(response: str) -> tuple[LoginOutcome, int]:
@@ -119,6 +121,10 @@ class Verification(verification_pb2_grpc.VerificationServiceServicer):
             device_type=common_pb2.DEVICE_TYPE_DSC_PLUS,
             expires_at=1300.0,
             challenge="123456",
+            # As the server: the purpose the challenge was issued for, and its task.
+            purpose=request.purpose
+            or (common_pb2.PURPOSE_STEP_UP if request.task else common_pb2.PURPOSE_LOGIN),
+            task=request.task,
         )
 
     def Verify(self, request: Any, context: Any) -> Any:
@@ -140,8 +146,16 @@ class Verification(verification_pb2_grpc.VerificationServiceServicer):
         if SLOW_USER in request.usernames:
             time.sleep(SLOW_SECONDS)
         answers = [expected(r) for r in request.responses]
+        if SHORT_USER in request.usernames:
+            answers.pop()
         return verification_pb2.VerifyBatchResponse(
             outcomes=[wire(o) for o, _ in answers], device_ids=[d for _, d in answers]
+        )
+
+    def RecordPasswordFailure(self, request: Any, context: Any) -> Any:
+        self.fake.enter("RecordPasswordFailure", request, context)
+        return verification_pb2.RecordPasswordFailureResponse(
+            consecutive_failures=10, locked_until=86_400.0
         )
 
     def VerifyStream(self, request_iterator: Any, context: Any) -> Any:
@@ -268,6 +282,10 @@ class Admin(admin_pb2_grpc.AdminServiceServicer):
     def SetOptOut(self, request: Any, context: Any) -> Any:
         self.fake.enter("SetOptOut", request, context)
         return admin_pb2.SetOptOutResponse()
+
+    def Unlock(self, request: Any, context: Any) -> Any:
+        self.fake.enter("Unlock", request, context)
+        return admin_pb2.UnlockResponse(consecutive_failures=0, locked_until=0.0)
 
 
 class Policy(admin_pb2_grpc.PolicyServiceServicer):

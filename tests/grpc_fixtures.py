@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -46,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sls_core import wire
 from sls_core.api.v1 import (
     activation_pb2,
     activation_pb2_grpc,
@@ -55,10 +55,10 @@ from sls_core.api.v1 import (
     verification_pb2_grpc,
 )
 from sls_core.clock import ManualClock
-from sls_core.ibkey import PushChallenge
 from sls_core.login import SecureLogin
 from sls_core.server.app import SlsServer
 from sls_core.server.config import ServerConfig
+from sls_core.values import Activated, PushChallenge
 
 START_TIMEOUT = 20.0
 CALL_TIMEOUT = 10.0
@@ -436,7 +436,7 @@ class GrpcIbKey:
         payload: str | None = None,
         manual_code: str | None = None,
         pin: str | None = None,
-    ) -> Any:
+    ) -> Activated:
         request = activation_pb2.CompleteActivationRequest(
             app_public=app_public, push_public=push_public, pin=pin or ""
         )
@@ -445,36 +445,28 @@ class GrpcIbKey:
         if manual_code is not None:
             request.manual_code = manual_code
         done = self.stubs.activation.CompleteActivation(request, timeout=CALL_TIMEOUT)
-        return SimpleNamespace(
-            device=SimpleNamespace(id=done.device.device_id),
-            username=done.username,
-            server_public=done.server_public,
-            session_id=done.session_id,
-            suite=done.suite,
-        )
+        return wire.from_activated(done)
 
     def pending_pushes(self, push_public: bytes) -> list[PushChallenge]:
         found = self.stubs.push.ListPendingPushes(
             push_pb2.ListPendingPushesRequest(push_public=push_public), timeout=CALL_TIMEOUT
         )
-        return [
-            PushChallenge(p.challenge_id, p.user_id, p.device_id, p.expires_at)
-            for p in found.pushes
-        ]
+        return [wire.from_push(p) for p in found.pushes]
 
     def answer_pushes(
         self, challenge_ids: list[int], decisions: list[int], signatures: list[bytes]
     ) -> npt.NDArray[np.uint8]:
         outcomes = [
-            self.stubs.push.AnswerPush(
-                push_pb2.AnswerPushRequest(
-                    challenge_id=c,
-                    decision=d,  # type: ignore[arg-type]
-                    signature=s,
-                ),
-                timeout=CALL_TIMEOUT,
-            ).outcome
-            - 1
+            wire.from_outcome(
+                self.stubs.push.AnswerPush(
+                    push_pb2.AnswerPushRequest(
+                        challenge_id=c,
+                        decision=d,  # type: ignore[arg-type]
+                        signature=s,
+                    ),
+                    timeout=CALL_TIMEOUT,
+                ).outcome
+            )
             for c, d, s in zip(challenge_ids, decisions, signatures, strict=True)
         ]
         return np.asarray(outcomes, dtype=np.uint8)

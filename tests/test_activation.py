@@ -140,7 +140,7 @@ def test_activation_by_an_sms_token_ends_in_the_same_enrollment(
 def test_activating_ib_key_ends_the_temporary_passcode(sls: SecureLogin, app: SimulatedApp) -> None:
     passcode = sls.issue_temporary_passcode("bob")
     app.activate(sls.ibkey, payload=sls.ibkey.create_activation("bob").payload)
-    assert sls.verify("bob", None, passcode).outcome is OC.NO_SUCH_DEVICE
+    assert sls.verify("bob", None, passcode).outcome is OC.DEVICE_NOT_ACTIVE
 
 
 @pytest.mark.parametrize("pin", ["abc", "1234567", "12 4", "", "p\u00efn1"])

@@ -1,4 +1,4 @@
-"""The audit trail's lines, formatted natively (``_native.audit_lines``), against a plain
+"""The audit trail's lines, formatted natively (``sls_core.auditfmt.audit_lines``), against a plain
 Python reference: one ``json.dumps`` per line with the keys in the trail's order.
 
 Valid usernames are lower-case letters and digits, but whatever text reaches the trail must
@@ -19,8 +19,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sls_core import InvalidInputError, InvalidInputTypeError, _native
+from sls_core import InvalidInputError, InvalidInputTypeError
 from sls_core.api.v1 import verification_pb2
+from sls_core.auditfmt import audit_lines
 from sls_core.outcome import LoginOutcome
 from sls_core.server.audit import AuditTrail, _head
 
@@ -83,7 +84,7 @@ def reference(
 def native(head: Any, usernames: Any, device_ids: Any, outcomes: Any, **overrides: Any) -> bytes:
     options: dict[str, Any] = {"outcome_names": NAMES, "blank_username_outcome": INVALID}
     options.update(overrides)
-    return _native.audit_lines(head, usernames, device_ids, outcomes, **options)
+    return audit_lines(head, usernames, device_ids, outcomes, **options)
 
 
 def ids(values: Sequence[int]) -> npt.NDArray[np.uint64]:

@@ -4,6 +4,8 @@ deadlines, error mapping, and no secret in any exception."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -14,13 +16,24 @@ import grpc
 import numpy as np
 import pytest
 
-from client_fakes import BOOM_USER, BYE_USER, SLOW_SECONDS, SLOW_USER, FakeSls, expected, serve
+from client_fakes import (
+    BOOM_USER,
+    BYE_USER,
+    SHORT_USER,
+    SLOW_SECONDS,
+    SLOW_USER,
+    FakeSls,
+    expected,
+    serve,
+)
+from sls_core.api.v1 import common_pb2
 from sls_core.client import (
     ClientClosedError,
     ClientRefusedError,
     DeadlineExceededError,
     NotFoundError,
     PermissionDeniedError,
+    ProtocolError,
     ResourceExhaustedError,
     RetryPolicy,
     SlsClient,
@@ -29,11 +42,18 @@ from sls_core.client import (
     UnauthenticatedError,
     UnavailableError,
 )
-from sls_core.devices import DeviceState, DeviceType
 from sls_core.errors import InvalidInputError, InvalidInputTypeError, SlsError
-from sls_core.ibkey import APPROVE, DECLINE
-from sls_core.login import Access, Identity, Purpose
-from sls_core.outcome import LoginOutcome
+from sls_core.values import (
+    APPROVE,
+    DECLINE,
+    Access,
+    DeviceState,
+    DeviceType,
+    Identity,
+    LockoutStatus,
+    LoginOutcome,
+    Purpose,
+)
 
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)
 
@@ -127,6 +147,40 @@ def test_attempts_with_different_access_travel_in_separate_batches(
             assert (Access.PORTAL if int(username[4:]) % 2 else Access.TRADING) == want
         assert batch.access == {Access.TRADING: 1, Access.PORTAL: 2}[want]
         assert set(batch.tokens) == {""}
+
+
+def test_step_up_answers_travel_in_batches_of_their_own_task(fake: FakeSls, target: str) -> None:
+    tasks = [None, "withdrawal", "bank_instructions"]
+    barrier = threading.Barrier(9)
+
+    def one(i: int) -> LoginOutcome:
+        barrier.wait()
+        return client.verify(f"user{i}", f"tok{i}", f"{i:08d}", task=tasks[i % 3]).outcome
+
+    with SlsClient(target, linger=0.05) as client, ThreadPoolExecutor(9) as pool:
+        outcomes = list(pool.map(one, range(9)))
+    assert outcomes == [expected(f"{i:08d}")[0] for i in range(9)]
+    assert fake.calls["Verify"] == 0
+    for batch in fake.batches():
+        assert {tasks[int(u[4:]) % 3] or "" for u in batch.usernames} == {batch.task}
+    assert {b.task for b in fake.batches()} == {"", "withdrawal", "bank_instructions"}
+
+
+def test_an_answer_whose_purpose_a_batch_cannot_carry_goes_as_a_plain_verify(
+    fake: FakeSls, target: str
+) -> None:
+    with SlsClient(target, linger=0.01) as client:
+        client.verify("alice", "tok", "00000001", purpose=Purpose.REACTIVATION)
+        client.verify("alice", "tok", "00000001", purpose=Purpose.LOGIN, task="withdrawal")
+        client.verify("alice", "tok", "00000001", purpose=Purpose.STEP_UP, task="withdrawal")
+        with pytest.raises(InvalidInputTypeError, match="task"):
+            client.verify("alice", "tok", "00000001", task=7)  # type: ignore[arg-type]
+    sent = [(r.purpose, r.task) for r in fake.requests["Verify"]]
+    assert sent == [
+        (common_pb2.PURPOSE_REACTIVATION, ""),
+        (common_pb2.PURPOSE_LOGIN, "withdrawal"),
+    ]
+    assert [b.task for b in fake.batches()] == ["withdrawal"]
 
 
 def test_linger_zero_sends_plain_verify_calls(fake: FakeSls, target: str) -> None:
@@ -372,6 +426,71 @@ def test_every_call_converts_to_and_from_the_domain_types(fake: FakeSls, target:
         assert client.session_length("face") == 3600.0
         lockout = client.lockout_status("alice")
         assert (lockout.consecutive_failures, lockout.locked_until) == (3, None)
+
+
+def test_the_sls_rules_calls_convert_to_and_from_the_wire(fake: FakeSls, target: str) -> None:
+    with SlsClient(target) as client:
+        status = client.record_password_failure("alice")
+        assert status == LockoutStatus(10, 86_400.0)
+        assert status.locked
+        assert fake.requests["RecordPasswordFailure"][0].username == "alice"
+        assert client.unlock("alice") == LockoutStatus(0, None)
+        assert fake.requests["Unlock"][0].username == "alice"
+
+        step_up = client.issue_challenge("alice", task="withdrawal")
+        assert (step_up.purpose, step_up.task) == (Purpose.STEP_UP, "withdrawal")
+        sent = fake.requests["IssueChallenge"][0]
+        assert (sent.purpose, sent.task) == (common_pb2.PURPOSE_UNSPECIFIED, "withdrawal")
+        login = client.issue_challenge("alice")
+        assert (login.purpose, login.task) == (Purpose.LOGIN, None)
+        again = client.issue_challenge("alice", device_id=7, purpose=Purpose.REACTIVATION)
+        assert again.purpose is Purpose.REACTIVATION
+        assert fake.requests["IssueChallenge"][2].purpose == common_pb2.PURPOSE_REACTIVATION
+
+        result = client.verify_batch(["a"], ["t"], ["00000001"], task="withdrawal")
+        assert result[0] is expected("00000001")[0]
+        assert fake.requests["VerifyBatch"][0].task == "withdrawal"
+        client.verify_batch(["a"], ["t"], ["00000001"])
+        assert fake.requests["VerifyBatch"][1].task == ""
+
+        client.enroll_device(
+            "alice", DeviceType.DSC_PLUS, shipped=True, replaces=7, replaces_lost=True
+        )
+        sent = fake.requests["EnrollDevice"][0]
+        assert (sent.replaces, sent.replaces_lost, sent.shipped) == (7, True, True)
+
+
+def test_an_answer_the_converter_cannot_read_is_a_protocol_error(
+    fake: FakeSls, target: str
+) -> None:
+    with SlsClient(target) as client:
+        with pytest.raises(ProtocolError, match="VerifyBatch: outcomes: one per attempt"):
+            client.verify_batch(["a", SHORT_USER], ["t", "t"], ["1", "2"])
+        # A coalesced single verify fails the same way, and only its own batch.
+        with pytest.raises(ProtocolError, match="VerifyBatch: outcomes: one per attempt"):
+            client.verify(SHORT_USER, "t", "00000001")
+        assert client.verify("alice", "t", "00000001").outcome is expected("00000001")[0]
+
+
+def test_importing_the_client_loads_no_engine() -> None:
+    """A gateway imports the client and the wire types only: not the Rust extension, the
+    store, the login engine, IB Key, PIL or reportlab (in a fresh interpreter)."""
+    engine = (
+        "sls_core._native",
+        "sls_core.store",
+        "sls_core.login",
+        "PIL",
+        "reportlab",
+        "sls_core.ibkey",
+    )
+    check = (
+        f"import sys, sls_core.client\nprint(','.join(m for m in {engine!r} if m in sys.modules))"
+    )
+    done = subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", check], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"the client loaded {done.stdout.strip()}"
 
 
 # --- retries ----------------------------------------------------------------------------

@@ -22,11 +22,8 @@ from sls_core.client import (
     SlsClient,
     UnavailableError,
 )
-from sls_core.devices import DeviceType
 from sls_core.errors import InvalidInputError, InvalidInputTypeError
-from sls_core.ibkey import APPROVE
-from sls_core.login import Access, Identity, Verdict
-from sls_core.outcome import LoginOutcome
+from sls_core.values import APPROVE, Access, DeviceType, Identity, LoginOutcome, Verdict
 
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)
 T = TypeVar("T")
@@ -244,6 +241,8 @@ CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("withdrawal_limits", ("rich",), {}),
     ("session_length", ("pin",), {}),
     ("lockout_status", ("alice",), {}),
+    ("record_password_failure", ("alice",), {}),
+    ("unlock", ("alice",), {}),
 ]
 
 

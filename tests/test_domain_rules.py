@@ -385,7 +385,7 @@ def test_reactivating_the_permanent_device_ends_the_passcode_and_the_online_card
     passcode = sls.issue_temporary_passcode("alice")
     card_device, _ = sls.issue_online_card("alice")
     sls.reactivate_device("alice", device_id)
-    assert sls.verify("alice", None, passcode).outcome is OC.NO_SUCH_DEVICE
+    assert sls.verify("alice", None, passcode).outcome is OC.DEVICE_NOT_ACTIVE
     states = {d.id: d.state for d in sls.devices("alice")}
     assert states[card_device.id] is DeviceState.REVOKED
     assert states[device_id] is DeviceState.ACTIVE
@@ -475,7 +475,7 @@ def test_sharing_matches_on_ssn_alone(sls: SecureLogin) -> None:
 
 def test_sharing_refused_for_a_less_secure_device(sls: SecureLogin) -> None:
     sls.create_user("alice", PERSON)
-    card = sls.enroll_device("alice", DeviceType.SECURITY_CODE_CARD)
+    card = sls.import_device("alice", DeviceType.SECURITY_CODE_CARD)
     sls.create_user("alice2", PERSON)
     sls.enroll_device("alice2", DeviceType.DSC_PLUS, secret=DSC_SECRET, pin=PIN)
     with pytest.raises(SharingError, match="less secure device"):
@@ -524,7 +524,8 @@ def test_withdrawal_limits_follow_the_strongest_active_device(
             kwargs["phone"] = "+41790000000"
         if device_type in (DeviceType.DSC_PLUS, DeviceType.IB_KEY):
             kwargs["pin"] = PIN
-        sls.enroll_device("frank", device_type, **kwargs)  # type: ignore[arg-type]
+        enroll = sls.import_device if device_type.is_legacy else sls.enroll_device
+        enroll("frank", device_type, **kwargs)  # type: ignore[arg-type]
     limits = sls.withdrawal_limits("frank")
     assert (limits.per_day, limits.per_five_days) == (per_day, per_five)
 
@@ -676,7 +677,7 @@ def test_first_occurrences_keep_input_order_like_a_replay_check() -> None:
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from sls_core.login import _first_occurrences
+    from sls_core.login.pipeline import _first_occurrences
 
     @given(st.lists(st.integers(0, 20), max_size=60))
     def check(values: list[int]) -> None:
@@ -696,13 +697,13 @@ def test_batched_challenges_for_ocra_devices_and_code_cards_verify_in_one_batch(
     """issue_challenges serves a login storm of DSC+ and security code card users alike
     (a card challenge is two different index numbers); an SMS user is refused, since
     batching would text every phone in the batch, and nothing is issued."""
-    from sls_core import _native
+    from sls_core.card import card_codes
 
     with_dsc(sls)
     sls.create_user("carl")
     card_secret = bytes(range(3, 23))
-    sls.enroll_device("carl", DeviceType.SECURITY_CODE_CARD, secret=card_secret)
-    codes = list(_native.card_codes(card_secret, 100))
+    sls.import_device("carl", DeviceType.SECURITY_CODE_CARD, secret=card_secret)
+    codes = list(card_codes(card_secret, 100))
     challenges = sls.issue_challenges(["alice", "carl", "carl"])
     assert challenges[0].challenge is not None
     assert challenges[0].card_indices is None

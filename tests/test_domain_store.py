@@ -20,7 +20,7 @@ import pytest
 from sls_core import ocra
 from sls_core.clock import ManualClock
 from sls_core.devices import DeviceType
-from sls_core.login import SecureLogin
+from sls_core.login import SecureLogin, pipeline
 from sls_core.outcome import LoginOutcome
 from sls_core.sealing import MasterKeyRing, SealingError
 from sls_core.store import SCHEMA_VERSION, SqliteStore
@@ -161,7 +161,7 @@ def test_an_enrollment_that_fails_halfway_does_not_exist(tmp_path: Path) -> None
     user_id = sls.user("user0").id
 
     def enroll_then_fail() -> None:
-        with sls._write() as tx:
+        with sls.context.write() as tx:
             tx.store.insert_device(_row(), [user_id])
             raise ValueError("boom")
 
@@ -309,15 +309,15 @@ def test_expired_consumed_challenges_are_purged_as_verification_goes(tmp_path: P
     sls.verify("user0", None, "x")  # expired, but within the margin: kept
     assert db.execute("SELECT count(*) FROM consumed").fetchone() == (1,)
     clock.advance(120)
-    sls._next_purge = 0.0  # purges run once a minute
+    sls.context.next_purge = 0.0  # purges run once a minute
     sls.verify("user0", None, "x")  # any later batch purges
     assert db.execute("SELECT count(*) FROM consumed").fetchone() == (0,)
 
 
 def test_the_native_name_index_maps_usernames_and_refuses_non_strings() -> None:
-    from sls_core import _native
+    from sls_core.challenge import NameIndex
 
-    index = _native.NameIndex()
+    index = NameIndex()
     index.insert("alice", 7)
     index.insert("bob", 9)
     index.remove("bob")
@@ -431,17 +431,17 @@ def test_a_large_batch_checked_before_the_write_lock_sees_a_revocation_made_mean
     challenges = sls.issue_challenges(users)
     answers = [_answer(c.challenge or "") for c in challenges]
     revoked_device = challenges[-1].device_id
-    evaluate = login._Plan.evaluate
+    evaluate = pipeline.ResponsePlan.evaluate
     calls: list[int] = []
     revoke = [True]
 
-    def evaluate_then_revoke(plan: login._Plan) -> None:
+    def evaluate_then_revoke(plan: pipeline.ResponsePlan) -> None:
         evaluate(plan)
         calls.append(plan.n)
         if revoke.pop() if revoke else False:  # once, between the check and the lock
             other.revoke_device("user1", revoked_device)
 
-    monkeypatch.setattr(login._Plan, "evaluate", evaluate_then_revoke)
+    monkeypatch.setattr(pipeline.ResponsePlan, "evaluate", evaluate_then_revoke)
     result = sls.verify_batch(users, [c.token for c in challenges], answers)
     assert calls == [2 * half, 2 * half]  # checked before the lock, then again inside
     assert [result[i] for i in range(half)] == [LoginOutcome.OK] * half
@@ -481,17 +481,17 @@ def test_a_token_used_elsewhere_stays_replayed_for_a_batch_checked_just_before_e
     users = ["user0"] * login.PRECHECK_MIN_ITEMS
     tokens = [used.token] + [c.token for c in fresh]
     answers = [answer] + [_answer(c.challenge or "") for c in fresh]
-    evaluate = login._Plan.evaluate
+    evaluate = pipeline.ResponsePlan.evaluate
     pending = [0.9]  # seconds that pass between the check and the write lock
 
-    def evaluate_then_other_process_purges(plan: login._Plan) -> None:
+    def evaluate_then_other_process_purges(plan: pipeline.ResponsePlan) -> None:
         evaluate(plan)
         if pending:
             clock.advance(pending.pop())
             other._next_purge = 0.0
             other.verify("user0", None, "x")  # its batch purges old consumed records
 
-    monkeypatch.setattr(login._Plan, "evaluate", evaluate_then_other_process_purges)
+    monkeypatch.setattr(pipeline.ResponsePlan, "evaluate", evaluate_then_other_process_purges)
     result = mine.verify_batch(users, tokens, answers)
     assert result[0] is LoginOutcome.REPLAYED
     assert set(result.outcomes[1:].tolist()) == {LoginOutcome.OK}

@@ -1,5 +1,6 @@
-"""The kernel's IB Key pieces through ``sls_core._native``: signed activation payloads, the
-manual activation string, X25519 + HKDF key agreement and Ed25519 push approvals.
+"""The kernel's IB Key pieces through their faces, ``sls_core.activation`` and ``sls_core.push``:
+signed activation payloads, the manual activation string, X25519 + HKDF key agreement and
+Ed25519 push approvals.
 
 Cross-checks run against an independent implementation (pyca ``cryptography``): it signs
 what the kernel verifies and verifies what the kernel signs, and derives the same OCRA
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sls_core import _native as native
+from sls_core import activation, push
 from sls_core.errors import InvalidInputError, InvalidInputTypeError
 from sls_core.outcome import Outcome
 
@@ -63,16 +64,16 @@ SERVER_PUBLIC = x25519_public(b"\x03" * 32)
 
 
 @pytest.fixture(scope="module")
-def signer() -> native.ActivationSigner:
-    return native.ActivationSigner({1: SEED_1, 2: SEED_2}, active=2)
+def signer() -> activation.ActivationSigner:
+    return activation.ActivationSigner({1: SEED_1, 2: SEED_2}, active=2)
 
 
 @pytest.fixture(scope="module")
-def verifier(signer: native.ActivationSigner) -> native.ActivationVerifier:
-    return native.ActivationVerifier(signer.public_keys())
+def verifier(signer: activation.ActivationSigner) -> activation.ActivationVerifier:
+    return activation.ActivationVerifier(signer.public_keys())
 
 
-def sign(signer: native.ActivationSigner, **changes: Any) -> str:
+def sign(signer: activation.ActivationSigner, **changes: Any) -> str:
     fields: dict[str, Any] = {
         "session_id": SESSION,
         "username": "alice2024",
@@ -98,7 +99,7 @@ def encode(raw: bytes) -> str:
 
 
 def test_a_signed_payload_verifies_to_its_fields(
-    signer: native.ActivationSigner, verifier: native.ActivationVerifier
+    signer: activation.ActivationSigner, verifier: activation.ActivationVerifier
 ) -> None:
     text = sign(signer)
     assert set(text) <= QR_ALPHANUMERIC
@@ -119,7 +120,7 @@ def test_a_signed_payload_verifies_to_its_fields(
 
 
 def test_the_payload_signature_is_plain_ed25519_checked_by_another_implementation(
-    signer: native.ActivationSigner,
+    signer: activation.ActivationSigner,
 ) -> None:
     raw = decode(sign(signer))
     public = Ed25519PublicKey.from_public_bytes(signer.public_keys()[2])
@@ -129,7 +130,7 @@ def test_the_payload_signature_is_plain_ed25519_checked_by_another_implementatio
 
 
 def test_a_payload_signed_by_another_implementation_verifies(
-    verifier: native.ActivationVerifier, signer: native.ActivationSigner
+    verifier: activation.ActivationVerifier, signer: activation.ActivationSigner
 ) -> None:
     raw = bytearray(decode(sign(signer)))
     raw[1] = 1  # key id 1, signed below with SEED_1 by cryptography
@@ -142,7 +143,7 @@ def test_a_payload_signed_by_another_implementation_verifies(
 
 
 def test_every_bit_flip_of_the_decoded_payload_and_every_truncation_is_refused(
-    signer: native.ActivationSigner, verifier: native.ActivationVerifier
+    signer: activation.ActivationSigner, verifier: activation.ActivationVerifier
 ) -> None:
     text = sign(signer)
     raw = decode(text)
@@ -158,8 +159,8 @@ def test_every_bit_flip_of_the_decoded_payload_and_every_truncation_is_refused(
     assert (verifier.verify_batch(truncated, NOW)["status"] == STATUS["malformed"]).all()
 
 
-def test_precise_statuses(signer: native.ActivationSigner) -> None:
-    verifier = native.ActivationVerifier(signer.public_keys(), skew=60)
+def test_precise_statuses(signer: activation.ActivationSigner) -> None:
+    verifier = activation.ActivationVerifier(signer.public_keys(), skew=60)
     text = sign(signer)
     assert verifier.verify(text, EXPIRES) == (STATUS["expired"], None)
     assert verifier.verify(text, EXPIRES - 1)[0] == 0
@@ -167,20 +168,20 @@ def test_precise_statuses(signer: native.ActivationSigner) -> None:
     assert verifier.verify(text, ISSUED - 61) == (STATUS["not yet valid"], None)
     raw = decode(text)
     assert verifier.verify(encode(b"\x02" + raw[1:]), NOW)[0] == STATUS["unsupported version"]
-    retired = native.ActivationSigner({7: SEED_1}, active=7)
+    retired = activation.ActivationSigner({7: SEED_1}, active=7)
     assert verifier.verify(sign(retired), NOW)[0] == STATUS["unknown key id"]
-    impostor = native.ActivationSigner({2: SEED_1}, active=2)
+    impostor = activation.ActivationSigner({2: SEED_1}, active=2)
     assert verifier.verify(sign(impostor), NOW)[0] == STATUS["bad signature"]
     for bad in ["", "SLS1:", "sls1:" + text[5:], text.lower(), text + "=", " " + text, "SLS1:0"]:
         assert verifier.verify(bad, NOW) == (STATUS["malformed"], None), bad
     for name, number in STATUS.items():
-        assert native.payload_status_name(number) == name
+        assert activation.payload_status_name(number) == name
     with pytest.raises(InvalidInputError):
-        native.payload_status_name(7)
+        activation.payload_status_name(7)
 
 
-def test_rotation_old_keys_keep_verifying(verifier: native.ActivationVerifier) -> None:
-    old = native.ActivationSigner({1: SEED_1}, active=1)
+def test_rotation_old_keys_keep_verifying(verifier: activation.ActivationVerifier) -> None:
+    old = activation.ActivationSigner({1: SEED_1}, active=1)
     status, fields = verifier.verify(sign(old), NOW)
     assert status == 0
     assert fields is not None
@@ -190,7 +191,7 @@ def test_rotation_old_keys_keep_verifying(verifier: native.ActivationVerifier) -
 
 @pytest.mark.parametrize("layout", ["list", "S", "U", "object"])
 def test_batch_verification_equals_single_verification(
-    signer: native.ActivationSigner, verifier: native.ActivationVerifier, layout: str
+    signer: activation.ActivationSigner, verifier: activation.ActivationVerifier, layout: str
 ) -> None:
     good = sign(signer)
     late = sign(signer, issued_at=NOW + 10, expires_at=NOW + 20, username="bob")
@@ -232,8 +233,8 @@ def test_batch_verification_equals_single_verification(
     lifetime=st.integers(1, 2**20),
 )
 def test_any_valid_fields_round_trip(
-    signer: native.ActivationSigner,
-    verifier: native.ActivationVerifier,
+    signer: activation.ActivationSigner,
+    verifier: activation.ActivationVerifier,
     username: str,
     session: bytes,
     flags: int,
@@ -257,7 +258,7 @@ def test_any_valid_fields_round_trip(
 
 @given(st.text(max_size=400) | st.binary(max_size=400))
 def test_arbitrary_text_never_verifies_and_never_raises(
-    verifier: native.ActivationVerifier, junk: str | bytes
+    verifier: activation.ActivationVerifier, junk: str | bytes
 ) -> None:
     status, fields = verifier.verify(junk, NOW)
     assert status in (1, 2, 3, 4)
@@ -265,7 +266,7 @@ def test_arbitrary_text_never_verifies_and_never_raises(
 
 
 def test_signing_refuses_bad_fields_and_keys_without_echoing_them(
-    signer: native.ActivationSigner,
+    signer: activation.ActivationSigner,
 ) -> None:
     for username in ["", "Alice", "al ice", "ali-ce", "a" * 65, "é"]:
         with pytest.raises(InvalidInputError) as info:
@@ -281,25 +282,25 @@ def test_signing_refuses_bad_fields_and_keys_without_echoing_them(
     with pytest.raises(InvalidInputTypeError):
         sign(signer, username=b"alice")
     with pytest.raises(InvalidInputError) as info:
-        native.ActivationSigner({1: SEED_1[:31]}, active=1)
+        activation.ActivationSigner({1: SEED_1[:31]}, active=1)
     assert "SECRET" not in repr(info.value)
     assert "SEED" not in str(info.value.args)
     with pytest.raises(InvalidInputError):
-        native.ActivationSigner({1: SEED_1}, active=2)
+        activation.ActivationSigner({1: SEED_1}, active=2)
     with pytest.raises(InvalidInputError):
-        native.ActivationSigner({256: SEED_1}, active=256)
+        activation.ActivationSigner({256: SEED_1}, active=256)
     with pytest.raises(InvalidInputTypeError):
-        native.ActivationSigner([SEED_1], active=0)
+        activation.ActivationSigner([SEED_1], active=0)
     with pytest.raises(InvalidInputError):
-        native.ActivationVerifier({})
+        activation.ActivationVerifier({})
     with pytest.raises(InvalidInputError):
-        native.ActivationVerifier({1: b"\x01" + b"\x00" * 31})  # the identity: small order
+        activation.ActivationVerifier({1: b"\x01" + b"\x00" * 31})  # the identity: small order
     with pytest.raises(InvalidInputError):
-        native.ActivationVerifier({1: b"\x01" * 32}, skew=-1)
+        activation.ActivationVerifier({1: b"\x01" * 32}, skew=-1)
 
 
 def test_signer_and_verifier_never_show_or_pickle_keys(
-    signer: native.ActivationSigner, verifier: native.ActivationVerifier
+    signer: activation.ActivationSigner, verifier: activation.ActivationVerifier
 ) -> None:
     assert repr(signer) == "ActivationSigner(active_key_id=2, redacted)"
     assert repr(verifier) == "ActivationVerifier(key_ids=[1, 2], skew=0)"
@@ -314,13 +315,13 @@ def test_signer_and_verifier_never_show_or_pickle_keys(
 
 @given(st.binary(min_size=16, max_size=16))
 def test_manual_code_round_trips_to_the_session_prefix(session: bytes) -> None:
-    code = native.manual_code(session)
+    code = activation.manual_code(session)
     assert len(code) == 17
     assert [len(group) for group in code.split("-")] == [4, 4, 4, 2]
     assert set(code.replace("-", "")) <= set(MANUAL_ALPHABET)
-    assert native.parse_manual_code(code) == session[:8]
-    assert native.parse_manual_code(code.lower().replace("-", " ")) == session[:8]
-    assert native.parse_manual_code(code.replace("-", "").encode()) == session[:8]
+    assert activation.parse_manual_code(code) == session[:8]
+    assert activation.parse_manual_code(code.lower().replace("-", " ")) == session[:8]
+    assert activation.parse_manual_code(code.replace("-", "").encode()) == session[:8]
 
 
 def test_the_manual_alphabet_has_no_ambiguous_characters() -> None:
@@ -330,7 +331,7 @@ def test_the_manual_alphabet_has_no_ambiguous_characters() -> None:
 
 @given(st.binary(min_size=16, max_size=16))
 def test_every_mistyped_or_swapped_character_is_a_bad_check(session: bytes) -> None:
-    bare = native.manual_code(session).replace("-", "")
+    bare = activation.manual_code(session).replace("-", "")
     variants = [
         bare[:at] + other + bare[at + 1 :]
         for at in range(len(bare))
@@ -344,12 +345,12 @@ def test_every_mistyped_or_swapped_character_is_a_bad_check(session: bytes) -> N
     ]
     for typo in variants:
         with pytest.raises(InvalidInputError, match="check character") as info:
-            native.parse_manual_code(typo)
+            activation.parse_manual_code(typo)
         assert info.value.field == "manual_code"
 
 
 def test_manual_code_is_strict_beyond_case_spaces_and_hyphens() -> None:
-    bare = native.manual_code(SESSION).replace("-", "")
+    bare = activation.manual_code(SESSION).replace("-", "")
     for bad in [
         "",
         bare[:-1],
@@ -366,33 +367,37 @@ def test_manual_code_is_strict_beyond_case_spaces_and_hyphens() -> None:
         bare + " " * 60,
     ]:
         with pytest.raises(InvalidInputError, match="malformed"):
-            native.parse_manual_code(bad)
+            activation.parse_manual_code(bad)
     with pytest.raises(InvalidInputTypeError):
-        native.parse_manual_code(12345)
+        activation.parse_manual_code(12345)
     with pytest.raises(InvalidInputError):
-        native.manual_code(b"too short")
+        activation.manual_code(b"too short")
 
 
 # --- key agreement --------------------------------------------------------------------
 
 
 def test_both_sides_derive_the_same_secret_as_an_independent_implementation() -> None:
-    server_private, server_public = native.x25519_keypair()
-    app_private, app_public = native.x25519_keypair()
+    server_private, server_public = activation.x25519_keypair()
+    app_private, app_public = activation.x25519_keypair()
     assert len(server_private) == len(server_public) == 32
     assert (
-        native.x25519_public_key(server_private) == server_public == x25519_public(server_private)
+        activation.x25519_public_key(server_private)
+        == server_public
+        == x25519_public(server_private)
     )
-    on_server = native.derive_ocra_secret(server_private, app_public, SESSION, "alice")
-    on_app = native.derive_ocra_secret(app_private, server_public, SESSION, "alice")
+    on_server = activation.derive_ocra_secret(server_private, app_public, SESSION, "alice")
+    on_app = activation.derive_ocra_secret(app_private, server_public, SESSION, "alice")
     assert on_server == on_app
     shared = X25519PrivateKey.from_private_bytes(app_private).exchange(
         X25519PublicKey.from_public_bytes(server_public)
     )
     reference = HKDF(SHA256(), 32, salt=SESSION, info=b"sls-ibkey-ocra-v1alice").derive(shared)
     assert on_app == reference
-    assert native.derive_ocra_secret(app_private, server_public, SESSION[::-1], "alice") != on_app
-    assert native.derive_ocra_secret(app_private, server_public, SESSION, "alice2") != on_app
+    assert (
+        activation.derive_ocra_secret(app_private, server_public, SESSION[::-1], "alice") != on_app
+    )
+    assert activation.derive_ocra_secret(app_private, server_public, SESSION, "alice2") != on_app
 
 
 @pytest.mark.parametrize(
@@ -405,15 +410,15 @@ def test_both_sides_derive_the_same_secret_as_an_independent_implementation() ->
     ],
 )
 def test_a_low_order_peer_key_is_refused(low_order: bytes) -> None:
-    private, _ = native.x25519_keypair()
+    private, _ = activation.x25519_keypair()
     with pytest.raises(InvalidInputError) as info:
-        native.derive_ocra_secret(private, low_order, SESSION, "alice")
+        activation.derive_ocra_secret(private, low_order, SESSION, "alice")
     assert info.value.field == "peer_public"
     assert private.hex() not in str(info.value)
 
 
 def test_key_agreement_refuses_bad_sizes_and_names() -> None:
-    private, public = native.x25519_keypair()
+    private, public = activation.x25519_keypair()
     for args, field in [
         ((private[:31], public, SESSION, "alice"), "own_private"),
         ((private, public + b"x", SESSION, "alice"), "peer_public"),
@@ -421,16 +426,16 @@ def test_key_agreement_refuses_bad_sizes_and_names() -> None:
         ((private, public, SESSION, "Alice"), "username"),
     ]:
         with pytest.raises(InvalidInputError) as info:
-            native.derive_ocra_secret(*args)
+            activation.derive_ocra_secret(*args)
         assert info.value.field == field
-    assert native.x25519_keypair()[0] != private
+    assert activation.x25519_keypair()[0] != private
 
 
 # --- push approvals -------------------------------------------------------------------
 
 
 def test_approval_message_layout() -> None:
-    message = native.approval_message(0x0102, 3, 4, 5, 2)
+    message = push.approval_message(0x0102, 3, 4, 5, 2)
     prefix = b"sls-push-approval-v1\0"
     assert message == (
         prefix
@@ -442,52 +447,52 @@ def test_approval_message_layout() -> None:
     )
     for decision in (0, 3, 255, -1):
         with pytest.raises(InvalidInputError) as info:
-            native.approval_message(1, 2, 3, 4, decision)
+            push.approval_message(1, 2, 3, 4, decision)
         assert info.value.field == "decision"
     with pytest.raises(InvalidInputTypeError):
-        native.approval_message(1, 2, 3, 4, "approve")
+        push.approval_message(1, 2, 3, 4, "approve")
     with pytest.raises(InvalidInputError):
-        native.approval_message(-1, 2, 3, 4, 1)
+        push.approval_message(-1, 2, 3, 4, 1)
 
 
 def test_an_approval_verifies_only_for_its_challenge_user_device_expiry_and_decision() -> None:
-    seed, public = native.push_keypair()
-    assert native.push_public_key(seed) == public
-    message = native.approval_message(10, 20, 30, 40, 1)
-    signature = native.sign_approval(seed, message)
+    seed, public = push.push_keypair()
+    assert push.push_public_key(seed) == public
+    message = push.approval_message(10, 20, 30, 40, 1)
+    signature = push.sign_approval(seed, message)
     assert len(signature) == 64
-    assert native.verify_approval(public, message, signature)
+    assert push.verify_approval(public, message, signature)
     for other in [
-        native.approval_message(11, 20, 30, 40, 1),
-        native.approval_message(10, 21, 30, 40, 1),
-        native.approval_message(10, 20, 31, 40, 1),
-        native.approval_message(10, 20, 30, 41, 1),
-        native.approval_message(10, 20, 30, 40, 2),
+        push.approval_message(11, 20, 30, 40, 1),
+        push.approval_message(10, 21, 30, 40, 1),
+        push.approval_message(10, 20, 31, 40, 1),
+        push.approval_message(10, 20, 30, 41, 1),
+        push.approval_message(10, 20, 30, 40, 2),
     ]:
-        assert not native.verify_approval(public, other, signature)
-    _, stranger = native.push_keypair()
-    assert not native.verify_approval(stranger, message, signature)
-    assert not native.verify_approval(public[:31], message, signature)
-    assert not native.verify_approval(public, message, signature[:63])
+        assert not push.verify_approval(public, other, signature)
+    _, stranger = push.push_keypair()
+    assert not push.verify_approval(stranger, message, signature)
+    assert not push.verify_approval(public[:31], message, signature)
+    assert not push.verify_approval(public, message, signature[:63])
     with pytest.raises(InvalidInputTypeError):
-        native.verify_approval(public, message, signature.hex())
+        push.verify_approval(public, message, signature.hex())
 
 
 def test_signatures_interoperate_with_another_implementation() -> None:
-    seed, public = native.push_keypair()
-    message = native.approval_message(1, 2, 3, 4, 1)
+    seed, public = push.push_keypair()
+    message = push.approval_message(1, 2, 3, 4, 1)
     theirs = Ed25519PrivateKey.from_private_bytes(seed)
     assert theirs.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw) == public
     # Ed25519 is deterministic: both sign the same bytes.
-    assert theirs.sign(message) == native.sign_approval(seed, message)
-    Ed25519PublicKey.from_public_bytes(public).verify(native.sign_approval(seed, message), message)
+    assert theirs.sign(message) == push.sign_approval(seed, message)
+    Ed25519PublicKey.from_public_bytes(public).verify(push.sign_approval(seed, message), message)
 
 
 def approvals(n: int) -> tuple[list[bytes], list[bytes], list[bytes]]:
-    keys = [native.push_keypair() for _ in range(8)]
-    messages = [native.approval_message(i, 7, 9, EXPIRES, 1 + i % 2) for i in range(n)]
+    keys = [push.push_keypair() for _ in range(8)]
+    messages = [push.approval_message(i, 7, 9, EXPIRES, 1 + i % 2) for i in range(n)]
     publics = [keys[i % 8][1] for i in range(n)]
-    signatures = [native.sign_approval(keys[i % 8][0], messages[i]) for i in range(n)]
+    signatures = [push.sign_approval(keys[i % 8][0], messages[i]) for i in range(n)]
     return publics, messages, signatures
 
 
@@ -502,10 +507,10 @@ def test_batch_gives_every_item_its_own_verdict() -> None:
     for row in range(64, 80):  # a whole chunk of forgeries
         signatures[row] = bytes(64 - len(str(row))) + str(row).encode()
     for threads in (1, 2):
-        outcomes = native.verify_approvals_batch(publics, messages, signatures, threads=threads)
+        outcomes = push.verify_approvals_batch(publics, messages, signatures, threads=threads)
         assert outcomes.dtype == np.uint8
         expected = [
-            int(native.verify_approval(p, m, s) is False)
+            int(push.verify_approval(p, m, s) is False)
             for p, m, s in zip(publics, messages, signatures, strict=True)
         ]
         assert [int(o != Outcome.OK) for o in outcomes] == expected
@@ -524,21 +529,21 @@ def test_large_batch_in_numpy_layouts_on_one_and_two_threads() -> None:
         "messages": np.array(messages, dtype=f"S{len(messages[0])}"),
         "signatures": np.frombuffer(b"".join(signatures), np.uint8).reshape(n, 64),
     }
-    reference = native.verify_approvals_batch(publics, messages, signatures, threads=1)
+    reference = push.verify_approvals_batch(publics, messages, signatures, threads=1)
     assert (reference[::64] != Outcome.OK).all()
     assert (np.delete(reference, np.arange(0, n, 64)) == Outcome.OK).all()
     for threads in (1, 2):
-        outcomes = native.verify_approvals_batch(**as_matrix, threads=threads)
+        outcomes = push.verify_approvals_batch(**as_matrix, threads=threads)
         assert (outcomes == reference).all()
 
 
 def test_batch_columns_of_different_lengths_raise_before_any_work() -> None:
     publics, messages, signatures = approvals(3)
     with pytest.raises(InvalidInputError):
-        native.verify_approvals_batch(publics, messages[:2], signatures)
+        push.verify_approvals_batch(publics, messages[:2], signatures)
     with pytest.raises(InvalidInputError):
-        native.verify_approvals_batch(publics, messages, signatures, threads=0)
-    assert len(native.verify_approvals_batch([], [], [])) == 0
+        push.verify_approvals_batch(publics, messages, signatures, threads=0)
+    assert len(push.verify_approvals_batch([], [], [])) == 0
 
 
 @given(
@@ -551,13 +556,13 @@ def test_batch_columns_of_different_lengths_raise_before_any_work() -> None:
     )
 )
 def test_batch_equals_single_for_any_mix(items: list[tuple[str, int]]) -> None:
-    seed, public = native.push_keypair()
+    seed, public = push.push_keypair()
     publics, messages, signatures = [], [], []
     for kind, challenge in items:
-        message = native.approval_message(challenge, 1, 2, 3, 1)
-        signature = native.sign_approval(seed, message)
+        message = push.approval_message(challenge, 1, 2, 3, 1)
+        signature = push.sign_approval(seed, message)
         if kind == "wrong":
-            message = native.approval_message(challenge, 1, 2, 3, 2)
+            message = push.approval_message(challenge, 1, 2, 3, 2)
         elif kind == "short":
             signature = signature[:-1]
         elif kind == "junk":
@@ -567,9 +572,9 @@ def test_batch_equals_single_for_any_mix(items: list[tuple[str, int]]) -> None:
         publics.append(public)
         messages.append(message)
         signatures.append(signature)
-    outcomes = native.verify_approvals_batch(publics, messages, signatures)
+    outcomes = push.verify_approvals_batch(publics, messages, signatures)
     singles = [
-        native.verify_approval(*item) for item in zip(publics, messages, signatures, strict=True)
+        push.verify_approval(*item) for item in zip(publics, messages, signatures, strict=True)
     ]
     assert [o == Outcome.OK for o in outcomes] == singles
     for (kind, _), outcome in zip(items, outcomes, strict=True):

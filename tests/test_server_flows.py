@@ -14,7 +14,7 @@ import pytest
 from pypdf import PdfReader
 
 from grpc_fixtures import CALL_TIMEOUT, GrpcIbKey, InProcessServer, Stubs
-from sls_core import _native, ocra, qr
+from sls_core import ocra, qr, wire
 from sls_core.api.v1 import (
     activation_pb2,
     admin_pb2,
@@ -22,8 +22,10 @@ from sls_core.api.v1 import (
     push_pb2,
     verification_pb2,
 )
+from sls_core.card import card_codes
 from sls_core.clock import DAY
 from sls_core.login import SecureLogin
+from sls_core.push import approval_message
 from sls_core.simulator import SimulatedApp, dsc_response
 from sls_core.sms import read_outbox
 
@@ -52,6 +54,15 @@ def challenge(stubs: Stubs, name: str, **fields: object) -> verification_pb2.Iss
 def verify(stubs: Stubs, name: str, token: str, response: str, **fields: object) -> int:
     request = V.VerifyRequest(username=name, token=token, response=response, **fields)  # type: ignore[arg-type]
     return stubs.verification.Verify(request, timeout=CALL_TIMEOUT).outcome
+
+
+def import_legacy(
+    server: InProcessServer, name: str, device_type: int, **fields: object
+) -> common_pb2.Device:
+    """Legacy devices are no longer issued (SLS-RULES): an existing holder's arrives by
+    import, through the domain; it then verifies over gRPC like any other."""
+    imported = server.sls.import_device(name, wire.from_device_type(device_type), **fields)
+    return wire.to_device(imported)
 
 
 def with_dsc(stubs: Stubs, name: str = "alice") -> common_pb2.Device:
@@ -199,16 +210,15 @@ def test_push_approval_wakes_the_waiting_gateway_and_decline_and_fallback(
 
 def _push_message(push: push_pb2.Push, decision: int) -> bytes:
     return bytes(
-        _native.approval_message(
-            push.challenge_id, push.user_id, push.device_id, push.expires_at, decision
-        )
+        approval_message(push.challenge_id, push.user_id, push.device_id, push.expires_at, decision)
     )
 
 
-def test_security_code_card_two_codes_concatenated(stubs: Stubs) -> None:
+def test_security_code_card_two_codes_concatenated(server: InProcessServer) -> None:
+    stubs = server.stubs()
     create_user(stubs, "fay")
-    card = enroll(stubs, "fay", common_pb2.DEVICE_TYPE_SECURITY_CODE_CARD, secret=SECRET)
-    codes = list(_native.card_codes(SECRET, 100))
+    card = import_legacy(server, "fay", common_pb2.DEVICE_TYPE_SECURITY_CODE_CARD, secret=SECRET)
+    codes = list(card_codes(SECRET, 100))
     c = challenge(stubs, "fay")
     assert c.device_id == card.device_id
     assert c.challenge == ""
@@ -423,9 +433,10 @@ def test_policy_answers(stubs: Stubs) -> None:
     assert session.seconds == 30 * 3600
 
 
-def test_m2fs_choose_device_and_share_refused_with_the_reason(stubs: Stubs) -> None:
+def test_m2fs_choose_device_and_share_refused_with_the_reason(server: InProcessServer) -> None:
+    stubs = server.stubs()
     dsc = with_dsc(stubs, "rex")
-    card = enroll(stubs, "rex", common_pb2.DEVICE_TYPE_SECURITY_CODE_CARD, secret=SECRET)
+    card = import_legacy(server, "rex", common_pb2.DEVICE_TYPE_SECURITY_CODE_CARD, secret=SECRET)
     with pytest.raises(grpc.RpcError) as several:
         challenge(stubs, "rex")
     assert several.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -464,11 +475,16 @@ def test_revoke_and_reactivate(stubs: Stubs) -> None:
         common_pb2.DEVICE_TYPE_PLATINUM,
         common_pb2.DEVICE_TYPE_GOLD,
         common_pb2.DEVICE_TYPE_DIGITAL_SECURITY_CARD,
+        common_pb2.DEVICE_TYPE_ALPINE,
     ],
 )
-def test_legacy_cards_still_verify(stubs: Stubs, device_type: int) -> None:
+def test_legacy_cards_still_verify(server: InProcessServer, device_type: int) -> None:
+    stubs = server.stubs()
     create_user(stubs, "uma")
-    device = enroll(stubs, "uma", device_type, secret=SECRET)
+    with pytest.raises(grpc.RpcError) as refused:  # no longer issued
+        enroll(stubs, "uma", device_type, secret=SECRET)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    device = import_legacy(server, "uma", device_type, secret=SECRET)
     c = challenge(stubs, "uma")
     assert (c.device_id, c.device_type) == (device.device_id, device_type)
     answer = ocra.compute("OCRA-1:HOTP-SHA1-8:QN06", SECRET, question=c.challenge)

@@ -134,6 +134,7 @@ def test_health_per_service_and_reflection_lists_the_api(stubs: Stubs) -> None:
         "Verify",
         "VerifyBatch",
         "VerifyStream",
+        "RecordPasswordFailure",
     ]
     assert pool.FindMessageTypeByName("sls.v1.VerifyBatchRequest").fields_by_name["usernames"]
 

@@ -9,6 +9,11 @@
 
 ``status``
     Schema version, key ids in use, users, devices and consumed challenges.
+
+``unlock USERNAME --by NAME``
+    Client services unlock a user after verifying identity by phone (SLS-RULES
+    "Lockout"): the run of failures ends. Audited (event ``unlock``, caller ``cli:NAME``)
+    in the data dir's audit trail, or ``--audit-log``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -105,6 +111,25 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def unlock(args: argparse.Namespace) -> int:
+    from sls_core.login import SecureLogin
+    from sls_core.server.audit import AuditTrail
+
+    data, key_file = _paths(args)
+    sls = SecureLogin.open(data, key_file=key_file)
+    status_ = sls.unlock(args.username, by=args.by)
+    trail = AuditTrail(Path(args.audit_log) if args.audit_log else data / "audit.jsonl")
+    try:
+        trail.record(
+            "unlock", f"cli:{args.by}", uuid.uuid4().hex, username=args.username, outcome="OK"
+        )
+    finally:
+        trail.close()
+    sls.store.close()
+    print(f"{args.username}: unlocked ({status_.consecutive_failures} failures on record)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sls_core.admin", description=__doc__)
     parser.add_argument("--data-dir", default="data", help="the store's folder (default: data)")
@@ -117,6 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(run=rotate)
     commands.add_parser("status", help="what the store holds").set_defaults(run=status)
+    u = commands.add_parser("unlock", help="client services unlock a locked user (audited)")
+    u.add_argument("username")
+    u.add_argument("--by", required=True, help="who unlocks (recorded in the audit trail)")
+    u.add_argument("--audit-log", help="audit trail (default: DATA_DIR/audit.jsonl)")
+    u.set_defaults(run=unlock)
     args = parser.parse_args(argv)
     code: int = args.run(args)
     return code

@@ -1,10 +1,11 @@
 """Clients of the sls_core gRPC service (``proto/sls/v1``) for login gateways and client
 services: :class:`SlsClient` (blocking, thread-safe) and :class:`AsyncSlsClient` (asyncio).
 
-Both take Python values and return the domain's types (:class:`~sls_core.login.Challenge`,
-:class:`~sls_core.login.Verdict`, :class:`~sls_core.login.BatchResult`,
-:class:`~sls_core.devices.Device`, ...) and raise :class:`~sls_core.errors.SlsError`
-subclasses, never a raw ``grpc.RpcError``:
+Both take Python values and return the shared value types of :mod:`sls_core.values`
+(:class:`~sls_core.values.Challenge`, :class:`~sls_core.values.Verdict`,
+:class:`~sls_core.values.BatchResult`, :class:`~sls_core.values.Device`, ...), converted
+by :mod:`sls_core.wire` as the server converts them, and raise
+:class:`~sls_core.errors.SlsError` subclasses, never a raw ``grpc.RpcError``:
 
 ==========================  =========================================================
 gRPC status                 exception
@@ -44,6 +45,10 @@ sent. ``max_in_flight=0`` instead holds every batch open ``linger`` seconds from
 attempt. A batch that fails fails only its own callers; ``close()`` sends what is still
 waiting and waits for batches in flight. ``linger=0`` sends a plain ``Verify`` per call.
 
+A gateway that imports this module loads the wire types only (the generated messages,
+:mod:`sls_core.values`, :mod:`sls_core.wire`): never the Rust extension, the store, the
+login engine, PIL or reportlab.
+
 This module never puts a response, code, PIN, passcode, key or secret in an exception
 message, a ``repr`` or a log: messages name the field and the rule only.
 """
@@ -69,9 +74,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
-import numpy as np
 from google.protobuf.message import Message
 
+from sls_core import wire
 from sls_core.api.v1 import (
     activation_pb2,
     activation_pb2_grpc,
@@ -83,20 +88,25 @@ from sls_core.api.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
-from sls_core.devices import Device, DeviceState, DeviceType
 from sls_core.errors import InvalidInputError, InvalidInputTypeError, SlsError
-from sls_core.ibkey import APPROVE, DECLINE, Activated, PushChallenge
-from sls_core.login import (
+from sls_core.values import (
     Access,
+    Activated,
     BatchResult,
     Challenge,
+    Device,
+    DeviceType,
     Identity,
     LockoutStatus,
+    LoginOutcome,
     Purpose,
+    PushChallenge,
+    PushDecision,
+    PushStatus,
     Verdict,
     WithdrawalLimits,
 )
-from sls_core.outcome import LoginOutcome
+from sls_core.wire import ActivationOffer, OnlineCard, SecurityLevel
 
 if TYPE_CHECKING:
     from sls_core.api.v1.activation_pb2_grpc import ActivationServiceAsyncStub
@@ -429,91 +439,13 @@ class _ChannelSettings:
         )
 
 
-# --- results that have no domain type -----------------------------------------------------
+# --- checks of what the caller passes --------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class ActivationOffer:
-    """What the portal shows: the QR code (``qr_png``/``qr_svg`` of ``payload``) and the
-    manual string under it. Kept out of ``repr``: they activate an IB Key."""
-
-    payload: str = field(repr=False)
-    manual_code: str = field(repr=False)
-    expires_at: float
-    qr_png: bytes = field(repr=False)
-    qr_svg: str = field(repr=False)
-
-
-@dataclass(frozen=True)
-class OnlineCard:
-    """An Online Security Code Card: the device and the printable card (its codes are on
-    it, so it stays out of ``repr``)."""
-
-    device: Device
-    card_png: bytes = field(repr=False)
-    card_pdf: bytes = field(repr=False)
-
-
-@dataclass(frozen=True)
-class SecurityLevel:
-    """1 (highest) to 5; 0 and ``strongest_device=None`` when the user has no active device."""
-
-    level: int
-    strongest_device: DeviceType | None
-
-
-# --- conversions --------------------------------------------------------------------------
-
-# Indexed by value; LoginOutcome(i) fails at import if the values ever stop being 0..n-1.
-_OUTCOMES = tuple(LoginOutcome(i) for i in range(len(LoginOutcome)))
-_ACCESS = {
-    Access.TRADING: common_pb2.ACCESS_TRADING,
-    Access.PORTAL: common_pb2.ACCESS_PORTAL,
-    Access.ONLINE_CARD: common_pb2.ACCESS_ONLINE_CARD,
-}
-_PURPOSE = {
-    Purpose.LOGIN: common_pb2.PURPOSE_LOGIN,
-    Purpose.ACTIVATION: common_pb2.PURPOSE_ACTIVATION,
-}
-_PURPOSE_FROM = {v: k for k, v in _PURPOSE.items()}
-_TYPE_TO = {t: common_pb2.DeviceType.Value(f"DEVICE_TYPE_{t.name}") for t in DeviceType}
-_TYPE_FROM: dict[int, DeviceType] = {v: k for k, v in _TYPE_TO.items()}
-_STATE_FROM: dict[int, DeviceState] = {
-    common_pb2.DeviceState.Value(f"DEVICE_STATE_{s.name}"): s for s in DeviceState
-}
-_PUSH_STATUS: dict[int, str] = {
-    push_pb2.PUSH_STATUS_PENDING: "pending",
-    push_pb2.PUSH_STATUS_APPROVED: "approved",
-    push_pb2.PUSH_STATUS_DECLINED: "declined",
-    push_pb2.PUSH_STATUS_EXPIRED: "expired",
-}
-_DECISION = {APPROVE: push_pb2.DECISION_APPROVE, DECLINE: push_pb2.DECISION_DECLINE}
-
-_M = TypeVar("_M", bound=Message)
 _T = TypeVar("_T")
+#: A verify() attempt's checked fields: username, token ("" for none), response, access.
+_VerifyFields = tuple[str, str, str, "common_pb2.Access.ValueType"]
 
-
-def _message(cls: Callable[..., _M], **fields: Any) -> _M:
-    """Builds a request; a value protobuf refuses is reported by field name, never quoted.
-
-    The error is raised outside any ``except`` block, so it does not even carry protobuf's
-    exception as its context."""
-    try:
-        return cls(**fields)
-    except (TypeError, ValueError):
-        pass
-    raise _refused_field(cls, fields)
-
-
-def _refused_field(cls: Callable[..., Message], fields: dict[str, Any]) -> InvalidInputError:
-    for name, value in fields.items():
-        try:
-            cls(**{name: value})
-        except TypeError:
-            return InvalidInputTypeError(name, "has the wrong type")
-        except ValueError:
-            return InvalidInputError(name, "is out of range")
-    return InvalidInputError("request", "cannot be encoded")
+_message = wire.build_message
 
 
 def _text(name: str, value: object) -> str:
@@ -522,11 +454,9 @@ def _text(name: str, value: object) -> str:
     return value
 
 
-def _access(access: str) -> common_pb2.Access.ValueType:
-    value = _ACCESS.get(access) if isinstance(access, str) else None
-    if value is None:
-        raise InvalidInputError("access", "must be one of " + ", ".join(Access.ALL))
-    return value
+def _optional_text(name: str, value: str | None) -> str:
+    """``None`` (not given) travels as ``""``."""
+    return wire.to_text(None if value is None else _text(name, value))
 
 
 def _optional_id(name: str, value: int | None) -> int:
@@ -537,81 +467,13 @@ def _optional_id(name: str, value: int | None) -> int:
     return value
 
 
-def _outcome(value: int) -> LoginOutcome:
-    if not 1 <= value <= len(_OUTCOMES):
-        raise ProtocolError(f"outcome: unknown value {value}")
-    return _OUTCOMES[value - 1]
-
-
-def _device_type(value: int) -> DeviceType:
+def _parse(method: str, parse: Callable[[Any], _T], response: Any) -> _T:
+    """The answer as Python values; one the converter cannot read is the server's fault
+    (a :class:`ProtocolError`), not the caller's bad input."""
     try:
-        return _TYPE_FROM[value]
-    except KeyError:
-        raise ProtocolError(f"device type: unknown value {value}") from None
-
-
-def _device(proto: common_pb2.Device) -> Device:
-    state = _STATE_FROM.get(proto.state)
-    if state is None:
-        raise ProtocolError(f"device state: unknown value {proto.state}")
-    return Device(
-        id=proto.device_id,
-        type=_device_type(proto.type),
-        state=state,
-        serial=proto.serial,
-        issued_at=proto.issued_at,
-        activated_at=proto.activated_at or None,
-        expires_at=proto.expires_at or None,
-    )
-
-
-def _push(proto: push_pb2.Push) -> PushChallenge:
-    return PushChallenge(proto.challenge_id, proto.user_id, proto.device_id, proto.expires_at)
-
-
-def _batch_result(response: verification_pb2.VerifyBatchResponse, count: int) -> BatchResult:
-    raw = np.array(response.outcomes, dtype=np.int64)
-    if len(raw) != count:
-        raise ProtocolError(f"VerifyBatch: {len(raw)} outcomes for {count} attempts")
-    if count and (raw.min() < 1 or raw.max() > len(_OUTCOMES)):
-        raise ProtocolError("VerifyBatch: unknown outcome value")
-    ids = np.array(response.device_ids, dtype=np.uint64)
-    if len(ids) == 0:
-        ids = np.zeros(count, dtype=np.uint64)
-    elif len(ids) != count:
-        raise ProtocolError(f"VerifyBatch: {len(ids)} device ids for {count} attempts")
-    return BatchResult(outcomes=(raw - 1).astype(np.uint8), device_ids=ids)
-
-
-def _challenge(response: verification_pb2.IssueChallengeResponse, purpose: int) -> Challenge:
-    indices = tuple(response.card_indices)
-    return Challenge(
-        token=response.token,
-        device_id=response.device_id,
-        device_type=_device_type(response.device_type),
-        purpose=purpose,
-        expires_at=response.expires_at,
-        challenge=response.challenge or None,
-        card_indices=(indices[0], indices[1]) if len(indices) == 2 else None,
-    )
-
-
-def _verdict(response: verification_pb2.VerifyResponse) -> Verdict:
-    return Verdict(_outcome(response.outcome), response.device_id or None)
-
-
-def _push_status(response: push_pb2.GetPushStatusResponse) -> str:
-    try:
-        return _PUSH_STATUS[response.status]
-    except KeyError:
-        raise ProtocolError(f"push status: unknown value {response.status}") from None
-
-
-def _limits(response: admin_pb2.GetWithdrawalLimitsResponse) -> WithdrawalLimits:
-    device = _device_type(response.device) if response.device else None
-    if response.unlimited:
-        return WithdrawalLimits(device, None, None)
-    return WithdrawalLimits(device, response.per_day, response.per_five_days)
+        return parse(response)
+    except InvalidInputError as err:
+        raise ProtocolError(f"{method}: {err}") from None
 
 
 def _none(_response: Message) -> None:
@@ -632,45 +494,43 @@ class _Call(Generic[_T]):
     extra_timeout: float = 0.0
 
 
-def _issue_challenge_call(username: str, device_id: int | None, purpose: int) -> _Call[Challenge]:
-    _check_purpose(purpose)
+def _issue_challenge_call(
+    username: str, device_id: int | None, purpose: Purpose | None, task: str | None
+) -> _Call[Challenge]:
     request = _message(
         verification_pb2.IssueChallengeRequest,
         username=_text("username", username),
         device_id=_optional_id("device_id", device_id),
-        purpose=_PURPOSE[purpose],
+        purpose=wire.to_purpose(purpose),
+        task=_optional_text("task", task),
     )
-    return _Call("verification", "IssueChallenge", request, partial(_challenge, purpose=purpose))
+    return _Call("verification", "IssueChallenge", request, wire.from_challenge)
 
 
-def _verify_fields(
-    username: str, token: str | None, response: str, access: str
-) -> tuple[str, str, str, common_pb2.Access.ValueType]:
+def _verify_fields(username: str, token: str | None, response: str, access: str) -> _VerifyFields:
     """Checked before an attempt joins a batch, so a bad one never fails its neighbours."""
     return (
         _text("username", username),
         "" if token is None else _text("token", token),
         _text("response", response),
-        _access(access),
+        wire.to_access(access),
     )
 
 
-def _verify_call(
-    fields: tuple[str, str, str, common_pb2.Access.ValueType], purpose: int = Purpose.LOGIN
-) -> _Call[Verdict]:
+def _batchable(purpose: Purpose | None, task: str) -> bool:
+    """A batch carries no purpose: only the answers a batch stands for (logins, or
+    step-ups for its task) may join one; the others go as a plain Verify."""
+    return purpose is None or Purpose(purpose) is wire.purpose_of_batch(wire.from_text(task))
+
+
+def _verify_call(fields: _VerifyFields, purpose: Purpose | None, task: str) -> _Call[Verdict]:
     username, token, response, access = fields
     request = verification_pb2.VerifyRequest(
-        username=username, token=token, response=response, access=access
+        username=username, token=token, response=response, access=access, task=task
     )
-    if purpose != Purpose.LOGIN:
-        request.purpose = _PURPOSE[purpose]
-    return _Call("verification", "Verify", request, _verdict)
-
-
-def _check_purpose(purpose: int) -> int:
-    if purpose not in _PURPOSE:
-        raise InvalidInputError("purpose", "must be Purpose.LOGIN or Purpose.ACTIVATION")
-    return purpose
+    if purpose is not None:
+        request.purpose = wire.to_purpose(purpose)
+    return _Call("verification", "Verify", request, wire.from_verdict)
 
 
 def _column(name: str, values: Sequence[str | None], count: int | None) -> list[str]:
@@ -692,24 +552,28 @@ def _verify_batch_call(
     tokens: Sequence[str | None],
     responses: Sequence[str],
     access: str,
+    task: str | None,
 ) -> _Call[BatchResult]:
     names = _column("usernames", usernames, None)
     request = verification_pb2.VerifyBatchRequest(
         usernames=names,
         tokens=_column("tokens", tokens, len(names)),
         responses=_column("responses", responses, len(names)),
-        access=_access(access),
+        access=wire.to_access(access),
+        task=_optional_text("task", task),
     )
-    return _Call("verification", "VerifyBatch", request, partial(_batch_result, count=len(names)))
+    parse = partial(wire.from_batch_result, count=len(names))
+    return _Call("verification", "VerifyBatch", request, parse)
+
+
+def _record_password_failure_call(username: str) -> _Call[LockoutStatus]:
+    request = _message(verification_pb2.RecordPasswordFailureRequest, username=username)
+    return _Call("verification", "RecordPasswordFailure", request, wire.from_lockout_status)
 
 
 def _create_activation_call(username: str) -> _Call[ActivationOffer]:
     request = _message(activation_pb2.CreateActivationRequest, username=username)
-
-    def parse(r: activation_pb2.CreateActivationResponse) -> ActivationOffer:
-        return ActivationOffer(r.payload, r.manual_code, r.expires_at, r.qr_png, r.qr_svg)
-
-    return _Call("activation", "CreateActivation", request, parse)
+    return _Call("activation", "CreateActivation", request, wire.from_activation_offer)
 
 
 def _complete_activation_call(
@@ -730,14 +594,10 @@ def _complete_activation_call(
         activation_pb2.CompleteActivationRequest,
         app_public=app_public,
         push_public=push_public,
-        pin="" if pin is None else _text("pin", pin),
+        pin=_optional_text("pin", pin),
         **code,
     )
-
-    def parse(r: activation_pb2.CompleteActivationResponse) -> Activated:
-        return Activated(_device(r.device), r.username, r.server_public, r.session_id, r.suite)
-
-    return _Call("activation", "CompleteActivation", request, parse)
+    return _Call("activation", "CompleteActivation", request, wire.from_activated)
 
 
 def _send_sms_activation_call(username: str) -> _Call[float]:
@@ -751,40 +611,51 @@ def _create_push_call(username: str, device_id: int | None) -> _Call[PushChallen
         username=username,
         device_id=_optional_id("device_id", device_id),
     )
-    return _Call("push", "CreatePush", request, lambda r: _push(r.push))
+    return _Call("push", "CreatePush", request, lambda r: wire.from_push(r.push))
 
 
 def _list_pending_pushes_call(push_public: bytes) -> _Call[list[PushChallenge]]:
     request = _message(push_pb2.ListPendingPushesRequest, push_public=push_public)
-    return _Call("push", "ListPendingPushes", request, lambda r: [_push(p) for p in r.pushes])
+    return _Call(
+        "push", "ListPendingPushes", request, lambda r: [wire.from_push(p) for p in r.pushes]
+    )
 
 
-def _answer_push_call(challenge_id: int, decision: int, signature: bytes) -> _Call[LoginOutcome]:
-    if decision not in _DECISION:
-        raise InvalidInputError("decision", "must be ibkey.APPROVE (1) or ibkey.DECLINE (2)")
+def _answer_push_call(
+    challenge_id: int, decision: PushDecision | int, signature: bytes
+) -> _Call[LoginOutcome]:
     request = _message(
         push_pb2.AnswerPushRequest,
         challenge_id=challenge_id,
-        decision=_DECISION[decision],
+        decision=wire.to_decision(decision),
         signature=signature,
     )
-    return _Call("push", "AnswerPush", request, lambda r: _outcome(r.outcome))
+    return _Call("push", "AnswerPush", request, lambda r: wire.from_outcome(r.outcome))
 
 
-def _push_status_call(challenge_id: int, wait_seconds: float) -> _Call[str]:
+def _push_status_call(challenge_id: int, wait_seconds: float) -> _Call[PushStatus]:
     if not isinstance(wait_seconds, int | float) or not 0 <= wait_seconds < float("inf"):
         raise InvalidInputError("timeout", "must be a finite number of seconds >= 0")
     request = _message(
         push_pb2.GetPushStatusRequest, challenge_id=challenge_id, wait_seconds=wait_seconds
     )
-    return _Call("push", "GetPushStatus", request, _push_status, extra_timeout=wait_seconds)
+    return _Call(
+        "push",
+        "GetPushStatus",
+        request,
+        lambda r: wire.from_push_status(r.status),
+        extra_timeout=wait_seconds,
+    )
 
 
 def _create_user_call(username: str, identity: Identity | None) -> _Call[int]:
     if identity is not None and not isinstance(identity, Identity):
-        raise InvalidInputTypeError("identity", "must be a login.Identity or None")
-    ident = _message(admin_pb2.Identity, **(identity or Identity()).as_dict())
-    request = _message(admin_pb2.CreateUserRequest, username=username, identity=ident)
+        raise InvalidInputTypeError("identity", "must be a values.Identity or None")
+    request = _message(
+        admin_pb2.CreateUserRequest,
+        username=username,
+        identity=wire.to_identity(identity or Identity()),
+    )
     return _Call("admin", "CreateUser", request, lambda r: int(r.user_id))
 
 
@@ -798,13 +669,14 @@ def _enroll_device_call(
     phone: str | None,
     shipped: bool,
     replaces: int | None,
+    replaces_lost: bool,
 ) -> _Call[Device]:
     if not isinstance(device_type, DeviceType):
         raise InvalidInputTypeError("device_type", "must be a DeviceType")
     request = _message(
         admin_pb2.EnrollDeviceRequest,
         username=username,
-        type=_TYPE_TO[device_type],
+        type=wire.to_device_type(device_type),
         secret=secret or b"",
         pin=pin or "",
         suite=suite or "",
@@ -812,13 +684,16 @@ def _enroll_device_call(
         phone=phone or "",
         shipped=shipped,
         replaces=_optional_id("replaces", replaces),
+        replaces_lost=replaces_lost,
     )
-    return _Call("admin", "EnrollDevice", request, lambda r: _device(r.device))
+    return _Call("admin", "EnrollDevice", request, lambda r: wire.from_device(r.device))
 
 
 def _list_devices_call(username: str) -> _Call[list[Device]]:
     request = _message(admin_pb2.ListDevicesRequest, username=username)
-    return _Call("admin", "ListDevices", request, lambda r: [_device(d) for d in r.devices])
+    return _Call(
+        "admin", "ListDevices", request, lambda r: [wire.from_device(d) for d in r.devices]
+    )
 
 
 def _device_call(method: str, cls: Callable[..., Message], **fields: Any) -> _Call[None]:
@@ -832,26 +707,22 @@ def _issue_temporary_passcode_call(username: str) -> _Call[str]:
 
 def _issue_online_card_call(username: str) -> _Call[OnlineCard]:
     request = _message(admin_pb2.IssueOnlineCardRequest, username=username)
+    return _Call("admin", "IssueOnlineCard", request, wire.from_online_card)
 
-    def parse(r: admin_pb2.IssueOnlineCardResponse) -> OnlineCard:
-        return OnlineCard(_device(r.device), r.card_png, r.card_pdf)
 
-    return _Call("admin", "IssueOnlineCard", request, parse)
+def _unlock_call(username: str) -> _Call[LockoutStatus]:
+    request = _message(admin_pb2.UnlockRequest, username=username)
+    return _Call("admin", "Unlock", request, wire.from_lockout_status)
 
 
 def _security_level_call(username: str) -> _Call[SecurityLevel]:
     request = _message(admin_pb2.GetSecurityLevelRequest, username=username)
-
-    def parse(r: admin_pb2.GetSecurityLevelResponse) -> SecurityLevel:
-        strongest = _device_type(r.strongest_device) if r.strongest_device else None
-        return SecurityLevel(r.security_level, strongest)
-
-    return _Call("policy", "GetSecurityLevel", request, parse)
+    return _Call("policy", "GetSecurityLevel", request, wire.from_security_level)
 
 
 def _withdrawal_limits_call(username: str) -> _Call[WithdrawalLimits]:
     request = _message(admin_pb2.GetWithdrawalLimitsRequest, username=username)
-    return _Call("policy", "GetWithdrawalLimits", request, _limits)
+    return _Call("policy", "GetWithdrawalLimits", request, wire.from_withdrawal_limits)
 
 
 def _session_length_call(unlock: str) -> _Call[float]:
@@ -861,31 +732,32 @@ def _session_length_call(unlock: str) -> _Call[float]:
 
 def _lockout_status_call(username: str) -> _Call[LockoutStatus]:
     request = _message(admin_pb2.GetLockoutStatusRequest, username=username)
+    return _Call("policy", "GetLockoutStatus", request, wire.from_lockout_status)
 
-    def parse(r: admin_pb2.GetLockoutStatusResponse) -> LockoutStatus:
-        return LockoutStatus(r.consecutive_failures, r.locked_until or None)
 
-    return _Call("policy", "GetLockoutStatus", request, parse)
+#: What a VerifyBatch request carries once for all its attempts: the access and the task.
+_BatchKind = tuple["common_pb2.Access.ValueType", str]
 
 
 def _batch_request(
-    attempts: Sequence[_Attempt[Any]], access: common_pb2.Access.ValueType
+    attempts: Sequence[_Attempt[Any]], kind: _BatchKind
 ) -> verification_pb2.VerifyBatchRequest:
+    access, task = kind
     return verification_pb2.VerifyBatchRequest(
         usernames=[a.username for a in attempts],
         tokens=[a.token for a in attempts],
         responses=[a.response for a in attempts],
         access=access,
+        task=task,
     )
 
 
-def _by_access(
-    attempts: list[_Attempt[_T]],
-) -> dict[common_pb2.Access.ValueType, list[_Attempt[_T]]]:
-    """One VerifyBatch per access (the request carries one); input order kept in each."""
-    groups: dict[common_pb2.Access.ValueType, list[_Attempt[_T]]] = {}
+def _by_kind(attempts: list[_Attempt[_T]]) -> dict[_BatchKind, list[_Attempt[_T]]]:
+    """One VerifyBatch per access and task (the request carries one of each); input order
+    kept in each."""
+    groups: dict[_BatchKind, list[_Attempt[_T]]] = {}
     for attempt in attempts:
-        groups.setdefault(attempt.access, []).append(attempt)
+        groups.setdefault((attempt.access, attempt.task), []).append(attempt)
     return groups
 
 
@@ -897,6 +769,7 @@ class _Attempt(Generic[_T]):
     token: str
     response: str = field(repr=False)
     access: common_pb2.Access.ValueType
+    task: str
     deadline: float
     future: _T
     enqueued: float = 0.0
@@ -914,9 +787,13 @@ def _unexpired(group: list[_Attempt[Any]]) -> list[_Attempt[Any]]:
     return live
 
 
-def _verdicts(result: BatchResult) -> list[Verdict]:
+def _verdicts(response: verification_pb2.VerifyBatchResponse, count: int) -> list[Verdict]:
+    """A coalesced batch's answer, one verdict per attempt in order."""
+    result = _parse("VerifyBatch", partial(wire.from_batch_result, count=count), response)
     ids = result.device_ids.tolist()
-    return [Verdict(_OUTCOMES[o], ids[i] or None) for i, o in enumerate(result.outcomes.tolist())]
+    return [
+        Verdict(LoginOutcome(o), ids[i] or None) for i, o in enumerate(result.outcomes.tolist())
+    ]
 
 
 def _batch_failure(err: BaseException | None) -> SlsError:
@@ -974,11 +851,12 @@ class _ThreadBatcher:
         token: str,
         response: str,
         access: common_pb2.Access.ValueType,
+        task: str,
         *,
         deadline: float,
     ) -> concurrent.futures.Future[Verdict]:
         future: concurrent.futures.Future[Verdict] = concurrent.futures.Future()
-        attempt = _SyncAttempt(username, token, response, access, deadline, future)
+        attempt = _SyncAttempt(username, token, response, access, task, deadline, future)
         with self._cond:
             if self._closed:
                 raise ClientClosedError()
@@ -1027,12 +905,12 @@ class _ThreadBatcher:
                     self._cond.wait(remaining)
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
-                groups = _by_access(batch)
+                groups = _by_kind(batch)
                 self._in_flight += len(groups)
-            for access, group in groups.items():
-                self._send(access, group)
+            for kind, group in groups.items():
+                self._send(kind, group)
 
-    def _send(self, access: common_pb2.Access.ValueType, group: list[_SyncAttempt]) -> None:
+    def _send(self, kind: _BatchKind, group: list[_SyncAttempt]) -> None:
         group = _unexpired(group)
         if not group:
             self._done()
@@ -1040,7 +918,7 @@ class _ThreadBatcher:
         # The batch may run until its latest caller gives up; each caller waits its own time.
         timeout = max(a.deadline for a in group) - time.monotonic()
         try:
-            call = self._rpc.future(_batch_request(group, access), timeout=timeout)
+            call = self._rpc.future(_batch_request(group, kind), timeout=timeout)
         except Exception as err:  # the channel is closed or broken: fail these callers
             self._fail(group, err)
         else:
@@ -1052,7 +930,7 @@ class _ThreadBatcher:
         call: grpc.Future[verification_pb2.VerifyBatchResponse],
     ) -> None:
         try:
-            verdicts = _verdicts(_batch_result(call.result(), len(group)))
+            verdicts = _verdicts(call.result(), len(group))
         except Exception as err:  # every caller must get an answer
             self._fail(group, err)
             return
@@ -1305,7 +1183,7 @@ class SlsClient:
             response = rpc(call.request, timeout=self._timeout(timeout) + call.extra_timeout)
         except grpc.RpcError as err:
             raise _rpc_error(err, call.method) from err
-        return call.parse(response)
+        return _parse(call.method, call.parse, response)
 
     # verification
 
@@ -1314,12 +1192,15 @@ class SlsClient:
         username: str,
         *,
         device_id: int | None = None,
-        purpose: int = Purpose.LOGIN,
+        purpose: Purpose | None = None,
+        task: str | None = None,
         timeout: float | None = None,
     ) -> Challenge:
         """A challenge for ``username``'s device (M2FS: ``device_id``, else their choice).
-        Not retried: each call mints a new challenge (and texts SMS devices)."""
-        return self._run(_issue_challenge_call(username, device_id, purpose), timeout)
+        ``purpose`` defaults to a login, or to a step-up when a ``task`` (the Client
+        Portal task the answer will be valid for) is given. Not retried: each call mints a
+        new challenge (and texts SMS devices)."""
+        return self._run(_issue_challenge_call(username, device_id, purpose, task), timeout)
 
     def verify(
         self,
@@ -1328,21 +1209,25 @@ class SlsClient:
         response: str,
         *,
         access: str = Access.TRADING,
-        purpose: int = Purpose.LOGIN,
+        purpose: Purpose | None = None,
+        task: str | None = None,
         timeout: float | None = None,
     ) -> Verdict:
         """One attempt: what the user typed for the challenge ``token`` (``None`` for a
         temporary passcode). Coalesced with concurrent calls when ``linger > 0``; never
         retried (a replay would be refused, and a wrong answer counted twice).
-        ``purpose=Purpose.ACTIVATION`` answers an activation challenge (the device becomes
-        active); those go as a plain Verify, since a batch carries no purpose."""
+        ``task`` answers a step-up challenge for that task. ``purpose=Purpose.ACTIVATION``
+        (or REACTIVATION) answers an activation challenge (the device becomes active);
+        those go as a plain Verify, since a batch carries no purpose."""
         fields = _verify_fields(username, token, response, access)
-        if self._batcher is None or _check_purpose(purpose) != Purpose.LOGIN:
-            return self._run(_verify_call(fields, purpose), timeout)
+        wire.to_purpose(purpose)  # a bad one is refused before anything is sent
+        task_text = _optional_text("task", task)
+        if self._batcher is None or not _batchable(purpose, task_text):
+            return self._run(_verify_call(fields, purpose, task_text), timeout)
         if self._closed:
             raise ClientClosedError()
         wait = self._timeout(timeout)
-        future = self._batcher.submit(*fields, deadline=time.monotonic() + wait)
+        future = self._batcher.submit(*fields, task_text, deadline=time.monotonic() + wait)
         try:
             return future.result(timeout=wait)
         except DeadlineExceededError:
@@ -1357,11 +1242,22 @@ class SlsClient:
         responses: Sequence[str],
         *,
         access: str = Access.TRADING,
+        task: str | None = None,
         timeout: float | None = None,
     ) -> BatchResult:
         """Many attempts in one call: per-item ``LoginOutcome`` values (``uint8``) and device
-        ids in input order. Never retried."""
-        return self._run(_verify_batch_call(usernames, tokens, responses, access), timeout)
+        ids in input order; logins, or step-up answers all for one ``task``. Never
+        retried."""
+        call = _verify_batch_call(usernames, tokens, responses, access, task)
+        return self._run(call, timeout)
+
+    def record_password_failure(
+        self, username: str, *, timeout: float | None = None
+    ) -> LockoutStatus:
+        """Reports a wrong username/password combination: a failed attempt toward the
+        lockout. Returns the lockout status after it. Never retried (it would count
+        twice)."""
+        return self._run(_record_password_failure_call(username), timeout)
 
     # activation
 
@@ -1402,19 +1298,21 @@ class SlsClient:
     def answer_push(
         self,
         challenge_id: int,
-        decision: int,
+        decision: PushDecision | int,
         signature: bytes,
         *,
         timeout: float | None = None,
     ) -> LoginOutcome:
-        """From the app: ``ibkey.APPROVE`` or ``ibkey.DECLINE`` signed with its push key."""
+        """From the app: ``APPROVE`` or ``DECLINE`` signed with its push key."""
         return self._run(_answer_push_call(challenge_id, decision, signature), timeout)
 
-    def push_status(self, challenge_id: int, *, timeout: float | None = None) -> str:
+    def push_status(self, challenge_id: int, *, timeout: float | None = None) -> PushStatus:
         """ "pending", "approved", "declined" or "expired", now."""
         return self._run(_push_status_call(challenge_id, 0.0), timeout)
 
-    def wait_push(self, challenge_id: int, *, wait: float, timeout: float | None = None) -> str:
+    def wait_push(
+        self, challenge_id: int, *, wait: float, timeout: float | None = None
+    ) -> PushStatus:
         """The status once decided or expired, or after ``wait`` seconds ("pending": fall
         back to challenge/response). The call's deadline is ``wait + timeout``."""
         return self._run(_push_status_call(challenge_id, wait), timeout)
@@ -1438,10 +1336,22 @@ class SlsClient:
         phone: str | None = None,
         shipped: bool = False,
         replaces: int | None = None,
+        replaces_lost: bool = False,
         timeout: float | None = None,
     ) -> Device:
+        """``replaces``: the device this one replaces; ``replaces_lost``: that one was lost
+        or stolen and leaves service at once."""
         call = _enroll_device_call(
-            username, device_type, secret, pin, suite, serial, phone, shipped, replaces
+            username,
+            device_type,
+            secret,
+            pin,
+            suite,
+            serial,
+            phone,
+            shipped,
+            replaces,
+            replaces_lost,
         )
         return self._run(call, timeout)
 
@@ -1497,6 +1407,11 @@ class SlsClient:
             "SetOptOut", admin_pb2.SetOptOutRequest, username=username, opted_out=opted_out
         )
         self._run(call, timeout)
+
+    def unlock(self, username: str, *, timeout: float | None = None) -> LockoutStatus:
+        """Client services, after verifying the user's identity: ends the lock and the run
+        of failures (audited with this client's identity). Returns the status after it."""
+        return self._run(_unlock_call(username), timeout)
 
     # policy
 
@@ -1651,6 +1566,7 @@ class _TaskBatcher:
         token: str,
         response: str,
         access: common_pb2.Access.ValueType,
+        task: str,
         *,
         deadline: float,
     ) -> asyncio.Future[Verdict]:
@@ -1658,7 +1574,8 @@ class _TaskBatcher:
             raise ClientClosedError()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Verdict] = loop.create_future()
-        self._pending.append(_AsyncAttempt(username, token, response, access, deadline, future))
+        attempt = _AsyncAttempt(username, token, response, access, task, deadline, future)
+        self._pending.append(attempt)
         if len(self._pending) >= self._max_batch:
             self._flush()
         elif self._timer is None:
@@ -1685,11 +1602,11 @@ class _TaskBatcher:
         while self._pending:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
-            for access, group in _by_access(batch).items():
-                task = asyncio.get_running_loop().create_task(self._send(access, group))
+            for kind, group in _by_kind(batch).items():
+                sending = asyncio.get_running_loop().create_task(self._send(kind, group))
                 self._in_flight += 1
-                self._tasks.add(task)
-                task.add_done_callback(self._sent)
+                self._tasks.add(sending)
+                sending.add_done_callback(self._sent)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -1698,15 +1615,15 @@ class _TaskBatcher:
         if self._pending and self._in_flight < self._max_in_flight:
             self._flush()
 
-    async def _send(self, access: common_pb2.Access.ValueType, group: list[_AsyncAttempt]) -> None:
+    async def _send(self, kind: _BatchKind, group: list[_AsyncAttempt]) -> None:
         group = _unexpired(group)
         if not group:
             return
         # The batch may run until its latest caller gives up; each caller waits its own time.
         timeout = max(a.deadline for a in group) - time.monotonic()
         try:
-            response = await self._rpc(_batch_request(group, access), timeout=timeout)
-            verdicts = _verdicts(_batch_result(response, len(group)))
+            response = await self._rpc(_batch_request(group, kind), timeout=timeout)
+            verdicts = _verdicts(response, len(group))
         except asyncio.CancelledError as err:
             self._fail(group, err)
             raise
@@ -1828,7 +1745,7 @@ class AsyncSlsClient:
             response = await rpc(call.request, timeout=self._timeout(timeout) + call.extra_timeout)
         except grpc.RpcError as err:
             raise _rpc_error(err, call.method) from err
-        return call.parse(response)
+        return _parse(call.method, call.parse, response)
 
     # verification
 
@@ -1837,10 +1754,12 @@ class AsyncSlsClient:
         username: str,
         *,
         device_id: int | None = None,
-        purpose: int = Purpose.LOGIN,
+        purpose: Purpose | None = None,
+        task: str | None = None,
         timeout: float | None = None,
     ) -> Challenge:
-        return await self._run(_issue_challenge_call(username, device_id, purpose), timeout)
+        call = _issue_challenge_call(username, device_id, purpose, task)
+        return await self._run(call, timeout)
 
     async def verify(
         self,
@@ -1849,17 +1768,20 @@ class AsyncSlsClient:
         response: str,
         *,
         access: str = Access.TRADING,
-        purpose: int = Purpose.LOGIN,
+        purpose: Purpose | None = None,
+        task: str | None = None,
         timeout: float | None = None,
     ) -> Verdict:
         """As :meth:`SlsClient.verify`; concurrent tasks are coalesced."""
         fields = _verify_fields(username, token, response, access)
-        if self._batcher is None or _check_purpose(purpose) != Purpose.LOGIN:
-            return await self._run(_verify_call(fields, purpose), timeout)
+        wire.to_purpose(purpose)  # a bad one is refused before anything is sent
+        task_text = _optional_text("task", task)
+        if self._batcher is None or not _batchable(purpose, task_text):
+            return await self._run(_verify_call(fields, purpose, task_text), timeout)
         if self._closed:
             raise ClientClosedError()
         wait = self._timeout(timeout)
-        future = self._batcher.submit(*fields, deadline=time.monotonic() + wait)
+        future = self._batcher.submit(*fields, task_text, deadline=time.monotonic() + wait)
         try:
             return await asyncio.wait_for(future, wait)
         except DeadlineExceededError:
@@ -1874,9 +1796,16 @@ class AsyncSlsClient:
         responses: Sequence[str],
         *,
         access: str = Access.TRADING,
+        task: str | None = None,
         timeout: float | None = None,
     ) -> BatchResult:
-        return await self._run(_verify_batch_call(usernames, tokens, responses, access), timeout)
+        call = _verify_batch_call(usernames, tokens, responses, access, task)
+        return await self._run(call, timeout)
+
+    async def record_password_failure(
+        self, username: str, *, timeout: float | None = None
+    ) -> LockoutStatus:
+        return await self._run(_record_password_failure_call(username), timeout)
 
     # activation
 
@@ -1916,19 +1845,19 @@ class AsyncSlsClient:
     async def answer_push(
         self,
         challenge_id: int,
-        decision: int,
+        decision: PushDecision | int,
         signature: bytes,
         *,
         timeout: float | None = None,
     ) -> LoginOutcome:
         return await self._run(_answer_push_call(challenge_id, decision, signature), timeout)
 
-    async def push_status(self, challenge_id: int, *, timeout: float | None = None) -> str:
+    async def push_status(self, challenge_id: int, *, timeout: float | None = None) -> PushStatus:
         return await self._run(_push_status_call(challenge_id, 0.0), timeout)
 
     async def wait_push(
         self, challenge_id: int, *, wait: float, timeout: float | None = None
-    ) -> str:
+    ) -> PushStatus:
         return await self._run(_push_status_call(challenge_id, wait), timeout)
 
     # client services
@@ -1950,10 +1879,22 @@ class AsyncSlsClient:
         phone: str | None = None,
         shipped: bool = False,
         replaces: int | None = None,
+        replaces_lost: bool = False,
         timeout: float | None = None,
     ) -> Device:
+        """``replaces``: the device this one replaces; ``replaces_lost``: that one was lost
+        or stolen and leaves service at once."""
         call = _enroll_device_call(
-            username, device_type, secret, pin, suite, serial, phone, shipped, replaces
+            username,
+            device_type,
+            secret,
+            pin,
+            suite,
+            serial,
+            phone,
+            shipped,
+            replaces,
+            replaces_lost,
         )
         return await self._run(call, timeout)
 
@@ -2012,6 +1953,9 @@ class AsyncSlsClient:
             "SetOptOut", admin_pb2.SetOptOutRequest, username=username, opted_out=opted_out
         )
         await self._run(call, timeout)
+
+    async def unlock(self, username: str, *, timeout: float | None = None) -> LockoutStatus:
+        return await self._run(_unlock_call(username), timeout)
 
     # policy
 

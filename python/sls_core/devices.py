@@ -5,18 +5,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from sls_core.clock import DAY
-
 __all__ = [
-    "AUTO_ACTIVATION_DELAY",
     "Device",
     "DeviceState",
     "DeviceType",
 ]
-
-#: A shipped replacement device activates itself this long after shipment (SLS-RULES:
-#: "three weeks after shipment if the holder has not activated it").
-AUTO_ACTIVATION_DELAY = 21 * DAY
 
 
 class DeviceType(enum.Enum):
@@ -31,6 +24,7 @@ class DeviceType(enum.Enum):
     SMS = "sms"
     TEMPORARY_PASSCODE = "temporary_passcode"
     ONLINE_CARD = "online_card"
+    ALPINE = "alpine"
 
     @property
     def label(self) -> str:
@@ -67,13 +61,15 @@ _LABELS = {
     DeviceType.PLATINUM: "Platinum (legacy)",
     DeviceType.GOLD: "Gold (legacy)",
     DeviceType.DIGITAL_SECURITY_CARD: "Digital Security Card (legacy)",
+    DeviceType.ALPINE: "Alpine (legacy)",
     DeviceType.SECURITY_CODE_CARD: "Security Code Card (legacy)",
     DeviceType.SMS: "SMS",
     DeviceType.TEMPORARY_PASSCODE: "Temporary passcode",
     DeviceType.ONLINE_CARD: "Online Security Code Card",
 }
 # SLS-RULES orders DSC+ (1) above IB Key (2) above the printed card (lowest permanent);
-# Platinum and Gold rank with DSC+ (unlimited withdrawals), the legacy DSC between IB Key
+# Platinum and Gold rank with DSC+ (unlimited withdrawals), the legacy DSC (and Alpine, which
+# the limits table does not name: our choice, with the DSC's limits) between IB Key
 # and the printed card; temporary devices rank last.
 _LEVELS = {
     DeviceType.DSC_PLUS: 1,
@@ -81,6 +77,7 @@ _LEVELS = {
     DeviceType.GOLD: 1,
     DeviceType.IB_KEY: 2,
     DeviceType.DIGITAL_SECURITY_CARD: 3,
+    DeviceType.ALPINE: 3,
     DeviceType.SECURITY_CODE_CARD: 4,
     DeviceType.SMS: 5,
     DeviceType.TEMPORARY_PASSCODE: 5,
@@ -92,6 +89,7 @@ _LEGACY = frozenset(
         DeviceType.PLATINUM,
         DeviceType.GOLD,
         DeviceType.DIGITAL_SECURITY_CARD,
+        DeviceType.ALPINE,
         DeviceType.SECURITY_CODE_CARD,
     }
 )
@@ -101,6 +99,7 @@ _PHYSICAL = frozenset(
         DeviceType.PLATINUM,
         DeviceType.GOLD,
         DeviceType.DIGITAL_SECURITY_CARD,
+        DeviceType.ALPINE,
         DeviceType.SECURITY_CODE_CARD,
     }
 )
@@ -110,6 +109,7 @@ _METHODS = {
     DeviceType.PLATINUM: "ocra",
     DeviceType.GOLD: "ocra",
     DeviceType.DIGITAL_SECURITY_CARD: "ocra",
+    DeviceType.ALPINE: "ocra",
     DeviceType.SECURITY_CODE_CARD: "card",
     DeviceType.ONLINE_CARD: "card",
     DeviceType.SMS: "sms",
@@ -118,10 +118,12 @@ _METHODS = {
 
 
 class DeviceState(enum.Enum):
-    """Life cycle: PENDING (issued/shipped) → ACTIVE → REVOKED or REPLACED."""
+    """Life cycle: PENDING (issued/shipped) → ACTIVE ⇄ SUSPENDED (the holder cannot use
+    it: lost, forgotten, broken) → REVOKED or REPLACED."""
 
     PENDING = "pending"
     ACTIVE = "active"
+    SUSPENDED = "suspended"
     REVOKED = "revoked"
     REPLACED = "replaced"
 

@@ -24,37 +24,50 @@ login falls back to challenge/response (:meth:`SecureLogin.issue_challenge`).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from sls_core import _native, qr
+from sls_core import activation, qr
 from sls_core.clock import MINUTE
 from sls_core.devices import Device, DeviceState, DeviceType
-from sls_core.errors import InvalidInputError, InvalidInputTypeError, SlsError
+from sls_core.errors import InvalidInputError, InvalidInputTypeError
+from sls_core.login.context import LoginContext
+from sls_core.login.directory import DeviceEntry
+from sls_core.login.pipeline import OfferPlan, PushPlan, RecoveryPlan
 from sls_core.outcome import LoginOutcome
-from sls_core.store import ActivationRow, DeviceRow, PushRow
-
-if TYPE_CHECKING:
-    from sls_core.login import SecureLogin
+from sls_core.rules import access as rules_access
+from sls_core.store import ActivationRow, DeviceRow, PushRow, StoreTx
+from sls_core.values import (
+    APPROVE,
+    DECLINE,
+    Activated,
+    ActivationError,
+    PushChallenge,
+    PushDecision,
+    PushStatus,
+)
 
 __all__ = [
     "ACTIVATION_TTL",
+    "APPROVE",
+    "DECLINE",
     "PUSH_TTL",
     "Activated",
     "ActivationError",
     "ActivationOffer",
     "IbKey",
     "PushChallenge",
+    "PushDecision",
+    "PushStatus",
     "validate_ibkey_pin",
 ]
+
 
 #: How long an activation QR code / manual string / SMS token stays usable.
 ACTIVATION_TTL = 10 * MINUTE
@@ -63,7 +76,6 @@ PUSH_TTL = 2 * MINUTE
 #: Android puts the PIN in the computation; iOS unlocks with the phone's own element.
 SUITE_WITH_PIN = "OCRA-1:HOTP-SHA1-8:QN06-PSHA1"
 SUITE_WITHOUT_PIN = "OCRA-1:HOTP-SHA1-8:QN06"
-APPROVE, DECLINE = 1, 2
 _PIN = re.compile(r"[\x21-\x7e]{4,6}")
 
 
@@ -76,22 +88,6 @@ def validate_ibkey_pin(pin: object) -> str:
             "pin", "an IB Key PIN is 4 to 6 letters, digits or special characters"
         )
     return pin
-
-
-class ActivationError(SlsError, ValueError):
-    """Activation refused; ``reason`` is what the app shows."""
-
-    USED_OR_EXPIRED = "already used or expired"
-    WRONG_RECOVERY_PIN = "wrong recovery PIN"
-    LOCKED = "locked after too many failed attempts"
-    NO_RECOVERY = "no IB Key with a recovery PIN"
-    ALREADY_ENROLLED = "already enrolled"
-    UNKNOWN = "no such activation"
-    INVALID = "not a valid activation code"
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"activation refused: {reason}")
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -110,59 +106,41 @@ class ActivationOffer:
         return qr.render_svg(self.payload, self.manual_code)
 
 
-@dataclass(frozen=True)
-class Activated:
-    """What the app needs to derive the same OCRA secret: the server's X25519 public key
-    and the session id (the app already has them when it scanned the QR code)."""
-
-    device: Device
-    username: str
-    server_public: bytes
-    session_id: bytes = field(repr=False)
-    suite: str
-
-
-@dataclass(frozen=True)
-class PushChallenge:
-    challenge_id: int
-    user_id: int
-    device_id: int
-    expires_at: int
-
-    def message(self, decision: int) -> bytes:
-        """The bytes the app signs to approve (1) or decline (2) this push."""
-        return bytes(
-            _native.approval_message(
-                self.challenge_id, self.user_id, self.device_id, self.expires_at, decision
-            )
-        )
-
-
 class IbKey:
-    """IB Key activation and push approvals over a :class:`SecureLogin` and its store."""
+    """IB Key activation and push approvals over the domain's shared context and store.
 
-    def __init__(self, sls: SecureLogin) -> None:
-        self._sls = sls
-        with sls._write() as tx:
+    Every answer (a push approval or decline, a recovery PIN, an activation offer taken
+    up) is decided by the pipeline of :mod:`sls_core.login.pipeline`, like every other way
+    in: a locked user, a closed account or a device no longer active is refused there."""
+
+    def __init__(self, context: LoginContext) -> None:
+        self._ctx = context
+        with context.write() as tx:
             seed = tx.store.server_secret("activation_key.1", lambda: secrets.token_bytes(32))
-        self._signer = _native.ActivationSigner({1: seed}, active=1)
-        self._verifier = _native.ActivationVerifier(self._signer.public_keys())
+        self._signer = activation.ActivationSigner({1: seed}, active=1)
+        self._verifier = activation.ActivationVerifier(self._signer.public_keys())
 
     def __repr__(self) -> str:
-        return f"IbKey({self._sls!r})"
+        return f"IbKey(store={self._ctx.store!r})"
 
     # -- activation ----------------------------------------------------------------------
     def create_activation(self, username: str, *, channel: str = "qr") -> ActivationOffer:
-        """A fresh activation offer for ``username`` (valid :data:`ACTIVATION_TTL`)."""
-        sls = self._sls
-        now = sls.clock.now()
+        """A fresh activation offer for ``username`` (valid :data:`ACTIVATION_TTL`); none
+        for a closed account or a locked user."""
+        ctx = self._ctx
+        now = ctx.clock.now()
         session_id = secrets.token_bytes(16)
-        server_private, server_public = _native.x25519_keypair()
-        manual_code = _native.manual_code(session_id)
-        prefix = bytes(_native.parse_manual_code(manual_code))
+        server_private, server_public = activation.x25519_keypair()
+        manual_code = activation.manual_code(session_id)
+        prefix = bytes(activation.parse_manual_code(manual_code))
         expires_at = int(now + ACTIVATION_TTL)
-        with sls._write() as tx:
-            user = sls._user(username)
+        with ctx.write() as tx:
+            user = ctx.user(username)
+            rules_access.issue_refusal(
+                closed=user.closed,
+                locked=ctx.is_locked(tx.store, user.id, now),
+                what="activation",
+            )
             tx.store.insert_activation(
                 ActivationRow(
                     session_id=session_id,
@@ -188,14 +166,23 @@ class IbKey:
     def send_sms_activation(self, username: str) -> float:
         """Sends an activation token by SMS to the user's phone (their SMS device); the
         user types it into the app. Returns when it expires."""
-        sls = self._sls
-        phones = [d.phone for d in sls.active_devices(username) if d.type is DeviceType.SMS]
-        if not phones or phones[0] is None:
+        ctx = self._ctx
+        with ctx.write():
+            user = ctx.user(username)
+            now = ctx.clock.now()
+            phones = [
+                e.row.phone
+                for e in ctx.devices_of(user.id)
+                if e.type is DeviceType.SMS
+                and ctx.effective_state(e, now) is DeviceState.ACTIVE
+                and e.row.phone
+            ]
+        if not phones:
             raise InvalidInputError("username", "the user has no active SMS device")
-        if sls.sms_sender is None:
+        if ctx.sms_sender is None:
             raise InvalidInputError("sms_sender", "no SMS sender is configured")
         offer = self.create_activation(username, channel="sms")
-        sls.sms_sender.send(phones[0], f"Your IB Key activation code is {offer.manual_code}.")
+        ctx.sms_sender.send(phones[0], f"Your IB Key activation code is {offer.manual_code}.")
         return offer.expires_at
 
     def complete_activation(
@@ -211,16 +198,15 @@ class IbKey:
 
         ``pin`` (Android) puts the IB Key PIN in the OCRA computation; the server keeps its
         hash only. Raises :class:`ActivationError` ("already used or expired", "already
-        enrolled", ...); any attempt uses the offer up, even a refused one."""
+        enrolled", "locked", ...); any attempt uses the offer up, even a refused one.
+        Activating IB Key ends the user's SMS device and temporary credentials."""
         if (payload is None) == (manual_code is None):
             raise InvalidInputError("payload", "give exactly one of payload and manual_code")
-        for name, key in (("app_public", app_public), ("push_public", push_public)):
-            if not isinstance(key, bytes) or len(key) != 32:
-                raise InvalidInputError(name, "must be 32 bytes")
+        _check_keys(app_public, push_public)
         if pin is not None:
             validate_ibkey_pin(pin)
-        sls = self._sls
-        now = sls.clock.now()
+        ctx = self._ctx
+        now = ctx.clock.now()
         if payload is not None:
             status, fields = self._verifier.verify(payload, int(now))
             if status == 5:  # expired: same answer as a used code
@@ -231,157 +217,140 @@ class IbKey:
         else:
             assert manual_code is not None
             try:
-                prefix = bytes(_native.parse_manual_code(manual_code))
+                prefix = bytes(activation.parse_manual_code(manual_code))
             except InvalidInputError:
                 raise ActivationError(ActivationError.INVALID) from None
             where = {"manual_prefix": prefix}
         refusal: ActivationError | None = None
-        enrolled: tuple[int, str, bytes, bytes, str] | None = None
-        with sls._write() as tx:
+        enrolled: list[int] = []
+        with ctx.write() as tx:
             offer = tx.store.take_activation(now=now, **where)
             if offer is None:
                 refusal = ActivationError(ActivationError.UNKNOWN)
             elif offer.used_at is not None or now >= offer.expires_at:
                 refusal = ActivationError(ActivationError.USED_OR_EXPIRED)
             else:
-                user = sls._directory.user_by_id[offer.user_id]
+                user = ctx.directory.user_by_id[offer.user_id]
                 if any(
-                    sls._directory.devices[d].type is DeviceType.IB_KEY
-                    and sls._directory.devices[d].row.push_public == push_public
-                    and sls._directory.devices[d].row.state == DeviceState.ACTIVE.value
-                    for d in sls._directory.devices_of.get(user.id, ())
+                    e.type is DeviceType.IB_KEY
+                    and e.row.push_public == push_public
+                    and e.row.state == DeviceState.ACTIVE.value
+                    for e in ctx.devices_of(user.id)
                 ):
                     refusal = ActivationError(ActivationError.ALREADY_ENROLLED)
                 else:
-                    secret = bytes(
-                        _native.derive_ocra_secret(
-                            offer.server_private, app_public, offer.session_id, user.username
-                        )
-                    )
                     suite = SUITE_WITH_PIN if pin is not None else SUITE_WITHOUT_PIN
-                    device_id = tx.store.insert_device(
-                        DeviceRow(
-                            id=0,
-                            type=DeviceType.IB_KEY.value,
-                            state=DeviceState.ACTIVE.value,
-                            serial=f"IB-{offer.session_id[:5].hex().upper()}",
-                            suite=suite,
-                            issued_at=now,
-                            shipped_at=None,
-                            activated_at=now,
-                            expires_at=None,
-                            replaces=None,
-                            secret=secret,
-                            pin_hash=hashlib.sha1(pin.encode()).digest() if pin else None,  # noqa: S324 - OCRA PSHA1
-                            push_public=push_public,
-                            recovery_hash=self._recovery_hash(user.id, pin) if pin else None,
-                        ),
-                        [user.id],
-                    )
-                    # A permanent device is active: temporary credentials end.
-                    for temporary in sls._directory.live_temporary(user.id):
-                        tx.store.update_device(temporary, state=DeviceState.REVOKED.value)
-                    enrolled = (
-                        device_id,
-                        user.username,
-                        offer.server_public,
-                        offer.session_id,
-                        suite,
-                    )
+
+                    def enroll(store: StoreTx) -> None:
+                        secret = bytes(
+                            activation.derive_ocra_secret(
+                                offer.server_private, app_public, offer.session_id, user.username
+                            )
+                        )
+                        device_id = store.insert_device(
+                            DeviceRow(
+                                id=0,
+                                type=DeviceType.IB_KEY.value,
+                                state=DeviceState.ACTIVE.value,
+                                serial=f"IB-{offer.session_id[:5].hex().upper()}",
+                                suite=suite,
+                                issued_at=now,
+                                shipped_at=None,
+                                activated_at=now,
+                                expires_at=None,
+                                replaces=None,
+                                secret=secret,
+                                pin_hash=hashlib.sha1(pin.encode()).digest() if pin else None,  # noqa: S324 - OCRA PSHA1
+                                push_public=push_public,
+                                recovery_hash=ctx.recovery_hash(user.id, pin) if pin else None,
+                            ),
+                            [user.id],
+                        )
+                        # A permanent device is active: temporary credentials and SMS end.
+                        ctx.end_temporary(store, user.id)
+                        ctx.end_sms(store, user.id)
+                        enrolled.append(device_id)
+
+                    plan = OfferPlan(ctx, user.id, None, enroll, now)
+                    plan.decide(tx.store)
+                    refusal = _activation_refusal(LoginOutcome(int(plan.out[0])))
         if refusal is not None:
             raise refusal
-        assert enrolled is not None
-        device_id, name, server_public, session_id, suite = enrolled
-        return Activated(sls.device(name, device_id), name, server_public, session_id, suite)
+        assert offer is not None
+        name = ctx.directory.user_by_id[offer.user_id].username
+        return Activated(
+            self._device(name, enrolled[0]), name, offer.server_public, offer.session_id, suite
+        )
 
-    def _recovery_hash(self, user_id: int, pin: str) -> bytes:
-        # Keyed with the server pepper and bound to the user: a stolen database alone
-        # does not let anyone test the 4-6 character PINs offline.
-        message = b"recovery:%d:" % user_id + pin.encode()
-        return hmac.new(self._sls._pepper, message, hashlib.sha256).digest()
+    def _device(self, username: str, device_id: int) -> Device:
+        ctx = self._ctx
+        with ctx.write():
+            return ctx.public(ctx.device_of(ctx.user(username), device_id), ctx.clock.now())
 
     def recover(
         self, username: str, recovery_pin: str, *, app_public: bytes, push_public: bytes
     ) -> Activated:
         """Re-enables a reinstalled app with the IB Key PIN (the recovery PIN): new keys for
         the user's IB Key, agreed by X25519 + HKDF as in an activation. A wrong PIN is a
-        failed attempt for lockout (10 within 24 hours lock the user)."""
-        from sls_core.login import LOCKOUT_FAILURES, locked_until
-
+        failed attempt of the lockout run; a locked user or closed account is refused."""
         validate_ibkey_pin(recovery_pin)
-        for name, key in (("app_public", app_public), ("push_public", push_public)):
-            if not isinstance(key, bytes) or len(key) != 32:
-                raise InvalidInputError(name, "must be 32 bytes")
-        sls = self._sls
-        server_private, server_public = _native.x25519_keypair()
+        _check_keys(app_public, push_public)
+        ctx = self._ctx
+        server_private, server_public = activation.x25519_keypair()
         session_id = secrets.token_bytes(16)
-        refusal: ActivationError | None = None
-        enrolled: tuple[int, str] | None = None
-        with sls._write() as tx:
-            now = sls.clock.now()
-            user = sls._user(username)
-            failures = tx.store.failures([user.id]).get(user.id, [])
-            until = locked_until(failures)
-            candidates = [
-                sls._directory.devices[d]
-                for d in sorted(sls._directory.devices_of.get(user.id, ()))
-                if sls._directory.devices[d].type is DeviceType.IB_KEY
-                and sls._directory.devices[d].row.recovery_hash is not None
-                and sls._effective_state(sls._directory.devices[d], now) is DeviceState.ACTIVE
-            ]
-            expected = self._recovery_hash(user.id, recovery_pin)
-            match = [
-                e for e in candidates if hmac.compare_digest(e.row.recovery_hash or b"", expected)
-            ]
-            if until is not None and now < until:
-                refusal = ActivationError(ActivationError.LOCKED)
-            elif not candidates:
-                refusal = ActivationError(ActivationError.NO_RECOVERY)
-            elif not match:
-                refusal = ActivationError(ActivationError.WRONG_RECOVERY_PIN)
-                tx.store.put_failures({user.id: [*failures, now][-LOCKOUT_FAILURES:]})
-            else:
-                entry = match[0]
+        with ctx.write() as tx:
+            user = ctx.user(username)
+
+            def rekey(store: StoreTx, entry: DeviceEntry) -> None:
                 secret = bytes(
-                    _native.derive_ocra_secret(
+                    activation.derive_ocra_secret(
                         bytes(server_private), app_public, session_id, user.username
                     )
                 )
-                tx.store.update_device(entry.row.id, secret=secret, push_public=push_public)
-                if failures:
-                    tx.store.clear_failures([user.id])
-                enrolled = (entry.row.id, user.username)
-        if refusal is not None:
-            raise refusal
-        assert enrolled is not None
-        device_id, name = enrolled
-        device = sls.device(name, device_id)
-        return Activated(device, name, bytes(server_public), session_id, device.suite or "")
+                store.update_device(entry.row.id, secret=secret, push_public=push_public)
+
+            plan = RecoveryPlan(ctx, user.id, user.username, recovery_pin, rekey, ctx.clock.now())
+            plan.decide(tx.store)
+        outcome = LoginOutcome(int(plan.out[0]))
+        if outcome is not LoginOutcome.OK:
+            if outcome is LoginOutcome.WRONG:
+                raise ActivationError(ActivationError.WRONG_RECOVERY_PIN)
+            if outcome is LoginOutcome.NO_SUCH_DEVICE:
+                raise ActivationError(ActivationError.NO_RECOVERY)
+            raise _activation_refusal(outcome) or ActivationError(ActivationError.INVALID)
+        device = self._device(user.username, int(plan.device_ids[0]))
+        return Activated(
+            device, user.username, bytes(server_public), session_id, device.suite or ""
+        )
 
     # -- push ----------------------------------------------------------------------------
     def create_push(self, username: str, *, device_id: int | None = None) -> PushChallenge:
         """A push challenge for the user's IB Key: the gateway's ``device_id``, else the
-        user's chosen device, else their only IB Key."""
-        sls = self._sls
-        now = sls.clock.now()
-        with sls._write() as tx:
-            user = sls._user(username)
+        user's chosen device, else their only IB Key. None for a closed account or a
+        locked user (the answer would be refused anyway)."""
+        ctx = self._ctx
+        now = ctx.clock.now()
+        with ctx.write() as tx:
+            user = ctx.user(username)
+            rules_access.issue_refusal(
+                closed=user.closed, locked=ctx.is_locked(tx.store, user.id, now), what="push"
+            )
             if device_id is None:
-                device_id = sls._choose(
+                device_id = ctx.choose(
                     user,
                     lambda e: (
                         e.type is DeviceType.IB_KEY
                         and e.row.push_public is not None
-                        and sls._effective_state(e, now) is DeviceState.ACTIVE
+                        and ctx.effective_state(e, now) is DeviceState.ACTIVE
                     ),
                     "active IB Key",
                 ).row.id
-            entry = sls._device_of(user, device_id)
+            entry = ctx.device_of(user, device_id)
             if entry.type is not DeviceType.IB_KEY or entry.row.push_public is None:
                 raise InvalidInputError("device_id", "push approval needs an activated IB Key")
-            if sls._effective_state(entry, now) is not DeviceState.ACTIVE:
+            if ctx.effective_state(entry, now) is not DeviceState.ACTIVE:
                 raise InvalidInputError("device_id", "the device is not active")
-            challenge_id = sls._next_challenge_id(tx.store)
+            challenge_id = ctx.next_challenge_id(tx.store)
             expires_at = int(now + PUSH_TTL) + 1
             tx.store.insert_push(
                 PushRow(challenge_id, user.id, entry.row.id, now, float(expires_at))
@@ -391,13 +360,15 @@ class IbKey:
     def pending_pushes(self, push_public: bytes) -> list[PushChallenge]:
         """The undecided, unexpired pushes for the app holding ``push_public`` (what the
         notification would deliver)."""
-        sls = self._sls
-        now = sls.clock.now()
-        with sls._write() as tx:
+        ctx = self._ctx
+        now = ctx.clock.now()
+        with ctx.write() as tx:
+            # Only what could still be approved: a device no longer active gets nothing.
             devices = [
                 e.row.id
-                for e in sls._directory.devices.values()
+                for e in ctx.directory.devices.values()
                 if e.row.push_public == push_public
+                and ctx.effective_state(e, now) is DeviceState.ACTIVE
             ]
             rows = tx.store.pending_pushes(devices, now)
         return [
@@ -406,7 +377,8 @@ class IbKey:
 
     def answer_push(self, challenge_id: int, decision: int, signature: bytes) -> LoginOutcome:
         """The app's answer: OK (approved), DECLINED, WRONG (signature does not verify for
-        this challenge, user and device), REPLAYED (already answered), EXPIRED."""
+        this challenge, user and device: a failed attempt), REPLAYED (already answered),
+        EXPIRED, LOCKED, ACCOUNT_CLOSED, DEVICE_NOT_ACTIVE."""
         outcomes = self.answer_pushes([challenge_id], [decision], [signature])
         return LoginOutcome(int(outcomes[0]))
 
@@ -417,77 +389,34 @@ class IbKey:
         signatures: Sequence[bytes],
     ) -> npt.NDArray[np.uint8]:
         """Many app answers at once: signatures verified in one kernel batch (Ed25519
-        batch verification), decisions recorded once each in one transaction."""
+        batch verification), decided by the pipeline in one transaction."""
         n = len(challenge_ids)
         if len(decisions) != n or len(signatures) != n:
             raise InvalidInputError("signatures", "one decision and signature per challenge")
-        sls = self._sls
-        out = np.full(n, 255, dtype=np.uint8)
-        with sls._write() as tx:
-            now = sls.clock.now()
-            found = tx.store.pushes([int(c) for c in challenge_ids])
-            rows = [found.get(int(c)) for c in challenge_ids]
-            publics: list[bytes] = []
-            messages: list[bytes] = []
-            sigs: list[bytes] = []
-            pending: list[int] = []
-            for i, row in enumerate(rows):
-                if row is None:
-                    out[i] = LoginOutcome.CHALLENGE_INVALID
-                    continue
-                if decisions[i] not in (APPROVE, DECLINE):
-                    out[i] = LoginOutcome.MALFORMED
-                    continue
-                entry = sls._directory.devices.get(row.device_id)
-                if entry is None or entry.row.push_public is None:
-                    out[i] = LoginOutcome.NO_SUCH_DEVICE
-                    continue
-                publics.append(entry.row.push_public)
-                messages.append(
-                    bytes(
-                        _native.approval_message(
-                            row.challenge_id,
-                            row.user_id,
-                            row.device_id,
-                            int(row.expires_at),
-                            decisions[i],
-                        )
-                    )
-                )
-                sigs.append(signatures[i] if isinstance(signatures[i], bytes) else b"")
-                pending.append(i)
-            verdicts = (
-                _native.verify_approvals_batch(publics, messages, sigs, threads=sls.threads)
-                if pending
-                else np.zeros(0, np.uint8)
-            )
-            for i, verdict in zip(pending, verdicts.tolist(), strict=True):
-                row = rows[i]
-                assert row is not None
-                if verdict != 0:
-                    out[i] = LoginOutcome.MALFORMED if verdict == 2 else LoginOutcome.WRONG
-                elif row.decision is not None:
-                    out[i] = LoginOutcome.REPLAYED
-                elif now >= row.expires_at:
-                    out[i] = LoginOutcome.EXPIRED
-                elif not tx.store.decide_push(
-                    row.challenge_id, "approved" if decisions[i] == APPROVE else "declined", now
-                ):
-                    out[i] = LoginOutcome.REPLAYED
-                else:
-                    out[i] = LoginOutcome.OK if decisions[i] == APPROVE else LoginOutcome.DECLINED
-        return out
+        ids = [_push_id(c) for c in challenge_ids]
+        ctx = self._ctx
+        with ctx.write() as tx:
+            found = tx.store.pushes([i for i in ids if i is not None])
+            rows = [found.get(i) if i is not None else None for i in ids]
+            plan = PushPlan(ctx, rows, decisions, signatures, ctx.clock.now())
+            plan.decide(tx.store)
+        return plan.out
 
     def push_status(self, challenge_id: int) -> str:
         """For the gateway: "pending", "approved", "declined" or "expired"."""
-        sls = self._sls
-        with sls._write() as tx:
-            row = tx.store.push(challenge_id)
+        ctx = self._ctx
+        key = _push_id(challenge_id)
+        if key is None:
+            raise InvalidInputError("challenge_id", "no such push")
+        with ctx.write() as tx:
+            row = tx.store.push(key)
         if row is None:
             raise InvalidInputError("challenge_id", "no such push")
         if row.decision is not None:
-            return str(row.decision)
-        return "expired" if sls.clock.now() >= row.expires_at else "pending"
+            return str(PushStatus(row.decision))
+        if ctx.clock.now() >= row.expires_at:
+            return str(PushStatus.EXPIRED)
+        return str(PushStatus.PENDING)
 
     def wait_push(self, challenge_id: int, *, timeout: float, poll: float = 0.05) -> str:
         """Waits (real time) until the push is decided or expired, or ``timeout`` passes;
@@ -495,6 +424,30 @@ class IbKey:
         deadline = time.monotonic() + timeout
         while True:
             status = self.push_status(challenge_id)
-            if status != "pending" or time.monotonic() >= deadline:
+            if status != PushStatus.PENDING or time.monotonic() >= deadline:
                 return status
             time.sleep(poll)
+
+
+def _check_keys(app_public: object, push_public: object) -> None:
+    for name, key in (("app_public", app_public), ("push_public", push_public)):
+        if not isinstance(key, bytes) or len(key) != 32:
+            raise InvalidInputError(name, "must be 32 bytes")
+
+
+def _push_id(value: object) -> int | None:
+    """A push id as the store keys it (a 63-bit integer), or None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return None
+
+
+def _activation_refusal(outcome: LoginOutcome) -> ActivationError | None:
+    """What the app is told when the pipeline refused an activation or recovery."""
+    if outcome is LoginOutcome.OK:
+        return None
+    if outcome is LoginOutcome.LOCKED:
+        return ActivationError(ActivationError.LOCKED)
+    if outcome is LoginOutcome.ACCOUNT_CLOSED:
+        return ActivationError(ActivationError.ACCOUNT_CLOSED)
+    return ActivationError(ActivationError.INVALID)

@@ -45,11 +45,6 @@ class LoginOutcome(IntEnum):
     def message(self) -> str:
         return _MESSAGES[self]
 
-    @property
-    def counts_as_failure(self) -> bool:
-        """Only a wrong answer is a guess: malformed input, replays and refusals are not."""
-        return self is LoginOutcome.WRONG
-
 
 _MESSAGES = {
     LoginOutcome.OK: "The second factor is correct.",
@@ -60,9 +55,10 @@ _MESSAGES = {
     LoginOutcome.EXPIRED: "The challenge or temporary credential has expired; start again.",
     LoginOutcome.REPLAYED: "This challenge was already used; request a new one.",
     LoginOutcome.LOCKED: (
-        "Too many failed attempts: the account is locked until 24 hours after the last one."
+        # The numbers of the rule live in sls_core.rules.lockout; LockoutStatus says until when.
+        "Too many failed attempts: the account is locked for now (client services can unlock it)."
     ),
-    LoginOutcome.UNKNOWN_USER: "No such user.",
+    LoginOutcome.UNKNOWN_USER: "Invalid username/password combination.",
     LoginOutcome.NO_SUCH_DEVICE: "The user has no such device.",
     LoginOutcome.DEVICE_NOT_ACTIVE: "The device is not active.",
     LoginOutcome.SCOPE_LIMITED: (

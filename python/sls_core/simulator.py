@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sls_core import _native, ocra, qr
+from sls_core import activation, ocra, push, qr
 from sls_core.errors import InvalidInputError, SlsError
 
 __all__ = ["AppState", "SimulatedApp", "dsc_response", "main"]
@@ -75,7 +75,7 @@ class SimulatedApp:
                 users=[AppUser(**u) for u in raw["users"]],
             )
         if not self.state.push_seed_hex:
-            seed, public = _native.push_keypair()
+            seed, public = push.push_keypair()
             self.state.push_seed_hex = bytes(seed).hex()
             self.state.push_public_hex = bytes(public).hex()
             self._save()
@@ -120,7 +120,7 @@ class SimulatedApp:
         ``ibkey`` (a :class:`sls_core.ibkey.IbKey`) and derives the OCRA secret locally."""
         if qr_png is not None:
             payload = qr.decode_png(qr_png)
-        app_private, app_public = _native.x25519_keypair()
+        app_private, app_public = activation.x25519_keypair()
         done = ibkey.complete_activation(
             app_public=bytes(app_public),
             push_public=self.push_public,
@@ -129,7 +129,7 @@ class SimulatedApp:
             pin=pin,
         )
         secret = bytes(
-            _native.derive_ocra_secret(
+            activation.derive_ocra_secret(
                 app_private, done.server_public, done.session_id, done.username
             )
         )
@@ -142,17 +142,17 @@ class SimulatedApp:
     def recover(self, ibkey: Any, username: str, recovery_pin: str) -> AppUser:
         """After a reinstall (this app lost its keys): re-enables ``username`` with the
         recovery PIN; new push and X25519 keys, a new OCRA secret agreed with the server."""
-        seed, public = _native.push_keypair()
+        seed, public = push.push_keypair()
         self.state.push_seed_hex, self.state.push_public_hex = (
             bytes(seed).hex(),
             bytes(public).hex(),
         )
-        app_private, app_public = _native.x25519_keypair()
+        app_private, app_public = activation.x25519_keypair()
         done = ibkey.recover(
             username, recovery_pin, app_public=bytes(app_public), push_public=self.push_public
         )
         secret = bytes(
-            _native.derive_ocra_secret(
+            activation.derive_ocra_secret(
                 app_private, done.server_public, done.session_id, done.username
             )
         )
@@ -177,7 +177,7 @@ class SimulatedApp:
 
     def sign(self, message: bytes) -> bytes:
         """The app's Ed25519 signature of a push answer."""
-        return bytes(_native.sign_approval(self.push_seed, message))
+        return bytes(push.sign_approval(self.push_seed, message))
 
     def answer_pushes(self, ibkey: Any, *, approve: bool = True) -> list[tuple[int, int]]:
         """Answers every push waiting for this app; returns (challenge id, outcome)."""
@@ -252,8 +252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "respond":
             print(app.respond(args.user, args.challenge, args.pin))
         elif args.command == "pushes":
-            for push in _ibkey(args.data_dir).pending_pushes(app.push_public):
-                print(f"push {push.challenge_id}\tuser {push.user_id}\texpires {push.expires_at}")
+            for pending in _ibkey(args.data_dir).pending_pushes(app.push_public):
+                print(
+                    f"push {pending.challenge_id}\tuser {pending.user_id}"
+                    f"\texpires {pending.expires_at}"
+                )
         elif args.command == "approve":
             for challenge_id, outcome in app.answer_pushes(
                 _ibkey(args.data_dir), approve=not args.decline

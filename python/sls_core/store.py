@@ -47,7 +47,7 @@ class WriterBusyError(Exception):
 
 
 #: The schema version this code writes; older files are migrated on open.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _MIGRATIONS: dict[int, Sequence[str]] = {
     1: (
@@ -126,6 +126,21 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
     ),
     # 4: the IB Key PIN doubles as the recovery PIN: its keyed hash, per device.
     4: ("ALTER TABLE devices ADD COLUMN recovery_hash BLOB",),
+    # 5: sharing requests (SLS-RULES "Several devices and sharing"): proved by the owner,
+    # maybe pending compliance approval, cancellable; set_aside is a JSON list of the
+    # requester's device ids suspended while the shared device serves them.
+    5: (
+        """CREATE TABLE sharing_requests (
+            id INTEGER PRIMARY KEY,
+            owner_id INTEGER NOT NULL REFERENCES users(id),
+            requester_id INTEGER NOT NULL REFERENCES users(id),
+            device_id INTEGER NOT NULL REFERENCES devices(id),
+            state TEXT NOT NULL,
+            set_aside TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            decided_at REAL
+        )""",
+    ),
 }
 
 
@@ -187,6 +202,18 @@ class PushRow:
     decided_at: float | None = None
 
 
+@dataclass(frozen=True)
+class SharingRow:
+    id: int
+    owner_id: int
+    requester_id: int
+    device_id: int
+    state: str
+    set_aside: tuple[int, ...]
+    created_at: float
+    decided_at: float | None = None
+
+
 class StoreTx(Protocol):
     """One write transaction: everything in it lands together or not at all."""
 
@@ -212,6 +239,10 @@ class StoreTx(Protocol):
     def insert_device(self, row: DeviceRow, owners: Sequence[int]) -> int: ...
     def update_device(self, device_id: int, **values: Any) -> None: ...
     def link(self, user_id: int, device_id: int) -> None: ...
+    def unlink(self, user_id: int, device_id: int) -> None: ...
+    def insert_sharing(self, row: SharingRow) -> int: ...
+    def sharing(self, request_id: int) -> SharingRow | None: ...
+    def update_sharing(self, request_id: int, *, state: str, decided_at: float) -> None: ...
     def bulk_enroll(
         self, users: Sequence[tuple[str, dict[str, str]]], devices: Sequence[DeviceRow], now: float
     ) -> None: ...
@@ -514,6 +545,55 @@ class _SqliteTx:
             (user_id, device_id),
         )
         self._changed(user_id=user_id, device_id=device_id)
+
+    def unlink(self, user_id: int, device_id: int) -> None:
+        self._conn.execute(
+            "DELETE FROM user_devices WHERE user_id = ? AND device_id = ?", (user_id, device_id)
+        )
+        self._changed(user_id=user_id, device_id=device_id)
+
+    # -- sharing requests ----------------------------------------------------------------
+    def insert_sharing(self, row: SharingRow) -> int:
+        cur = self._conn.execute(
+            "INSERT INTO sharing_requests (owner_id, requester_id, device_id, state,"
+            " set_aside, created_at, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.owner_id,
+                row.requester_id,
+                row.device_id,
+                row.state,
+                json.dumps(list(row.set_aside)),
+                row.created_at,
+                row.decided_at,
+            ),
+        )
+        return int(cur.lastrowid or 0)
+
+    def sharing(self, request_id: int) -> SharingRow | None:
+        found = self._conn.execute(
+            "SELECT id, owner_id, requester_id, device_id, state, set_aside, created_at,"
+            " decided_at FROM sharing_requests WHERE id = ?",
+            (request_id,),
+        ).fetchone()
+        if found is None:
+            return None
+        rid, owner, requester, device, state, aside, created, decided = found
+        return SharingRow(
+            int(rid),
+            int(owner),
+            int(requester),
+            int(device),
+            str(state),
+            tuple(int(i) for i in json.loads(aside)),
+            float(created),
+            None if decided is None else float(decided),
+        )
+
+    def update_sharing(self, request_id: int, *, state: str, decided_at: float) -> None:
+        self._conn.execute(
+            "UPDATE sharing_requests SET state = ?, decided_at = ? WHERE id = ?",
+            (state, decided_at, request_id),
+        )
 
     def bulk_enroll(
         self, users: Sequence[tuple[str, dict[str, str]]], devices: Sequence[DeviceRow], now: float

@@ -40,6 +40,7 @@ from sls_core.api.v1 import (
 from sls_core.login import SecureLogin
 from sls_core.server.audit import AuditTrail
 from sls_core.server.config import ServerConfig
+from sls_core.server.domain import Domain
 from sls_core.server.interceptors import (
     AccessLogInterceptor,
     AuthorizationInterceptor,
@@ -49,7 +50,6 @@ from sls_core.server.metrics import Metrics, serve_metrics
 from sls_core.server.servicers import (
     ActivationServicer,
     AdminServicer,
-    Domain,
     PolicyServicer,
     PushServicer,
     VerificationServicer,

@@ -6,7 +6,7 @@ that also appears in the access log. It never holds a secret, a code, a response
 passcode or a token: the callers of this module pass none, and a username that failed
 validation (it may be a password typed into the wrong field) is written as ``""``.
 
-A batch's lines are formatted by the native extension (``_native.audit_lines``): Python
+A batch's lines are formatted natively (:func:`sls_core.auditfmt.audit_lines`): Python
 JSON-encodes the head of a call's lines once (time, event, caller, request id, with
 ``json.dumps``); Rust adds each item's username (JSON-escaped, ASCII only, as ``json.dumps``
 writes it), device id and outcome name, without the GIL for a large batch. The bytes go out
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from sls_core import _native
+from sls_core.auditfmt import audit_lines
 from sls_core.outcome import LoginOutcome
 
 __all__ = ["AuditTrail"]
@@ -172,7 +172,7 @@ def _lines(
     outcomes: npt.NDArray[np.uint8],
 ) -> bytes:
     """The lines of a batch: ``head`` for every line, or one head per item."""
-    return _native.audit_lines(
+    return audit_lines(
         head,
         usernames,
         device_ids,

@@ -7,8 +7,8 @@
 
 use std::time::Instant;
 
-use sls_kernel::batch::{ByteColumn, Execution, KeyColumn, KeyTable, OcraBatch};
-use sls_kernel::OcraSuite;
+use sls_kernel::batch::{KeyColumn, KeyTable, OcraBatch};
+use sls_kernel::{ByteColumn, Execution, OcraSuite};
 
 fn main() {
     let n: usize = std::env::args()

@@ -26,8 +26,8 @@ use sha2::Sha256;
 use x25519_dalek::{PublicKey as X25519Public, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::batch::{ByteColumn, Execution};
 use crate::error::Error;
+use crate::types::{ByteColumn, Execution};
 
 /// The scheme marker every payload text starts with.
 pub const PAYLOAD_PREFIX: &str = "SLS1:";

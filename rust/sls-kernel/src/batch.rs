@@ -5,23 +5,15 @@
 //! break a rule is [`Outcome::Malformed`]; it never fails its neighbours.
 
 use rayon::prelude::*;
-use subtle::Choice;
 
 use crate::error::Error;
 use crate::mac::{HashAlgorithm, HmacKey, HmacKeyRef, PreparedKeys};
 use crate::ocra::{OcraInput, OcraSuite};
 use crate::otp::{OtpParams, TotpParams, WindowMatch};
+use crate::types::{ByteColumn, Execution, Outcome};
 
 /// Items per rayon task: large enough to amortize scheduling, small enough to balance.
 const CHUNK: usize = 1024;
-
-/// Whether batch work runs on the current rayon pool or on the calling thread alone.
-/// Sequential work never touches a rayon pool, so it is safe anywhere (even after fork).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Execution {
-    Sequential,
-    Parallel,
-}
 
 /// Runs `f(chunk_index, chunk)` over `CHUNK * width`-sized pieces of `out`.
 fn each_chunk<T, E, F>(execution: Execution, out: &mut [T], width: usize, f: F) -> Result<(), E>
@@ -40,79 +32,6 @@ where
             .par_chunks_mut(size)
             .enumerate()
             .try_for_each(|(i, chunk)| f(i, chunk)),
-    }
-}
-
-/// The verdict on one item; the numbers are the values of the numpy result array.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Outcome {
-    Ok = 0,
-    Wrong = 1,
-    Malformed = 2,
-}
-
-impl Outcome {
-    #[inline]
-    pub fn from_match(hit: Choice) -> Self {
-        if bool::from(hit) {
-            Outcome::Ok
-        } else {
-            Outcome::Wrong
-        }
-    }
-}
-
-/// A column of byte strings.
-#[derive(Debug, Clone)]
-pub enum ByteColumn<'a> {
-    /// Row-major cells of `width` bytes. With `nul_padded`, trailing NULs are padding
-    /// (numpy's `S` dtype), so a shorter value ends at its first trailing NUL.
-    Fixed {
-        data: &'a [u8],
-        width: usize,
-        nul_padded: bool,
-    },
-    /// One slice per row.
-    Rows(Vec<&'a [u8]>),
-}
-
-impl<'a> ByteColumn<'a> {
-    pub fn len(&self) -> usize {
-        match self {
-            ByteColumn::Fixed { data, width, .. } => {
-                if *width == 0 {
-                    0
-                } else {
-                    data.len() / width
-                }
-            }
-            ByteColumn::Rows(rows) => rows.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    #[inline]
-    pub fn get(&self, row: usize) -> &'a [u8] {
-        match self {
-            ByteColumn::Fixed {
-                data,
-                width,
-                nul_padded,
-            } => {
-                let cell = &data[row * width..(row + 1) * width];
-                if *nul_padded {
-                    let end = cell.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-                    &cell[..end]
-                } else {
-                    cell
-                }
-            }
-            ByteColumn::Rows(rows) => rows[row],
-        }
     }
 }
 
@@ -717,24 +636,5 @@ mod tests {
                 assert_eq!(matched, expected);
             }
         }
-    }
-
-    #[test]
-    fn nul_padded_cells_end_at_the_padding() {
-        let data = b"1234\x00\x00567890";
-        let column = ByteColumn::Fixed {
-            data,
-            width: 6,
-            nul_padded: true,
-        };
-        assert_eq!(column.len(), 2);
-        assert_eq!(column.get(0), b"1234");
-        assert_eq!(column.get(1), b"567890");
-        let raw = ByteColumn::Fixed {
-            data,
-            width: 6,
-            nul_padded: false,
-        };
-        assert_eq!(raw.get(0), b"1234\0\0");
     }
 }

@@ -8,10 +8,10 @@
 use rayon::prelude::*;
 use subtle::ConstantTimeEq;
 
-use crate::batch::{ByteColumn, Execution, Outcome};
 use crate::code::{dynamic_truncation, CodeFormat};
 use crate::error::Error;
 use crate::mac::{HashAlgorithm, HmacKey};
+use crate::types::{ByteColumn, Execution, Outcome};
 
 /// Domain separation: a card secret MACs nothing but card cells.
 const LABEL: &[u8] = b"sls-card";

@@ -17,9 +17,9 @@ use base64::Engine as _;
 use rayon::prelude::*;
 use subtle::ConstantTimeEq;
 
-use crate::batch::{ByteColumn, Execution};
 use crate::error::Error;
 use crate::mac::{HashAlgorithm, HmacKey};
+use crate::types::{ByteColumn, Execution};
 
 /// The only token version this kernel writes and reads.
 pub const TOKEN_VERSION: u8 = 1;

@@ -17,13 +17,14 @@ pub mod mac;
 pub mod ocra;
 pub mod otp;
 pub mod push;
+pub mod types;
 
 pub use activation::{
     derive_ocra_secret, manual_code, parse_manual_code, x25519_keypair, ActivationFields,
     ActivationPayload, ActivationSigner, ActivationVerifier, ManualCodeError, PayloadError,
     RandomSourceError, X25519Keypair,
 };
-pub use batch::{ByteColumn, Execution, KeyColumn, KeyTable, Outcome};
+pub use batch::{KeyColumn, KeyTable};
 pub use card::CardKey;
 pub use challenge::{ChallengeClaims, TokenKeys, TokenStatus};
 pub use error::Error;
@@ -34,3 +35,4 @@ pub use push::{
     approval_message, push_keypair, sign_approval, verify_approval, verify_approvals_batch,
     Decision, PushKeypair,
 };
+pub use types::{ByteColumn, Execution, Outcome};

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256, Sha512};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::error::Error;
+use crate::types::Execution;
 
 /// The hash function under an HMAC or a PIN hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -358,7 +359,7 @@ fn prepare_all<'k, S: ChainingState + Send + Sync>(
     algorithm: HashAlgorithm,
     rows: usize,
     key_at: &(dyn Fn(usize) -> &'k [u8] + Sync),
-    execution: crate::batch::Execution,
+    execution: Execution,
 ) -> Result<Vec<Pads<S>>, usize> {
     use rayon::prelude::*;
     if let Some(row) = (0..rows).find(|&row| key_at(row).is_empty()) {
@@ -369,8 +370,8 @@ fn prepare_all<'k, S: ChainingState + Send + Sync>(
     // reallocation and leave unwiped copies in freed memory.
     let mut out = Vec::with_capacity(rows);
     match execution {
-        crate::batch::Execution::Sequential => out.extend((0..rows).map(prepare)),
-        crate::batch::Execution::Parallel => (0..rows)
+        Execution::Sequential => out.extend((0..rows).map(prepare)),
+        Execution::Parallel => (0..rows)
             .into_par_iter()
             .with_min_len(1024)
             .map(prepare)
@@ -385,7 +386,7 @@ impl PreparedKeys {
         algorithm: HashAlgorithm,
         rows: usize,
         key_at: &(dyn Fn(usize) -> &'k [u8] + Sync),
-        execution: crate::batch::Execution,
+        execution: Execution,
     ) -> Result<Self, usize> {
         Ok(PreparedKeys(match algorithm {
             HashAlgorithm::Sha1 => {

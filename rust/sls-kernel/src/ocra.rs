@@ -7,12 +7,12 @@
 
 use std::str::FromStr;
 
-use crate::batch::Outcome;
 use crate::code::{same_code, CodeFormat, MAX_DIGITS};
 use crate::error::Error;
 #[cfg(test)]
 use crate::mac::HmacKey;
 use crate::mac::{DigestOutput, HashAlgorithm, HmacKeyRef};
+use crate::types::Outcome;
 
 /// The Q field is always 128 bytes in the MAC input (RFC 6287 section 5.1).
 pub const QUESTION_FIELD_LEN: usize = 128;

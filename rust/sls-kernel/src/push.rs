@@ -20,8 +20,8 @@ use rayon::prelude::*;
 use zeroize::Zeroizing;
 
 use crate::activation::{random_secret, RandomSourceError};
-use crate::batch::{ByteColumn, Execution, Outcome};
 use crate::error::Error;
+use crate::types::{ByteColumn, Execution, Outcome};
 
 /// Signed before the fields, so an approval signature means nothing elsewhere.
 pub const APPROVAL_DOMAIN: &[u8] = b"sls-push-approval-v1\0";

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
-use sls_kernel::batch::{ByteColumn, Execution, KeyColumn, KeyTable, OcraBatch, OtpBatch, OtpMode};
+use sls_kernel::batch::{KeyColumn, KeyTable, OcraBatch, OtpBatch, OtpMode};
 use sls_kernel::{
-    HashAlgorithm, HmacKey, OcraInput, OcraSuite, OtpParams, Outcome, TotpParams, WindowMatch,
+    ByteColumn, Execution, HashAlgorithm, HmacKey, OcraInput, OcraSuite, OtpParams, Outcome,
+    TotpParams, WindowMatch,
 };
 
 fn vectors(name: &str) -> Vec<Value> {

@@ -1,5 +1,5 @@
-//! IB Key activation and push approvals: signed QR payloads, the manual string, X25519 +
-//! HKDF key agreement and Ed25519 approval signatures.
+//! IB Key activation: signed QR payloads, the manual string and the X25519 + HKDF key
+//! agreement that gives the device its OCRA secret. (Push approvals are in `push`.)
 //!
 //! Seeds and private keys cross into Rust as `bytes`; the Rust copies are wiped when
 //! dropped (Python's own `bytes` cannot be). No error names a seed, a key or a secret.
@@ -11,49 +11,18 @@ use pyo3::types::{PyBytes, PyDict, PyMapping, PyString};
 use sls_kernel::activation::{
     self as kernel, ActivationFields, ActivationPayload, PAYLOAD_VALID, SESSION_ID_BYTES,
 };
-use sls_kernel::batch::Execution;
-use sls_kernel::push;
+use sls_kernel::Execution;
 use zeroize::Zeroizing;
 
-use crate::convert::{blob, column, int_param, threads_arg, unix_seconds, unsigned};
-use crate::errors::{invalid, to_py, wrong_type};
+use crate::convert::{
+    blob, byte_param, column, int_param, public_bytes, secret_bytes, threads_arg, unix_seconds,
+    unsigned,
+};
+use crate::errors::{invalid, wrong_type, Result};
 use crate::threads::run_batch;
 
-/// Exactly `N` bytes from bytes-like `obj`; the copy is wiped when dropped.
-fn secret_bytes<const N: usize>(
-    obj: &Bound<'_, PyAny>,
-    field: &str,
-    what: &str,
-) -> PyResult<Zeroizing<[u8; N]>> {
-    let data = blob(obj, field, false)?;
-    if data.len() != N {
-        return Err(invalid(field, format!("must be {what} of {N} bytes")));
-    }
-    let mut out = Zeroizing::new([0u8; N]);
-    out.copy_from_slice(&data);
-    Ok(out)
-}
-
-/// Exactly `N` bytes of public data from bytes-like `obj`.
-fn public_bytes<const N: usize>(
-    obj: &Bound<'_, PyAny>,
-    field: &str,
-    what: &str,
-) -> PyResult<[u8; N]> {
-    let data = blob(obj, field, false)?;
-    <[u8; N]>::try_from(&*data).map_err(|_| invalid(field, format!("must be {what} of {N} bytes")))
-}
-
-fn key_id(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<u8> {
-    int_param(obj, field, "must be an integer from 0 to 255")
-}
-
-fn byte_param(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<u8> {
-    int_param(obj, field, "must be an integer from 0 to 255")
-}
-
 /// A `str` parameter (a username), refusing lone surrogates.
-fn text_param<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> PyResult<&'a str> {
+fn text_param<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> Result<&'a str> {
     obj.cast::<PyString>()
         .map_err(|_| wrong_type(field, "str", obj))?
         .to_str()
@@ -65,14 +34,14 @@ fn keyed_bytes<const N: usize>(
     keys: &Bound<'_, PyAny>,
     field: &str,
     what: &str,
-) -> PyResult<Vec<(u8, Zeroizing<[u8; N]>)>> {
+) -> Result<Vec<(u8, Zeroizing<[u8; N]>)>> {
     let mapping = keys
         .cast::<PyMapping>()
         .map_err(|_| wrong_type(field, "a mapping of key id to bytes", keys))?;
     let mut out = Vec::new();
     for item in mapping.items()?.iter() {
         let (id, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
-        let id = key_id(&id, field)?;
+        let id = byte_param(&id, field)?;
         let value = secret_bytes::<N>(&value, field, what)
             .map_err(|_| invalid(field, format!("key id {id}: must be {what} of {N} bytes")))?;
         out.push((id, value));
@@ -80,7 +49,7 @@ fn keyed_bytes<const N: usize>(
     Ok(out)
 }
 
-fn payload_dict<'py>(py: Python<'py>, payload: &ActivationPayload) -> PyResult<Bound<'py, PyDict>> {
+fn payload_dict<'py>(py: Python<'py>, payload: &ActivationPayload) -> Result<Bound<'py, PyDict>> {
     let f = &payload.fields;
     let out = PyDict::new(py);
     out.set_item("version", payload.version)?;
@@ -106,11 +75,10 @@ pub struct ActivationSigner {
 impl ActivationSigner {
     #[new]
     #[pyo3(signature = (keys, *, active))]
-    fn new(keys: &Bound<'_, PyAny>, active: &Bound<'_, PyAny>) -> PyResult<Self> {
+    fn new(keys: &Bound<'_, PyAny>, active: &Bound<'_, PyAny>) -> Result<Self> {
         let seeds = keyed_bytes::<32>(keys, "signing_keys", "an Ed25519 seed")?;
-        let active = key_id(active, "active_key_id")?;
-        let inner = kernel::ActivationSigner::new(seeds.iter().map(|(id, s)| (*id, &**s)), active)
-            .map_err(to_py)?;
+        let active = byte_param(active, "active_key_id")?;
+        let inner = kernel::ActivationSigner::new(seeds.iter().map(|(id, s)| (*id, &**s)), active)?;
         Ok(ActivationSigner { inner })
     }
 
@@ -120,7 +88,7 @@ impl ActivationSigner {
     }
 
     /// `{key_id: 32-byte Ed25519 public key}`: what an `ActivationVerifier` (the app) needs.
-    fn public_keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn public_keys<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyDict>> {
         let out = PyDict::new(py);
         for (id, public) in self.inner.public_keys() {
             out.set_item(id, PyBytes::new(py, &public))?;
@@ -140,7 +108,7 @@ impl ActivationSigner {
         expires_at: &Bound<'_, PyAny>,
         server_public: &Bound<'_, PyAny>,
         flags: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<String> {
+    ) -> Result<String> {
         let fields = ActivationFields {
             flags: flags
                 .map(|f| byte_param(f, "flags"))
@@ -156,7 +124,7 @@ impl ActivationSigner {
                 "an X25519 public key",
             )?,
         };
-        py.detach(|| self.inner.sign(&fields)).map_err(to_py)
+        Ok(py.detach(|| self.inner.sign(&fields))?)
     }
 
     fn __repr__(&self) -> String {
@@ -185,11 +153,10 @@ pub struct ActivationVerifier {
 impl ActivationVerifier {
     #[new]
     #[pyo3(signature = (public_keys, *, skew=None))]
-    fn new(public_keys: &Bound<'_, PyAny>, skew: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    fn new(public_keys: &Bound<'_, PyAny>, skew: Option<&Bound<'_, PyAny>>) -> Result<Self> {
         let keys = keyed_bytes::<32>(public_keys, "public_keys", "an Ed25519 public key")?;
         let skew = skew.map(|s| unsigned(s, "skew")).transpose()?.unwrap_or(0);
-        let inner = kernel::ActivationVerifier::new(keys.iter().map(|(id, k)| (*id, &**k)), skew)
-            .map_err(to_py)?;
+        let inner = kernel::ActivationVerifier::new(keys.iter().map(|(id, k)| (*id, &**k)), skew)?;
         Ok(ActivationVerifier { inner })
     }
 
@@ -213,7 +180,7 @@ impl ActivationVerifier {
         py: Python<'py>,
         payload: &Bound<'py, PyAny>,
         now: &Bound<'py, PyAny>,
-    ) -> PyResult<(u8, Option<Bound<'py, PyDict>>)> {
+    ) -> Result<(u8, Option<Bound<'py, PyDict>>)> {
         let text = blob(payload, "payload", true)?;
         let now = unix_seconds(now, "now")?;
         let verdict = py.detach(|| self.inner.verify(&text, now));
@@ -233,7 +200,7 @@ impl ActivationVerifier {
         payloads: &Bound<'py, PyAny>,
         now: &Bound<'py, PyAny>,
         threads: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> Result<Bound<'py, PyDict>> {
         let now = unix_seconds(now, "now")?;
         let threads = threads_arg(threads)?;
         let data = column(payloads, "payloads", true)?;
@@ -244,19 +211,17 @@ impl ActivationVerifier {
         run_batch(py, n, threads, |execution: Execution| {
             self.inner
                 .verify_batch(&texts, now, &mut status, &mut out, execution)
-        })?
-        .map_err(to_py)?;
-        let matrix = |width: usize,
-                      f: &dyn Fn(&ActivationPayload) -> &[u8]|
-         -> PyResult<Bound<'py, PyAny>> {
-            let mut flat = Vec::with_capacity(n * width);
-            for p in &out {
-                let cell = f(p);
-                flat.extend_from_slice(cell);
-                flat.resize(flat.len() + width - cell.len(), 0);
-            }
-            Ok(PyArray1::from_vec(py, flat).reshape([n, width])?.into_any())
-        };
+        })?;
+        let matrix =
+            |width: usize, f: &dyn Fn(&ActivationPayload) -> &[u8]| -> Result<Bound<'py, PyAny>> {
+                let mut flat = Vec::with_capacity(n * width);
+                for p in &out {
+                    let cell = f(p);
+                    flat.extend_from_slice(cell);
+                    flat.resize(flat.len() + width - cell.len(), 0);
+                }
+                Ok(PyArray1::from_vec(py, flat).reshape([n, width])?.into_any())
+            };
         let usernames = matrix(kernel::MAX_USERNAME_CHARS, &|p| {
             p.fields.username.as_bytes()
         })?
@@ -300,7 +265,7 @@ impl ActivationVerifier {
 /// The name of a payload status number: "valid", "malformed", "unsupported version",
 /// "unknown key id", "bad signature", "expired" or "not yet valid".
 #[pyfunction]
-pub fn payload_status_name(status: &Bound<'_, PyAny>) -> PyResult<&'static str> {
+pub fn payload_status_name(status: &Bound<'_, PyAny>) -> Result<&'static str> {
     let status: u8 = int_param(status, "status", "must be a payload status from 0 to 6")?;
     kernel::payload_status_name(status)
         .ok_or_else(|| invalid("status", "must be a payload status from 0 to 6"))
@@ -308,7 +273,7 @@ pub fn payload_status_name(status: &Bound<'_, PyAny>) -> PyResult<&'static str> 
 
 /// The manual activation string of a 16-byte session id: `XXXX-XXXX-XXXX-XX`.
 #[pyfunction]
-pub fn manual_code(session_id: &Bound<'_, PyAny>) -> PyResult<String> {
+pub fn manual_code(session_id: &Bound<'_, PyAny>) -> Result<String> {
     let id = public_bytes::<SESSION_ID_BYTES>(session_id, "session_id", "bytes")?;
     Ok(kernel::manual_code(&id))
 }
@@ -321,23 +286,16 @@ pub fn manual_code(session_id: &Bound<'_, PyAny>) -> PyResult<String> {
 pub fn parse_manual_code<'py>(
     py: Python<'py>,
     text: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyBytes>> {
+) -> Result<Bound<'py, PyBytes>> {
     let text = blob(text, "manual_code", true)?;
-    let prefix =
-        kernel::parse_manual_code(&text).map_err(|e| invalid("manual_code", e.to_string()))?;
+    let prefix = kernel::parse_manual_code(&text)?;
     Ok(PyBytes::new(py, &prefix))
-}
-
-fn random_error(_: kernel::RandomSourceError) -> PyErr {
-    pyo3::exceptions::PyOSError::new_err("the operating system's random source failed")
 }
 
 /// A fresh X25519 key pair: `(private, public)`, 32 bytes each.
 #[pyfunction]
-pub fn x25519_keypair<'py>(
-    py: Python<'py>,
-) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-    let pair = kernel::x25519_keypair().map_err(random_error)?;
+pub fn x25519_keypair<'py>(py: Python<'py>) -> Result<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    let pair = kernel::x25519_keypair()?;
     Ok((
         PyBytes::new(py, &*pair.private),
         PyBytes::new(py, &pair.public),
@@ -349,7 +307,7 @@ pub fn x25519_keypair<'py>(
 pub fn x25519_public_key<'py>(
     py: Python<'py>,
     private: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyBytes>> {
+) -> Result<Bound<'py, PyBytes>> {
     let private = secret_bytes::<32>(private, "private", "an X25519 private key")?;
     Ok(PyBytes::new(py, &kernel::x25519_public(&private)))
 }
@@ -364,115 +322,11 @@ pub fn derive_ocra_secret<'py>(
     peer_public: &Bound<'py, PyAny>,
     session_id: &Bound<'py, PyAny>,
     username: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyBytes>> {
+) -> Result<Bound<'py, PyBytes>> {
     let own = secret_bytes::<32>(own_private, "own_private", "an X25519 private key")?;
     let peer = public_bytes::<32>(peer_public, "peer_public", "an X25519 public key")?;
     let id = public_bytes::<SESSION_ID_BYTES>(session_id, "session_id", "bytes")?;
     let username = text_param(username, "username")?;
-    let secret = py
-        .detach(|| kernel::derive_ocra_secret(&own, &peer, &id, username))
-        .map_err(to_py)?;
+    let secret = py.detach(|| kernel::derive_ocra_secret(&own, &peer, &id, username))?;
     Ok(PyBytes::new(py, &*secret))
-}
-
-/// A fresh Ed25519 push key pair: `(seed, public)`, 32 bytes each.
-#[pyfunction]
-pub fn push_keypair<'py>(py: Python<'py>) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-    let pair = push::push_keypair().map_err(random_error)?;
-    Ok((
-        PyBytes::new(py, &*pair.seed),
-        PyBytes::new(py, &pair.public),
-    ))
-}
-
-/// The Ed25519 public key of a 32-byte seed.
-#[pyfunction]
-pub fn push_public_key<'py>(
-    py: Python<'py>,
-    seed: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyBytes>> {
-    let seed = secret_bytes::<32>(seed, "seed", "an Ed25519 seed")?;
-    Ok(PyBytes::new(py, &push::push_public_key(&seed)))
-}
-
-/// The bytes an approval signs (see `sls_kernel::push::approval_message`); `decision` is 1
-/// (approve) or 2 (decline).
-#[pyfunction]
-pub fn approval_message<'py>(
-    py: Python<'py>,
-    challenge_id: &Bound<'py, PyAny>,
-    user_id: &Bound<'py, PyAny>,
-    device_id: &Bound<'py, PyAny>,
-    expires_at: &Bound<'py, PyAny>,
-    decision: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyBytes>> {
-    let decision = push::Decision::try_from(byte_param(decision, "decision").map_err(|e| {
-        if decision.is_instance_of::<pyo3::types::PyInt>() {
-            invalid("decision", "must be 1 (approve) or 2 (decline)")
-        } else {
-            e
-        }
-    })?)
-    .map_err(to_py)?;
-    let message = push::approval_message(
-        unsigned(challenge_id, "challenge_id")?,
-        unsigned(user_id, "user_id")?,
-        unsigned(device_id, "device_id")?,
-        unix_seconds(expires_at, "expires_at")?,
-        decision,
-    );
-    Ok(PyBytes::new(py, &message))
-}
-
-/// The 64-byte Ed25519 signature of `message` under a 32-byte seed.
-#[pyfunction]
-pub fn sign_approval<'py>(
-    py: Python<'py>,
-    seed: &Bound<'py, PyAny>,
-    message: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyBytes>> {
-    let seed = secret_bytes::<32>(seed, "seed", "an Ed25519 seed")?;
-    let message = blob(message, "message", false)?;
-    let signature = py.detach(|| push::sign_approval(&seed, &message));
-    Ok(PyBytes::new(py, &signature))
-}
-
-/// True when `signature` is the strict Ed25519 signature of `message` under `public`; a key
-/// or signature of the wrong length or encoding is False.
-#[pyfunction]
-pub fn verify_approval(
-    py: Python<'_>,
-    public: &Bound<'_, PyAny>,
-    message: &Bound<'_, PyAny>,
-    signature: &Bound<'_, PyAny>,
-) -> PyResult<bool> {
-    let public = blob(public, "public", false)?;
-    let message = blob(message, "message", false)?;
-    let signature = blob(signature, "signature", false)?;
-    Ok(py.detach(|| push::verify_approval(&public, &message, &signature)))
-}
-
-/// Verifies N approvals (per-item public keys, messages, signatures: lists of bytes, numpy
-/// `S` arrays or 2-D uint8 matrices): a uint8 array of outcomes, 0 OK, 1 WRONG, 2 MALFORMED.
-#[pyfunction]
-#[pyo3(signature = (publics, messages, signatures, *, threads=None))]
-pub fn verify_approvals_batch<'py>(
-    py: Python<'py>,
-    publics: &Bound<'py, PyAny>,
-    messages: &Bound<'py, PyAny>,
-    signatures: &Bound<'py, PyAny>,
-    threads: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyArray1<u8>>> {
-    let threads = threads_arg(threads)?;
-    let publics = column(publics, "publics", false)?;
-    let messages = column(messages, "messages", false)?;
-    let signatures = column(signatures, "signatures", false)?;
-    let (publics, messages, signatures) =
-        (publics.column()?, messages.column()?, signatures.column()?);
-    let mut outcomes = vec![0u8; publics.len()];
-    run_batch(py, outcomes.len(), threads, |execution: Execution| {
-        push::verify_approvals_batch(&publics, &messages, &signatures, &mut outcomes, execution)
-    })?
-    .map_err(to_py)?;
-    Ok(PyArray1::from_vec(py, outcomes))
 }

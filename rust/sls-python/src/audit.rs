@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
 use crate::convert::int_param;
-use crate::errors::{invalid, wrong_type};
+use crate::errors::{invalid, wrong_type, Result};
 
 /// Smaller batches keep the GIL: for a few lines, handing it over costs more than the work.
 const DETACH_MIN_ITEMS: usize = 1024;
@@ -64,7 +64,7 @@ fn texts(
     field: &str,
     escaped: bool,
     blank: impl Fn(usize) -> bool,
-) -> PyResult<Texts> {
+) -> Result<Texts> {
     const EXPECTED: &str = "a sequence of str, one per item";
     if obj.is_instance_of::<PyString>() {
         return Err(wrong_type(field, EXPECTED, obj));
@@ -106,7 +106,7 @@ fn numpy_column<'py, T: Element>(
     obj: &Bound<'py, PyAny>,
     field: &str,
     dtype: &str,
-) -> PyResult<PyReadonlyArray1<'py, T>> {
+) -> Result<PyReadonlyArray1<'py, T>> {
     let expected = format!("a 1-D numpy {dtype} array");
     if !obj.is_instance_of::<PyUntypedArray>() {
         return Err(wrong_type(field, &expected, obj));
@@ -130,15 +130,11 @@ fn numpy_column<'py, T: Element>(
 
 /// A copy of the array's items: another Python thread could write to the array while
 /// the GIL is released, and both passes must read the same values.
-fn values<T: Element + Copy>(
-    array: &Bound<'_, PyAny>,
-    field: &str,
-    dtype: &str,
-) -> PyResult<Vec<T>> {
+fn values<T: Element + Copy>(array: &Bound<'_, PyAny>, field: &str, dtype: &str) -> Result<Vec<T>> {
     Ok(numpy_column::<T>(array, field, dtype)?.as_array().to_vec())
 }
 
-fn same_length(field: &str, len: usize, rows: usize) -> PyResult<()> {
+fn same_length(field: &str, len: usize, rows: usize) -> Result<()> {
     if len == rows {
         return Ok(());
     }
@@ -164,7 +160,7 @@ pub fn audit_lines<'py>(
     outcomes: &Bound<'py, PyAny>,
     outcome_names: &Bound<'py, PyAny>,
     blank_username_outcome: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyBytes>> {
+) -> Result<Bound<'py, PyBytes>> {
     let outcomes = values::<u8>(outcomes, "outcomes", "uint8")?;
     let rows = outcomes.len();
     let device_ids = values::<u64>(device_ids, "device_ids", "uint64")?;
@@ -228,12 +224,12 @@ pub fn audit_lines<'py>(
         columns.write_lines(&mut counter);
         counter.0
     });
-    PyBytes::new_with(py, len, |buffer| {
+    Ok(PyBytes::new_with(py, len, |buffer| {
         let mut cursor = Cursor { buffer, at: 0 };
         run(py, rows, || columns.write_lines(&mut cursor));
         assert_eq!(cursor.at, len, "both passes write the same lines");
         Ok(())
-    })
+    })?)
 }
 
 /// `work` without the GIL, unless the batch is too small for that to pay.

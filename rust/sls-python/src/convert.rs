@@ -14,10 +14,10 @@ use numpy::{
 use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyByteArray, PyBytes, PyFloat, PyInt, PyMemoryView, PyString};
-use sls_kernel::batch::{ByteColumn, Execution, KeyColumn};
-use sls_kernel::HashAlgorithm;
+use sls_kernel::{ByteColumn, Execution, HashAlgorithm, KeyColumn};
+use zeroize::Zeroizing;
 
-use crate::errors::{invalid, to_py, wrong_type, InvalidSuiteError};
+use crate::errors::{invalid, wrong_type, Error, InvalidSuiteError, Result};
 use crate::threads::run_batch;
 
 /// An immutable byte string borrowed from Python.
@@ -37,7 +37,7 @@ impl Deref for Blob {
 }
 
 /// bytes, bytearray or memoryview; with `allow_str`, also str (as UTF-8).
-pub fn blob(obj: &Bound<'_, PyAny>, field: &str, allow_str: bool) -> PyResult<Blob> {
+pub fn blob(obj: &Bound<'_, PyAny>, field: &str, allow_str: bool) -> Result<Blob> {
     if obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() {
         return Ok(Blob::Bytes(obj.extract()?));
     }
@@ -65,7 +65,7 @@ pub fn blob(obj: &Bound<'_, PyAny>, field: &str, allow_str: bool) -> PyResult<Bl
 
 /// A Python `int` (not a float, str, None or numpy scalar), as an i128: wide enough for
 /// every parameter. A larger value saturates with its sign, so it stays outside every range.
-fn integer(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<i128> {
+fn integer(obj: &Bound<'_, PyAny>, field: &str) -> Result<i128> {
     if !obj.is_instance_of::<PyInt>() {
         return Err(wrong_type(field, "int", obj));
     }
@@ -78,19 +78,58 @@ fn integer(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<i128> {
 
 /// An int parameter as the Rust integer `T`; a value `T` cannot hold breaks `rule`.
 /// (PyO3's own conversion would raise a plain OverflowError or TypeError.)
-pub fn int_param<T: TryFrom<i128>>(obj: &Bound<'_, PyAny>, field: &str, rule: &str) -> PyResult<T> {
+pub fn int_param<T: TryFrom<i128>>(obj: &Bound<'_, PyAny>, field: &str, rule: &str) -> Result<T> {
     T::try_from(integer(obj, field)?).map_err(|_| invalid(field, rule))
 }
 
 /// A non-negative integer that fits in 64 bits.
-pub fn unsigned(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<u64> {
+pub fn unsigned(obj: &Bound<'_, PyAny>, field: &str) -> Result<u64> {
     int_param(obj, field, "must be an integer from 0 to 2**64-1")
+}
+
+/// Exactly `N` bytes from bytes-like `obj`; the copy is wiped when dropped.
+pub fn secret_bytes<const N: usize>(
+    obj: &Bound<'_, PyAny>,
+    field: &str,
+    what: &str,
+) -> Result<Zeroizing<[u8; N]>> {
+    let data = blob(obj, field, false)?;
+    if data.len() != N {
+        return Err(invalid(field, format!("must be {what} of {N} bytes")));
+    }
+    let mut out = Zeroizing::new([0u8; N]);
+    out.copy_from_slice(&data);
+    Ok(out)
+}
+
+/// Exactly `N` bytes of public data from bytes-like `obj`.
+pub fn public_bytes<const N: usize>(
+    obj: &Bound<'_, PyAny>,
+    field: &str,
+    what: &str,
+) -> Result<[u8; N]> {
+    let data = blob(obj, field, false)?;
+    <[u8; N]>::try_from(&*data).map_err(|_| invalid(field, format!("must be {what} of {N} bytes")))
+}
+
+/// An integer from 0 to 255 (a key id, flags, a decision).
+pub fn byte_param(obj: &Bound<'_, PyAny>, field: &str) -> Result<u8> {
+    int_param(obj, field, "must be an integer from 0 to 255")
+}
+
+/// An integer from 0 to `max` as `T` (a key id, a card index, a challenge).
+pub fn small<T: TryFrom<u64>>(obj: &Bound<'_, PyAny>, field: &str, max: u64) -> Result<T> {
+    let value = unsigned(obj, field)?;
+    if value > max {
+        return Err(invalid(field, format!("must be at most {max}")));
+    }
+    T::try_from(value).map_err(|_| invalid(field, format!("must be at most {max}")))
 }
 
 const NO_SURROGATES: &str = "must be text without lone surrogates";
 
 /// A `str` parameter, borrowed; `None` when it holds lone surrogates (not UTF-8).
-fn text<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> PyResult<Option<&'a str>> {
+fn text<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> Result<Option<&'a str>> {
     let text = obj
         .cast::<PyString>()
         .map_err(|_| wrong_type(field, "str", obj))?;
@@ -99,46 +138,50 @@ fn text<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> PyResult<Option<&'a str>>
 
 // Converters for the entry points' typed parameters (`#[pyo3(from_py_with = ...)]`), so a
 // value of the wrong type or out of the Rust type's range raises an sls_core error naming
-// the field, as every other bad input does.
+// the field, as every other bad input does. PyO3 wants a `PyResult` from these.
 
 pub fn suite_arg<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<&'a str> {
     text(obj, "suite")?.ok_or_else(|| InvalidSuiteError::new_err(("suite", NO_SURROGATES)))
 }
 
 pub fn algorithm_arg<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<&'a str> {
-    text(obj, "algorithm")?.ok_or_else(|| invalid("algorithm", NO_SURROGATES))
+    Ok(text(obj, "algorithm")?.ok_or_else(|| invalid("algorithm", NO_SURROGATES))?)
 }
 
 pub fn kind_arg<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<&'a str> {
-    text(obj, "kind")?.ok_or_else(|| invalid("kind", NO_SURROGATES))
+    Ok(text(obj, "kind")?.ok_or_else(|| invalid("kind", NO_SURROGATES))?)
 }
 
 pub fn digits_arg(obj: &Bound<'_, PyAny>) -> PyResult<u8> {
-    int_param(obj, "digits", sls_kernel::otp::OTP_DIGITS_RULE)
+    Ok(int_param(obj, "digits", sls_kernel::otp::OTP_DIGITS_RULE)?)
 }
 
 pub fn step_arg(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
-    int_param(obj, "step", "must be at least 1 second and at most 2**64-1")
+    Ok(int_param(
+        obj,
+        "step",
+        "must be at least 1 second and at most 2**64-1",
+    )?)
 }
 
 pub fn t0_arg(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
-    unsigned(obj, "t0")
+    Ok(unsigned(obj, "t0")?)
 }
 
 /// HOTP's `window`: counters of look-ahead (TOTP's window may also be a tuple).
 pub fn look_ahead_arg(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
-    unsigned(obj, "window")
+    Ok(unsigned(obj, "window")?)
 }
 
 /// `threads`: None (the default count) or an int. A value outside `usize` saturates (a
 /// negative one to 0), so `threads::thread_count` refuses it with the bound it breaks.
-pub fn threads_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
+pub fn threads_arg(obj: Option<&Bound<'_, PyAny>>) -> Result<Option<usize>> {
     obj.map(|obj| Ok(usize::try_from(integer(obj, "threads")?.max(0)).unwrap_or(usize::MAX)))
         .transpose()
 }
 
 /// Unix time in whole seconds from an int, or a float rounded down.
-pub fn unix_seconds(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<u64> {
+pub fn unix_seconds(obj: &Bound<'_, PyAny>, field: &str) -> Result<u64> {
     if obj.is_instance_of::<PyFloat>() {
         let value: f64 = obj.extract()?;
         if !value.is_finite() || !(0.0..18446744073709551616.0).contains(&value) {
@@ -158,8 +201,8 @@ pub fn unix_seconds(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<u64> {
     })
 }
 
-pub fn algorithm(name: &str) -> PyResult<HashAlgorithm> {
-    HashAlgorithm::from_name(name).map_err(to_py)
+pub fn algorithm(name: &str) -> Result<HashAlgorithm> {
+    Ok(HashAlgorithm::from_name(name)?)
 }
 
 /// One column of byte strings from Python.
@@ -173,7 +216,7 @@ pub enum ColumnData<'py> {
 }
 
 impl ColumnData<'_> {
-    pub fn column(&self) -> PyResult<ByteColumn<'_>> {
+    pub fn column(&self) -> Result<ByteColumn<'_>> {
         Ok(match self {
             ColumnData::Matrix { array, nul_padded } => {
                 let width = array.shape()[1];
@@ -193,9 +236,9 @@ impl ColumnData<'_> {
     }
 }
 
-fn contiguous<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+fn contiguous<'py>(obj: &Bound<'py, PyAny>) -> Result<Bound<'py, PyAny>> {
     let numpy = obj.py().import("numpy")?;
-    numpy.call_method1("ascontiguousarray", (obj,))
+    Ok(numpy.call_method1("ascontiguousarray", (obj,))?)
 }
 
 /// A column of byte strings: a list/tuple of bytes (or str with `allow_str`), a numpy
@@ -205,14 +248,14 @@ pub fn column<'py>(
     obj: &Bound<'py, PyAny>,
     field: &str,
     allow_str: bool,
-) -> PyResult<ColumnData<'py>> {
+) -> Result<ColumnData<'py>> {
     if let Ok(array) = obj.cast::<PyUntypedArray>() {
         let dtype = array.dtype();
         let kind = dtype.kind();
         let ndim = array.ndim();
         if kind == b'u' && ndim == 2 && dtype.itemsize() == 1 {
             let matrix = contiguous(obj)?;
-            let typed = matrix.cast_into::<PyArray2<u8>>().map_err(PyErr::from)?;
+            let typed = matrix.cast_into::<PyArray2<u8>>()?;
             return Ok(ColumnData::Matrix {
                 array: typed.readonly(),
                 nul_padded: false,
@@ -253,7 +296,7 @@ pub fn column<'py>(
         let matrix = array
             .call_method1("view", ("u1",))?
             .call_method1("reshape", ((rows, width),))?;
-        let typed = matrix.cast_into::<PyArray2<u8>>().map_err(PyErr::from)?;
+        let typed = matrix.cast_into::<PyArray2<u8>>()?;
         // numpy pads S cells with NULs; text columns end at the padding, while binary
         // columns (keys, PIN hashes, sessions) keep every byte, since a digest may end in 0x00.
         return Ok(ColumnData::Matrix {
@@ -264,7 +307,7 @@ pub fn column<'py>(
     rows(obj, field, allow_str)
 }
 
-fn rows<'py>(obj: &Bound<'py, PyAny>, field: &str, allow_str: bool) -> PyResult<ColumnData<'py>> {
+fn rows<'py>(obj: &Bound<'py, PyAny>, field: &str, allow_str: bool) -> Result<ColumnData<'py>> {
     if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
         return Err(wrong_type(
             field,
@@ -285,10 +328,10 @@ fn rows<'py>(obj: &Bound<'py, PyAny>, field: &str, allow_str: bool) -> PyResult<
                 .name()
                 .map(|n| n.to_string())
                 .unwrap_or_default();
-            crate::errors::InvalidInputTypeError::new_err((
-                field.to_owned(),
-                format!("row {row}: expected {expected}, got {type_name}"),
-            ))
+            Error::WrongType {
+                field: field.to_owned(),
+                rule: format!("row {row}: expected {expected}, got {type_name}"),
+            }
         })?);
     }
     Ok(ColumnData::Rows(out))
@@ -301,7 +344,7 @@ pub enum IntColumn<'py> {
 }
 
 impl IntColumn<'_> {
-    pub fn as_slice(&self) -> PyResult<&[u64]> {
+    pub fn as_slice(&self) -> Result<&[u64]> {
         match self {
             IntColumn::Array(a) => Ok(a.as_slice()?),
             IntColumn::Owned(v) => Ok(v),
@@ -310,7 +353,7 @@ impl IntColumn<'_> {
 }
 
 /// Integers from a numpy integer array (no copy when already contiguous uint64) or a list.
-pub fn int_column<'py>(obj: &Bound<'py, PyAny>, field: &str) -> PyResult<IntColumn<'py>> {
+pub fn int_column<'py>(obj: &Bound<'py, PyAny>, field: &str) -> Result<IntColumn<'py>> {
     if let Ok(array) = obj.cast::<PyUntypedArray>() {
         let kind = array.dtype().kind();
         if array.ndim() != 1 || !(kind == b'i' || kind == b'u') {
@@ -330,9 +373,7 @@ pub fn int_column<'py>(obj: &Bound<'py, PyAny>, field: &str) -> PyResult<IntColu
         }
         let numpy = obj.py().import("numpy")?;
         let converted = numpy.call_method1("ascontiguousarray", (obj, "u8"))?;
-        let typed = converted
-            .cast_into::<PyArray1<u64>>()
-            .map_err(PyErr::from)?;
+        let typed = converted.cast_into::<PyArray1<u64>>()?;
         return Ok(IntColumn::Array(typed.readonly()));
     }
     if obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyString>() {
@@ -387,15 +428,14 @@ impl KeyTable {
         keys: &Bound<'_, PyAny>,
         #[pyo3(from_py_with = algorithm_arg)] algorithm: &str,
         threads: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
+    ) -> Result<Self> {
         let algorithm = self::algorithm(algorithm)?;
         let threads = threads_arg(threads)?;
         let data = column(keys, "keys", false)?;
         let column = data.column()?;
         let table = run_batch(py, column.len(), threads, |execution: Execution| {
             sls_kernel::KeyTable::new(algorithm, &column, execution)
-        })?
-        .map_err(to_py)?;
+        })?;
         Ok(KeyTable {
             inner: Arc::new(table),
         })
@@ -435,7 +475,7 @@ pub enum KeysData<'py> {
 pub fn keys_data<'py>(
     keys: &Bound<'py, PyAny>,
     key_index: Option<&Bound<'py, PyAny>>,
-) -> PyResult<KeysData<'py>> {
+) -> Result<KeysData<'py>> {
     if let Ok(table) = keys.cast::<KeyTable>() {
         let index = key_index.map(|i| int_column(i, "key_index")).transpose()?;
         return Ok(KeysData::Table(Arc::clone(&table.get().inner), index));
@@ -447,7 +487,7 @@ pub fn keys_data<'py>(
 }
 
 impl KeysData<'_> {
-    pub fn column(&self) -> PyResult<KeyColumn<'_>> {
+    pub fn column(&self) -> Result<KeyColumn<'_>> {
         Ok(match self {
             KeysData::Table(table, index) => KeyColumn::Prepared {
                 table,
@@ -464,7 +504,7 @@ pub fn code_matrix<'py>(
     codes: Vec<u8>,
     rows: usize,
     width: usize,
-) -> PyResult<Bound<'py, PyArray2<u8>>> {
+) -> Result<Bound<'py, PyArray2<u8>>> {
     let flat = PyArray1::from_vec(py, codes);
-    flat.reshape([rows, width])
+    Ok(flat.reshape([rows, width])?)
 }

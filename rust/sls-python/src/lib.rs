@@ -3,19 +3,23 @@
 //! It converts Python and numpy inputs, releases the GIL around kernel work, picks the
 //! thread pool and maps kernel errors to the exception classes of `sls_core.errors`.
 //! It holds no algorithm of its own, apart from the server's audit lines (`audit`: JSON
-//! text formatting, nothing the kernel should know). Users import `sls_core.ocra`, never
-//! this module.
+//! text formatting, nothing the kernel should know). Each file is named after what it
+//! wraps (`ocra`, `otp`, `card`, `challenge`, `activation`, `push`); `errors` holds the one
+//! error type every entry point returns. Users import the Python faces (`sls_core.ocra`,
+//! `sls_core.card`, `sls_core.push`, ...), never this module.
 
 use pyo3::prelude::*;
 
 mod activation;
 mod audit;
+mod card;
+mod challenge;
 mod convert;
-mod domain;
 mod errors;
 mod names;
 mod ocra;
 mod otp;
+mod push;
 mod threads;
 
 #[pymodule]
@@ -34,11 +38,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(otp::otp_compute_batch, m)?)?;
     m.add_function(wrap_pyfunction!(threads::default_threads, m)?)?;
     m.add_class::<convert::KeyTable>()?;
-    m.add_class::<domain::TokenKeys>()?;
+    m.add_class::<challenge::TokenKeys>()?;
     m.add_class::<names::NameIndex>()?;
-    m.add_function(wrap_pyfunction!(domain::card_codes, m)?)?;
-    m.add_function(wrap_pyfunction!(domain::card_verify, m)?)?;
-    m.add_function(wrap_pyfunction!(domain::card_verify_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(card::card_codes, m)?)?;
+    m.add_function(wrap_pyfunction!(card::card_verify, m)?)?;
+    m.add_function(wrap_pyfunction!(card::card_verify_batch, m)?)?;
     m.add_class::<activation::ActivationSigner>()?;
     m.add_class::<activation::ActivationVerifier>()?;
     m.add_function(wrap_pyfunction!(activation::payload_status_name, m)?)?;
@@ -47,12 +51,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(activation::x25519_keypair, m)?)?;
     m.add_function(wrap_pyfunction!(activation::x25519_public_key, m)?)?;
     m.add_function(wrap_pyfunction!(activation::derive_ocra_secret, m)?)?;
-    m.add_function(wrap_pyfunction!(activation::push_keypair, m)?)?;
-    m.add_function(wrap_pyfunction!(activation::push_public_key, m)?)?;
-    m.add_function(wrap_pyfunction!(activation::approval_message, m)?)?;
-    m.add_function(wrap_pyfunction!(activation::sign_approval, m)?)?;
-    m.add_function(wrap_pyfunction!(activation::verify_approval, m)?)?;
-    m.add_function(wrap_pyfunction!(activation::verify_approvals_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(push::push_keypair, m)?)?;
+    m.add_function(wrap_pyfunction!(push::push_public_key, m)?)?;
+    m.add_function(wrap_pyfunction!(push::approval_message, m)?)?;
+    m.add_function(wrap_pyfunction!(push::sign_approval, m)?)?;
+    m.add_function(wrap_pyfunction!(push::verify_approval, m)?)?;
+    m.add_function(wrap_pyfunction!(push::verify_approvals_batch, m)?)?;
     m.add_function(wrap_pyfunction!(audit::audit_lines, m)?)?;
     Ok(())
 }

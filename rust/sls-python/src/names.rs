@@ -11,7 +11,7 @@ use numpy::PyArray1;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 
-use crate::errors::{invalid, wrong_type};
+use crate::errors::{invalid, wrong_type, Result};
 
 /// Usernames and their user ids. Not thread-safe by itself: the domain layer updates it
 /// under its own lock, as it does its other directory maps.
@@ -33,7 +33,7 @@ impl NameIndex {
     }
 
     /// Adds or replaces `username` → `user_id` (a non-negative id).
-    fn insert(&mut self, username: &Bound<'_, PyAny>, user_id: i64) -> PyResult<()> {
+    fn insert(&mut self, username: &Bound<'_, PyAny>, user_id: i64) -> Result<()> {
         let name = username
             .cast::<PyString>()
             .map_err(|_| wrong_type("username", "str", username))?;
@@ -59,7 +59,7 @@ impl NameIndex {
         &self,
         py: Python<'py>,
         usernames: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    ) -> Result<Bound<'py, PyArray1<i64>>> {
         let list = usernames
             .cast::<PyList>()
             .map_err(|_| wrong_type("usernames", "list", usernames))?;

@@ -7,14 +7,14 @@ use std::rc::Rc;
 use numpy::{PyArray1, PyArray2};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
-use sls_kernel::batch::{code_width, Execution, OcraBatch};
-use sls_kernel::{HmacKey, OcraInput, OcraSuite, Outcome};
+use sls_kernel::batch::{code_width, OcraBatch};
+use sls_kernel::{Execution, HmacKey, OcraInput, OcraSuite, Outcome};
 
 use crate::convert::{
     blob, code_matrix, column, int_column, keys_data, suite_arg, threads_arg, unix_seconds,
     unsigned, Blob, ColumnData, IntColumn,
 };
-use crate::errors::{invalid, to_py};
+use crate::errors::{invalid, Result};
 use crate::threads::run_batch;
 
 thread_local! {
@@ -24,12 +24,12 @@ thread_local! {
 
 const SUITE_CACHE_MAX: usize = 64;
 
-fn parse_suite(text: &str) -> PyResult<Rc<OcraSuite>> {
+fn parse_suite(text: &str) -> Result<Rc<OcraSuite>> {
     SUITES.with(|cache| {
         if let Some(suite) = cache.borrow().get(text) {
             return Ok(Rc::clone(suite));
         }
-        let suite = Rc::new(OcraSuite::parse(text).map_err(to_py)?);
+        let suite = Rc::new(OcraSuite::parse(text)?);
         let mut cache = cache.borrow_mut();
         if cache.len() >= SUITE_CACHE_MAX {
             cache.clear();
@@ -45,14 +45,12 @@ fn pin_hash_bytes(
     suite: &OcraSuite,
     pin: Option<&Bound<'_, PyAny>>,
     pin_hash: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Option<Vec<u8>>> {
+) -> Result<Option<Vec<u8>>> {
     match (pin, pin_hash) {
         (Some(_), Some(_)) => Err(invalid("pin", "give pin or pin_hash, not both")),
         (Some(pin), None) => {
             let pin = blob(pin, "pin", true)?;
-            Ok(Some(
-                suite.hash_pin(&pin).map_err(to_py)?.as_bytes().to_vec(),
-            ))
+            Ok(Some(suite.hash_pin(&pin)?.as_bytes().to_vec()))
         }
         (None, Some(hash)) => {
             if let Ok(text) = hash.cast::<PyString>() {
@@ -104,10 +102,10 @@ impl ScalarInputs {
         pin_hash: Option<&Bound<'_, PyAny>>,
         session: Option<&Bound<'_, PyAny>>,
         timestamp: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
+    ) -> Result<Self> {
         let key = blob(key, "key", false)?;
         Ok(ScalarInputs {
-            key: HmacKey::new(suite.algorithm(), &key).map_err(to_py)?,
+            key: HmacKey::new(suite.algorithm(), &key)?,
             question: blob(question, "question", true)?,
             counter: counter.map(|c| unsigned(c, "counter")).transpose()?,
             pin_hash: pin_hash_bytes(suite, pin, pin_hash)?,
@@ -142,12 +140,12 @@ pub fn ocra_compute(
     pin_hash: Option<&Bound<'_, PyAny>>,
     session: Option<&Bound<'_, PyAny>>,
     timestamp: Option<&Bound<'_, PyAny>>,
-) -> PyResult<String> {
+) -> Result<String> {
     let suite = parse_suite(suite)?;
     let inputs = ScalarInputs::new(
         &suite, key, question, counter, pin, pin_hash, session, timestamp,
     )?;
-    suite.compute(&inputs.key, &inputs.input()).map_err(to_py)
+    Ok(suite.compute(&inputs.key, &inputs.input())?)
 }
 
 /// Verifies a typed OCRA response in constant time. A malformed response is `False`.
@@ -164,15 +162,13 @@ pub fn ocra_verify(
     pin_hash: Option<&Bound<'_, PyAny>>,
     session: Option<&Bound<'_, PyAny>>,
     timestamp: Option<&Bound<'_, PyAny>>,
-) -> PyResult<bool> {
+) -> Result<bool> {
     let suite = parse_suite(suite)?;
     let response = blob(response, "response", true)?;
     let inputs = ScalarInputs::new(
         &suite, key, question, counter, pin, pin_hash, session, timestamp,
     )?;
-    let outcome = suite
-        .verify(&inputs.key, &response, &inputs.input())
-        .map_err(to_py)?;
+    let outcome = suite.verify(&inputs.key, &response, &inputs.input())?;
     Ok(outcome == Outcome::Ok)
 }
 
@@ -196,7 +192,7 @@ impl<'py> BatchData<'py> {
         timestamps: Option<&Bound<'py, PyAny>>,
         sessions: Option<&Bound<'py, PyAny>>,
         key_index: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Self> {
+    ) -> Result<Self> {
         Ok(BatchData {
             keys: keys_data(keys, key_index)?,
             questions: column(questions, "questions", true)?,
@@ -211,7 +207,7 @@ impl<'py> BatchData<'py> {
         })
     }
 
-    fn batch(&self) -> PyResult<OcraBatch<'_>> {
+    fn batch(&self) -> Result<OcraBatch<'_>> {
         Ok(OcraBatch {
             keys: self.keys.column()?,
             questions: self.questions.column()?,
@@ -239,7 +235,7 @@ pub fn ocra_verify_batch<'py>(
     sessions: Option<&Bound<'py, PyAny>>,
     key_index: Option<&Bound<'py, PyAny>>,
     threads: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyArray1<u8>>> {
+) -> Result<Bound<'py, PyArray1<u8>>> {
     let suite = parse_suite(suite)?;
     let suite: &OcraSuite = &suite;
     let threads = threads_arg(threads)?;
@@ -252,8 +248,7 @@ pub fn ocra_verify_batch<'py>(
     let mut outcomes = vec![0u8; batch.len()];
     run_batch(py, batch.len(), threads, |execution: Execution| {
         suite.verify_batch(&batch, &responses, &mut outcomes, execution)
-    })?
-    .map_err(to_py)?;
+    })?;
     Ok(PyArray1::from_vec(py, outcomes))
 }
 
@@ -272,7 +267,7 @@ pub fn ocra_compute_batch<'py>(
     sessions: Option<&Bound<'py, PyAny>>,
     key_index: Option<&Bound<'py, PyAny>>,
     threads: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyArray2<u8>>> {
+) -> Result<Bound<'py, PyArray2<u8>>> {
     let suite = parse_suite(suite)?;
     let suite: &OcraSuite = &suite;
     let threads = threads_arg(threads)?;
@@ -285,8 +280,7 @@ pub fn ocra_compute_batch<'py>(
     let mut codes = vec![0u8; rows * width];
     run_batch(py, rows, threads, |execution: Execution| {
         suite.compute_batch(&batch, &mut codes, execution)
-    })?
-    .map_err(to_py)?;
+    })?;
     code_matrix(py, codes, rows, width)
 }
 
@@ -295,7 +289,7 @@ pub fn ocra_compute_batch<'py>(
 pub fn ocra_suite_info<'py>(
     py: Python<'py>,
     #[pyo3(from_py_with = suite_arg)] suite: &str,
-) -> PyResult<Bound<'py, PyDict>> {
+) -> Result<Bound<'py, PyDict>> {
     let suite = parse_suite(suite)?;
     let info = PyDict::new(py);
     info.set_item("suite", suite.as_str())?;

@@ -3,24 +3,24 @@
 use numpy::{PyArray1, PyArray2};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
-use sls_kernel::batch::{Execution, OtpBatch, OtpMode};
+use sls_kernel::batch::{OtpBatch, OtpMode};
 use sls_kernel::otp::hotp_window;
-use sls_kernel::{HmacKey, OtpParams, TotpParams, WindowMatch};
+use sls_kernel::{Execution, HmacKey, OtpParams, TotpParams, WindowMatch};
 
 use crate::convert::{
     algorithm, algorithm_arg, blob, code_matrix, column, digits_arg, int_column, keys_data,
     kind_arg, look_ahead_arg, step_arg, t0_arg, threads_arg, unix_seconds, unsigned,
 };
-use crate::errors::{invalid, to_py, wrong_type};
+use crate::errors::{invalid, wrong_type, Result};
 use crate::threads::run_batch;
 
-fn key(obj: &Bound<'_, PyAny>, algorithm_name: &str) -> PyResult<HmacKey> {
+fn key(obj: &Bound<'_, PyAny>, algorithm_name: &str) -> Result<HmacKey> {
     let algorithm = algorithm(algorithm_name)?;
-    HmacKey::new(algorithm, &blob(obj, "key", false)?).map_err(to_py)
+    Ok(HmacKey::new(algorithm, &blob(obj, "key", false)?)?)
 }
 
 /// `window` as (look_behind, look_ahead): an int for both sides, or a 2-tuple.
-fn window_sides(window: &Bound<'_, PyAny>) -> PyResult<(u64, u64)> {
+fn window_sides(window: &Bound<'_, PyAny>) -> Result<(u64, u64)> {
     if let Ok(pair) = window.cast::<PyTuple>() {
         if pair.len() != 2 {
             return Err(invalid(
@@ -58,8 +58,8 @@ pub fn hotp_compute(
     counter: &Bound<'_, PyAny>,
     #[pyo3(from_py_with = digits_arg)] digits: u8,
     #[pyo3(from_py_with = algorithm_arg)] algorithm: &str,
-) -> PyResult<String> {
-    let params = OtpParams::new(digits).map_err(to_py)?;
+) -> Result<String> {
+    let params = OtpParams::new(digits)?;
     let key = self::key(key, algorithm)?;
     Ok(params.code(&key, unsigned(counter, "counter")?))
 }
@@ -75,11 +75,11 @@ pub fn hotp_verify(
     #[pyo3(from_py_with = look_ahead_arg)] window: u64,
     #[pyo3(from_py_with = digits_arg)] digits: u8,
     #[pyo3(from_py_with = algorithm_arg)] algorithm: &str,
-) -> PyResult<Option<u64>> {
-    let params = OtpParams::new(digits).map_err(to_py)?;
+) -> Result<Option<u64>> {
+    let params = OtpParams::new(digits)?;
     let key = self::key(key, algorithm)?;
     let code = blob(code, "code", true)?;
-    let (first, last) = hotp_window(unsigned(counter, "counter")?, window).map_err(to_py)?;
+    let (first, last) = hotp_window(unsigned(counter, "counter")?, window)?;
     Ok(matched(params.verify_range(&key, &code, first, last)))
 }
 
@@ -93,12 +93,10 @@ pub fn totp_compute(
     #[pyo3(from_py_with = digits_arg)] digits: u8,
     #[pyo3(from_py_with = algorithm_arg)] algorithm: &str,
     #[pyo3(from_py_with = t0_arg)] t0: u64,
-) -> PyResult<String> {
-    let params = TotpParams::new(digits, step, t0).map_err(to_py)?;
+) -> Result<String> {
+    let params = TotpParams::new(digits, step, t0)?;
     let key = self::key(key, algorithm)?;
-    params
-        .code(&key, unix_seconds(unix_time, "unix_time")?)
-        .map_err(to_py)
+    Ok(params.code(&key, unix_seconds(unix_time, "unix_time")?)?)
 }
 
 /// Checks a TOTP code around `unix_time`; returns the matched time step or None.
@@ -114,14 +112,12 @@ pub fn totp_verify(
     #[pyo3(from_py_with = digits_arg)] digits: u8,
     #[pyo3(from_py_with = algorithm_arg)] algorithm: &str,
     #[pyo3(from_py_with = t0_arg)] t0: u64,
-) -> PyResult<Option<u64>> {
-    let params = TotpParams::new(digits, step, t0).map_err(to_py)?;
+) -> Result<Option<u64>> {
+    let params = TotpParams::new(digits, step, t0)?;
     let key = self::key(key, algorithm)?;
     let code = blob(code, "code", true)?;
     let (behind, ahead) = window.map(window_sides).transpose()?.unwrap_or((1, 1));
-    let (first, last) = params
-        .window(unix_seconds(unix_time, "unix_time")?, behind, ahead)
-        .map_err(to_py)?;
+    let (first, last) = params.window(unix_seconds(unix_time, "unix_time")?, behind, ahead)?;
     Ok(matched(params.otp.verify_range(&key, &code, first, last)))
 }
 
@@ -131,7 +127,7 @@ fn mode(
     step: u64,
     t0: u64,
     window: Option<&Bound<'_, PyAny>>,
-) -> PyResult<OtpMode> {
+) -> Result<OtpMode> {
     match kind {
         "hotp" => {
             let look_ahead = window
@@ -139,14 +135,14 @@ fn mode(
                 .transpose()?
                 .unwrap_or(0);
             Ok(OtpMode::Hotp {
-                params: OtpParams::new(digits).map_err(to_py)?,
+                params: OtpParams::new(digits)?,
                 look_ahead,
             })
         }
         "totp" => {
             let (look_behind, look_ahead) = window.map(window_sides).transpose()?.unwrap_or((1, 1));
             Ok(OtpMode::Totp {
-                params: TotpParams::new(digits, step, t0).map_err(to_py)?,
+                params: TotpParams::new(digits, step, t0)?,
                 look_behind,
                 look_ahead,
             })
@@ -175,7 +171,7 @@ pub fn otp_verify_batch<'py>(
     #[pyo3(from_py_with = t0_arg)] t0: u64,
     key_index: Option<&Bound<'py, PyAny>>,
     threads: Option<&Bound<'py, PyAny>>,
-) -> PyResult<OtpBatchArrays<'py>> {
+) -> Result<OtpBatchArrays<'py>> {
     let mode = mode(kind, digits, step, t0, window)?;
     let algorithm = self::algorithm(algorithm)?;
     let threads = threads_arg(threads)?;
@@ -204,8 +200,7 @@ pub fn otp_verify_batch<'py>(
             &mut matched,
             execution,
         )
-    })?
-    .map_err(to_py)?;
+    })?;
     Ok((
         PyArray1::from_vec(py, outcomes),
         PyArray1::from_vec(py, matched),
@@ -227,7 +222,7 @@ pub fn otp_compute_batch<'py>(
     #[pyo3(from_py_with = t0_arg)] t0: u64,
     key_index: Option<&Bound<'py, PyAny>>,
     threads: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyArray2<u8>>> {
+) -> Result<Bound<'py, PyArray2<u8>>> {
     let mode = mode(kind, digits, step, t0, None)?;
     let algorithm = self::algorithm(algorithm)?;
     let threads = threads_arg(threads)?;
@@ -247,7 +242,6 @@ pub fn otp_compute_batch<'py>(
     let mut codes = vec![0u8; rows * width];
     run_batch(py, rows, threads, |execution: Execution| {
         batch.compute(mode, algorithm, &mut codes, execution)
-    })?
-    .map_err(to_py)?;
+    })?;
     code_matrix(py, codes, rows, width)
 }

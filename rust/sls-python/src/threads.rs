@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use rayon::{ThreadPool, ThreadPoolBuilder};
 use sls_kernel::Execution;
 
-use crate::errors::invalid;
+use crate::errors::{invalid, Error, Result};
 
 /// Batches smaller than this run on the calling thread without releasing the GIL: for a
 /// few items, waking a pool costs more than the work (blake3-py's GIL_MINSIZE idea).
@@ -47,7 +47,7 @@ fn read_default_threads() -> usize {
 }
 
 /// Validates a `threads` argument (None → default).
-pub fn thread_count(threads: Option<usize>) -> PyResult<usize> {
+pub fn thread_count(threads: Option<usize>) -> Result<usize> {
     match threads {
         None => Ok(default_threads()),
         Some(0) => Err(invalid("threads", "must be at least 1")),
@@ -56,7 +56,7 @@ pub fn thread_count(threads: Option<usize>) -> PyResult<usize> {
     }
 }
 
-fn pool(threads: usize) -> PyResult<Arc<ThreadPool>> {
+fn pool(threads: usize) -> Result<Arc<ThreadPool>> {
     let lock = POOLS.get_or_init(|| {
         Mutex::new(Pools {
             pid: std::process::id(),
@@ -85,19 +85,27 @@ fn pool(threads: usize) -> PyResult<Arc<ThreadPool>> {
 
 /// Runs `work` for a batch of `items`: on the calling thread with the GIL held for small
 /// batches, on the calling thread with the GIL released for one thread, and on a pool of
-/// `threads` with the GIL released otherwise.
-pub fn run_batch<T, F>(py: Python<'_>, items: usize, threads: Option<usize>, work: F) -> PyResult<T>
+/// `threads` with the GIL released otherwise. A bad `threads` and the work's own error
+/// (the kernel's, for a column that breaks a rule) come back alike.
+pub fn run_batch<T, E, F>(
+    py: Python<'_>,
+    items: usize,
+    threads: Option<usize>,
+    work: F,
+) -> Result<T>
 where
-    F: FnOnce(Execution) -> T + Send,
+    F: FnOnce(Execution) -> Result<T, E> + Send,
     T: Send,
+    E: Into<Error> + Send,
 {
     let threads = thread_count(threads)?;
-    if items < PARALLEL_MIN_ITEMS {
-        return Ok(work(Execution::Sequential));
-    }
-    if threads == 1 {
-        return Ok(py.detach(|| work(Execution::Sequential)));
-    }
-    let pool = pool(threads)?;
-    Ok(py.detach(|| pool.install(|| work(Execution::Parallel))))
+    let done = if items < PARALLEL_MIN_ITEMS {
+        work(Execution::Sequential)
+    } else if threads == 1 {
+        py.detach(|| work(Execution::Sequential))
+    } else {
+        let pool = pool(threads)?;
+        py.detach(|| pool.install(|| work(Execution::Parallel)))
+    };
+    done.map_err(Into::into)
 }

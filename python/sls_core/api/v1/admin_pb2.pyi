@@ -111,6 +111,7 @@ class EnrollDeviceRequest(_message.Message):
     PHONE_FIELD_NUMBER: _builtins.int
     SHIPPED_FIELD_NUMBER: _builtins.int
     REPLACES_FIELD_NUMBER: _builtins.int
+    REPLACES_LOST_FIELD_NUMBER: _builtins.int
     username: _builtins.str
     type: _common_pb2.DeviceType.ValueType
     secret: _builtins.bytes
@@ -121,6 +122,9 @@ class EnrollDeviceRequest(_message.Message):
     phone: _builtins.str
     shipped: _builtins.bool
     replaces: _builtins.int
+    """The device this one replaces; 0 for none."""
+    replaces_lost: _builtins.bool
+    """The replaced device was lost or stolen: it is taken out of service at once."""
     def __init__(
         self,
         *,
@@ -133,10 +137,11 @@ class EnrollDeviceRequest(_message.Message):
         phone: _builtins.str = ...,
         shipped: _builtins.bool = ...,
         replaces: _builtins.int = ...,
+        replaces_lost: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["phone", b"phone", "pin", b"pin", "replaces", b"replaces", "secret", b"secret", "serial", b"serial", "shipped", b"shipped", "suite", b"suite", "type", b"type", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["phone", b"phone", "pin", b"pin", "replaces", b"replaces", "replaces_lost", b"replaces_lost", "secret", b"secret", "serial", b"serial", "shipped", b"shipped", "suite", b"suite", "type", b"type", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -643,3 +648,45 @@ class GetLockoutStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetLockoutStatusResponse: _TypeAlias = GetLockoutStatusResponse  # noqa: Y015
+
+@_typing.final
+class UnlockRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERNAME_FIELD_NUMBER: _builtins.int
+    username: _builtins.str
+    def __init__(
+        self,
+        *,
+        username: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockRequest: _TypeAlias = UnlockRequest  # noqa: Y015
+
+@_typing.final
+class UnlockResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    LOCKED_UNTIL_FIELD_NUMBER: _builtins.int
+    consecutive_failures: _builtins.int
+    locked_until: _builtins.float
+    """Unix seconds; 0 when not locked."""
+    def __init__(
+        self,
+        *,
+        consecutive_failures: _builtins.int = ...,
+        locked_until: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "locked_until", b"locked_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockResponse: _TypeAlias = UnlockResponse  # noqa: Y015

@@ -85,6 +85,11 @@ class AdminServiceStub:
                 request_serializer=sls_dot_v1_dot_admin__pb2.SetOptOutRequest.SerializeToString,
                 response_deserializer=sls_dot_v1_dot_admin__pb2.SetOptOutResponse.FromString,
                 _registered_method=True)
+        self.Unlock = channel.unary_unary(
+                '/sls.v1.AdminService/Unlock',
+                request_serializer=sls_dot_v1_dot_admin__pb2.UnlockRequest.SerializeToString,
+                response_deserializer=sls_dot_v1_dot_admin__pb2.UnlockResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -153,6 +158,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Unlock(self, request, context):
+        """After verifying the user's identity by phone: ends the lock and the run of failures.
+        Audited with the caller's identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +218,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.SetOptOut,
                     request_deserializer=sls_dot_v1_dot_admin__pb2.SetOptOutRequest.FromString,
                     response_serializer=sls_dot_v1_dot_admin__pb2.SetOptOutResponse.SerializeToString,
+            ),
+            'Unlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unlock,
+                    request_deserializer=sls_dot_v1_dot_admin__pb2.UnlockRequest.FromString,
+                    response_serializer=sls_dot_v1_dot_admin__pb2.UnlockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -477,6 +495,33 @@ class AdminService:
             '/sls.v1.AdminService/SetOptOut',
             sls_dot_v1_dot_admin__pb2.SetOptOutRequest.SerializeToString,
             sls_dot_v1_dot_admin__pb2.SetOptOutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sls.v1.AdminService/Unlock',
+            sls_dot_v1_dot_admin__pb2.UnlockRequest.SerializeToString,
+            sls_dot_v1_dot_admin__pb2.UnlockResponse.FromString,
             options,
             channel_credentials,
             insecure,

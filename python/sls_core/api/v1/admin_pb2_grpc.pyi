@@ -48,6 +48,10 @@ class AdminServiceStub:
     IssueTemporaryPasscode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.IssueTemporaryPasscodeRequest, _admin_pb2.IssueTemporaryPasscodeResponse]
     IssueOnlineCard: _grpc.UnaryUnaryMultiCallable[_admin_pb2.IssueOnlineCardRequest, _admin_pb2.IssueOnlineCardResponse]
     SetOptOut: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetOptOutRequest, _admin_pb2.SetOptOutResponse]
+    Unlock: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UnlockRequest, _admin_pb2.UnlockResponse]
+    """After verifying the user's identity by phone: ends the lock and the run of failures.
+    Audited with the caller's identity.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -66,6 +70,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     IssueTemporaryPasscode: _aio.UnaryUnaryMultiCallable[_admin_pb2.IssueTemporaryPasscodeRequest, _admin_pb2.IssueTemporaryPasscodeResponse]  # type: ignore[assignment]
     IssueOnlineCard: _aio.UnaryUnaryMultiCallable[_admin_pb2.IssueOnlineCardRequest, _admin_pb2.IssueOnlineCardResponse]  # type: ignore[assignment]
     SetOptOut: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetOptOutRequest, _admin_pb2.SetOptOutResponse]  # type: ignore[assignment]
+    Unlock: _aio.UnaryUnaryMultiCallable[_admin_pb2.UnlockRequest, _admin_pb2.UnlockResponse]  # type: ignore[assignment]
+    """After verifying the user's identity by phone: ends the lock and the run of failures.
+    Audited with the caller's identity.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -141,6 +149,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.SetOptOutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.SetOptOutResponse, _abc.Awaitable[_admin_pb2.SetOptOutResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Unlock(
+        self,
+        request: _admin_pb2.UnlockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.UnlockResponse, _abc.Awaitable[_admin_pb2.UnlockResponse]]:
+        """After verifying the user's identity by phone: ends the lock and the run of failures.
+        Audited with the caller's identity.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

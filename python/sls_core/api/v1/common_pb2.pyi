@@ -86,6 +86,8 @@ class _DeviceTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeviceType
     DEVICE_TYPE_SMS: _DeviceType.ValueType  # 7
     DEVICE_TYPE_TEMPORARY_PASSCODE: _DeviceType.ValueType  # 8
     DEVICE_TYPE_ONLINE_CARD: _DeviceType.ValueType  # 9
+    DEVICE_TYPE_ALPINE: _DeviceType.ValueType  # 10
+    """Legacy, like Platinum and Gold: still verifies, no longer issued."""
 
 class DeviceType(_DeviceType, metaclass=_DeviceTypeEnumTypeWrapper): ...
 
@@ -99,6 +101,8 @@ DEVICE_TYPE_SECURITY_CODE_CARD: DeviceType.ValueType  # 6
 DEVICE_TYPE_SMS: DeviceType.ValueType  # 7
 DEVICE_TYPE_TEMPORARY_PASSCODE: DeviceType.ValueType  # 8
 DEVICE_TYPE_ONLINE_CARD: DeviceType.ValueType  # 9
+DEVICE_TYPE_ALPINE: DeviceType.ValueType  # 10
+"""Legacy, like Platinum and Gold: still verifies, no longer issued."""
 Global___DeviceType: _TypeAlias = DeviceType  # noqa: Y015
 
 class _DeviceState:
@@ -112,6 +116,8 @@ class _DeviceStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeviceSta
     DEVICE_STATE_ACTIVE: _DeviceState.ValueType  # 2
     DEVICE_STATE_REVOKED: _DeviceState.ValueType  # 3
     DEVICE_STATE_REPLACED: _DeviceState.ValueType  # 4
+    DEVICE_STATE_SUSPENDED: _DeviceState.ValueType  # 5
+    """The holder cannot use it (lost, forgotten, broken); reactivated by answering with it."""
 
 class DeviceState(_DeviceState, metaclass=_DeviceStateEnumTypeWrapper): ...
 
@@ -120,6 +126,8 @@ DEVICE_STATE_PENDING: DeviceState.ValueType  # 1
 DEVICE_STATE_ACTIVE: DeviceState.ValueType  # 2
 DEVICE_STATE_REVOKED: DeviceState.ValueType  # 3
 DEVICE_STATE_REPLACED: DeviceState.ValueType  # 4
+DEVICE_STATE_SUSPENDED: DeviceState.ValueType  # 5
+"""The holder cannot use it (lost, forgotten, broken); reactivated by answering with it."""
 Global___DeviceState: _TypeAlias = DeviceState  # noqa: Y015
 
 class _Access:
@@ -151,16 +159,35 @@ class _Purpose:
 class _PurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Purpose.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PURPOSE_UNSPECIFIED: _Purpose.ValueType  # 0
-    """treated as PURPOSE_LOGIN"""
+    """Treated as PURPOSE_LOGIN, or as PURPOSE_STEP_UP when the message names a task."""
     PURPOSE_LOGIN: _Purpose.ValueType  # 1
     PURPOSE_ACTIVATION: _Purpose.ValueType  # 2
+    """Activates a pending device (a shipped card, an online card) by answering with it."""
+    PURPOSE_REACTIVATION: _Purpose.ValueType  # 3
+    """Reactivates the user's suspended permanent device by answering with it."""
+    PURPOSE_STEP_UP: _Purpose.ValueType  # 4
+    """A Client Portal task asks for the device again; the challenge names the task and its
+    answer is valid for no other task (nor for a login).
+    """
+    PURPOSE_SHARING: _Purpose.ValueType  # 5
+    """The owner proves possession of the device another username asks to share."""
 
-class Purpose(_Purpose, metaclass=_PurposeEnumTypeWrapper): ...
+class Purpose(_Purpose, metaclass=_PurposeEnumTypeWrapper):
+    """What a challenge's answer is for; an answer is valid only for its own purpose."""
 
 PURPOSE_UNSPECIFIED: Purpose.ValueType  # 0
-"""treated as PURPOSE_LOGIN"""
+"""Treated as PURPOSE_LOGIN, or as PURPOSE_STEP_UP when the message names a task."""
 PURPOSE_LOGIN: Purpose.ValueType  # 1
 PURPOSE_ACTIVATION: Purpose.ValueType  # 2
+"""Activates a pending device (a shipped card, an online card) by answering with it."""
+PURPOSE_REACTIVATION: Purpose.ValueType  # 3
+"""Reactivates the user's suspended permanent device by answering with it."""
+PURPOSE_STEP_UP: Purpose.ValueType  # 4
+"""A Client Portal task asks for the device again; the challenge names the task and its
+answer is valid for no other task (nor for a login).
+"""
+PURPOSE_SHARING: Purpose.ValueType  # 5
+"""The owner proves possession of the device another username asks to share."""
 Global___Purpose: _TypeAlias = Purpose  # noqa: Y015
 
 @_typing.final

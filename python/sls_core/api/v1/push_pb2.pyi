@@ -181,7 +181,7 @@ class AnswerPushRequest(_message.Message):
     challenge_id: _builtins.int
     decision: Global___Decision.ValueType
     signature: _builtins.bytes
-    """Ed25519 signature of the approval message (see sls_core.ibkey.PushChallenge.message)."""
+    """Ed25519 signature of the approval message (see sls_core.values.PushChallenge.message)."""
     def __init__(
         self,
         *,

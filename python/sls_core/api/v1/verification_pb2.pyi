@@ -29,20 +29,26 @@ class IssueChallengeRequest(_message.Message):
     USERNAME_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
     username: _builtins.str
     device_id: _builtins.int
     """M2FS: the device that answers; 0 = the user's chosen device, else their only one."""
     purpose: _common_pb2.Purpose.ValueType
+    task: _builtins.str
+    """Step-up: the Client Portal task the answer will be valid for (e.g. "withdrawal");
+    empty for none.
+    """
     def __init__(
         self,
         *,
         username: _builtins.str = ...,
         device_id: _builtins.int = ...,
         purpose: _common_pb2.Purpose.ValueType = ...,
+        task: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "purpose", b"purpose", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "purpose", b"purpose", "task", b"task", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -58,12 +64,17 @@ class IssueChallengeResponse(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     CHALLENGE_FIELD_NUMBER: _builtins.int
     CARD_INDICES_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     device_id: _builtins.int
     device_type: _common_pb2.DeviceType.ValueType
     expires_at: _builtins.float
     challenge: _builtins.str
     """The 6 digits to show (challenge/response devices), else empty."""
+    purpose: _common_pb2.Purpose.ValueType
+    task: _builtins.str
+    """The step-up task the answer is valid for, else empty."""
     @_builtins.property
     def card_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The two index numbers to show (code cards), else empty."""
@@ -77,10 +88,12 @@ class IssueChallengeResponse(_message.Message):
         expires_at: _builtins.float = ...,
         challenge: _builtins.str = ...,
         card_indices: _abc.Iterable[_builtins.int] | None = ...,
+        purpose: _common_pb2.Purpose.ValueType = ...,
+        task: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_indices", b"card_indices", "challenge", b"challenge", "device_id", b"device_id", "device_type", b"device_type", "expires_at", b"expires_at", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_indices", b"card_indices", "challenge", b"challenge", "device_id", b"device_id", "device_type", b"device_type", "expires_at", b"expires_at", "purpose", b"purpose", "task", b"task", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -95,6 +108,7 @@ class VerifyRequest(_message.Message):
     RESPONSE_FIELD_NUMBER: _builtins.int
     ACCESS_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
     username: _builtins.str
     token: _builtins.str
     """The token from IssueChallenge; empty for a temporary passcode."""
@@ -105,8 +119,10 @@ class VerifyRequest(_message.Message):
     access: _common_pb2.Access.ValueType
     purpose: _common_pb2.Purpose.ValueType
     """PURPOSE_ACTIVATION answers an activation challenge (a shipped device, an online card):
-    the device becomes active. Unspecified is a login.
+    the device becomes active. Unspecified is a login, or a step-up when `task` is set.
     """
+    task: _builtins.str
+    """Step-up: the task named by the challenge; empty for none."""
     def __init__(
         self,
         *,
@@ -115,10 +131,11 @@ class VerifyRequest(_message.Message):
         response: _builtins.str = ...,
         access: _common_pb2.Access.ValueType = ...,
         purpose: _common_pb2.Purpose.ValueType = ...,
+        task: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "purpose", b"purpose", "response", b"response", "token", b"token", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "purpose", b"purpose", "response", b"response", "task", b"task", "token", b"token", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -158,7 +175,10 @@ class VerifyBatchRequest(_message.Message):
     TOKENS_FIELD_NUMBER: _builtins.int
     RESPONSES_FIELD_NUMBER: _builtins.int
     ACCESS_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
     access: _common_pb2.Access.ValueType
+    task: _builtins.str
+    """Step-up answers, all for this one task; empty for logins."""
     @_builtins.property
     def usernames(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Columns: one entry per attempt, all the same length."""
@@ -174,10 +194,11 @@ class VerifyBatchRequest(_message.Message):
         tokens: _abc.Iterable[_builtins.str] | None = ...,
         responses: _abc.Iterable[_builtins.str] | None = ...,
         access: _common_pb2.Access.ValueType = ...,
+        task: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "responses", b"responses", "tokens", b"tokens", "usernames", b"usernames"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "responses", b"responses", "task", b"task", "tokens", b"tokens", "usernames", b"usernames"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -208,3 +229,45 @@ class VerifyBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyBatchResponse: _TypeAlias = VerifyBatchResponse  # noqa: Y015
+
+@_typing.final
+class RecordPasswordFailureRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERNAME_FIELD_NUMBER: _builtins.int
+    username: _builtins.str
+    def __init__(
+        self,
+        *,
+        username: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordPasswordFailureRequest: _TypeAlias = RecordPasswordFailureRequest  # noqa: Y015
+
+@_typing.final
+class RecordPasswordFailureResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    LOCKED_UNTIL_FIELD_NUMBER: _builtins.int
+    consecutive_failures: _builtins.int
+    locked_until: _builtins.float
+    """Unix seconds; 0 when not locked."""
+    def __init__(
+        self,
+        *,
+        consecutive_failures: _builtins.int = ...,
+        locked_until: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "locked_until", b"locked_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordPasswordFailureResponse: _TypeAlias = RecordPasswordFailureResponse  # noqa: Y015

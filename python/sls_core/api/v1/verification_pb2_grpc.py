@@ -55,6 +55,11 @@ class VerificationServiceStub:
                 request_serializer=sls_dot_v1_dot_verification__pb2.VerifyBatchRequest.SerializeToString,
                 response_deserializer=sls_dot_v1_dot_verification__pb2.VerifyBatchResponse.FromString,
                 _registered_method=True)
+        self.RecordPasswordFailure = channel.unary_unary(
+                '/sls.v1.VerificationService/RecordPasswordFailure',
+                request_serializer=sls_dot_v1_dot_verification__pb2.RecordPasswordFailureRequest.SerializeToString,
+                response_deserializer=sls_dot_v1_dot_verification__pb2.RecordPasswordFailureResponse.FromString,
+                _registered_method=True)
 
 
 class VerificationServiceServicer:
@@ -93,6 +98,14 @@ class VerificationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordPasswordFailure(self, request, context):
+        """The gateway reports a wrong username/password combination: a failed attempt toward
+        the lockout (SLS-RULES "Lockout"). Answers the lockout status after it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VerificationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +128,11 @@ def add_VerificationServiceServicer_to_server(servicer, server):
                     servicer.VerifyStream,
                     request_deserializer=sls_dot_v1_dot_verification__pb2.VerifyBatchRequest.FromString,
                     response_serializer=sls_dot_v1_dot_verification__pb2.VerifyBatchResponse.SerializeToString,
+            ),
+            'RecordPasswordFailure': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordPasswordFailure,
+                    request_deserializer=sls_dot_v1_dot_verification__pb2.RecordPasswordFailureRequest.FromString,
+                    response_serializer=sls_dot_v1_dot_verification__pb2.RecordPasswordFailureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +243,33 @@ class VerificationService:
             '/sls.v1.VerificationService/VerifyStream',
             sls_dot_v1_dot_verification__pb2.VerifyBatchRequest.SerializeToString,
             sls_dot_v1_dot_verification__pb2.VerifyBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordPasswordFailure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sls.v1.VerificationService/RecordPasswordFailure',
+            sls_dot_v1_dot_verification__pb2.RecordPasswordFailureRequest.SerializeToString,
+            sls_dot_v1_dot_verification__pb2.RecordPasswordFailureResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,10 @@ class VerificationServiceStub:
     """For gateways that keep a connection open: each request message is a batch, each
     response message answers it, in order.
     """
+    RecordPasswordFailure: _grpc.UnaryUnaryMultiCallable[_verification_pb2.RecordPasswordFailureRequest, _verification_pb2.RecordPasswordFailureResponse]
+    """The gateway reports a wrong username/password combination: a failed attempt toward
+    the lockout (SLS-RULES "Lockout"). Answers the lockout status after it.
+    """
 
 @_typing.type_check_only
 class VerificationServiceAsyncStub(VerificationServiceStub):
@@ -69,6 +73,10 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     VerifyStream: _aio.StreamStreamMultiCallable[_verification_pb2.VerifyBatchRequest, _verification_pb2.VerifyBatchResponse]  # type: ignore[assignment]
     """For gateways that keep a connection open: each request message is a batch, each
     response message answers it, in order.
+    """
+    RecordPasswordFailure: _aio.UnaryUnaryMultiCallable[_verification_pb2.RecordPasswordFailureRequest, _verification_pb2.RecordPasswordFailureResponse]  # type: ignore[assignment]
+    """The gateway reports a wrong username/password combination: a failed attempt toward
+    the lockout (SLS-RULES "Lockout"). Answers the lockout status after it.
     """
 
 class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -110,6 +118,16 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_verification_pb2.VerifyBatchResponse], _abc.AsyncIterator[_verification_pb2.VerifyBatchResponse]]:
         """For gateways that keep a connection open: each request message is a batch, each
         response message answers it, in order.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordPasswordFailure(
+        self,
+        request: _verification_pb2.RecordPasswordFailureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verification_pb2.RecordPasswordFailureResponse, _abc.Awaitable[_verification_pb2.RecordPasswordFailureResponse]]:
+        """The gateway reports a wrong username/password combination: a failed attempt toward
+        the lockout (SLS-RULES "Lockout"). Answers the lockout status after it.
         """
 
 def add_VerificationServiceServicer_to_server(servicer: VerificationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,34 +1,25 @@
-//! Kernel pieces the domain layer needs: signed challenge tokens and code-card cells.
+//! Signed challenge tokens: the server's token keys seal a challenge's claims and open
+//! them again, one token at a time or in batches.
+//!
+//! Token secrets cross into Rust as `bytes`; the Rust copies are wiped whatever happens.
+//! No error and no repr names a secret.
 
-use numpy::{PyArray1, PyArrayMethods};
+use numpy::PyArray1;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyMapping};
-use sls_kernel::batch::Execution;
 use sls_kernel::challenge::{ChallengeClaims, TokenKeys as KernelTokenKeys, TokenStatus};
-use sls_kernel::{card, CardKey};
+use sls_kernel::Execution;
 use zeroize::Zeroize;
 
-use crate::convert::{blob, column, unix_seconds, unsigned};
-use crate::errors::{invalid, to_py, wrong_type};
+use crate::convert::{blob, column, small, unix_seconds, unsigned};
+use crate::errors::{wrong_type, Result};
 use crate::threads::run_batch;
 
-fn card_key(secret: &Bound<'_, PyAny>) -> PyResult<CardKey> {
-    CardKey::new(&blob(secret, "card_secret", false)?).map_err(to_py)
-}
-
-fn small<T: TryFrom<u64>>(obj: &Bound<'_, PyAny>, field: &str, max: u64) -> PyResult<T> {
-    let value = unsigned(obj, field)?;
-    if value > max {
-        return Err(invalid(field, format!("must be at most {max}")));
-    }
-    T::try_from(value).map_err(|_| invalid(field, format!("must be at most {max}")))
-}
-
-/// The server's challenge-token keys: `{key_id: secret}` (ids 0-255, secrets of at least
-/// 16 bytes) and the id that signs new tokens. Holds key material: no getter, no pickle.
 /// (status, purpose, challenge_id, user_id, device_id, issued_at, expires_at, challenge)
 type OpenedToken = (u8, u8, u64, u64, u64, u64, u64, u32);
 
+/// The server's challenge-token keys: `{key_id: secret}` (ids 0-255, secrets of at least
+/// 16 bytes) and the id that signs new tokens. Holds key material: no getter, no pickle.
 #[pyclass(frozen, module = "sls_core", name = "TokenKeys")]
 #[derive(Debug)]
 pub struct TokenKeys {
@@ -51,7 +42,7 @@ fn status_name(status: u8) -> &'static str {
 impl TokenKeys {
     #[new]
     #[pyo3(signature = (keys, *, active))]
-    fn new(keys: &Bound<'_, PyAny>, active: &Bound<'_, PyAny>) -> PyResult<Self> {
+    fn new(keys: &Bound<'_, PyAny>, active: &Bound<'_, PyAny>) -> Result<Self> {
         let mapping = keys
             .cast::<PyMapping>()
             .map_err(|_| wrong_type("token_keys", "a mapping of key id to bytes", keys))?;
@@ -69,9 +60,7 @@ impl TokenKeys {
         for (_, secret) in owned.iter_mut() {
             secret.zeroize();
         }
-        Ok(TokenKeys {
-            inner: inner.map_err(to_py)?,
-        })
+        Ok(TokenKeys { inner: inner? })
     }
 
     #[getter]
@@ -91,7 +80,7 @@ impl TokenKeys {
         issued_at: &Bound<'_, PyAny>,
         expires_at: &Bound<'_, PyAny>,
         challenge: &Bound<'_, PyAny>,
-    ) -> PyResult<String> {
+    ) -> Result<String> {
         let claims = ChallengeClaims {
             purpose: small(purpose, "purpose", 255)?,
             challenge_id: unsigned(challenge_id, "challenge_id")?,
@@ -101,7 +90,7 @@ impl TokenKeys {
             expires_at: unix_seconds(expires_at, "expires_at")?,
             challenge: small(challenge, "challenge", u64::from(u32::MAX))?,
         };
-        self.inner.seal(&claims).map_err(to_py)
+        Ok(self.inner.seal(&claims)?)
     }
 
     /// Opens one token at `now`: `(status, purpose, challenge_id, user_id, device_id,
@@ -112,7 +101,7 @@ impl TokenKeys {
         token: &Bound<'_, PyAny>,
         now: &Bound<'_, PyAny>,
         skew: u64,
-    ) -> PyResult<OpenedToken> {
+    ) -> Result<OpenedToken> {
         let token = blob(token, "token", true)?;
         let now = unix_seconds(now, "now")?;
         let (status, c) = match self.inner.open(&token, now, skew) {
@@ -142,7 +131,7 @@ impl TokenKeys {
         now: &Bound<'py, PyAny>,
         skew: u64,
         threads: Option<usize>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> Result<Bound<'py, PyDict>> {
         let now = unix_seconds(now, "now")?;
         let data = column(tokens, "tokens", true)?;
         let tokens = data.column()?;
@@ -152,8 +141,7 @@ impl TokenKeys {
         run_batch(py, n, threads, |execution: Execution| {
             self.inner
                 .open_batch(&tokens, now, skew, &mut status, &mut claims, execution)
-        })?
-        .map_err(to_py)?;
+        })?;
         let out = PyDict::new(py);
         out.set_item("status", PyArray1::from_vec(py, status))?;
         let col64 = |f: fn(&ChallengeClaims) -> u64| -> Vec<u64> { claims.iter().map(f).collect() };
@@ -197,69 +185,4 @@ impl TokenKeys {
             "TokenKeys cannot be pickled: it holds key material",
         ))
     }
-}
-
-/// The 3-digit codes of index numbers 1..=count of a code card, as strings.
-#[pyfunction]
-#[pyo3(signature = (card_secret, count))]
-pub fn card_codes(
-    card_secret: &Bound<'_, PyAny>,
-    count: &Bound<'_, PyAny>,
-) -> PyResult<Vec<String>> {
-    let key = card_key(card_secret)?;
-    let count: u32 = small(count, "count", u64::from(card::MAX_INDEX))?;
-    Ok(key
-        .codes(count)
-        .map_err(to_py)?
-        .into_iter()
-        .map(|c| format!("{c:03}"))
-        .collect())
-}
-
-/// Checks the two codes typed for index numbers `first` and `second` (concatenated, no
-/// space): 0 OK, 1 WRONG, 2 MALFORMED.
-#[pyfunction]
-#[pyo3(signature = (card_secret, first, second, response))]
-pub fn card_verify(
-    card_secret: &Bound<'_, PyAny>,
-    first: &Bound<'_, PyAny>,
-    second: &Bound<'_, PyAny>,
-    response: &Bound<'_, PyAny>,
-) -> PyResult<u8> {
-    let key = card_key(card_secret)?;
-    let first: u32 = small(first, "first", u64::from(card::MAX_INDEX))?;
-    let second: u32 = small(second, "second", u64::from(card::MAX_INDEX))?;
-    let response = blob(response, "response", true)?;
-    Ok(key.verify(first, second, &response) as u8)
-}
-
-/// Verifies N card answers: per-item secrets, packed index pairs (`first << 16 | second`,
-/// uint32) and responses. A uint8 array of outcomes.
-#[pyfunction]
-#[pyo3(signature = (card_secrets, indices, responses, *, threads=None))]
-pub fn card_verify_batch<'py>(
-    py: Python<'py>,
-    card_secrets: &Bound<'py, PyAny>,
-    indices: &Bound<'py, PyAny>,
-    responses: &Bound<'py, PyAny>,
-    threads: Option<usize>,
-) -> PyResult<Bound<'py, PyArray1<u8>>> {
-    let secrets = column(card_secrets, "card_secrets", false)?;
-    let responses = column(responses, "responses", true)?;
-    let numpy = py.import("numpy")?;
-    let indices = numpy
-        .call_method1("ascontiguousarray", (indices, "u4"))
-        .map_err(|_| invalid("indices", "must be a 1-D array of packed index pairs"))?;
-    let indices = indices
-        .cast_into::<PyArray1<u32>>()
-        .map_err(|_| invalid("indices", "must be a 1-D array of packed index pairs"))?
-        .readonly();
-    let indices = indices.as_slice()?;
-    let (secrets, responses) = (secrets.column()?, responses.column()?);
-    let mut outcomes = vec![0u8; indices.len()];
-    run_batch(py, indices.len(), threads, |execution: Execution| {
-        card::verify_batch(&secrets, indices, &responses, &mut outcomes, execution)
-    })?
-    .map_err(to_py)?;
-    Ok(PyArray1::from_vec(py, outcomes))
 }

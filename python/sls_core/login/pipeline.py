@@ -1,0 +1,648 @@
+"""The one decision point: every attempt of every kind is decided here, in three steps.
+
+1. **resolve**: who (user id), with what (the device, at the moment of the answer), for
+   what (purpose, task) and under which replay key (challenge id), for a whole batch;
+2. **evaluate**: the kernel checks the answers, one batch call per method and suite
+   (OCRA, code card, SMS, passcode, push signature, recovery PIN);
+3. **settle**: inside the store transaction, the account rules (closed, locked), replay
+   and lockout, then the durable writes and each kind's effect on success.
+
+The kinds: challenge/response and code-card answers, SMS codes and temporary passcodes
+(:class:`ResponsePlan`, all purposes: login, activation, reactivation, step-up), IB Key
+push approvals and declines (:class:`PushPlan`), recovery PINs (:class:`RecoveryPlan`),
+IB Key activation offers (:class:`OfferPlan`) and wrong passwords reported by gateways
+(:class:`PasswordFailurePlan`). Each kind only resolves and evaluates; the gates of
+:mod:`sls_core.rules.access` and the lockout of :mod:`sls_core.rules.lockout` are applied
+by :class:`Plan` for all of them, once. Nothing here logs a secret, PIN or code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from sls_core import card, hotp, ocra, push
+from sls_core.devices import DeviceState, DeviceType
+from sls_core.login.context import LoginContext
+from sls_core.login.directory import DeviceEntry
+from sls_core.outcome import LoginOutcome
+from sls_core.rules import access, lifecycle, lockout
+from sls_core.rules.usernames import unknown_username_outcome
+from sls_core.store import PushRow, StoreTx
+from sls_core.values import Purpose, PushDecision
+
+__all__ = [
+    "SMS_CODE_DIGITS",
+    "OfferPlan",
+    "PasswordFailurePlan",
+    "Plan",
+    "PushPlan",
+    "RecoveryPlan",
+    "ResponsePlan",
+]
+
+SMS_CODE_DIGITS = 6
+#: Raw verdicts of the evaluate step (the kernel's Outcome values).
+_OK, _WRONG, _MALFORMED = 0, 1, 2
+#: Not decided yet (out) / not evaluated yet (raw).
+_OPEN = 255
+#: Temporary credentials that the activation of a permanent device ends (SLS-RULES).
+_ENDED_BY_ACTIVATION = (DeviceType.TEMPORARY_PASSCODE, DeviceType.ONLINE_CARD)
+#: A settle effect: what a decided item writes, given the transaction and its outcome.
+Effect = Callable[[StoreTx, LoginOutcome], None]
+
+
+class Plan:
+    """The columns every kind fills, and the steps every kind shares: the account gate,
+    the device gate, and settle (replay, lockout, effects)."""
+
+    def __init__(self, ctx: LoginContext, n: int, purpose: Purpose, now: float) -> None:
+        self.ctx = ctx
+        self.n = n
+        self.purpose = purpose
+        self.now = now
+        self.out = np.full(n, _OPEN, dtype=np.uint8)
+        self.raw = np.full(n, _OPEN, dtype=np.uint8)
+        self.user_ids = np.full(n, -1, dtype=np.int64)
+        self.device_ids = np.zeros(n, dtype=np.uint64)
+        #: Items with a replay key (a challenge id, consumed once across every process).
+        self.has_token = np.zeros(n, dtype=bool)
+        self.challenge_ids = np.zeros(n, dtype=np.uint64)
+        self.devices: list[DeviceEntry | None] = [None] * n
+        #: A passcode past its full-access days: a right answer is SCOPE_LIMITED.
+        self.scope_limited = np.zeros(n, dtype=bool)
+        #: A right answer that neither succeeds nor fails (a declined push, an activation
+        #: offer taken up): its outcome, else 255. It does not end the run of failures.
+        self.neutral = np.full(n, _OPEN, dtype=np.uint8)
+        self.effects: dict[int, Effect] = {}
+        #: A wrong answer leaves the replay key unused (a forged push signature must not
+        #: burn the holder's push); elsewhere any answer uses its challenge up.
+        self.keep_on_wrong = np.zeros(n, dtype=bool)
+
+    def _set(self, mask: npt.NDArray[np.bool_], value: LoginOutcome) -> None:
+        self.out[mask & (self.out == _OPEN)] = value
+
+    def resolve(self) -> None:
+        """Fills who, with which device, under which replay key; refuses what it can."""
+        raise NotImplementedError
+
+    def evaluate(self) -> None:
+        """Fills ``raw`` for the items still open: the kernel's check of each answer."""
+        raise NotImplementedError
+
+    def decide(self, tx: StoreTx) -> None:
+        """All three steps at once, inside ``tx`` (a kind with nothing to pre-check)."""
+        self.resolve()
+        self.evaluate()
+        self.settle(tx)
+
+    # -- shared gates -------------------------------------------------------------------------
+    def gate_users(self, names: Sequence[object]) -> None:
+        """Unknown usernames (bad characters or simply no such user) and closed accounts."""
+        for i in np.flatnonzero(self.user_ids < 0).tolist():
+            if self.out[i] == _OPEN:
+                self.out[i] = unknown_username_outcome(names[i])
+        closed = self.ctx.directory.closed
+        if closed:
+            is_closed = np.isin(self.user_ids, np.fromiter(closed, np.int64))
+            self._set(is_closed, access.refusal(closed=True, locked=False) or LoginOutcome.OK)
+
+    def gate_device(self, i: int, entry: DeviceEntry, wanted: DeviceState) -> bool:
+        """The device answers only in the state the purpose needs, at the moment of the
+        answer (revoked, suspended, replaced, pending or expired: refused)."""
+        state = self.ctx.effective_state(entry, self.now)
+        refused = access.device_refusal(state, wanted, entry.row.expires_at, self.now)
+        if refused is not None:
+            self.out[i] = refused
+            return False
+        return True
+
+    # -- settle -------------------------------------------------------------------------------
+    def settle(self, tx: StoreTx) -> None:
+        """Replay and lockout, then the durable writes, inside the batch's transaction.
+
+        A challenge id belongs to one user (the token binds it), so users are independent.
+        Users with failures on record or a wrong answer now are replayed item by item in
+        input order (the lock can start mid-batch); everyone else's items are decided with
+        numpy: the first use of each challenge is consumed, any later one is REPLAYED."""
+        self._set((self.out == _OPEN) & (self.raw == _MALFORMED), LoginOutcome.MALFORMED)
+        evaluated = np.flatnonzero(self.out == _OPEN)
+        uids = self.user_ids[evaluated]
+        wrong_users = np.unique(uids[self.raw[evaluated] == _WRONG])
+        on_record = tx.failures(uids.tolist())  # duplicates are harmless in the query
+        sequential_users = set(wrong_users.tolist()) | set(on_record)
+        has_token = self.has_token
+        token_rows = evaluated[has_token[evaluated]]
+        already = tx.consumed(self.challenge_ids[token_rows].tolist())
+        expiry = self.now + self.ctx.challenge_ttl + 1
+        if sequential_users:
+            in_sequence = np.isin(uids, np.fromiter(sequential_users, np.int64))
+        else:
+            in_sequence = np.zeros(len(evaluated), dtype=bool)
+        # Everyone else: every answer is right (or a passcode out of scope).
+        fast = evaluated[~in_sequence]
+        fast_tokens = fast[has_token[fast]]
+        cids = self.challenge_ids[fast_tokens]
+        first = _first_occurrences(cids)
+        if already:
+            first &= ~np.isin(cids, np.fromiter(already, np.uint64))
+        self.out[fast_tokens[~first]] = LoginOutcome.REPLAYED
+        decided = np.setdiff1d(fast, fast_tokens[~first], assume_unique=True)
+        self.out[decided] = np.where(
+            self.neutral[decided] != _OPEN,
+            self.neutral[decided],
+            np.where(self.scope_limited[decided], LoginOutcome.SCOPE_LIMITED, LoginOutcome.OK),
+        )
+        consumed: list[int] = cids[first].tolist()
+        # Users whose count matters, one item at a time.
+        seen = set(already)
+        failures = {u: list(on_record.get(u, [])) for u in sequential_users}
+        for i in evaluated[in_sequence].tolist():
+            uid = int(self.user_ids[i])
+            if lockout.is_locked(failures[uid], self.now):
+                self.out[i] = LoginOutcome.LOCKED
+                continue
+            if has_token[i]:
+                cid = int(self.challenge_ids[i])
+                if cid in seen:
+                    self.out[i] = LoginOutcome.REPLAYED
+                    continue
+                if self.raw[i] == _OK or not self.keep_on_wrong[i]:
+                    seen.add(cid)
+                    consumed.append(cid)
+            if self.raw[i] == _OK:
+                if self.neutral[i] != _OPEN:
+                    self.out[i] = self.neutral[i]
+                    continue
+                self.out[i] = (
+                    LoginOutcome.SCOPE_LIMITED if self.scope_limited[i] else LoginOutcome.OK
+                )
+            else:
+                self.out[i] = LoginOutcome.WRONG
+            outcome = LoginOutcome(int(self.out[i]))
+            if lockout.ends_failure_run(outcome):
+                failures[uid] = []
+            elif lockout.counts_as_failure(outcome):
+                failures[uid] = lockout.with_failure(failures[uid], self.now)
+        tx.consume(consumed, expiry)
+        tx.put_failures({u: t for u, t in failures.items() if t})
+        tx.clear_failures([u for u, t in failures.items() if not t and u in on_record])
+        for i, effect in self.effects.items():
+            effect(tx, LoginOutcome(int(self.out[i])))
+
+
+class ResponsePlan(Plan):
+    """Challenge tokens with typed answers (OCRA, code card, SMS) and temporary passcodes
+    (no token), for one purpose (and one task, for step-up), over numpy columns."""
+
+    def __init__(
+        self,
+        ctx: LoginContext,
+        usernames: Sequence[str],
+        tokens: Sequence[str | None],
+        responses: Sequence[str],
+        access_: str,
+        purpose: Purpose,
+        task: str | None,
+        now: float,
+    ) -> None:
+        super().__init__(ctx, len(usernames), purpose, now)
+        self.usernames = usernames
+        self.tokens = tokens
+        self.responses = responses
+        self.access = access_
+        self.task = task
+        self.challenges = np.zeros(self.n, dtype=np.uint32)
+        self.fast = np.zeros(self.n, dtype=bool)
+        self.dev_i = np.zeros(self.n, dtype=np.intp)
+
+    def resolve(self) -> None:
+        d = self.ctx.directory
+        # Username -> user id for the whole batch in one native call (-1: unknown).
+        names = self.usernames if isinstance(self.usernames, list) else list(self.usernames)
+        self.user_ids = d.names.lookup(names)
+        self.gate_users(names)
+        # Challenge tokens, opened and checked by the kernel in one call.
+        tokens = self.tokens if isinstance(self.tokens, list) else list(self.tokens)
+        if set(map(type, tokens)) <= {str}:  # the usual batch: every item has its token
+            has_token, texts = np.ones(self.n, dtype=bool), tokens
+        else:
+            has_token = np.fromiter((t is not None for t in tokens), bool, self.n)
+            texts = [t if isinstance(t, str) else "" for t in tokens]
+        keys = self.ctx.tokens_for(self.task if self.purpose is Purpose.STEP_UP else None)
+        opened = keys.open_batch(texts, int(self.now), threads=self.ctx.threads)
+        status = opened["status"]
+        self._set(has_token & (status == 5), LoginOutcome.EXPIRED)
+        self._set(has_token & (status != 0), LoginOutcome.CHALLENGE_INVALID)
+        # A token answers only for the purpose it was issued for (login, step-up, ...).
+        bound = (opened["user_id"].astype(np.int64) == self.user_ids) & (
+            opened["purpose"] == int(self.purpose)
+        )
+        self._set(has_token & ~bound, LoginOutcome.CHALLENGE_INVALID)
+        self.challenge_ids = opened["challenge_id"]
+        self.challenges = opened["challenge"]
+        self.has_token = has_token
+        cols = d.columns
+        dev = opened["device_id"]
+        in_range = dev < len(cols.owner)
+        self.dev_i = np.where(in_range, dev, 0).astype(np.intp)
+        login_like = self.purpose in (Purpose.LOGIN, Purpose.STEP_UP)
+        # The fast path: a plain active OCRA device of this user (one owner).
+        self.fast = (
+            (self.out == _OPEN)
+            & has_token
+            & in_range
+            & (cols.owner[self.dev_i] == self.user_ids)
+            & (cols.suite[self.dev_i] >= 0)
+        )
+        if not login_like:
+            self.fast[:] = False
+        self.device_ids[self.fast] = dev[self.fast]
+        token_devices = dev.tolist()
+        wanted = lifecycle.state_answering(self.purpose)
+        devices_get = d.devices.get
+        uid_list = self.user_ids.tolist()
+        has_token_list = has_token.tolist()
+        entries = self.devices
+        for i in np.flatnonzero((self.out == _OPEN) & ~self.fast).tolist():
+            uid = uid_list[i]
+            if has_token_list[i]:
+                entry = devices_get(token_devices[i])
+                if entry is None or uid not in entry.owners:
+                    self.out[i] = LoginOutcome.NO_SUCH_DEVICE
+                    continue
+            else:
+                entry = self._passcode_of(uid)
+                if entry is None:
+                    self.out[i] = LoginOutcome.NO_SUCH_DEVICE
+                    continue
+            entries[i] = entry
+            self.device_ids[i] = entry.row.id
+            if login_like and entry.plain_active:
+                continue  # the common case: an active challenge/response device
+            if not self.gate_device(i, entry, wanted):
+                continue
+            if entry.type in _ENDED_BY_ACTIVATION and self.ctx.ended_by_auto_activation(
+                uid, entry.row.issued_at, self.now
+            ):
+                self.out[i] = LoginOutcome.DEVICE_NOT_ACTIVE
+            elif entry.type is DeviceType.TEMPORARY_PASSCODE:
+                if has_token_list[i] or not login_like:
+                    self.out[i] = LoginOutcome.CHALLENGE_INVALID
+                else:
+                    self.scope_limited[i] = lifecycle.passcode_scope_limited(
+                        entry.row.issued_at, self.now, self.access
+                    )
+            elif not has_token_list[i]:
+                self.out[i] = LoginOutcome.CHALLENGE_INVALID
+        if self.purpose in (Purpose.ACTIVATION, Purpose.REACTIVATION):
+            for i in np.flatnonzero(self.out == _OPEN).tolist():
+                self.effects[i] = self._activation_effect(i)
+
+    def _activation_effect(self, i: int) -> Effect:
+        entry = self.devices[i]
+        assert entry is not None
+        user_id = int(self.user_ids[i])
+        now = self.now
+
+        def activate(tx: StoreTx, outcome: LoginOutcome) -> None:
+            if outcome is not LoginOutcome.OK:
+                return
+            tx.update_device(entry.row.id, state=DeviceState.ACTIVE.value, activated_at=now)
+            if entry.row.replaces is not None:
+                tx.update_device(entry.row.replaces, state=DeviceState.REPLACED.value)
+            if lifecycle.ends_temporary(entry.type):
+                self.ctx.end_temporary(tx, user_id)
+
+        return activate
+
+    def _passcode_of(self, user_id: int) -> DeviceEntry | None:
+        """The user's newest temporary passcode, whatever its state (items without a token
+        answer with it; one that was ended is refused by the device gate)."""
+        d = self.ctx.directory
+        passcodes = [
+            device_id
+            for device_id in d.devices_of.get(user_id, ())
+            if d.devices[device_id].type is DeviceType.TEMPORARY_PASSCODE
+        ]
+        return d.devices[max(passcodes)] if passcodes else None
+
+    def _responses(self, rows: npt.NDArray[np.intp]) -> tuple[npt.NDArray[np.intp], list[Any]]:
+        """The responses of ``rows``; a response that is not str or bytes is MALFORMED."""
+        responses = [self.responses[i] for i in rows.tolist()]
+        typed = [isinstance(r, str | bytes) for r in responses]
+        if all(typed):
+            return rows, responses
+        self.raw[rows[~np.asarray(typed)]] = _MALFORMED
+        return rows[np.asarray(typed)], [r for r, t in zip(responses, typed, strict=True) if t]
+
+    def _ocra(
+        self, suite: str, rows: npt.NDArray[np.intp], keys: Any, pins: Any, responses: list[Any]
+    ) -> None:
+        if len(rows):
+            self.raw[rows] = ocra.verify_batch(
+                suite,
+                keys,
+                _six_digits(self.challenges[rows]),
+                responses,
+                pin_hashes=pins,
+                threads=self.ctx.threads,
+            )
+
+    def evaluate(self) -> None:
+        """Kernel work: one batch call per OCRA suite and per method."""
+        cols = self.ctx.directory.columns
+        fast_rows = np.flatnonzero(self.fast & (self.out == 255))
+        suite_of = cols.suite[self.dev_i[fast_rows]]
+        for g in np.unique(suite_of).tolist():
+            rows = fast_rows[suite_of == g]
+            suite = cols.suites[g]
+            pin_algorithm = ocra.parse_suite(suite).pin_algorithm
+            rows, responses = self._responses(rows)
+            dev = self.dev_i[rows]
+            pins = None
+            if pin_algorithm is not None:
+                width = hashlib.new(pin_algorithm).digest_size
+                pins = np.ascontiguousarray(cols.pins[dev, :width])
+            self._ocra(suite, rows, cols.keys[dev], pins, responses)
+        slow = np.flatnonzero(~self.fast & (self.out == 255)).tolist()
+        groups: dict[tuple[str, str | None], list[int]] = {}
+        devices = self.devices
+        for i in slow:
+            groups.setdefault(devices[i].group, []).append(i)  # type: ignore[union-attr]
+        for (method, suite), row_list in groups.items():
+            rows = np.asarray(row_list, dtype=np.intp)
+            if method == "ocra":
+                assert suite is not None
+                rows, responses = self._responses(rows)
+                entries = [devices[i] for i in rows.tolist()]
+                uses_pin = ocra.parse_suite(suite).pin_algorithm is not None
+                self._ocra(
+                    suite,
+                    rows,
+                    [e.row.secret for e in entries],
+                    [e.row.pin_hash for e in entries] if uses_pin else None,
+                    responses,
+                )
+                continue
+            rows, responses = self._responses(rows)
+            if not len(rows):
+                continue
+            entries = [devices[i] for i in rows.tolist()]
+            if method == "card":
+                result = card.verify_batch(
+                    [e.row.secret for e in entries],
+                    self.challenges[rows],
+                    responses,
+                    threads=self.ctx.threads,
+                )
+            elif method == "sms":
+                result = hotp.verify_batch(
+                    [self.ctx.sms_key] * len(rows),
+                    responses,
+                    self.challenge_ids[rows],
+                    window=0,
+                    digits=SMS_CODE_DIGITS,
+                    algorithm="sha256",
+                    threads=self.ctx.threads,
+                ).outcomes
+            else:  # passcode: case-sensitive keyed-hash comparison, never normalized
+                result = np.empty(len(rows), dtype=np.uint8)
+                for k, (entry, typed) in enumerate(zip(entries, responses, strict=True)):
+                    text = typed if isinstance(typed, str) else typed.decode("ascii", "replace")
+                    if not lifecycle.passcode_shape_ok(text):
+                        result[k] = _MALFORMED
+                    else:
+                        same = hmac.compare_digest(
+                            self.ctx.passcode_hash(text),
+                            entry.row.secret or b"",
+                        )
+                        result[k] = _OK if same else _WRONG
+            self.raw[rows] = result
+
+
+class PushPlan(Plan):
+    """IB Key app answers to pushes: the signature is the answer (Ed25519, one kernel
+    batch); an approval is a success, a decline is neutral (audited, not counted), a bad
+    signature is a failure. The push's device must still be active when the answer comes."""
+
+    def __init__(
+        self,
+        ctx: LoginContext,
+        rows: Sequence[PushRow | None],
+        decisions: Sequence[int],
+        signatures: Sequence[object],
+        now: float,
+    ) -> None:
+        super().__init__(ctx, len(rows), Purpose.LOGIN, now)
+        self.rows = rows
+        self.decisions = decisions
+        self.signatures = signatures
+
+    def resolve(self) -> None:
+        d = self.ctx.directory
+        for i, row in enumerate(self.rows):
+            if row is None:
+                self.out[i] = LoginOutcome.CHALLENGE_INVALID
+                continue
+            self.user_ids[i] = row.user_id
+            if self.decisions[i] not in (PushDecision.APPROVE, PushDecision.DECLINE):
+                self.out[i] = LoginOutcome.MALFORMED
+                continue
+            entry = d.devices.get(row.device_id)
+            if entry is None or entry.row.push_public is None or row.user_id not in entry.owners:
+                self.out[i] = LoginOutcome.NO_SUCH_DEVICE
+                continue
+            self.devices[i] = entry
+            self.device_ids[i] = entry.row.id
+            self.has_token[i] = True
+            self.keep_on_wrong[i] = True
+            self.challenge_ids[i] = row.challenge_id
+        self.gate_users(
+            [d.user_by_id[u].username if u in d.user_by_id else "" for u in self.user_ids.tolist()]
+        )
+        for i in np.flatnonzero(self.out == _OPEN).tolist():
+            row, entry = self.rows[i], self.devices[i]
+            assert row is not None
+            assert entry is not None
+            if not self.gate_device(i, entry, DeviceState.ACTIVE):
+                continue
+            if row.decision is not None:
+                self.out[i] = LoginOutcome.REPLAYED
+            elif self.now >= row.expires_at:
+                self.out[i] = LoginOutcome.EXPIRED
+
+    def evaluate(self) -> None:
+        rows = np.flatnonzero(self.out == _OPEN).tolist()
+        if not rows:
+            return
+        publics, messages, sigs = [], [], []
+        for i in rows:
+            row, entry = self.rows[i], self.devices[i]
+            assert row is not None
+            assert entry is not None
+            assert entry.row.push_public is not None
+            publics.append(entry.row.push_public)
+            messages.append(
+                bytes(
+                    push.approval_message(
+                        row.challenge_id,
+                        row.user_id,
+                        row.device_id,
+                        int(row.expires_at),
+                        int(self.decisions[i]),
+                    )
+                )
+            )
+            signature = self.signatures[i]
+            sigs.append(signature if isinstance(signature, bytes) else b"")
+        verdicts = push.verify_approvals_batch(publics, messages, sigs, threads=self.ctx.threads)
+        self.raw[rows] = verdicts
+        for i in rows:
+            if self.decisions[i] == PushDecision.DECLINE:
+                self.neutral[i] = LoginOutcome.DECLINED
+            self.effects[i] = self._decide(i)
+
+    def _decide(self, i: int) -> Effect:
+        row = self.rows[i]
+        assert row is not None
+        decision = "approved" if self.decisions[i] == PushDecision.APPROVE else "declined"
+        now = self.now
+
+        def record(tx: StoreTx, outcome: LoginOutcome) -> None:
+            if outcome in (LoginOutcome.OK, LoginOutcome.DECLINED):
+                tx.decide_push(row.challenge_id, decision, now)
+
+        return record
+
+
+class RecoveryPlan(Plan):
+    """A recovery PIN (the IB Key PIN) re-enabling a reinstalled app: a wrong PIN is a
+    failure; the user's IB Key must be active at the moment of the answer."""
+
+    def __init__(
+        self,
+        ctx: LoginContext,
+        user_id: int,
+        username: str,
+        pin: str,
+        effect: Callable[[StoreTx, DeviceEntry], None],
+        now: float,
+    ) -> None:
+        super().__init__(ctx, 1, Purpose.LOGIN, now)
+        self.user_ids[0] = user_id
+        self.username = username
+        self.pin = pin
+        self._on_success = effect
+
+    def resolve(self) -> None:
+        self.gate_users([self.username])
+        if self.out[0] != _OPEN:
+            return
+        user_id = int(self.user_ids[0])
+        candidates = [
+            e
+            for e in self.ctx.devices_of(user_id)
+            if e.type is DeviceType.IB_KEY
+            and e.row.recovery_hash is not None
+            and self.ctx.effective_state(e, self.now) is DeviceState.ACTIVE
+        ]
+        if not candidates:
+            self.out[0] = LoginOutcome.NO_SUCH_DEVICE
+            return
+        self.devices[0] = candidates[0]
+        self._candidates = candidates
+
+    def evaluate(self) -> None:
+        if self.out[0] != _OPEN:
+            return
+        expected = self.ctx.recovery_hash(int(self.user_ids[0]), self.pin)
+        match = [
+            e for e in self._candidates if hmac.compare_digest(e.row.recovery_hash or b"", expected)
+        ]
+        self.raw[0] = _OK if match else _WRONG
+        if match:
+            entry = match[0]
+            self.devices[0] = entry
+            self.device_ids[0] = entry.row.id
+
+            def recover(tx: StoreTx, outcome: LoginOutcome) -> None:
+                if outcome is LoginOutcome.OK:
+                    self._on_success(tx, entry)
+
+            self.effects[0] = recover
+
+
+class OfferPlan(Plan):
+    """An IB Key activation offer taken up by the app (the offer was consumed once by the
+    store): the account gate and lockout apply; enrollment is the effect. It is neutral:
+    not a login, so it neither fails nor ends a run of failures."""
+
+    def __init__(
+        self,
+        ctx: LoginContext,
+        user_id: int,
+        refusal: LoginOutcome | None,
+        effect: Callable[[StoreTx], None],
+        now: float,
+    ) -> None:
+        super().__init__(ctx, 1, Purpose.ACTIVATION, now)
+        self.user_ids[0] = user_id
+        if refusal is not None:
+            self.out[0] = refusal
+        self._enroll = effect
+
+    def resolve(self) -> None:
+        user = self.ctx.directory.user_by_id.get(int(self.user_ids[0]))
+        self.gate_users([user.username if user else ""])
+
+    def evaluate(self) -> None:
+        if self.out[0] != _OPEN:
+            return
+        self.raw[0] = _OK
+        self.neutral[0] = LoginOutcome.OK
+
+        def enroll(tx: StoreTx, outcome: LoginOutcome) -> None:
+            if outcome is LoginOutcome.OK:
+                self._enroll(tx)
+
+        self.effects[0] = enroll
+
+
+class PasswordFailurePlan(Plan):
+    """Wrong username/password attempts reported by gateways: each is a failure of the same
+    run as wrong second factors (refused, not counted, while the user is locked)."""
+
+    def __init__(self, ctx: LoginContext, usernames: Sequence[str], now: float) -> None:
+        super().__init__(ctx, len(usernames), Purpose.LOGIN, now)
+        self.usernames = list(usernames)
+
+    def resolve(self) -> None:
+        self.user_ids = self.ctx.directory.names.lookup(self.usernames)
+        self.gate_users(self.usernames)
+
+    def evaluate(self) -> None:
+        self.raw[self.out == _OPEN] = _WRONG
+
+
+def _first_occurrences(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+    """True at the first occurrence of each value, in input order (a stable sort: cheaper
+    than numpy's hash-based unique for a batch that rarely repeats a value)."""
+    first = np.ones(len(values), dtype=bool)
+    if len(values) > 1:
+        order = np.argsort(values, kind="stable")
+        ranked = values[order]
+        first[order[1:][ranked[1:] == ranked[:-1]]] = False
+    return first
+
+
+def _six_digits(values: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint8]:
+    """Challenges as an (N, 6) matrix of ASCII digits, without a Python string per item."""
+    powers = 10 ** np.arange(5, -1, -1, dtype=np.uint32)
+    digits = (values.astype(np.uint32)[:, None] // powers) % 10 + ord("0")
+    return np.ascontiguousarray(digits, dtype=np.uint8)

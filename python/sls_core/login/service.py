@@ -1,0 +1,958 @@
+"""The SLS service API: :class:`SecureLogin` answers a login gateway's question "is this
+second factor right for this user, now?" and carries out client services' and the
+portal's requests, over a durable store.
+
+Every attempt is decided by :mod:`sls_core.login.pipeline` (one decision point for every
+way in); every rule and its numbers come from :mod:`sls_core.rules`. This module turns
+requests into pipeline items and store writes. It never logs a secret, PIN or code.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import hashlib
+import re
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sls_core import card, hotp, ocra
+from sls_core.cardprint import PrintableCard
+from sls_core.clock import Clock, SystemClock
+from sls_core.devices import Device, DeviceState, DeviceType
+from sls_core.errors import InvalidInputError, InvalidInputTypeError
+from sls_core.login.context import LoginContext, WriteTx
+from sls_core.login.directory import DeviceEntry
+from sls_core.login.pipeline import SMS_CODE_DIGITS, PasswordFailurePlan, ResponsePlan
+from sls_core.outcome import LoginOutcome
+from sls_core.rules import access as rules_access
+from sls_core.rules import lifecycle, limits, lockout, sharing
+from sls_core.rules.usernames import validate_username
+from sls_core.sealing import MasterKeyRing
+from sls_core.sms import OutboxSender, SmsSender, check_phone
+from sls_core.store import DeviceRow, SharingRow, SqliteStore, Store, UserRow, WriterBusyError
+from sls_core.values import (
+    Access,
+    BatchResult,
+    Challenge,
+    Identity,
+    LockoutStatus,
+    Purpose,
+    SharingError,
+    SharingRequest,
+    SharingState,
+    User,
+    Verdict,
+    WithdrawalLimits,
+)
+
+if TYPE_CHECKING:
+    from sls_core.ibkey import IbKey
+
+__all__ = [
+    "DEFAULT_CHALLENGE_TTL",
+    "OCRA_SUITES",
+    "PRECHECK_MAX_AGE",
+    "PRECHECK_MIN_ITEMS",
+    "PURGE_INTERVAL",
+    "PURGE_MARGIN",
+    "SecureLogin",
+]
+
+DEFAULT_CHALLENGE_TTL = 5 * 60.0
+#: How often each process deletes consumed challenges that have expired.
+PURGE_INTERVAL = 60.0
+#: A batch this large checks its tokens and answers before it takes the store's write
+#: lock (see ``verify_batch``); a smaller one does all of it inside.
+PRECHECK_MIN_ITEMS = 256
+#: A pre-check older than this (seconds) when the write lock is finally taken is done
+#: again: verdicts are judged at most this far from the time they commit at.
+PRECHECK_MAX_AGE = 1.0
+#: Consumed-challenge records are kept this long (seconds) past their expiry before the
+#: purge deletes them: far more than any batch takes, so a verdict judged a little
+#: earlier than it commits (a pre-check, a long batch) can never miss the record of a
+#: use another process made and find the token fresh.
+PURGE_MARGIN = 600.0
+OCRA_SUITES = {
+    # DSC+ and Android IB Key put the device PIN in the computation.
+    DeviceType.DSC_PLUS: "OCRA-1:HOTP-SHA1-8:QN06-PSHA1",
+    DeviceType.IB_KEY: "OCRA-1:HOTP-SHA1-8:QN06-PSHA1",
+    DeviceType.PLATINUM: "OCRA-1:HOTP-SHA1-8:QN06",
+    DeviceType.GOLD: "OCRA-1:HOTP-SHA1-8:QN06",
+    DeviceType.DIGITAL_SECURITY_CARD: "OCRA-1:HOTP-SHA1-8:QN06",
+    DeviceType.ALPINE: "OCRA-1:HOTP-SHA1-8:QN06",
+}
+
+
+class SecureLogin:
+    """The domain layer over a store. Thread-safe; each process keeps its own directory."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock | None = None,
+        sms_sender: SmsSender | None = None,
+        challenge_ttl: float = DEFAULT_CHALLENGE_TTL,
+        threads: int | None = None,
+    ) -> None:
+        self.context = LoginContext(
+            store,
+            clock=clock or SystemClock(),
+            sms_sender=sms_sender,
+            challenge_ttl=challenge_ttl,
+            threads=threads,
+        )
+
+    # The shared pieces, read-only, for callers that hold a SecureLogin.
+    @property
+    def store(self) -> Store:
+        return self.context.store
+
+    @property
+    def clock(self) -> Clock:
+        return self.context.clock
+
+    @property
+    def sms_sender(self) -> SmsSender | None:
+        return self.context.sms_sender
+
+    @property
+    def challenge_ttl(self) -> float:
+        return self.context.challenge_ttl
+
+    @property
+    def threads(self) -> int | None:
+        return self.context.threads
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | Path,
+        *,
+        clock: Clock | None = None,
+        key_file: str | Path | None = None,
+        sms_outbox: str | Path | None = None,
+        **options: Any,
+    ) -> SecureLogin:
+        """The embedded default: ``data_dir/sls.db`` (SQLite), master key from
+        ``SLS_CORE_MASTER_KEYS`` or ``key_file`` (default ``data_dir/master-key.json``,
+        generated on first use with mode 0600), SMS to ``data_dir/sms-outbox.jsonl``."""
+        data_dir = Path(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        key_path = Path(key_file) if key_file is not None else data_dir / "master-key.json"
+        try:
+            keyring = MasterKeyRing.load(key_file=key_path)
+        except FileNotFoundError:
+            keyring = MasterKeyRing.generate_file(key_path)
+        store = SqliteStore(data_dir / "sls.db", keyring=keyring)
+        outbox = Path(sms_outbox) if sms_outbox is not None else data_dir / "sms-outbox.jsonl"
+        return cls(store, clock=clock, sms_sender=OutboxSender(outbox), **options)
+
+    def __repr__(self) -> str:
+        return f"SecureLogin(store={self.store!r})"
+
+    def warm(self) -> None:
+        """Loads this process's directory of users and devices now, from a read snapshot
+        that holds no write lock, rather than inside the first login's transaction (where
+        a million devices would take tens of seconds with every other writer waiting). A
+        server calls it before it reports SERVING; later transactions catch up from the
+        change feed."""
+        self.context.catch_up()
+
+    @functools.cached_property
+    def ibkey(self) -> IbKey:
+        """IB Key activation and push approvals (:mod:`sls_core.ibkey`)."""
+        from sls_core.ibkey import IbKey
+
+        return IbKey(self.context)
+
+    # -- users ---------------------------------------------------------------------------
+    def create_user(self, username: str, identity: Identity | None = None) -> User:
+        name = validate_username(username)
+        with self.context.write() as tx:
+            tx.store.insert_user(name, (identity or Identity()).as_dict(), self.clock.now())
+        return self.user(name)
+
+    def user(self, username: str) -> User:
+        with self.context.write():
+            u = self.context.user(username)
+        return User(u.id, u.username, u.opted_out, u.closed, u.preferred_device)
+
+    def set_opted_out(self, username: str, opted_out: bool) -> None:
+        with self.context.write() as tx:
+            tx.store.update_user(self.context.user(username).id, opted_out=int(opted_out))
+
+    def close_account(self, username: str) -> None:
+        with self.context.write() as tx:
+            tx.store.update_user(self.context.user(username).id, closed=1)
+
+    def second_factor_required(self, username: str, access: str = Access.TRADING) -> bool:
+        """Opted-out users trade without a second factor; a closed account logs into the
+        portal with username and password only, and has no trading access at all (asking
+        for it raises: a closed account never reads as "free to trade")."""
+        user = self.user(username)
+        return rules_access.second_factor_required(
+            closed=user.closed, opted_out=user.opted_out, access=access
+        )
+
+    # -- lockout -------------------------------------------------------------------------
+    def lockout_status(self, username: str) -> LockoutStatus:
+        with self.context.write() as tx:
+            user = self.context.user(username)
+            failures = tx.store.failures([user.id]).get(user.id, [])
+        until = lockout.locked_until(failures)
+        now = self.clock.now()
+        return LockoutStatus(len(failures), until if until is not None and now < until else None)
+
+    def record_password_failure(self, username: str) -> LockoutStatus:
+        """A gateway reports a wrong username/password for ``username``: a failure of the
+        same run as wrong second factors (SLS-RULES "Lockout"). An unknown username is an
+        error (nothing to count); while the user is locked nothing more is counted."""
+        return self.record_password_failures([username])[0]
+
+    def record_password_failures(self, usernames: Sequence[str]) -> list[LockoutStatus]:
+        """Many reported password failures in one transaction (input order)."""
+        for name in usernames:
+            validate_username(name)
+        with self.context.write() as tx:
+            for name in usernames:
+                self.context.user(name)  # unknown: an error naming the field, nothing applied
+            plan = PasswordFailurePlan(self.context, usernames, self.clock.now())
+            plan.resolve()
+            plan.evaluate()
+            plan.settle(tx.store)
+            ids = [int(u) for u in plan.user_ids.tolist()]
+            on_record = tx.store.failures(ids)
+        return [self._status(on_record.get(u, []), plan.now) for u in ids]
+
+    def unlock(self, username: str, *, by: str) -> LockoutStatus:
+        """Client services unlock a user after verifying identity by phone: the run of
+        failures ends. ``by`` names who did it (the caller audits it with that name)."""
+        if not isinstance(by, str) or not by.strip():
+            raise InvalidInputError("by", "name who unlocks the user")
+        with self.context.write() as tx:
+            user = self.context.user(username)
+            tx.store.clear_failures([user.id])
+        return LockoutStatus(0, None)
+
+    @staticmethod
+    def _status(failures: Sequence[float], now: float) -> LockoutStatus:
+        until = lockout.locked_until(failures)
+        return LockoutStatus(len(failures), until if until is not None and now < until else None)
+
+    # -- devices -------------------------------------------------------------------------
+    def enroll_device(
+        self,
+        username: str,
+        device_type: DeviceType,
+        *,
+        secret: bytes | None = None,
+        pin: str | None = None,
+        suite: str | None = None,
+        serial: str | None = None,
+        phone: str | None = None,
+        shipped: bool = False,
+        replaces: int | None = None,
+        replaces_lost: bool = False,
+        imported: bool = False,
+    ) -> Device:
+        """Registers a device. Physical devices may be ``shipped`` (PENDING until activated
+        by answering a challenge, or automatically 21 days after shipment); others are
+        active at once. The PIN is kept only as the hash the suite needs.
+
+        Legacy devices are no longer issued: only ``imported=True`` registers one (an
+        existing holder's device arriving from the old system). A replacement for a lost
+        or stolen device (``replaces_lost``) suspends the lost one at once. A closed or
+        locked account gets no new device; an active IB Key ends the user's SMS device."""
+        if not isinstance(device_type, DeviceType):
+            raise InvalidInputTypeError("device_type", "must be a DeviceType")
+        if not imported:
+            limits.check_issuable(device_type)
+        if replaces_lost and replaces is None:
+            raise InvalidInputError("replaces_lost", "name the lost device in replaces")
+        if device_type in (DeviceType.TEMPORARY_PASSCODE, DeviceType.ONLINE_CARD):
+            raise InvalidInputError(
+                "device_type", "issue temporary credentials with their own methods"
+            )
+        now = self.clock.now()
+        pin_hash = None
+        if device_type.method == "ocra":
+            suite = suite or OCRA_SUITES[device_type]
+            info = ocra.parse_suite(suite)
+            if secret is None:
+                secret = secrets.token_bytes(20)
+            if info.pin_algorithm is not None:
+                pin_hash = _pin_hash(device_type, pin, info.pin_algorithm)
+            elif pin is not None:
+                raise InvalidInputError("pin", "not used by this device's suite")
+        elif device_type.method == "card":
+            secret = secret if secret is not None else secrets.token_bytes(20)
+            card.card_codes(secret, 1)  # validates the secret
+        elif device_type is DeviceType.SMS:
+            check_phone(phone)
+        if secret is not None and len(secret) < 16:
+            raise InvalidInputError("secret", "must be at least 16 bytes")
+        if shipped and not device_type.is_physical:
+            raise InvalidInputError("shipped", "only physical devices are shipped")
+        with self.context.write() as tx:
+            user = self.context.user(username)
+            self._refuse_issue(tx, user, "device")
+            if replaces is not None:
+                self.context.device_of(user, replaces)
+                if replaces_lost:
+                    tx.store.update_device(replaces, state=DeviceState.SUSPENDED.value)
+            row = DeviceRow(
+                id=0,
+                type=device_type.value,
+                state=(DeviceState.PENDING if shipped else DeviceState.ACTIVE).value,
+                serial=serial or _serial(device_type),
+                suite=suite,
+                issued_at=now,
+                shipped_at=now if shipped else None,
+                activated_at=None if shipped else now,
+                expires_at=None,
+                replaces=replaces,
+                phone=phone,
+                secret=secret,
+                pin_hash=pin_hash,
+            )
+            device_id = tx.store.insert_device(row, [user.id])
+            if not shipped and lifecycle.ends_temporary(device_type):
+                self.context.end_temporary(tx.store, user.id)
+            if device_type is DeviceType.IB_KEY:
+                self.context.end_sms(tx.store, user.id)
+        return self.device(username, device_id)
+
+    def import_device(self, username: str, device_type: DeviceType, **options: Any) -> Device:
+        """The import path for existing (legacy) devices: same checks as
+        :meth:`enroll_device`, but a legacy type is accepted."""
+        return self.enroll_device(username, device_type, imported=True, **options)
+
+    def _refuse_issue(self, tx: WriteTx, user: UserRow, what: str) -> None:
+        """SLS-RULES: nothing is issued for a closed account, nor for a locked user."""
+        rules_access.issue_refusal(
+            closed=user.closed,
+            locked=self.context.is_locked(tx.store, user.id, self.clock.now()),
+            what=what,
+        )
+
+    def enroll_bulk(
+        self,
+        usernames: Sequence[str],
+        device_type: DeviceType,
+        secrets_: Sequence[bytes],
+        *,
+        pins: Sequence[str] | None = None,
+    ) -> None:
+        """Creates many users, each with one active OCRA device, in one transaction (for
+        migrations and benchmarks). Same rules as :meth:`enroll_device`."""
+        if device_type.method != "ocra":
+            raise InvalidInputError("device_type", "bulk enrollment is for OCRA devices")
+        if len(secrets_) != len(usernames) or (pins is not None and len(pins) != len(usernames)):
+            raise InvalidInputError("secrets", "one secret (and PIN) per username")
+        suite = OCRA_SUITES[device_type]
+        algorithm = ocra.parse_suite(suite).pin_algorithm
+        if (algorithm is None) != (pins is None):
+            raise InvalidInputError("pins", f"{'required' if algorithm else 'not used'} here")
+        now = self.clock.now()
+        rows = []
+        for i, name in enumerate(usernames):
+            validate_username(name)
+            if len(secrets_[i]) < 16:
+                raise InvalidInputError("secrets", f"row {i}: must be at least 16 bytes")
+            pin_hash = (
+                _pin_hash(device_type, pins[i], algorithm)
+                if pins is not None and algorithm
+                else None
+            )
+            rows.append(
+                DeviceRow(
+                    id=0,
+                    type=device_type.value,
+                    state=DeviceState.ACTIVE.value,
+                    serial=_serial(device_type),
+                    suite=suite,
+                    issued_at=now,
+                    shipped_at=None,
+                    activated_at=now,
+                    expires_at=None,
+                    replaces=None,
+                    secret=bytes(secrets_[i]),
+                    pin_hash=pin_hash,
+                )
+            )
+        with self.context.write() as tx:
+            tx.store.bulk_enroll([(name, Identity().as_dict()) for name in usernames], rows, now)
+
+    def device(self, username: str, device_id: int) -> Device:
+        with self.context.write():
+            return self.context.public(
+                self.context.device_of(self.context.user(username), device_id), self.clock.now()
+            )
+
+    def devices(self, username: str) -> list[Device]:
+        with self.context.write():
+            user = self.context.user(username)
+            now = self.clock.now()
+            ids = sorted(self.context.directory.devices_of.get(user.id, ()))
+            return [self.context.public(self.context.directory.devices[i], now) for i in ids]
+
+    def active_devices(self, username: str) -> list[Device]:
+        return [d for d in self.devices(username) if d.state is DeviceState.ACTIVE]
+
+    def choose_device(self, username: str, device_id: int) -> None:
+        """M2FS: the device that answers this user's logins when the gateway names none."""
+        with self.context.write() as tx:
+            user = self.context.user(username)
+            entry = self.context.device_of(user, device_id)
+            if self.context.effective_state(entry, self.clock.now()) is not DeviceState.ACTIVE:
+                raise InvalidInputError("device_id", "the device is not active")
+            tx.store.update_user(user.id, preferred_device=device_id)
+
+    def revoke_device(self, username: str, device_id: int) -> None:
+        with self.context.write() as tx:
+            entry = self.context.device_of(self.context.user(username), device_id)
+            tx.store.update_device(entry.row.id, state=DeviceState.REVOKED.value)
+
+    def reactivate_device(self, username: str, device_id: int) -> None:
+        """Client services re-enable a permanent device; this ends the user's temporary
+        passcode and online card (SLS-RULES)."""
+        with self.context.write() as tx:
+            user = self.context.user(username)
+            entry = self.context.device_of(user, device_id)
+            if entry.type.is_temporary:
+                raise InvalidInputError("device_id", "only permanent devices are reactivated")
+            now = self.clock.now()
+            tx.store.update_device(entry.row.id, state=DeviceState.ACTIVE.value, activated_at=now)
+            self.context.end_temporary(tx.store, user.id)
+
+    def share_device(self, owner: str, device_id: int, with_username: str) -> None:
+        """Lets ``with_username`` answer with ``owner``'s physical device, when SLS-RULES
+        allows it: same holder, no temporary device among them, and the shared device is
+        the most secure any of them holds."""
+        with self.context.write() as tx:
+            first = self.context.user(owner)
+            second = self.context.user(with_username)
+            entry = self.context.device_of(first, device_id)
+            self._check_sharing(first, second, entry, self.clock.now())
+            tx.store.link(second.id, device_id)
+
+    def request_sharing(
+        self,
+        owner: str,
+        device_id: int,
+        with_username: str,
+        *,
+        token: str,
+        response: str,
+        needs_approval: bool = False,
+    ) -> SharingRequest:
+        """Portal self-service: ``with_username`` asks to answer with ``owner``'s physical
+        device. The owner proves possession by answering a ``Purpose.SHARING`` challenge
+        from that device (a wrong answer is a failed attempt, like any other); the rules of
+        :func:`sls_core.rules.sharing.check_sharing` must hold. The requester's own active
+        physical devices are set aside (suspended). With ``needs_approval`` the request
+        waits for compliance (:meth:`approve_sharing`); either way it can be cancelled."""
+        now = self.clock.now()
+        outcome = LoginOutcome.OK
+        with self.context.write() as tx:
+            first = self.context.user(owner)
+            second = self.context.user(with_username)
+            entry = self.context.device_of(first, device_id)
+            self._check_sharing(first, second, entry, now)
+            plan = ResponsePlan(
+                self.context,
+                [owner],
+                [token],
+                [response],
+                Access.PORTAL,
+                Purpose.SHARING,
+                None,
+                now,
+            )
+            plan.decide(tx.store)
+            outcome = LoginOutcome(int(plan.out[0]))
+            if outcome is LoginOutcome.OK and int(plan.device_ids[0]) != device_id:
+                outcome = LoginOutcome.CHALLENGE_INVALID
+            if outcome is LoginOutcome.OK:
+                set_aside = tuple(
+                    e.row.id
+                    for e in self.context.devices_of(second.id)
+                    if e.type.is_physical
+                    and e.row.id != device_id
+                    and self.context.effective_state(e, now) is DeviceState.ACTIVE
+                )
+                for aside in set_aside:
+                    tx.store.update_device(aside, state=DeviceState.SUSPENDED.value)
+                state = SharingState.PENDING if needs_approval else SharingState.ACTIVE
+                if state is SharingState.ACTIVE:
+                    tx.store.link(second.id, device_id)
+                request_id = tx.store.insert_sharing(
+                    SharingRow(0, first.id, second.id, device_id, state.value, set_aside, now)
+                )
+        if outcome is not LoginOutcome.OK:
+            raise SharingError(f"{SharingError.NO_PROOF} ({outcome.name.lower()})")
+        return SharingRequest(request_id, owner, with_username, device_id, state, set_aside)
+
+    def approve_sharing(self, request_id: int) -> SharingRequest:
+        """Compliance approves a pending request: the shared device now serves both."""
+        return self._decide_sharing(request_id, SharingState.ACTIVE)
+
+    def cancel_sharing(self, request_id: int) -> SharingRequest:
+        """Cancels a pending or active request: the link goes and the devices the requester
+        set aside are active again."""
+        return self._decide_sharing(request_id, SharingState.CANCELLED)
+
+    def _decide_sharing(self, request_id: int, to: SharingState) -> SharingRequest:
+        if not isinstance(request_id, int) or isinstance(request_id, bool) or request_id < 1:
+            raise InvalidInputError("request_id", "must be a positive integer")
+        now = self.clock.now()
+        with self.context.write() as tx:
+            row = tx.store.sharing(request_id)
+            allowed = (
+                (SharingState.PENDING,)
+                if to is SharingState.ACTIVE
+                else (
+                    SharingState.PENDING,
+                    SharingState.ACTIVE,
+                )
+            )
+            if row is None or SharingState(row.state) not in allowed:
+                raise SharingError(SharingError.NOT_PENDING)
+            if to is SharingState.ACTIVE:
+                tx.store.link(row.requester_id, row.device_id)
+            else:
+                tx.store.unlink(row.requester_id, row.device_id)
+                for aside in row.set_aside:
+                    tx.store.update_device(aside, state=DeviceState.ACTIVE.value)
+            tx.store.update_sharing(request_id, state=to.value, decided_at=now)
+            users = self.context.directory.user_by_id
+            owner, requester = users[row.owner_id].username, users[row.requester_id].username
+        return SharingRequest(request_id, owner, requester, row.device_id, to, row.set_aside)
+
+    def _check_sharing(
+        self, first: UserRow, second: UserRow, entry: DeviceEntry, now: float
+    ) -> None:
+        live = [
+            other.type
+            for user in (first, second)
+            for other in self.context.devices_of(user.id)
+            if other.row.id != entry.row.id
+            and self.context.effective_state(other, now)
+            in (DeviceState.ACTIVE, DeviceState.PENDING)
+        ]
+        sharing.check_sharing(
+            entry.type, Identity(**first.identity), Identity(**second.identity), live
+        )
+
+    # -- policy --------------------------------------------------------------------------
+    def withdrawal_limits(self, username: str) -> WithdrawalLimits:
+        """Limits set by the strongest active device (SLS-RULES table); temporary
+        passcodes and online cards count as no device; opted-out users get "none"."""
+        user = self.user(username)
+        active = [d.type for d in self.active_devices(username)]
+        return limits.withdrawal_limits(active, opted_out=user.opted_out)
+
+    @staticmethod
+    def trading_session_length(unlock: str) -> float:
+        """Seconds a trading session lasts after IB Key authentication (SLS-RULES)."""
+        return limits.trading_session_length(unlock)
+
+    # -- temporary credentials ------------------------------------------------------------
+    def issue_temporary_passcode(self, username: str, *, device_id: int | None = None) -> str:
+        """A new passcode (upper case, 12 characters, 59 bits), stored only as a keyed
+        hash. Full access for 2 days, then portal access limited to getting an Online
+        Security Code Card for 10 more. Returns it once; it is never shown again.
+
+        From then the user's permanent device (``device_id``, else every active one) is
+        SUSPENDED until reactivated. None for a closed account."""
+        passcode = "".join(
+            secrets.choice(lifecycle.PASSCODE_ALPHABET) for _ in range(lifecycle.PASSCODE_LENGTH)
+        )
+        now = self.clock.now()
+        with self.context.write() as tx:
+            user = self.context.user(username)
+            rules_access.issue_refusal(closed=user.closed, locked=False, what="passcode")
+            if device_id is not None:
+                unavailable = [self.context.device_of(user, device_id)]
+            else:
+                unavailable = [
+                    e
+                    for e in self.context.devices_of(user.id)
+                    if not e.type.is_temporary
+                    and self.context.effective_state(e, now) is DeviceState.ACTIVE
+                ]
+            for entry in unavailable:
+                if entry.type.is_temporary:
+                    raise InvalidInputError("device_id", "a temporary device is not suspended")
+                tx.store.update_device(entry.row.id, state=DeviceState.SUSPENDED.value)
+            self.context.end_temporary(tx.store, user.id)
+            tx.store.insert_device(
+                DeviceRow(
+                    id=0,
+                    type=DeviceType.TEMPORARY_PASSCODE.value,
+                    state=DeviceState.ACTIVE.value,
+                    serial=_serial(DeviceType.TEMPORARY_PASSCODE),
+                    suite=None,
+                    issued_at=now,
+                    shipped_at=None,
+                    activated_at=now,
+                    expires_at=now + lifecycle.PASSCODE_PORTAL_ACCESS,
+                    replaces=None,
+                    secret=self.context.passcode_hash(passcode),
+                ),
+                [user.id],
+            )
+        return passcode
+
+    def issue_online_card(self, username: str) -> tuple[Device, PrintableCard]:
+        """A new Online Security Code Card (PENDING until activated with two of its codes),
+        valid 21 days from issue; returns the device and the printable card. Issued only
+        while the user's temporary passcode is in its portal window (SLS-RULES)."""
+        now = self.clock.now()
+        secret = secrets.token_bytes(20)
+        with self.context.write() as tx:
+            user = self.context.user(username)
+            rules_access.issue_refusal(closed=user.closed, locked=False, what="online card")
+            passcodes = [
+                e
+                for e in self.context.devices_of(user.id)
+                if e.type is DeviceType.TEMPORARY_PASSCODE
+                and e.row.state == DeviceState.ACTIVE.value
+                and lifecycle.online_card_window_open(e.row.issued_at, now)
+            ]
+            if not passcodes:
+                raise InvalidInputError(
+                    "username", "an online card is issued only within a temporary passcode's window"
+                )
+            for device_id in self.context.directory.devices_of.get(user.id, ()):
+                entry = self.context.directory.devices[device_id]
+                if entry.type is DeviceType.ONLINE_CARD and entry.row.state in (
+                    "active",
+                    "pending",
+                ):
+                    tx.store.update_device(device_id, state=DeviceState.REVOKED.value)
+            serial = _serial(DeviceType.ONLINE_CARD)
+            device_id = tx.store.insert_device(
+                DeviceRow(
+                    id=0,
+                    type=DeviceType.ONLINE_CARD.value,
+                    state=DeviceState.PENDING.value,
+                    serial=serial,
+                    suite=None,
+                    issued_at=now,
+                    shipped_at=None,
+                    activated_at=None,
+                    expires_at=now + lifecycle.ONLINE_CARD_VALIDITY,
+                    replaces=None,
+                    secret=secret,
+                ),
+                [user.id],
+            )
+        expires = datetime.datetime.fromtimestamp(
+            now + lifecycle.ONLINE_CARD_VALIDITY, datetime.timezone.utc
+        )
+        printable = PrintableCard(
+            serial=serial,
+            username=username,
+            expires_on=expires.date(),
+            codes=tuple(card.card_codes(secret, lifecycle.CARD_INDICES)),
+        )
+        return self.device(username, device_id), printable
+
+    # -- challenges ----------------------------------------------------------------------
+    def issue_challenge(
+        self,
+        username: str,
+        *,
+        device_id: int | None = None,
+        purpose: int = Purpose.LOGIN,
+        task: str | None = None,
+    ) -> Challenge:
+        """A challenge for the user's chosen device (M2FS: the gateway's ``device_id``, else
+        the user's preferred device, else their only one in the state the purpose needs).
+        SMS devices get the code by text message now.
+
+        ``purpose``: LOGIN; ACTIVATION (a pending device); REACTIVATION (the user's
+        suspended device, answered through :meth:`activate`); STEP_UP with the ``task``
+        it is for (its answer is valid once, for that task only)."""
+        purpose = _purpose(purpose)
+        task = _task(purpose, task)
+        now = self.clock.now()
+        with self.context.write() as tx:
+            user = self.context.user(username)
+            if purpose is not Purpose.LOGIN and purpose is not Purpose.STEP_UP:
+                self._refuse_issue(tx, user, f"{purpose.name.lower()} challenge")
+            entry = self._pick_device(user, device_id, purpose, now)
+            challenge_id = self.context.next_challenge_id(tx.store)
+        method = entry.type.method
+        if method == "passcode":
+            raise InvalidInputError("device_id", "a temporary passcode needs no challenge")
+        value = _challenge_value(method)
+        expires = int(now + self.challenge_ttl) + 1
+        token = self.context.tokens_for(task).seal(
+            purpose=int(purpose),
+            challenge_id=challenge_id,
+            user_id=user.id,
+            device_id=entry.row.id,
+            issued_at=int(now),
+            expires_at=expires,
+            challenge=value,
+        )
+        if method == "sms":
+            code = hotp.compute(
+                self.context.sms_key, challenge_id, digits=SMS_CODE_DIGITS, algorithm="sha256"
+            )
+            if self.sms_sender is None:
+                raise InvalidInputError("sms_sender", "no SMS sender is configured")
+            assert entry.row.phone is not None
+            self.sms_sender.send(entry.row.phone, f"Your login code is {code}.")
+        return _challenge(token, entry, purpose, expires, value, task)
+
+    def issue_challenges(self, usernames: Sequence[str]) -> list[Challenge]:
+        """Login challenges for many users at once (one store transaction), for gateways
+        that batch a login storm. Each user's device is chosen as in
+        :meth:`issue_challenge`; OCRA devices and code cards only (an SMS device sends a
+        message, a temporary passcode needs no challenge)."""
+        now = self.clock.now()
+        expires = int(now + self.challenge_ttl) + 1
+        out: list[Challenge] = []
+        with self.context.write() as tx:
+            for name in usernames:
+                user = self.context.user(name)
+                entry = self._pick_device(user, None, Purpose.LOGIN, now)
+                method = entry.type.method
+                if method not in ("ocra", "card"):
+                    raise InvalidInputError(
+                        "usernames", "batched challenges are for OCRA devices and code cards"
+                    )
+                value = _challenge_value(method)
+                token = self.context.tokens.seal(
+                    purpose=int(Purpose.LOGIN),
+                    challenge_id=self.context.next_challenge_id(tx.store),
+                    user_id=user.id,
+                    device_id=entry.row.id,
+                    issued_at=int(now),
+                    expires_at=expires,
+                    challenge=value,
+                )
+                out.append(_challenge(token, entry, Purpose.LOGIN, expires, value, None))
+        return out
+
+    def _pick_device(
+        self, user: UserRow, device_id: int | None, purpose: Purpose, now: float
+    ) -> DeviceEntry:
+        wanted = lifecycle.state_answering(purpose)
+        if device_id is not None:
+            entry = self.context.device_of(user, device_id)
+        else:
+            entry = self.context.choose(
+                user,
+                lambda e: (
+                    self.context.effective_state(e, now) is wanted
+                    and e.type is not DeviceType.TEMPORARY_PASSCODE
+                    and (e.row.expires_at or float("inf")) > now
+                ),
+                f"{wanted.value} device",
+            )
+        state = self.context.effective_state(entry, now)
+        if state is not wanted:
+            raise InvalidInputError("device_id", f"the device is {state.value}")
+        if entry.row.expires_at is not None and now >= entry.row.expires_at:
+            raise InvalidInputError("device_id", "the device has expired")
+        return entry
+
+    # -- verification --------------------------------------------------------------------
+    def verify(
+        self,
+        username: str,
+        token: str | None,
+        response: str,
+        *,
+        access: str = Access.TRADING,
+        task: str | None = None,
+    ) -> Verdict:
+        """One attempt: the challenge ``token`` from :meth:`issue_challenge` and the typed
+        ``response`` (or ``token=None`` and a temporary passcode). With ``task``, the
+        answer to a step-up challenge for that task."""
+        purpose = Purpose.STEP_UP if task is not None else Purpose.LOGIN
+        result = self.verify_batch(
+            [username], [token], [response], access=access, purpose=purpose, task=task
+        )
+        device = int(result.device_ids[0])
+        return Verdict(result[0], device or None)
+
+    def activate(
+        self, username: str, token: str, response: str, *, purpose: int | None = None
+    ) -> Verdict:
+        """Activates a PENDING device (or online card), or reactivates the user's
+        SUSPENDED device, by answering an activation or reactivation challenge with it
+        (the token says which). Either ends the user's temporary passcode and online
+        card when the device is permanent."""
+        if purpose is None:
+            purpose = self._token_purpose(token)
+        purpose = _purpose(purpose)
+        if purpose not in (Purpose.ACTIVATION, Purpose.REACTIVATION):
+            raise InvalidInputError("purpose", "must be ACTIVATION or REACTIVATION")
+        result = self.verify_batch([username], [token], [response], purpose=purpose)
+        return Verdict(result[0], int(result.device_ids[0]) or None)
+
+    def _token_purpose(self, token: object) -> Purpose:
+        """The purpose a token claims (checked again, with its signature, when verified)."""
+        if isinstance(token, str):
+            opened = self.context.tokens.open_batch([token], int(self.clock.now()))
+            if int(opened["purpose"][0]) == Purpose.REACTIVATION:
+                return Purpose.REACTIVATION
+        return Purpose.ACTIVATION
+
+    def verify_batch(
+        self,
+        usernames: Sequence[str],
+        tokens: Sequence[str | None],
+        responses: Sequence[str],
+        *,
+        access: str = Access.TRADING,
+        purpose: int = Purpose.LOGIN,
+        task: str | None = None,
+        wait: bool = True,
+    ) -> BatchResult:
+        """Verifies many attempts (mixed users, devices and methods) in input order.
+
+        The kernel work is one batch call per method; the store is read and written in one
+        transaction, so replay and lockout hold across every process sharing the store and
+        a crash leaves all of the batch applied or none of it. ``wait=False``: if another
+        thread or process is writing, :class:`~sls_core.store.WriterBusyError` at once,
+        with nothing done (a server's event loop tries a small batch this way).
+
+        A large batch opens its tokens and checks its answers (the kernel work) against
+        this process's directory *before* it takes the write lock, so that several
+        processes sharing the store overlap that work and hold the lock only to settle
+        replay and lockout. If the directory changed in between (a device revoked,
+        enrolled or activated anywhere), or the checks are older than PRECHECK_MAX_AGE,
+        they are done again inside the lock: the verdict is that of the state the
+        transaction commits on, judged at most a second before it commits (consumed
+        challenges outlive their tokens by PURGE_MARGIN, far more)."""
+        n = len(usernames)
+        if len(tokens) != n or len(responses) != n:
+            raise InvalidInputError(
+                "tokens", "usernames, tokens and responses must have the same length"
+            )
+        if access not in tuple(Access):
+            raise InvalidInputError("access", f"must be one of {', '.join(Access)}")
+        purpose = _purpose(purpose)
+        task = _task(purpose, task)
+        if n == 0:
+            return BatchResult(np.zeros(0, np.uint8), np.zeros(0, np.uint64))
+
+        def checked(now: float) -> ResponsePlan:
+            plan = ResponsePlan(
+                self.context, usernames, tokens, responses, access, purpose, task, now
+            )
+            plan.resolve()
+            plan.evaluate()
+            return plan
+
+        if not self.context.lock.acquire(blocking=wait):
+            raise WriterBusyError
+        try:
+            plan, seen = None, None
+            if wait and n >= PRECHECK_MIN_ITEMS:
+                self.context.catch_up()
+                plan, seen = checked(self.clock.now()), self.context.directory.generation
+            with self.context.write(wait=wait) as tx:
+                if (
+                    plan is None
+                    or self.context.directory.generation != seen
+                    or self.clock.now() - plan.now > PRECHECK_MAX_AGE
+                ):
+                    plan = checked(self.clock.now())
+                now = plan.now
+                plan.settle(tx.store)
+                if now >= self.context.next_purge:
+                    # A consumed challenge past its expiry can never be presented again
+                    # (the token is refused as expired first), so its row is dead weight.
+                    tx.store.purge_consumed(now - PURGE_MARGIN)
+                    self.context.next_purge = now + PURGE_INTERVAL
+        finally:
+            self.context.lock.release()
+        return BatchResult(plan.out, plan.device_ids)
+
+
+def _purpose(value: object) -> Purpose:
+    try:
+        return Purpose(value)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        raise InvalidInputError("purpose", "must be a Purpose") from None
+
+
+#: A step-up task name: what the portal asks the device again for (e.g. "withdrawal").
+_TASK = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+
+
+def _task(purpose: Purpose, task: object) -> str | None:
+    """Step-up answers are for one named task; no other purpose takes a task."""
+    if purpose is not Purpose.STEP_UP:
+        if task is not None:
+            raise InvalidInputError("task", "only a step-up challenge names a task")
+        return None
+    if not isinstance(task, str) or not _TASK.fullmatch(task):
+        raise InvalidInputError(
+            "task", "a step-up names its task: lower-case letters, digits, _ . - (1-64)"
+        )
+    return task
+
+
+def _challenge(
+    token: str, entry: DeviceEntry, purpose: Purpose, expires: int, value: int, task: str | None
+) -> Challenge:
+    method = entry.type.method
+    return Challenge(
+        token=token,
+        device_id=entry.row.id,
+        device_type=entry.type,
+        purpose=purpose,
+        expires_at=float(expires),
+        challenge=f"{value:06d}" if method == "ocra" else None,
+        card_indices=(value >> 16, value & 0xFFFF) if method == "card" else None,
+        task=task,
+    )
+
+
+def _challenge_value(method: str) -> int:
+    """What a token carries as its challenge: six random digits (OCRA, SMS), or two
+    different card index numbers from 1 to CARD_INDICES (``first << 16 | second``)."""
+    if method == "card":
+        first = secrets.randbelow(lifecycle.CARD_INDICES) + 1
+        second = secrets.randbelow(lifecycle.CARD_INDICES - 1) + 1
+        second += second >= first  # two different index numbers
+        return (first << 16) | second
+    return secrets.randbelow(1_000_000)
+
+
+def _pin_hash(device_type: DeviceType, pin: str | None, algorithm: str) -> bytes:
+    if pin is None:
+        raise InvalidInputError("pin", "required by this device's suite")
+    if not isinstance(pin, str):
+        raise InvalidInputTypeError("pin", "must be a str")
+    if device_type is DeviceType.DSC_PLUS:
+        if not re.fullmatch(r"[0-9]{4}", pin):
+            raise InvalidInputError("pin", "a DSC+ PIN is exactly 4 digits")
+    elif not re.fullmatch(r"[\x21-\x7e]{4,6}", pin):
+        raise InvalidInputError(
+            "pin", "an IB Key PIN is 4 to 6 letters, digits or special characters"
+        )
+    return hashlib.new(algorithm, pin.encode()).digest()
+
+
+def _serial(device_type: DeviceType) -> str:
+    prefix = {
+        DeviceType.ONLINE_CARD: "OC",
+        DeviceType.TEMPORARY_PASSCODE: "TP",
+        DeviceType.SMS: "SM",
+    }.get(device_type, device_type.value[:2].upper())
+    return f"{prefix}-{''.join(secrets.choice(lifecycle.PASSCODE_ALPHABET) for _ in range(8))}"

@@ -1,0 +1,83 @@
+"""The one place where errors become gRPC status codes (:func:`rpc`, :func:`abort_for`):
+
+* :class:`~sls_core.errors.InvalidInputError` -> INVALID_ARGUMENT ``"field: rule"``;
+* :class:`~sls_core.values.ActivationError`, :class:`~sls_core.values.SharingError` ->
+  FAILED_PRECONDITION with the reason ("already used or expired", "less secure device");
+* :class:`RefusedError` -> its own code (RESOURCE_EXHAUSTED for an oversized batch);
+* :class:`DeadlinePassedError` -> DEADLINE_EXCEEDED (nothing was done);
+* anything else -> INTERNAL "internal error" (the traceback goes to the log, never to the
+  caller).
+
+A wrong answer is never an error: it is an outcome. No status detail or log line written
+here carries a secret, response, code, PIN, passcode or token: the domain's errors name
+the field and the rule only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import grpc
+import grpc.aio
+
+from sls_core.errors import InvalidInputError
+from sls_core.values import ActivationError, SharingError
+
+__all__ = ["Context", "DeadlinePassedError", "RefusedError", "abort_for", "rpc"]
+
+log = logging.getLogger("sls_core.server")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class RefusedError(Exception):
+    """A refusal with its own status code (RESOURCE_EXHAUSTED for an oversized batch)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class DeadlinePassedError(Exception):
+    """The call's deadline passed before its work started; nothing was done."""
+
+
+async def abort_for(error: BaseException, context: Context, method: str) -> None:
+    """Ends the call with the status code of ``error`` (never returns)."""
+    if isinstance(error, InvalidInputError):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{error.field}: {error.rule}")
+    if isinstance(error, ActivationError | SharingError):
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, error.reason)
+    if isinstance(error, RefusedError):
+        await context.abort(error.code, error.details)
+    if isinstance(error, DeadlinePassedError):
+        await context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the work started"
+        )
+    log.error(
+        "internal error",
+        exc_info=(type(error), error, error.__traceback__),
+        extra={"fields": {"method": method}},
+    )
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def rpc(method: F) -> F:
+    """Maps a unary handler's exceptions to status codes (see :func:`abort_for`)."""
+
+    @functools.wraps(method)
+    async def handler(self: Any, request: Any, context: Context) -> Any:
+        try:
+            return await method(self, request, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as e:  # mapped to a status code in one place
+            await abort_for(e, context, method.__name__)
+
+    return cast(F, handler)

@@ -1,0 +1,324 @@
+"""sls_core.wire, the one protobuf <-> value converter of the server and the client: every
+``to_*`` / ``from_*`` pair round-trips, the wire's conventions (the outcome offset, "0 means
+none", unspecified access and purpose) hold, every enum member has a wire value, and a
+value that cannot be mapped is refused by field name without being quoted."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sls_core import wire
+from sls_core.api.v1 import activation_pb2, admin_pb2, common_pb2, push_pb2, verification_pb2
+from sls_core.errors import InvalidInputError, InvalidInputTypeError
+from sls_core.values import (
+    Access,
+    Activated,
+    BatchResult,
+    Challenge,
+    Device,
+    DeviceState,
+    DeviceType,
+    Identity,
+    LockoutStatus,
+    LoginOutcome,
+    Purpose,
+    PushChallenge,
+    PushDecision,
+    PushStatus,
+    Verdict,
+    WithdrawalLimits,
+)
+
+DSC = Device(
+    id=7,
+    type=DeviceType.DSC_PLUS,
+    state=DeviceState.ACTIVE,
+    serial="DSC-0007",
+    issued_at=100.0,
+    activated_at=200.0,
+)
+
+
+def _everything_said(error: BaseException | None) -> str:
+    """The messages of the error and of every error chained to it (not the source lines
+    of the traceback, which quote this test)."""
+    said = []
+    while error is not None:
+        said += [*traceback.format_exception_only(error), repr(error), repr(error.args)]
+        said.append(repr(vars(error)))
+        error = error.__cause__ or error.__context__
+    return "\n".join(said)
+
+
+# -- enums ---------------------------------------------------------------------------------
+
+
+def test_every_outcome_travels_shifted_by_one_and_back() -> None:
+    for outcome in LoginOutcome:
+        value = wire.to_outcome(outcome)
+        assert value == common_pb2.Outcome.Value(f"OUTCOME_{outcome.name}") == outcome + 1
+        assert wire.from_outcome(value) is outcome
+    for bad in (common_pb2.OUTCOME_UNSPECIFIED, len(LoginOutcome) + 1, -1):
+        with pytest.raises(InvalidInputError, match="outcome: must be a known Outcome value"):
+            wire.from_outcome(bad)
+
+
+@given(st.lists(st.sampled_from(list(LoginOutcome)), max_size=50))
+def test_a_batch_of_outcomes_round_trips_as_uint8(outcomes: list[LoginOutcome]) -> None:
+    array = np.array(outcomes, dtype=np.uint8)
+    values = wire.to_outcomes(array)
+    assert values == [wire.to_outcome(o) for o in outcomes]
+    back = wire.from_outcomes(values, len(outcomes))
+    assert back.dtype == np.uint8
+    assert back.tolist() == array.tolist()
+
+
+def test_a_batch_of_outcomes_must_have_one_known_value_per_attempt() -> None:
+    with pytest.raises(InvalidInputError, match="outcomes: one per attempt: got 1 for 2"):
+        wire.from_outcomes([1], 2)
+    with pytest.raises(InvalidInputError, match="outcomes: must be known Outcome values"):
+        wire.from_outcomes([1, 0], 2)
+    with pytest.raises(InvalidInputError, match="outcomes: must be known Outcome values"):
+        wire.from_outcomes([len(LoginOutcome) + 1], 1)
+
+
+ENUMS = {
+    "device type": (DeviceType, common_pb2.DeviceType, "DEVICE_TYPE_"),
+    "device state": (DeviceState, common_pb2.DeviceState, "DEVICE_STATE_"),
+    "access": (Access, common_pb2.Access, "ACCESS_"),
+    "purpose": (Purpose, common_pb2.Purpose, "PURPOSE_"),
+    "push status": (PushStatus, push_pb2.PushStatus, "PUSH_STATUS_"),
+    "decision": (PushDecision, push_pb2.Decision, "DECISION_"),
+}
+CONVERTERS = {
+    "device type": (wire.to_device_type, wire.from_device_type),
+    "device state": (wire.to_device_state, wire.from_device_state),
+    "access": (wire.to_access, wire.from_access),
+    "purpose": (wire.to_purpose, wire.from_purpose),
+    "push status": (wire.to_push_status, wire.from_push_status),
+    "decision": (wire.to_decision, wire.from_decision),
+}
+
+
+@pytest.mark.parametrize("name", ENUMS)
+def test_every_enum_member_has_its_own_wire_value_and_back(name: str) -> None:
+    kind, proto_enum, prefix = ENUMS[name]
+    to: Any
+    back: Any
+    to, back = CONVERTERS[name]
+    values = {member: to(member) for member in kind}
+    for member, value in values.items():
+        assert value == proto_enum.Value(prefix + member.name), member
+        assert back(value) is member
+    assert len(set(values.values())) == len(values)
+    assert common_pb2.DEVICE_TYPE_UNSPECIFIED not in values.values()
+    # Nothing on the wire is left without a member (beyond "unspecified").
+    assert len(proto_enum.keys()) == len(values) + 1
+
+
+def test_the_new_sls_rule_values_are_on_the_wire() -> None:
+    assert wire.to_device_type(DeviceType.ALPINE) == common_pb2.DEVICE_TYPE_ALPINE
+    assert wire.to_device_state(DeviceState.SUSPENDED) == common_pb2.DEVICE_STATE_SUSPENDED
+    assert wire.to_purpose(Purpose.REACTIVATION) == common_pb2.PURPOSE_REACTIVATION
+    assert wire.to_purpose(Purpose.STEP_UP) == common_pb2.PURPOSE_STEP_UP
+
+
+def test_an_unspecified_access_is_trading_and_a_value_may_be_given_as_text() -> None:
+    assert wire.from_access(common_pb2.ACCESS_UNSPECIFIED) is Access.TRADING
+    assert wire.to_access("portal") == common_pb2.ACCESS_PORTAL
+    with pytest.raises(InvalidInputError, match="access: must be one of trading, portal"):
+        wire.to_access("everything")
+    with pytest.raises(InvalidInputError, match="access: must be a known Access value"):
+        wire.from_access(7)
+
+
+def test_an_unspecified_purpose_is_a_login_or_a_step_up_when_a_task_is_named() -> None:
+    assert wire.from_purpose(common_pb2.PURPOSE_UNSPECIFIED) is Purpose.LOGIN
+    assert wire.from_purpose(common_pb2.PURPOSE_UNSPECIFIED, task="withdrawal") is Purpose.STEP_UP
+    # An explicit purpose is kept as given: the domain judges a task that does not fit.
+    assert wire.from_purpose(common_pb2.PURPOSE_LOGIN, task="withdrawal") is Purpose.LOGIN
+    assert wire.to_purpose(None) == common_pb2.PURPOSE_UNSPECIFIED
+    assert wire.purpose_of_batch(None) is Purpose.LOGIN
+    assert wire.purpose_of_batch("withdrawal") is Purpose.STEP_UP
+    with pytest.raises(InvalidInputError, match="purpose: must be a known Purpose value"):
+        wire.from_purpose(9)
+    with pytest.raises(InvalidInputError, match=r"purpose: must be one of Purpose\.LOGIN"):
+        wire.to_purpose(9)
+
+
+def test_an_unknown_device_type_or_state_names_the_field() -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        wire.from_device_type(common_pb2.DEVICE_TYPE_UNSPECIFIED)
+    assert str(caught.value) == "type: must be a known DeviceType"
+    with pytest.raises(InvalidInputError) as caught:
+        wire.from_device_type(42, field_name="device_type")
+    assert str(caught.value) == "device_type: must be a known DeviceType"
+    with pytest.raises(InvalidInputError) as caught:
+        wire.from_device_state(0)
+    assert str(caught.value) == "state: must be a known DeviceState"
+    with pytest.raises(InvalidInputError, match="device_type: must be a DeviceType"):
+        wire.to_device_type("dsc_plus")  # type: ignore[arg-type]
+    assert wire.from_optional_device_type(common_pb2.DEVICE_TYPE_UNSPECIFIED) is None
+    assert wire.to_optional_device_type(None) == common_pb2.DEVICE_TYPE_UNSPECIFIED
+
+
+def test_a_push_decision_the_domain_cannot_take_is_passed_on_as_none() -> None:
+    # No decision is an answer (MALFORMED, the push stays pending), not a refused call.
+    assert wire.from_decision(push_pb2.DECISION_UNSPECIFIED) == 0
+    assert wire.from_decision(9) == 0
+    with pytest.raises(InvalidInputError, match="decision: must be APPROVE"):
+        wire.to_decision(3)
+
+
+# -- "none" on the wire ----------------------------------------------------------------------
+
+
+def test_none_travels_as_the_empty_value() -> None:
+    assert (wire.to_text(None), wire.from_text(""), wire.from_text("x")) == ("", None, "x")
+    assert (wire.to_id(None), wire.from_id(0), wire.from_id(5)) == (0, None, 5)
+    assert (wire.to_time(None), wire.from_time(0.0), wire.from_time(1.5)) == (0.0, None, 1.5)
+    assert wire.from_tokens(["t1", "", "t3"]) == ["t1", None, "t3"]
+    assert wire.from_tokens(["t1"]) == ["t1"]
+
+
+# -- messages --------------------------------------------------------------------------------
+
+
+def test_a_device_round_trips_and_carries_its_security_level() -> None:
+    message = wire.to_device(DSC)
+    assert message.security_level == 1
+    assert message.expires_at == 0.0
+    assert wire.from_device(message) == DSC
+    suspended = Device(8, DeviceType.ALPINE, DeviceState.SUSPENDED, "ALP-8", expires_at=9.0)
+    assert wire.from_device(wire.to_device(suspended)) == suspended
+    with pytest.raises(InvalidInputError, match=r"device\.state: must be a known DeviceState"):
+        wire.from_device(common_pb2.Device(device_id=1, type=common_pb2.DEVICE_TYPE_SMS))
+
+
+def test_an_identity_round_trips_and_a_bad_field_is_named_never_quoted() -> None:
+    identity = Identity("1980-01-01", "CH", "CH", "passport", "X1234567", "123-45-6789")
+    assert wire.from_identity(wire.to_identity(identity)) == identity
+    with pytest.raises(InvalidInputTypeError) as caught:
+        wire.to_identity(Identity(ssn=123456789))  # type: ignore[arg-type]
+    assert caught.value.field == "ssn"
+    assert "123456789" not in _everything_said(caught.value)
+
+
+@pytest.mark.parametrize(
+    "challenge",
+    [
+        Challenge("tok", 7, DeviceType.DSC_PLUS, Purpose.LOGIN, 1300.0, challenge="123456"),
+        Challenge("tok", 9, DeviceType.SECURITY_CODE_CARD, Purpose.LOGIN, 1.0, None, (3, 42)),
+        Challenge("tok", 7, DeviceType.IB_KEY, Purpose.STEP_UP, 5.0, "000001", task="withdrawal"),
+        Challenge("tok", 7, DeviceType.DSC_PLUS, Purpose.REACTIVATION, 5.0, challenge="999999"),
+        Challenge("tok", 7, DeviceType.SMS, Purpose.ACTIVATION, 5.0),
+    ],
+    ids=["login", "card", "step-up", "reactivation", "sms-activation"],
+)  # fmt: skip
+def test_a_challenge_round_trips_with_its_purpose_and_task(challenge: Challenge) -> None:
+    message = wire.to_challenge(challenge)
+    assert message.task == (challenge.task or "")
+    assert wire.from_challenge(message) == challenge
+
+
+def test_a_verdict_round_trips_with_the_outcome_message() -> None:
+    for verdict in (Verdict(LoginOutcome.OK, 7), Verdict(LoginOutcome.LOCKED, None)):
+        message = wire.to_verdict(verdict)
+        assert message.message == verdict.outcome.message
+        assert wire.from_verdict(message) == verdict
+
+
+def test_a_batch_result_round_trips_in_input_order() -> None:
+    result = BatchResult(
+        outcomes=np.array([0, 1, 13], dtype=np.uint8),
+        device_ids=np.array([7, 0, 9], dtype=np.uint64),
+    )
+    message = wire.to_batch_result(result)
+    assert list(message.outcomes) == [1, 2, 14]
+    back = wire.from_batch_result(message, 3)
+    assert back.outcomes.tolist() == [0, 1, 13]
+    assert back.device_ids.dtype == np.uint64
+    assert back.device_ids.tolist() == [7, 0, 9]
+    bare = verification_pb2.VerifyBatchResponse(outcomes=[1, 1])
+    assert wire.from_batch_result(bare, 2).device_ids.tolist() == [0, 0]
+    with pytest.raises(InvalidInputError, match="device_ids: one per attempt"):
+        wire.from_batch_result(
+            verification_pb2.VerifyBatchResponse(outcomes=[1], device_ids=[1, 2]), 1
+        )
+
+
+@pytest.mark.parametrize(
+    "message_type",
+    [
+        admin_pb2.GetLockoutStatusResponse,
+        admin_pb2.UnlockResponse,
+        verification_pb2.RecordPasswordFailureResponse,
+    ],
+)
+def test_a_lockout_status_round_trips_in_each_message_that_carries_one(
+    message_type: Any,
+) -> None:
+    for status in (LockoutStatus(3, None), LockoutStatus(10, 86_400.0)):
+        message = wire.to_lockout_status(status, message_type)
+        assert isinstance(message, message_type)
+        assert wire.from_lockout_status(message) == status
+    assert wire.to_lockout_status(LockoutStatus(0, None), message_type).locked_until == 0.0
+
+
+def test_withdrawal_limits_round_trip_and_unlimited_is_a_flag() -> None:
+    for limits in (
+        WithdrawalLimits(DeviceType.IB_KEY, 1_000_000, 1_000_000),
+        WithdrawalLimits(DeviceType.DSC_PLUS, None, None),
+        WithdrawalLimits(None, 50_000, 100_000),
+    ):
+        assert wire.from_withdrawal_limits(wire.to_withdrawal_limits(limits)) == limits
+    assert wire.to_withdrawal_limits(WithdrawalLimits(DeviceType.GOLD, None, None)).unlimited
+
+
+def test_a_push_and_an_activation_round_trip() -> None:
+    push = PushChallenge(55, 3, 7, 1900)
+    assert wire.from_push(wire.to_push(push)) == push
+    done = Activated(DSC, "alice", b"S" * 32, b"I" * 16, "OCRA-1:HOTP-SHA1-8:QN06-PSHA1")
+    message = wire.to_activated(done)
+    assert isinstance(message, activation_pb2.CompleteActivationResponse)
+    assert wire.from_activated(message) == done
+
+
+def test_the_results_only_the_wire_has_round_trip_and_keep_secrets_out_of_repr() -> None:
+    class Offer:
+        payload, manual_code, expires_at = "SLS1:PAYLOAD", "K7QM-4TZ9-HX3P-AB", 1600.0
+
+        def qr_png(self) -> bytes:
+            return b"\x89PNG"
+
+        def qr_svg(self) -> str:
+            return "<svg/>"
+
+    offer = wire.from_activation_offer(wire.to_activation_offer(Offer()))
+    assert offer == wire.ActivationOffer(
+        "SLS1:PAYLOAD", "K7QM-4TZ9-HX3P-AB", 1600.0, b"\x89PNG", "<svg/>"
+    )
+    assert "PAYLOAD" not in repr(offer)
+    assert "K7QM" not in repr(offer)
+    card = wire.OnlineCard(DSC, b"png", b"pdf")
+    assert wire.from_online_card(wire.to_online_card(card)) == card
+    for level in (wire.SecurityLevel(1, DeviceType.DSC_PLUS), wire.SecurityLevel(0, None)):
+        assert wire.from_security_level(wire.to_security_level(level)) == level
+
+
+def test_a_refused_value_is_never_quoted_even_in_the_chained_errors() -> None:
+    for call in (
+        lambda: wire.to_access("4711"),
+        lambda: wire.to_purpose("4711"),  # type: ignore[arg-type]
+        lambda: wire.to_decision("4711"),  # type: ignore[arg-type]
+        lambda: wire.build_message(admin_pb2.EnrollDeviceRequest, username="a", pin=4711),
+    ):
+        with pytest.raises(InvalidInputError) as caught:
+            call()
+        assert "4711" not in _everything_said(caught.value)

@@ -3,7 +3,8 @@
 Deterministic: a response of digits ``n`` verifies to ``LoginOutcome(n % 14)`` on device
 ``n + 1000``; anything else is MALFORMED on device 0. Each method can be scripted to fail
 its next calls with given statuses (:meth:`FakeSls.fail_next`), and every request is
-recorded, so tests can count calls (retries) and look at batches.
+recorded, so tests can count calls (retries) and look at batches. PortalService's calls are
+recorded as ``"Portal.<Method>"`` (some share a name with AdminService's).
 """
 
 # ruff: noqa: N802 - servicer methods carry the RPC names
@@ -27,6 +28,8 @@ from sls_core.api.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     common_pb2,
+    portal_pb2,
+    portal_pb2_grpc,
     push_pb2,
     push_pb2_grpc,
     verification_pb2,
@@ -42,6 +45,10 @@ BOOM_USER = "boom"
 BYE_USER = "bye"
 #: A batch holding this username is answered with one outcome too few (protocol errors).
 SHORT_USER = "short"
+#: Sharing with this username is refused (FAILED_PRECONDITION with the reason).
+STRANGER = "stranger"
+#: A sharing request id that is not pending.
+GONE_REQUEST = 404
 
 
 def expected(response: str) -> tuple[LoginOutcome, int]:
@@ -68,6 +75,34 @@ def device(device_id: int = 7) -> common_pb2.Device:
         expires_at=0.0,
         security_level=1,
     )
+
+
+def online_card() -> admin_pb2.IssueOnlineCardResponse:
+    card = device(13)
+    card.type = common_pb2.DEVICE_TYPE_ONLINE_CARD
+    return admin_pb2.IssueOnlineCardResponse(device=card, card_png=b"png", card_pdf=b"pdf")
+
+
+def sharing(
+    request_id: int, state: common_pb2.SharingState.ValueType, requester: str = "alice2"
+) -> common_pb2.SharingRequest:
+    return common_pb2.SharingRequest(
+        request_id=request_id,
+        owner="alice",
+        requester=requester,
+        device_id=7,
+        state=state,
+        set_aside_device_ids=[8],
+    )
+
+
+def decided(
+    fake: FakeSls, method: str, request: Any, context: Any, state: Any
+) -> common_pb2.SharingRequest:
+    fake.enter(method, request, context)
+    if request.request_id == GONE_REQUEST:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no such pending sharing request")
+    return sharing(request.request_id, state)
 
 
 @dataclass
@@ -247,6 +282,12 @@ class Admin(admin_pb2_grpc.AdminServiceServicer):
         self.fake.enter("EnrollDevice", request, context)
         return admin_pb2.EnrollDeviceResponse(device=device(12))
 
+    def ImportDevice(self, request: Any, context: Any) -> Any:
+        self.fake.enter("ImportDevice", request, context)
+        imported = device(14)
+        imported.type = request.type
+        return admin_pb2.ImportDeviceResponse(device=imported)
+
     def ListDevices(self, request: Any, context: Any) -> Any:
         self.fake.enter("ListDevices", request, context)
         return admin_pb2.ListDevicesResponse(devices=[device(7), device(8)])
@@ -260,6 +301,12 @@ class Admin(admin_pb2_grpc.AdminServiceServicer):
         if request.with_username == "weaker":
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "less secure device")
         return admin_pb2.ShareDeviceResponse()
+
+    def ApproveSharing(self, request: Any, context: Any) -> Any:
+        answer = decided(
+            self.fake, "ApproveSharing", request, context, common_pb2.SHARING_STATE_ACTIVE
+        )
+        return admin_pb2.ApproveSharingResponse(sharing=answer)
 
     def RevokeDevice(self, request: Any, context: Any) -> Any:
         self.fake.enter("RevokeDevice", request, context)
@@ -275,9 +322,7 @@ class Admin(admin_pb2_grpc.AdminServiceServicer):
 
     def IssueOnlineCard(self, request: Any, context: Any) -> Any:
         self.fake.enter("IssueOnlineCard", request, context)
-        card = device(13)
-        card.type = common_pb2.DEVICE_TYPE_ONLINE_CARD
-        return admin_pb2.IssueOnlineCardResponse(device=card, card_png=b"png", card_pdf=b"pdf")
+        return online_card()
 
     def SetOptOut(self, request: Any, context: Any) -> Any:
         self.fake.enter("SetOptOut", request, context)
@@ -286,6 +331,48 @@ class Admin(admin_pb2_grpc.AdminServiceServicer):
     def Unlock(self, request: Any, context: Any) -> Any:
         self.fake.enter("Unlock", request, context)
         return admin_pb2.UnlockResponse(consecutive_failures=0, locked_until=0.0)
+
+
+class Portal(portal_pb2_grpc.PortalServiceServicer):
+    def __init__(self, fake: FakeSls) -> None:
+        self.fake = fake
+
+    def IssueOnlineCard(self, request: Any, context: Any) -> Any:
+        self.fake.enter("Portal.IssueOnlineCard", request, context)
+        return online_card()
+
+    def RequestSharing(self, request: Any, context: Any) -> Any:
+        self.fake.enter("Portal.RequestSharing", request, context)
+        if request.with_username == STRANGER:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "different identification information"
+            )
+        state = (
+            common_pb2.SHARING_STATE_PENDING
+            if request.needs_approval
+            else common_pb2.SHARING_STATE_ACTIVE
+        )
+        return portal_pb2.RequestSharingResponse(
+            sharing=sharing(5, state, requester=request.with_username)
+        )
+
+    def CancelSharing(self, request: Any, context: Any) -> Any:
+        answer = decided(
+            self.fake, "Portal.CancelSharing", request, context, common_pb2.SHARING_STATE_CANCELLED
+        )
+        return portal_pb2.CancelSharingResponse(sharing=answer)
+
+    def SetOptOut(self, request: Any, context: Any) -> Any:
+        self.fake.enter("Portal.SetOptOut", request, context)
+        return admin_pb2.SetOptOutResponse()
+
+    def ChooseDevice(self, request: Any, context: Any) -> Any:
+        self.fake.enter("Portal.ChooseDevice", request, context)
+        return admin_pb2.ChooseDeviceResponse()
+
+    def ListOwnDevices(self, request: Any, context: Any) -> Any:
+        self.fake.enter("Portal.ListOwnDevices", request, context)
+        return portal_pb2.ListOwnDevicesResponse(devices=[device(7), device(8)])
 
 
 class Policy(admin_pb2_grpc.PolicyServiceServicer):
@@ -331,6 +418,7 @@ def serve(
     push_pb2_grpc.add_PushServiceServicer_to_server(Push(fake), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(Admin(fake), server)
     admin_pb2_grpc.add_PolicyServiceServicer_to_server(Policy(fake), server)
+    portal_pb2_grpc.add_PortalServiceServicer_to_server(Portal(fake), server)
     if credentials is None:
         port = server.add_insecure_port("127.0.0.1:0")
     else:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import ipaddress
 import os
 import signal
@@ -50,6 +51,7 @@ from sls_core.api.v1 import (
     activation_pb2,
     activation_pb2_grpc,
     admin_pb2_grpc,
+    portal_pb2_grpc,
     push_pb2,
     push_pb2_grpc,
     verification_pb2_grpc,
@@ -82,6 +84,11 @@ class Stubs:
     admin: admin_pb2_grpc.AdminServiceStub
     policy: admin_pb2_grpc.PolicyServiceStub
     health: health_pb2_grpc.HealthStub
+
+    @functools.cached_property
+    def portal(self) -> portal_pb2_grpc.PortalServiceStub:
+        """The Client Portal's self-service, over the same channel."""
+        return portal_pb2_grpc.PortalServiceStub(self.channel)
 
     @classmethod
     def over(cls, channel: grpc.Channel) -> Stubs:

@@ -11,6 +11,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import numpy as np
@@ -19,9 +20,11 @@ import pytest
 from client_fakes import (
     BOOM_USER,
     BYE_USER,
+    GONE_REQUEST,
     SHORT_USER,
     SLOW_SECONDS,
     SLOW_USER,
+    STRANGER,
     FakeSls,
     expected,
     serve,
@@ -53,9 +56,13 @@ from sls_core.values import (
     LockoutStatus,
     LoginOutcome,
     Purpose,
+    SharingRequest,
+    SharingState,
 )
 
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)
+#: The owner's answer to a sharing challenge, as the fake takes it.
+PROOF: dict[str, Any] = {"token": "tok-7", "response": "123456"}
 
 
 @pytest.fixture(scope="module")
@@ -460,6 +467,65 @@ def test_the_sls_rules_calls_convert_to_and_from_the_wire(fake: FakeSls, target:
         assert (sent.replaces, sent.replaces_lost, sent.shipped) == (7, True, True)
 
 
+def test_the_portal_calls_go_to_the_portal_service_and_convert_to_the_domain_types(
+    fake: FakeSls, target: str
+) -> None:
+    with SlsClient(target) as client:
+        online = client.portal_issue_online_card("alice")
+        assert online.device.type is DeviceType.ONLINE_CARD
+        assert (online.card_png, online.card_pdf) == (b"png", b"pdf")
+        asked = client.request_sharing("alice", 7, "alice2", **PROOF)
+        assert asked == SharingRequest(5, "alice", "alice2", 7, SharingState.ACTIVE, (8,))
+        sent = fake.requests["Portal.RequestSharing"][0]
+        assert (sent.owner, sent.device_id, sent.with_username) == ("alice", 7, "alice2")
+        assert (sent.token, sent.response, sent.needs_approval) == ("tok-7", "123456", False)
+        waiting = client.request_sharing("alice", 7, "alice2", needs_approval=True, **PROOF)
+        assert waiting.state is SharingState.PENDING
+        with pytest.raises(ClientRefusedError) as refused:
+            client.request_sharing("alice", 7, STRANGER, **PROOF)
+        assert refused.value.reason == "different identification information"
+        cancelled = client.cancel_sharing(5)
+        assert (cancelled.id, cancelled.state) == (5, SharingState.CANCELLED)
+        with pytest.raises(ClientRefusedError, match="no such pending sharing request"):
+            client.cancel_sharing(GONE_REQUEST)
+        client.portal_set_opt_out("alice", True)
+        assert fake.requests["Portal.SetOptOut"][0].opted_out is True
+        client.portal_choose_device("alice", 8)
+        assert fake.requests["Portal.ChooseDevice"][0].device_id == 8
+        assert [d.id for d in client.list_own_devices("alice")] == [7, 8]
+    # None of them went to AdminService.
+    assert not {"IssueOnlineCard", "SetOptOut", "ChooseDevice", "ListDevices"} & set(fake.calls)
+
+
+def test_client_services_approve_sharing_and_import_legacy_devices(
+    fake: FakeSls, target: str
+) -> None:
+    with SlsClient(target) as client:
+        approved = client.approve_sharing(5)
+        assert (approved.id, approved.state, approved.set_aside) == (5, SharingState.ACTIVE, (8,))
+        assert fake.requests["ApproveSharing"][0].request_id == 5
+        with pytest.raises(ClientRefusedError, match="no such pending sharing request"):
+            client.approve_sharing(GONE_REQUEST)
+        card = client.import_device(
+            "alice", DeviceType.SECURITY_CODE_CARD, secret=b"K" * 20, serial="SCC-1"
+        )
+        assert (card.id, card.type) == (14, DeviceType.SECURITY_CODE_CARD)
+        sent = fake.requests["ImportDevice"][0]
+        assert (sent.username, sent.type, sent.secret, sent.serial, sent.pin) == (
+            "alice",
+            common_pb2.DEVICE_TYPE_SECURITY_CODE_CARD,
+            b"K" * 20,
+            "SCC-1",
+            "",
+        )
+        assert "EnrollDevice" not in fake.calls
+        with pytest.raises(InvalidInputTypeError, match="device_type"):
+            client.import_device("alice", "security_code_card")  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="replaces"):
+            client.import_device("alice", DeviceType.GOLD, replaces=-1)
+    assert fake.calls["ImportDevice"] == 1
+
+
 def test_an_answer_the_converter_cannot_read_is_a_protocol_error(
     fake: FakeSls, target: str
 ) -> None:
@@ -506,6 +572,7 @@ def test_importing_the_client_loads_no_engine() -> None:
         ("GetSecurityLevel", lambda c: c.security_level("alice")),
         ("GetWithdrawalLimits", lambda c: c.withdrawal_limits("alice")),
         ("GetSessionLength", lambda c: c.session_length("pin")),
+        ("Portal.ListOwnDevices", lambda c: c.list_own_devices("alice")),
     ],
 )
 def test_read_only_calls_are_retried_on_unavailable(
@@ -556,6 +623,14 @@ def test_other_statuses_are_not_retried(fake: FakeSls, target: str) -> None:
         ("CreateActivation", lambda c: c.create_activation("alice")),
         ("IssueTemporaryPasscode", lambda c: c.issue_temporary_passcode("alice")),
         ("RevokeDevice", lambda c: c.revoke_device("alice", 7)),
+        (
+            "Portal.RequestSharing",
+            lambda c: c.request_sharing("alice", 7, "alice2", **PROOF),
+        ),
+        ("Portal.CancelSharing", lambda c: c.cancel_sharing(5)),
+        ("Portal.IssueOnlineCard", lambda c: c.portal_issue_online_card("alice")),
+        ("ApproveSharing", lambda c: c.approve_sharing(5)),
+        ("ImportDevice", lambda c: c.import_device("alice", DeviceType.GOLD)),
     ],
 )
 def test_calls_that_change_state_are_never_retried(
@@ -698,6 +773,21 @@ def test_no_code_pin_or_token_appears_in_an_exception(fake: FakeSls, target: str
                 pin=4711,  # type: ignore[arg-type]
             ),
             lambda: client.create_user("alice", Identity(ssn="123-45-6789")),
+            lambda: client.import_device("alice", DeviceType.DSC_PLUS, pin=4711),  # type: ignore[arg-type]
+            lambda: client.request_sharing(
+                "alice",
+                7,
+                "alice2",
+                token="tok-SECRET",  # noqa: S106 - a fake token
+                response=98765432,  # type: ignore[arg-type]
+            ),
+            lambda: client.request_sharing(
+                "alice",
+                7,
+                STRANGER,
+                token="tok-SECRET",  # noqa: S106 - a fake token
+                response="98765432",
+            ),
         ]
         for call in calls:
             with pytest.raises(SlsError) as caught:

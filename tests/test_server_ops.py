@@ -49,6 +49,7 @@ SERVICES = [
     "sls.v1.PushService",
     "sls.v1.AdminService",
     "sls.v1.PolicyService",
+    "sls.v1.PortalService",
 ]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -31,6 +31,8 @@ from sls_core.values import (
     PushChallenge,
     PushDecision,
     PushStatus,
+    SharingRequest,
+    SharingState,
     Verdict,
     WithdrawalLimits,
 )
@@ -95,6 +97,7 @@ ENUMS = {
     "purpose": (Purpose, common_pb2.Purpose, "PURPOSE_"),
     "push status": (PushStatus, push_pb2.PushStatus, "PUSH_STATUS_"),
     "decision": (PushDecision, push_pb2.Decision, "DECISION_"),
+    "sharing state": (SharingState, common_pb2.SharingState, "SHARING_STATE_"),
 }
 CONVERTERS = {
     "device type": (wire.to_device_type, wire.from_device_type),
@@ -103,6 +106,7 @@ CONVERTERS = {
     "purpose": (wire.to_purpose, wire.from_purpose),
     "push status": (wire.to_push_status, wire.from_push_status),
     "decision": (wire.to_decision, wire.from_decision),
+    "sharing state": (wire.to_sharing_state, wire.from_sharing_state),
 }
 
 
@@ -312,12 +316,78 @@ def test_the_results_only_the_wire_has_round_trip_and_keep_secrets_out_of_repr()
         assert wire.from_security_level(wire.to_security_level(level)) == level
 
 
+def test_a_sharing_request_round_trips_with_its_state_and_set_aside_devices() -> None:
+    for state in SharingState:
+        request = SharingRequest(3, "alice", "alice2", 7, state, (8, 9))
+        message = wire.to_sharing_request(request)
+        assert (message.request_id, list(message.set_aside_device_ids)) == (3, [8, 9])
+        assert wire.from_sharing_request(message) == request
+    assert wire.to_sharing_state("cancelled") == common_pb2.SHARING_STATE_CANCELLED
+    with pytest.raises(InvalidInputError, match="state: must be one of pending, active"):
+        wire.to_sharing_state("approved")
+    with pytest.raises(InvalidInputError, match=r"sharing\.state: must be a known SharingState"):
+        wire.from_sharing_request(common_pb2.SharingRequest(request_id=3))
+
+
+@pytest.mark.parametrize(
+    "message_type", [admin_pb2.EnrollDeviceRequest, admin_pb2.ImportDeviceRequest]
+)
+def test_an_enrollment_round_trips_in_both_messages_and_unset_options_are_none(
+    message_type: Any,
+) -> None:
+    options = wire.EnrollOptions(
+        secret=b"K" * 20,
+        pin="4711",
+        suite=None,
+        serial="SCC-1",
+        phone=None,
+        shipped=True,
+        replaces=7,
+        replaces_lost=True,
+    )
+    message = wire.to_enrollment(message_type, "alice", DeviceType.SECURITY_CODE_CARD, options)
+    assert isinstance(message, message_type)
+    assert (message.username, message.suite, message.phone) == ("alice", "", "")
+    assert wire.from_enrollment(message) == (DeviceType.SECURITY_CODE_CARD, options)
+    bare = wire.from_enrollment(message_type(type=common_pb2.DEVICE_TYPE_GOLD))
+    assert bare == (
+        DeviceType.GOLD,
+        wire.EnrollOptions(
+            secret=None,
+            pin=None,
+            suite=None,
+            serial=None,
+            phone=None,
+            shipped=False,
+            replaces=None,
+            replaces_lost=False,
+        ),
+    )
+    with pytest.raises(InvalidInputError, match="type: must be a known DeviceType"):
+        wire.from_enrollment(message_type(username="alice"))
+
+
 def test_a_refused_value_is_never_quoted_even_in_the_chained_errors() -> None:
     for call in (
         lambda: wire.to_access("4711"),
         lambda: wire.to_purpose("4711"),  # type: ignore[arg-type]
         lambda: wire.to_decision("4711"),  # type: ignore[arg-type]
         lambda: wire.build_message(admin_pb2.EnrollDeviceRequest, username="a", pin=4711),
+        lambda: wire.to_enrollment(
+            admin_pb2.ImportDeviceRequest,
+            "a",
+            DeviceType.GOLD,
+            wire.EnrollOptions(
+                secret=None,
+                pin=4711,  # type: ignore[typeddict-item]
+                suite=None,
+                serial=None,
+                phone=None,
+                shipped=False,
+                replaces=None,
+                replaces_lost=False,
+            ),
+        ),
     ):
         with pytest.raises(InvalidInputError) as caught:
             call()

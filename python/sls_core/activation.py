@@ -15,6 +15,8 @@ this module never logs, and no error message, repr or pickle carries one of them
 
 from __future__ import annotations
 
+import enum
+
 from sls_core._native import (
     ActivationSigner,
     ActivationVerifier,
@@ -29,6 +31,7 @@ from sls_core._native import (
 __all__ = [
     "ActivationSigner",
     "ActivationVerifier",
+    "PayloadStatus",
     "derive_ocra_secret",
     "manual_code",
     "parse_manual_code",
@@ -36,3 +39,15 @@ __all__ = [
     "x25519_keypair",
     "x25519_public_key",
 ]
+
+
+class PayloadStatus(enum.IntEnum):
+    """An activation payload's verdict (``ActivationVerifier.verify``'s first value)."""
+
+    VALID = 0
+    MALFORMED = 1
+    UNSUPPORTED_VERSION = 2
+    UNKNOWN_KEY_ID = 3
+    BAD_SIGNATURE = 4
+    EXPIRED = 5
+    NOT_YET_VALID = 6

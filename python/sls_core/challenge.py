@@ -13,6 +13,20 @@ module never logs, and no error message carries a key or a code.
 
 from __future__ import annotations
 
+import enum
+
 from sls_core._native import NameIndex, TokenKeys
 
-__all__ = ["NameIndex", "TokenKeys"]
+__all__ = ["NameIndex", "TokenKeys", "TokenStatus"]
+
+
+class TokenStatus(enum.IntEnum):
+    """A token's verdict: the values of ``open_batch``'s ``status`` column."""
+
+    VALID = 0
+    MALFORMED = 1
+    UNSUPPORTED_VERSION = 2
+    UNKNOWN_KEY_ID = 3
+    BAD_SIGNATURE = 4
+    EXPIRED = 5
+    NOT_YET_VALID = 6

@@ -1,5 +1,11 @@
-"""Clients of the sls_core gRPC service (``proto/sls/v1``) for login gateways and client
-services: :class:`SlsClient` (blocking, thread-safe) and :class:`AsyncSlsClient` (asyncio).
+"""Clients of the sls_core gRPC service (``proto/sls/v1``) for login gateways, the Client
+Portal and client services: :class:`SlsClient` (blocking, thread-safe) and
+:class:`AsyncSlsClient` (asyncio).
+
+The user's own settings in the portal go through PortalService, which the gateway role may
+call: ``request_sharing``, ``cancel_sharing``, ``list_own_devices`` and the ``portal_*``
+methods. The unprefixed ``issue_online_card``, ``choose_device`` and ``set_opt_out`` are
+client services' (AdminService, admin role): the same action, audited as theirs.
 
 Both take Python values and return the shared value types of :mod:`sls_core.values`
 (:class:`~sls_core.values.Challenge`, :class:`~sls_core.values.Verdict`,
@@ -83,6 +89,8 @@ from sls_core.api.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     common_pb2,
+    portal_pb2,
+    portal_pb2_grpc,
     push_pb2,
     push_pb2_grpc,
     verification_pb2,
@@ -103,14 +111,16 @@ from sls_core.values import (
     PushChallenge,
     PushDecision,
     PushStatus,
+    SharingRequest,
     Verdict,
     WithdrawalLimits,
 )
-from sls_core.wire import ActivationOffer, OnlineCard, SecurityLevel
+from sls_core.wire import ActivationOffer, EnrollOptions, OnlineCard, SecurityLevel
 
 if TYPE_CHECKING:
     from sls_core.api.v1.activation_pb2_grpc import ActivationServiceAsyncStub
     from sls_core.api.v1.admin_pb2_grpc import AdminServiceAsyncStub, PolicyServiceAsyncStub
+    from sls_core.api.v1.portal_pb2_grpc import PortalServiceAsyncStub
     from sls_core.api.v1.push_pb2_grpc import PushServiceAsyncStub
     from sls_core.api.v1.verification_pb2_grpc import VerificationServiceAsyncStub
 
@@ -160,6 +170,7 @@ RETRIED_METHODS: frozenset[str] = frozenset(
         "sls.v1.PushService/GetPushStatus",
         "sls.v1.PushService/ListPendingPushes",
         "sls.v1.AdminService/ListDevices",
+        "sls.v1.PortalService/ListOwnDevices",
         "sls.v1.PolicyService/GetSecurityLevel",
         "sls.v1.PolicyService/GetWithdrawalLimits",
         "sls.v1.PolicyService/GetSessionLength",
@@ -659,45 +670,74 @@ def _create_user_call(username: str, identity: Identity | None) -> _Call[int]:
     return _Call("admin", "CreateUser", request, lambda r: int(r.user_id))
 
 
-def _enroll_device_call(
+def _enrollment_call(
+    method: str,
+    message_type: type[wire.EnrollmentMessage],
     username: str,
     device_type: DeviceType,
-    secret: bytes | None,
-    pin: str | None,
-    suite: str | None,
-    serial: str | None,
-    phone: str | None,
-    shipped: bool,
-    replaces: int | None,
-    replaces_lost: bool,
+    options: EnrollOptions,
 ) -> _Call[Device]:
+    """EnrollDevice (a new device) or ImportDevice (an existing one, legacy types too)."""
     if not isinstance(device_type, DeviceType):
         raise InvalidInputTypeError("device_type", "must be a DeviceType")
-    request = _message(
-        admin_pb2.EnrollDeviceRequest,
-        username=username,
-        type=wire.to_device_type(device_type),
-        secret=secret or b"",
-        pin=pin or "",
-        suite=suite or "",
-        serial=serial or "",
-        phone=phone or "",
-        shipped=shipped,
-        replaces=_optional_id("replaces", replaces),
-        replaces_lost=replaces_lost,
-    )
-    return _Call("admin", "EnrollDevice", request, lambda r: wire.from_device(r.device))
+    _optional_id("replaces", options["replaces"])
+    request = wire.to_enrollment(message_type, username, device_type, options)
+    return _Call("admin", method, request, lambda r: wire.from_device(r.device))
+
+
+def _devices(response: Any) -> list[Device]:
+    return [wire.from_device(d) for d in response.devices]
 
 
 def _list_devices_call(username: str) -> _Call[list[Device]]:
     request = _message(admin_pb2.ListDevicesRequest, username=username)
-    return _Call(
-        "admin", "ListDevices", request, lambda r: [wire.from_device(d) for d in r.devices]
+    return _Call("admin", "ListDevices", request, _devices)
+
+
+def _list_own_devices_call(username: str) -> _Call[list[Device]]:
+    request = _message(portal_pb2.ListOwnDevicesRequest, username=username)
+    return _Call("portal", "ListOwnDevices", request, _devices)
+
+
+def _device_call(
+    method: str, cls: Callable[..., Message], *, service: str = "admin", **fields: Any
+) -> _Call[None]:
+    """A call that answers nothing; AdminService's unless ``service`` says otherwise."""
+    return _Call(service, method, _message(cls, **fields), _none)
+
+
+def _sharing(response: Any) -> SharingRequest:
+    return wire.from_sharing_request(response.sharing)
+
+
+def _request_sharing_call(
+    owner: str,
+    device_id: int,
+    with_username: str,
+    token: str,
+    response: str,
+    needs_approval: bool,
+) -> _Call[SharingRequest]:
+    request = _message(
+        portal_pb2.RequestSharingRequest,
+        owner=owner,
+        device_id=device_id,
+        with_username=with_username,
+        token=_text("token", token),
+        response=_text("response", response),
+        needs_approval=needs_approval,
     )
+    return _Call("portal", "RequestSharing", request, _sharing)
 
 
-def _device_call(method: str, cls: Callable[..., Message], **fields: Any) -> _Call[None]:
-    return _Call("admin", method, _message(cls, **fields), _none)
+def _cancel_sharing_call(request_id: int) -> _Call[SharingRequest]:
+    request = _message(portal_pb2.CancelSharingRequest, request_id=request_id)
+    return _Call("portal", "CancelSharing", request, _sharing)
+
+
+def _approve_sharing_call(request_id: int) -> _Call[SharingRequest]:
+    request = _message(admin_pb2.ApproveSharingRequest, request_id=request_id)
+    return _Call("admin", "ApproveSharing", request, _sharing)
 
 
 def _issue_temporary_passcode_call(username: str) -> _Call[str]:
@@ -705,9 +745,10 @@ def _issue_temporary_passcode_call(username: str) -> _Call[str]:
     return _Call("admin", "IssueTemporaryPasscode", request, lambda r: str(r.passcode))
 
 
-def _issue_online_card_call(username: str) -> _Call[OnlineCard]:
+def _issue_online_card_call(service: str, username: str) -> _Call[OnlineCard]:
+    """AdminService's or PortalService's (the same messages)."""
     request = _message(admin_pb2.IssueOnlineCardRequest, username=username)
-    return _Call("admin", "IssueOnlineCard", request, wire.from_online_card)
+    return _Call(service, "IssueOnlineCard", request, wire.from_online_card)
 
 
 def _unlock_call(username: str) -> _Call[LockoutStatus]:
@@ -1129,6 +1170,7 @@ class SlsClient:
             "push": push_pb2_grpc.PushServiceStub(self._channel),
             "admin": admin_pb2_grpc.AdminServiceStub(self._channel),
             "policy": admin_pb2_grpc.PolicyServiceStub(self._channel),
+            "portal": portal_pb2_grpc.PortalServiceStub(self._channel),
         }
         self._batcher = (
             _ThreadBatcher(
@@ -1339,19 +1381,54 @@ class SlsClient:
         replaces_lost: bool = False,
         timeout: float | None = None,
     ) -> Device:
-        """``replaces``: the device this one replaces; ``replaces_lost``: that one was lost
-        or stolen and leaves service at once."""
-        call = _enroll_device_call(
-            username,
-            device_type,
-            secret,
-            pin,
-            suite,
-            serial,
-            phone,
-            shipped,
-            replaces,
-            replaces_lost,
+        """A new device. ``replaces``: the device this one replaces; ``replaces_lost``: that
+        one was lost or stolen and leaves service at once. Legacy types are refused (no
+        longer issued): :meth:`import_device` takes existing ones."""
+        options = EnrollOptions(
+            secret=secret,
+            pin=pin,
+            suite=suite,
+            serial=serial,
+            phone=phone,
+            shipped=shipped,
+            replaces=replaces,
+            replaces_lost=replaces_lost,
+        )
+        call = _enrollment_call(
+            "EnrollDevice", admin_pb2.EnrollDeviceRequest, username, device_type, options
+        )
+        return self._run(call, timeout)
+
+    def import_device(
+        self,
+        username: str,
+        device_type: DeviceType,
+        *,
+        secret: bytes | None = None,
+        pin: str | None = None,
+        suite: str | None = None,
+        serial: str | None = None,
+        phone: str | None = None,
+        shipped: bool = False,
+        replaces: int | None = None,
+        replaces_lost: bool = False,
+        timeout: float | None = None,
+    ) -> Device:
+        """An existing holder's device from the old system: the checks of
+        :meth:`enroll_device`, but legacy types (Platinum, Gold, Alpine, code cards) are
+        accepted. Never retried."""
+        options = EnrollOptions(
+            secret=secret,
+            pin=pin,
+            suite=suite,
+            serial=serial,
+            phone=phone,
+            shipped=shipped,
+            replaces=replaces,
+            replaces_lost=replaces_lost,
+        )
+        call = _enrollment_call(
+            "ImportDevice", admin_pb2.ImportDeviceRequest, username, device_type, options
         )
         return self._run(call, timeout)
 
@@ -1378,6 +1455,12 @@ class SlsClient:
         )
         self._run(call, timeout)
 
+    def approve_sharing(self, request_id: int, *, timeout: float | None = None) -> SharingRequest:
+        """Compliance approves a pending sharing request (:meth:`request_sharing` with
+        ``needs_approval``): :class:`ClientRefusedError` "no such pending sharing request"
+        otherwise."""
+        return self._run(_approve_sharing_call(request_id), timeout)
+
     def revoke_device(self, username: str, device_id: int, *, timeout: float | None = None) -> None:
         call = _device_call(
             "RevokeDevice", admin_pb2.RevokeDeviceRequest, username=username, device_id=device_id
@@ -1400,7 +1483,8 @@ class SlsClient:
         return self._run(_issue_temporary_passcode_call(username), timeout)
 
     def issue_online_card(self, username: str, *, timeout: float | None = None) -> OnlineCard:
-        return self._run(_issue_online_card_call(username), timeout)
+        """Client services' (admin role); the portal calls :meth:`portal_issue_online_card`."""
+        return self._run(_issue_online_card_call("admin", username), timeout)
 
     def set_opt_out(self, username: str, opted_out: bool, *, timeout: float | None = None) -> None:
         call = _device_call(
@@ -1412,6 +1496,70 @@ class SlsClient:
         """Client services, after verifying the user's identity: ends the lock and the run
         of failures (audited with this client's identity). Returns the status after it."""
         return self._run(_unlock_call(username), timeout)
+
+    # the Client Portal (gateway role): the user's own settings
+
+    def portal_issue_online_card(
+        self, username: str, *, timeout: float | None = None
+    ) -> OnlineCard:
+        """An Online Security Code Card and its PNG/PDF, while the user's temporary
+        passcode is in its portal window (:class:`~sls_core.errors.InvalidInputError` on
+        ``username`` otherwise)."""
+        return self._run(_issue_online_card_call("portal", username), timeout)
+
+    def request_sharing(
+        self,
+        owner: str,
+        device_id: int,
+        with_username: str,
+        *,
+        token: str,
+        response: str,
+        needs_approval: bool = False,
+        timeout: float | None = None,
+    ) -> SharingRequest:
+        """``with_username`` asks to answer with ``owner``'s device ``device_id``; ``token``
+        and ``response`` are the owner's answer to ``issue_challenge(owner,
+        device_id=device_id, purpose=Purpose.SHARING)``. :class:`ClientRefusedError` with
+        the ``reason`` when refused. Never retried (the answer is used up)."""
+        call = _request_sharing_call(
+            owner, device_id, with_username, token, response, needs_approval
+        )
+        return self._run(call, timeout)
+
+    def cancel_sharing(self, request_id: int, *, timeout: float | None = None) -> SharingRequest:
+        """Cancels a pending or active request: the requester's set-aside devices are
+        active again."""
+        return self._run(_cancel_sharing_call(request_id), timeout)
+
+    def portal_set_opt_out(
+        self, username: str, opted_out: bool, *, timeout: float | None = None
+    ) -> None:
+        call = _device_call(
+            "SetOptOut",
+            admin_pb2.SetOptOutRequest,
+            service="portal",
+            username=username,
+            opted_out=opted_out,
+        )
+        self._run(call, timeout)
+
+    def portal_choose_device(
+        self, username: str, device_id: int, *, timeout: float | None = None
+    ) -> None:
+        """M2FS: the device that answers the user's logins when the gateway names none."""
+        call = _device_call(
+            "ChooseDevice",
+            admin_pb2.ChooseDeviceRequest,
+            service="portal",
+            username=username,
+            device_id=device_id,
+        )
+        self._run(call, timeout)
+
+    def list_own_devices(self, username: str, *, timeout: float | None = None) -> list[Device]:
+        """The user's devices, every state (retried: read-only)."""
+        return self._run(_list_own_devices_call(username), timeout)
 
     # policy
 
@@ -1687,12 +1835,14 @@ class AsyncSlsClient:
         push: PushServiceAsyncStub = push_pb2_grpc.PushServiceStub(self._channel)
         admin: AdminServiceAsyncStub = admin_pb2_grpc.AdminServiceStub(self._channel)
         policy: PolicyServiceAsyncStub = admin_pb2_grpc.PolicyServiceStub(self._channel)
+        portal: PortalServiceAsyncStub = portal_pb2_grpc.PortalServiceStub(self._channel)
         self._stubs: dict[str, Any] = {
             "verification": verification,
             "activation": activation,
             "push": push,
             "admin": admin,
             "policy": policy,
+            "portal": portal,
         }
         self._batcher = (
             _TaskBatcher(
@@ -1882,19 +2032,54 @@ class AsyncSlsClient:
         replaces_lost: bool = False,
         timeout: float | None = None,
     ) -> Device:
-        """``replaces``: the device this one replaces; ``replaces_lost``: that one was lost
-        or stolen and leaves service at once."""
-        call = _enroll_device_call(
-            username,
-            device_type,
-            secret,
-            pin,
-            suite,
-            serial,
-            phone,
-            shipped,
-            replaces,
-            replaces_lost,
+        """A new device. ``replaces``: the device this one replaces; ``replaces_lost``: that
+        one was lost or stolen and leaves service at once. Legacy types are refused (no
+        longer issued): :meth:`import_device` takes existing ones."""
+        options = EnrollOptions(
+            secret=secret,
+            pin=pin,
+            suite=suite,
+            serial=serial,
+            phone=phone,
+            shipped=shipped,
+            replaces=replaces,
+            replaces_lost=replaces_lost,
+        )
+        call = _enrollment_call(
+            "EnrollDevice", admin_pb2.EnrollDeviceRequest, username, device_type, options
+        )
+        return await self._run(call, timeout)
+
+    async def import_device(
+        self,
+        username: str,
+        device_type: DeviceType,
+        *,
+        secret: bytes | None = None,
+        pin: str | None = None,
+        suite: str | None = None,
+        serial: str | None = None,
+        phone: str | None = None,
+        shipped: bool = False,
+        replaces: int | None = None,
+        replaces_lost: bool = False,
+        timeout: float | None = None,
+    ) -> Device:
+        """An existing holder's device from the old system: the checks of
+        :meth:`enroll_device`, but legacy types (Platinum, Gold, Alpine, code cards) are
+        accepted. Never retried."""
+        options = EnrollOptions(
+            secret=secret,
+            pin=pin,
+            suite=suite,
+            serial=serial,
+            phone=phone,
+            shipped=shipped,
+            replaces=replaces,
+            replaces_lost=replaces_lost,
+        )
+        call = _enrollment_call(
+            "ImportDevice", admin_pb2.ImportDeviceRequest, username, device_type, options
         )
         return await self._run(call, timeout)
 
@@ -1921,6 +2106,11 @@ class AsyncSlsClient:
         )
         await self._run(call, timeout)
 
+    async def approve_sharing(
+        self, request_id: int, *, timeout: float | None = None
+    ) -> SharingRequest:
+        return await self._run(_approve_sharing_call(request_id), timeout)
+
     async def revoke_device(
         self, username: str, device_id: int, *, timeout: float | None = None
     ) -> None:
@@ -1944,7 +2134,7 @@ class AsyncSlsClient:
         return await self._run(_issue_temporary_passcode_call(username), timeout)
 
     async def issue_online_card(self, username: str, *, timeout: float | None = None) -> OnlineCard:
-        return await self._run(_issue_online_card_call(username), timeout)
+        return await self._run(_issue_online_card_call("admin", username), timeout)
 
     async def set_opt_out(
         self, username: str, opted_out: bool, *, timeout: float | None = None
@@ -1956,6 +2146,63 @@ class AsyncSlsClient:
 
     async def unlock(self, username: str, *, timeout: float | None = None) -> LockoutStatus:
         return await self._run(_unlock_call(username), timeout)
+
+    # the Client Portal (gateway role): the user's own settings
+
+    async def portal_issue_online_card(
+        self, username: str, *, timeout: float | None = None
+    ) -> OnlineCard:
+        return await self._run(_issue_online_card_call("portal", username), timeout)
+
+    async def request_sharing(
+        self,
+        owner: str,
+        device_id: int,
+        with_username: str,
+        *,
+        token: str,
+        response: str,
+        needs_approval: bool = False,
+        timeout: float | None = None,
+    ) -> SharingRequest:
+        call = _request_sharing_call(
+            owner, device_id, with_username, token, response, needs_approval
+        )
+        return await self._run(call, timeout)
+
+    async def cancel_sharing(
+        self, request_id: int, *, timeout: float | None = None
+    ) -> SharingRequest:
+        return await self._run(_cancel_sharing_call(request_id), timeout)
+
+    async def portal_set_opt_out(
+        self, username: str, opted_out: bool, *, timeout: float | None = None
+    ) -> None:
+        call = _device_call(
+            "SetOptOut",
+            admin_pb2.SetOptOutRequest,
+            service="portal",
+            username=username,
+            opted_out=opted_out,
+        )
+        await self._run(call, timeout)
+
+    async def portal_choose_device(
+        self, username: str, device_id: int, *, timeout: float | None = None
+    ) -> None:
+        call = _device_call(
+            "ChooseDevice",
+            admin_pb2.ChooseDeviceRequest,
+            service="portal",
+            username=username,
+            device_id=device_id,
+        )
+        await self._run(call, timeout)
+
+    async def list_own_devices(
+        self, username: str, *, timeout: float | None = None
+    ) -> list[Device]:
+        return await self._run(_list_own_devices_call(username), timeout)
 
     # policy
 

@@ -209,9 +209,9 @@ class IbKey:
         now = ctx.clock.now()
         if payload is not None:
             status, fields = self._verifier.verify(payload, int(now))
-            if status == 5:  # expired: same answer as a used code
+            if status == activation.PayloadStatus.EXPIRED:  # same answer as a used code
                 raise ActivationError(ActivationError.USED_OR_EXPIRED)
-            if status != 0 or fields is None:
+            if status != activation.PayloadStatus.VALID or fields is None:
                 raise ActivationError(ActivationError.INVALID)
             where = {"session_id": bytes(fields["session_id"])}
         else:

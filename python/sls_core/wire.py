@@ -8,8 +8,9 @@ client both convert here, so each convention of the wire is written once:
   not locked, never expires);
 * an unspecified ``Access`` is trading; an unspecified ``Purpose`` is a login, or a
   step-up when the message names a task;
-* ``Decision`` and ``PushDecision``, ``DeviceType``/``DeviceState`` and their protobuf
-  enums are matched by name, so a member missing on either side fails at import.
+* ``Decision`` and ``PushDecision``, ``DeviceType``/``DeviceState``/``SharingState`` and
+  their protobuf enums are matched by name, so a member missing on either side fails at
+  import.
 
 A value that cannot be mapped raises :class:`~sls_core.errors.InvalidInputError` naming
 the field and the rule (the server answers INVALID_ARGUMENT with it; the client reports a
@@ -26,7 +27,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypedDict, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +50,8 @@ from sls_core.values import (
     PushChallenge,
     PushDecision,
     PushStatus,
+    SharingRequest,
+    SharingState,
     Verdict,
     WithdrawalLimits,
 )
@@ -56,6 +59,8 @@ from sls_core.values import (
 __all__ = [
     "ActivationOffer",
     "ActivationOfferSource",
+    "EnrollOptions",
+    "EnrollmentMessage",
     "OnlineCard",
     "SecurityLevel",
     "build_message",
@@ -68,6 +73,7 @@ __all__ = [
     "from_device",
     "from_device_state",
     "from_device_type",
+    "from_enrollment",
     "from_id",
     "from_identity",
     "from_lockout_status",
@@ -79,6 +85,8 @@ __all__ = [
     "from_push",
     "from_push_status",
     "from_security_level",
+    "from_sharing_request",
+    "from_sharing_state",
     "from_text",
     "from_time",
     "from_tokens",
@@ -94,6 +102,7 @@ __all__ = [
     "to_device",
     "to_device_state",
     "to_device_type",
+    "to_enrollment",
     "to_id",
     "to_identity",
     "to_lockout_status",
@@ -105,6 +114,8 @@ __all__ = [
     "to_push",
     "to_push_status",
     "to_security_level",
+    "to_sharing_request",
+    "to_sharing_state",
     "to_text",
     "to_time",
     "to_verdict",
@@ -119,6 +130,7 @@ if TYPE_CHECKING:  # the protobuf enums' value types exist for type checkers onl
     PurposeValue: TypeAlias = common_pb2.Purpose.ValueType
     PushStatusValue: TypeAlias = push_pb2.PushStatus.ValueType
     DecisionValue: TypeAlias = push_pb2.Decision.ValueType
+    SharingStateValue: TypeAlias = common_pb2.SharingState.ValueType
 
 
 #: A protobuf message class.
@@ -381,6 +393,27 @@ def from_decision(value: int) -> int:
     return _DECISION_OF.get(value, 0)
 
 
+_SHARING_STATES: dict[SharingState, SharingStateValue] = {
+    s: common_pb2.SharingState.Value(f"SHARING_STATE_{s.name}") for s in SharingState
+}
+_SHARING_STATE_OF: dict[int, SharingState] = {v: s for s, v in _SHARING_STATES.items()}
+
+
+def to_sharing_state(state: SharingState | str) -> SharingStateValue:
+    """``state`` may be the :class:`SharingState` member or its value ("pending")."""
+    member = _member(SharingState, state)
+    if member is None:
+        raise InvalidInputError("state", "must be one of " + ", ".join(SharingState))
+    return _SHARING_STATES[member]
+
+
+def from_sharing_state(value: int, *, field_name: str = "state") -> SharingState:
+    state = _SHARING_STATE_OF.get(value)
+    if state is None:
+        raise InvalidInputError(field_name, "must be a known SharingState")
+    return state
+
+
 # -- messages --------------------------------------------------------------------------------
 
 
@@ -422,6 +455,85 @@ def from_identity(message: admin_pb2.Identity) -> Identity:
         id_type=message.id_type,
         id_number=message.id_number,
         ssn=message.ssn,
+    )
+
+
+#: The requests that register a device (the same fields in each).
+EnrollmentMessage = TypeVar(
+    "EnrollmentMessage", admin_pb2.EnrollDeviceRequest, admin_pb2.ImportDeviceRequest
+)
+
+
+class EnrollOptions(TypedDict):
+    """The options of ``SecureLogin.enroll_device`` / ``import_device`` as one message
+    carries them (``None``: not given)."""
+
+    secret: bytes | None
+    pin: str | None
+    suite: str | None
+    serial: str | None
+    phone: str | None
+    shipped: bool
+    replaces: int | None
+    replaces_lost: bool
+
+
+def to_enrollment(
+    message_type: type[EnrollmentMessage],
+    username: str,
+    device_type: DeviceType,
+    options: EnrollOptions,
+) -> EnrollmentMessage:
+    """Each field is checked by name: a secret or PIN never appears in an error."""
+    return build_message(
+        message_type,
+        username=username,
+        type=to_device_type(device_type),
+        secret=options["secret"] or b"",
+        pin=to_text(options["pin"]),
+        suite=to_text(options["suite"]),
+        serial=to_text(options["serial"]),
+        phone=to_text(options["phone"]),
+        shipped=options["shipped"],
+        replaces=to_id(options["replaces"]),
+        replaces_lost=options["replaces_lost"],
+    )
+
+
+def from_enrollment(message: EnrollmentMessage) -> tuple[DeviceType, EnrollOptions]:
+    """The device type and the options of an EnrollDevice or ImportDevice request."""
+    options = EnrollOptions(
+        secret=message.secret or None,
+        pin=from_text(message.pin),
+        suite=from_text(message.suite),
+        serial=from_text(message.serial),
+        phone=from_text(message.phone),
+        shipped=message.shipped,
+        replaces=from_id(message.replaces),
+        replaces_lost=message.replaces_lost,
+    )
+    return from_device_type(message.type), options
+
+
+def to_sharing_request(request: SharingRequest) -> common_pb2.SharingRequest:
+    return common_pb2.SharingRequest(
+        request_id=request.id,
+        owner=request.owner,
+        requester=request.requester,
+        device_id=request.device_id,
+        state=to_sharing_state(request.state),
+        set_aside_device_ids=request.set_aside,
+    )
+
+
+def from_sharing_request(message: common_pb2.SharingRequest) -> SharingRequest:
+    return SharingRequest(
+        id=message.request_id,
+        owner=message.owner,
+        requester=message.requester,
+        device_id=message.device_id,
+        state=from_sharing_state(message.state, field_name="sharing.state"),
+        set_aside=tuple(message.set_aside_device_ids),
     )
 
 

@@ -27,10 +27,11 @@ import numpy as np
 import numpy.typing as npt
 
 from sls_core import card, hotp, ocra, push
+from sls_core.challenge import TokenStatus
 from sls_core.devices import DeviceState, DeviceType
 from sls_core.login.context import LoginContext
 from sls_core.login.directory import DeviceEntry
-from sls_core.outcome import LoginOutcome
+from sls_core.outcome import LoginOutcome, Outcome
 from sls_core.rules import access, lifecycle, lockout
 from sls_core.rules.usernames import unknown_username_outcome
 from sls_core.store import PushRow, StoreTx
@@ -47,8 +48,8 @@ __all__ = [
 ]
 
 SMS_CODE_DIGITS = 6
-#: Raw verdicts of the evaluate step (the kernel's Outcome values).
-_OK, _WRONG, _MALFORMED = 0, 1, 2
+#: Raw verdicts of the evaluate step: the kernel's Outcome values.
+_OK, _WRONG, _MALFORMED = Outcome.OK, Outcome.WRONG, Outcome.MALFORMED
 #: Not decided yet (out) / not evaluated yet (raw).
 _OPEN = 255
 #: Temporary credentials that the activation of a permanent device ends (SLS-RULES).
@@ -237,8 +238,8 @@ class ResponsePlan(Plan):
         keys = self.ctx.tokens_for(self.task if self.purpose is Purpose.STEP_UP else None)
         opened = keys.open_batch(texts, int(self.now), threads=self.ctx.threads)
         status = opened["status"]
-        self._set(has_token & (status == 5), LoginOutcome.EXPIRED)
-        self._set(has_token & (status != 0), LoginOutcome.CHALLENGE_INVALID)
+        self._set(has_token & (status == TokenStatus.EXPIRED), LoginOutcome.EXPIRED)
+        self._set(has_token & (status != TokenStatus.VALID), LoginOutcome.CHALLENGE_INVALID)
         # A token answers only for the purpose it was issued for (login, step-up, ...).
         bound = (opened["user_id"].astype(np.int64) == self.user_ids) & (
             opened["purpose"] == int(self.purpose)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import hashlib
-import re
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +25,15 @@ from sls_core.devices import Device, DeviceState, DeviceType
 from sls_core.errors import InvalidInputError, InvalidInputTypeError
 from sls_core.login.context import LoginContext, WriteTx
 from sls_core.login.directory import DeviceEntry
+from sls_core.login.issuing import (
+    OCRA_SUITES,
+    challenge_value,
+    check_purpose,
+    check_task,
+    hash_pin,
+    new_challenge,
+    new_serial,
+)
 from sls_core.login.pipeline import SMS_CODE_DIGITS, PasswordFailurePlan, ResponsePlan
 from sls_core.outcome import LoginOutcome
 from sls_core.rules import access as rules_access
@@ -77,15 +84,6 @@ PRECHECK_MAX_AGE = 1.0
 #: earlier than it commits (a pre-check, a long batch) can never miss the record of a
 #: use another process made and find the token fresh.
 PURGE_MARGIN = 600.0
-OCRA_SUITES = {
-    # DSC+ and Android IB Key put the device PIN in the computation.
-    DeviceType.DSC_PLUS: "OCRA-1:HOTP-SHA1-8:QN06-PSHA1",
-    DeviceType.IB_KEY: "OCRA-1:HOTP-SHA1-8:QN06-PSHA1",
-    DeviceType.PLATINUM: "OCRA-1:HOTP-SHA1-8:QN06",
-    DeviceType.GOLD: "OCRA-1:HOTP-SHA1-8:QN06",
-    DeviceType.DIGITAL_SECURITY_CARD: "OCRA-1:HOTP-SHA1-8:QN06",
-    DeviceType.ALPINE: "OCRA-1:HOTP-SHA1-8:QN06",
-}
 
 
 class SecureLogin:
@@ -287,7 +285,7 @@ class SecureLogin:
             if secret is None:
                 secret = secrets.token_bytes(20)
             if info.pin_algorithm is not None:
-                pin_hash = _pin_hash(device_type, pin, info.pin_algorithm)
+                pin_hash = hash_pin(device_type, pin, info.pin_algorithm)
             elif pin is not None:
                 raise InvalidInputError("pin", "not used by this device's suite")
         elif device_type.method == "card":
@@ -310,7 +308,7 @@ class SecureLogin:
                 id=0,
                 type=device_type.value,
                 state=(DeviceState.PENDING if shipped else DeviceState.ACTIVE).value,
-                serial=serial or _serial(device_type),
+                serial=serial or new_serial(device_type),
                 suite=suite,
                 issued_at=now,
                 shipped_at=now if shipped else None,
@@ -366,7 +364,7 @@ class SecureLogin:
             if len(secrets_[i]) < 16:
                 raise InvalidInputError("secrets", f"row {i}: must be at least 16 bytes")
             pin_hash = (
-                _pin_hash(device_type, pins[i], algorithm)
+                hash_pin(device_type, pins[i], algorithm)
                 if pins is not None and algorithm
                 else None
             )
@@ -375,7 +373,7 @@ class SecureLogin:
                     id=0,
                     type=device_type.value,
                     state=DeviceState.ACTIVE.value,
-                    serial=_serial(device_type),
+                    serial=new_serial(device_type),
                     suite=suite,
                     issued_at=now,
                     shipped_at=None,
@@ -597,7 +595,7 @@ class SecureLogin:
                     id=0,
                     type=DeviceType.TEMPORARY_PASSCODE.value,
                     state=DeviceState.ACTIVE.value,
-                    serial=_serial(DeviceType.TEMPORARY_PASSCODE),
+                    serial=new_serial(DeviceType.TEMPORARY_PASSCODE),
                     suite=None,
                     issued_at=now,
                     shipped_at=None,
@@ -637,7 +635,7 @@ class SecureLogin:
                     "pending",
                 ):
                     tx.store.update_device(device_id, state=DeviceState.REVOKED.value)
-            serial = _serial(DeviceType.ONLINE_CARD)
+            serial = new_serial(DeviceType.ONLINE_CARD)
             device_id = tx.store.insert_device(
                 DeviceRow(
                     id=0,
@@ -681,8 +679,8 @@ class SecureLogin:
         ``purpose``: LOGIN; ACTIVATION (a pending device); REACTIVATION (the user's
         suspended device, answered through :meth:`activate`); STEP_UP with the ``task``
         it is for (its answer is valid once, for that task only)."""
-        purpose = _purpose(purpose)
-        task = _task(purpose, task)
+        purpose = check_purpose(purpose)
+        task = check_task(purpose, task)
         now = self.clock.now()
         with self.context.write() as tx:
             user = self.context.user(username)
@@ -693,7 +691,7 @@ class SecureLogin:
         method = entry.type.method
         if method == "passcode":
             raise InvalidInputError("device_id", "a temporary passcode needs no challenge")
-        value = _challenge_value(method)
+        value = challenge_value(method)
         expires = int(now + self.challenge_ttl) + 1
         token = self.context.tokens_for(task).seal(
             purpose=int(purpose),
@@ -712,7 +710,7 @@ class SecureLogin:
                 raise InvalidInputError("sms_sender", "no SMS sender is configured")
             assert entry.row.phone is not None
             self.sms_sender.send(entry.row.phone, f"Your login code is {code}.")
-        return _challenge(token, entry, purpose, expires, value, task)
+        return new_challenge(token, entry, purpose, expires, value, task)
 
     def issue_challenges(self, usernames: Sequence[str]) -> list[Challenge]:
         """Login challenges for many users at once (one store transaction), for gateways
@@ -731,7 +729,7 @@ class SecureLogin:
                     raise InvalidInputError(
                         "usernames", "batched challenges are for OCRA devices and code cards"
                     )
-                value = _challenge_value(method)
+                value = challenge_value(method)
                 token = self.context.tokens.seal(
                     purpose=int(Purpose.LOGIN),
                     challenge_id=self.context.next_challenge_id(tx.store),
@@ -741,7 +739,7 @@ class SecureLogin:
                     expires_at=expires,
                     challenge=value,
                 )
-                out.append(_challenge(token, entry, Purpose.LOGIN, expires, value, None))
+                out.append(new_challenge(token, entry, Purpose.LOGIN, expires, value, None))
         return out
 
     def _pick_device(
@@ -796,7 +794,7 @@ class SecureLogin:
         card when the device is permanent."""
         if purpose is None:
             purpose = self._token_purpose(token)
-        purpose = _purpose(purpose)
+        purpose = check_purpose(purpose)
         if purpose not in (Purpose.ACTIVATION, Purpose.REACTIVATION):
             raise InvalidInputError("purpose", "must be ACTIVATION or REACTIVATION")
         result = self.verify_batch([username], [token], [response], purpose=purpose)
@@ -844,8 +842,8 @@ class SecureLogin:
             )
         if access not in tuple(Access):
             raise InvalidInputError("access", f"must be one of {', '.join(Access)}")
-        purpose = _purpose(purpose)
-        task = _task(purpose, task)
+        purpose = check_purpose(purpose)
+        task = check_task(purpose, task)
         if n == 0:
             return BatchResult(np.zeros(0, np.uint8), np.zeros(0, np.uint64))
 
@@ -881,78 +879,3 @@ class SecureLogin:
         finally:
             self.context.lock.release()
         return BatchResult(plan.out, plan.device_ids)
-
-
-def _purpose(value: object) -> Purpose:
-    try:
-        return Purpose(value)  # type: ignore[arg-type]
-    except (ValueError, TypeError):
-        raise InvalidInputError("purpose", "must be a Purpose") from None
-
-
-#: A step-up task name: what the portal asks the device again for (e.g. "withdrawal").
-_TASK = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
-
-
-def _task(purpose: Purpose, task: object) -> str | None:
-    """Step-up answers are for one named task; no other purpose takes a task."""
-    if purpose is not Purpose.STEP_UP:
-        if task is not None:
-            raise InvalidInputError("task", "only a step-up challenge names a task")
-        return None
-    if not isinstance(task, str) or not _TASK.fullmatch(task):
-        raise InvalidInputError(
-            "task", "a step-up names its task: lower-case letters, digits, _ . - (1-64)"
-        )
-    return task
-
-
-def _challenge(
-    token: str, entry: DeviceEntry, purpose: Purpose, expires: int, value: int, task: str | None
-) -> Challenge:
-    method = entry.type.method
-    return Challenge(
-        token=token,
-        device_id=entry.row.id,
-        device_type=entry.type,
-        purpose=purpose,
-        expires_at=float(expires),
-        challenge=f"{value:06d}" if method == "ocra" else None,
-        card_indices=(value >> 16, value & 0xFFFF) if method == "card" else None,
-        task=task,
-    )
-
-
-def _challenge_value(method: str) -> int:
-    """What a token carries as its challenge: six random digits (OCRA, SMS), or two
-    different card index numbers from 1 to CARD_INDICES (``first << 16 | second``)."""
-    if method == "card":
-        first = secrets.randbelow(lifecycle.CARD_INDICES) + 1
-        second = secrets.randbelow(lifecycle.CARD_INDICES - 1) + 1
-        second += second >= first  # two different index numbers
-        return (first << 16) | second
-    return secrets.randbelow(1_000_000)
-
-
-def _pin_hash(device_type: DeviceType, pin: str | None, algorithm: str) -> bytes:
-    if pin is None:
-        raise InvalidInputError("pin", "required by this device's suite")
-    if not isinstance(pin, str):
-        raise InvalidInputTypeError("pin", "must be a str")
-    if device_type is DeviceType.DSC_PLUS:
-        if not re.fullmatch(r"[0-9]{4}", pin):
-            raise InvalidInputError("pin", "a DSC+ PIN is exactly 4 digits")
-    elif not re.fullmatch(r"[\x21-\x7e]{4,6}", pin):
-        raise InvalidInputError(
-            "pin", "an IB Key PIN is 4 to 6 letters, digits or special characters"
-        )
-    return hashlib.new(algorithm, pin.encode()).digest()
-
-
-def _serial(device_type: DeviceType) -> str:
-    prefix = {
-        DeviceType.ONLINE_CARD: "OC",
-        DeviceType.TEMPORARY_PASSCODE: "TP",
-        DeviceType.SMS: "SM",
-    }.get(device_type, device_type.value[:2].upper())
-    return f"{prefix}-{''.join(secrets.choice(lifecycle.PASSCODE_ALPHABET) for _ in range(8))}"

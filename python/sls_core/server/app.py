@@ -1,4 +1,4 @@
-"""The grpc.aio server: the five sls.v1 services, health checking (grpc.health.v1), server
+"""The grpc.aio server: the six sls.v1 services, health checking (grpc.health.v1), server
 reflection, TLS / mutual TLS, interceptors (access log, metrics, authorization), the audit
 trail, and a graceful shutdown.
 
@@ -32,6 +32,8 @@ from sls_core.api.v1 import (
     activation_pb2_grpc,
     admin_pb2,
     admin_pb2_grpc,
+    portal_pb2,
+    portal_pb2_grpc,
     push_pb2,
     push_pb2_grpc,
     verification_pb2,
@@ -51,6 +53,7 @@ from sls_core.server.servicers import (
     ActivationServicer,
     AdminServicer,
     PolicyServicer,
+    PortalServicer,
     PushServicer,
     VerificationServicer,
 )
@@ -65,6 +68,7 @@ SERVICE_NAMES = (
     push_pb2.DESCRIPTOR.services_by_name["PushService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
+    portal_pb2.DESCRIPTOR.services_by_name["PortalService"].full_name,
 )
 
 
@@ -156,6 +160,7 @@ class SlsServer:
         push_pb2_grpc.add_PushServiceServicer_to_server(PushServicer(domain), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(domain), server)
         admin_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(domain), server)
+        portal_pb2_grpc.add_PortalServiceServicer_to_server(PortalServicer(domain), server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         _enable_reflection(server)

@@ -41,9 +41,14 @@ __all__ = [
 access_log = logging.getLogger("sls_core.server.access")
 
 GATEWAY, ADMIN = "gateway", "admin"
-#: Whole services a gateway may call.
+#: Whole services a gateway may call (PortalService: the Client Portal's self-service).
 _GATEWAY_SERVICES = frozenset(
-    {"sls.v1.VerificationService", "sls.v1.PushService", "sls.v1.PolicyService"}
+    {
+        "sls.v1.VerificationService",
+        "sls.v1.PushService",
+        "sls.v1.PolicyService",
+        "sls.v1.PortalService",
+    }
 )
 #: Single methods a gateway may call in services otherwise reserved to admins.
 _GATEWAY_METHODS = frozenset(

@@ -34,6 +34,9 @@ from sls_core.api.v1 import (
     activation_pb2_grpc,
     admin_pb2,
     admin_pb2_grpc,
+    common_pb2,
+    portal_pb2,
+    portal_pb2_grpc,
     push_pb2,
     push_pb2_grpc,
     verification_pb2,
@@ -52,6 +55,8 @@ from sls_core.values import (
     LoginOutcome,
     Purpose,
     PushStatus,
+    SharingError,
+    SharingRequest,
     Verdict,
 )
 
@@ -59,6 +64,7 @@ __all__ = [
     "ActivationServicer",
     "AdminServicer",
     "PolicyServicer",
+    "PortalServicer",
     "PushServicer",
     "VerificationServicer",
 ]
@@ -410,44 +416,124 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
         return push_pb2.GetPushStatusResponse(status=wire.to_push_status(status))
 
 
-# -- client services and policy -----------------------------------------------------------
+# -- client services, the portal and policy -----------------------------------------------
 
 
-class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+class _AuditedActions:
+    """What AdminService and PortalService share: each action runs on a worker thread and
+    leaves one audit line, ``"<audit_prefix>.<Method>"`` with the caller, the user and the
+    device; a sharing refusal leaves one with its reason (a wrong answer from the owner is
+    a failed attempt, so it is a decision too)."""
+
+    audit_prefix: str
+
     def __init__(self, domain: Domain) -> None:
         self.d = domain
-
-    def _audit(
-        self, method: str, caller: Caller, username: str, device_id: int | None = None
-    ) -> None:
-        self.d.audit.record(
-            f"admin.{method}",
-            caller.identity,
-            caller.request_id,
-            username=username,
-            device_id=device_id,
-            outcome="OK",
-        )
 
     async def _call(
         self,
         context: Context,
         method: str,
-        username: str,
+        username: str | Callable[[T], str],
         fn: Callable[[], T],
         device_id: int | Callable[[T], int] | None = None,
+        details: Callable[[T], dict[str, Any]] | None = None,
     ) -> T:
-        """``fn()`` on a worker thread, then its audit line (``device_id``: the device the
-        action is about, or how to find it in the result)."""
+        """``fn()`` on a worker thread, then its audit line. ``username`` and
+        ``device_id``: who and which device the action is about, or how to find them in the
+        result; ``details``: more fields of the line, from the result."""
         caller = current_caller()
+        event = f"{self.audit_prefix}.{method}"
 
         def job() -> T:
-            result = fn()
-            device = device_id(result) if callable(device_id) else device_id
-            self._audit(method, caller, username, device)
+            try:
+                result = fn()
+            except SharingError as e:
+                self.d.audit.record(
+                    event,
+                    caller.identity,
+                    caller.request_id,
+                    username=username if isinstance(username, str) else None,
+                    device_id=device_id if isinstance(device_id, int) else None,
+                    outcome=e.reason,
+                )
+                raise
+            self.d.audit.record(
+                event,
+                caller.identity,
+                caller.request_id,
+                username=username if isinstance(username, str) else username(result),
+                device_id=device_id(result) if callable(device_id) else device_id,
+                outcome="OK",
+                **(details(result) if details is not None else {}),
+            )
             return result
 
         return await self.d.run(context, job)
+
+    async def _issue_online_card(
+        self, context: Context, username: str
+    ) -> admin_pb2.IssueOnlineCardResponse:
+        def issue() -> admin_pb2.IssueOnlineCardResponse:
+            device, card = self.d.sls.issue_online_card(username)
+            # Rendering the card is work too: it stays on the worker thread.
+            printed = wire.OnlineCard(
+                device, cardprint.render_png(card), cardprint.render_pdf(card)
+            )
+            return wire.to_online_card(printed)
+
+        return await self._call(
+            context, "IssueOnlineCard", username, issue, lambda r: r.device.device_id
+        )
+
+    async def _set_opt_out(self, context: Context, request: admin_pb2.SetOptOutRequest) -> None:
+        await self._call(
+            context,
+            "SetOptOut",
+            request.username,
+            lambda: self.d.sls.set_opted_out(request.username, request.opted_out),
+            details=lambda _: {"opted_out": request.opted_out},
+        )
+
+    async def _choose_device(
+        self, context: Context, request: admin_pb2.ChooseDeviceRequest
+    ) -> None:
+        await self._call(
+            context,
+            "ChooseDevice",
+            request.username,
+            lambda: self.d.sls.choose_device(request.username, request.device_id),
+            request.device_id,
+        )
+
+    async def _decide_sharing(
+        self,
+        context: Context,
+        method: str,
+        decide: Callable[[int], SharingRequest],
+        request_id: int,
+    ) -> common_pb2.SharingRequest:
+        """Approves or cancels a sharing request, audited under its requester."""
+        sharing = await self._call(
+            context,
+            method,
+            lambda s: s.requester,
+            lambda: decide(request_id),
+            lambda s: s.device_id,
+            _sharing_details,
+        )
+        return wire.to_sharing_request(sharing)
+
+
+def _sharing_details(sharing: SharingRequest) -> dict[str, Any]:
+    """A sharing request's audit fields besides the requester and the device."""
+    return {"owner": sharing.owner, "sharing_id": sharing.id, "state": sharing.state.value}
+
+
+class AdminServicer(_AuditedActions, admin_pb2_grpc.AdminServiceServicer):
+    """Client services (admin role), audited as ``admin.<Method>``."""
+
+    audit_prefix = "admin"
 
     @rpc
     async def CreateUser(
@@ -466,26 +552,29 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def EnrollDevice(
         self, request: admin_pb2.EnrollDeviceRequest, context: Context
     ) -> admin_pb2.EnrollDeviceResponse:
-        device_type = wire.from_device_type(request.type)
+        device_type, options = wire.from_enrollment(request)
         device = await self._call(
             context,
             "EnrollDevice",
             request.username,
-            lambda: self.d.sls.enroll_device(
-                request.username,
-                device_type,
-                secret=request.secret or None,
-                pin=wire.from_text(request.pin),
-                suite=wire.from_text(request.suite),
-                serial=wire.from_text(request.serial),
-                phone=wire.from_text(request.phone),
-                shipped=request.shipped,
-                replaces=wire.from_id(request.replaces),
-                replaces_lost=request.replaces_lost,
-            ),
+            lambda: self.d.sls.enroll_device(request.username, device_type, **options),
             lambda d: d.id,
         )
         return admin_pb2.EnrollDeviceResponse(device=wire.to_device(device))
+
+    @rpc
+    async def ImportDevice(
+        self, request: admin_pb2.ImportDeviceRequest, context: Context
+    ) -> admin_pb2.ImportDeviceResponse:
+        device_type, options = wire.from_enrollment(request)
+        device = await self._call(
+            context,
+            "ImportDevice",
+            request.username,
+            lambda: self.d.sls.import_device(request.username, device_type, **options),
+            lambda d: d.id,
+        )
+        return admin_pb2.ImportDeviceResponse(device=wire.to_device(device))
 
     @rpc
     async def ListDevices(
@@ -498,13 +587,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ChooseDevice(
         self, request: admin_pb2.ChooseDeviceRequest, context: Context
     ) -> admin_pb2.ChooseDeviceResponse:
-        await self._call(
-            context,
-            "ChooseDevice",
-            request.username,
-            lambda: self.d.sls.choose_device(request.username, request.device_id),
-            request.device_id,
-        )
+        await self._choose_device(context, request)
         return admin_pb2.ChooseDeviceResponse()
 
     @rpc
@@ -521,6 +604,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             request.device_id,
         )
         return admin_pb2.ShareDeviceResponse()
+
+    @rpc
+    async def ApproveSharing(
+        self, request: admin_pb2.ApproveSharingRequest, context: Context
+    ) -> admin_pb2.ApproveSharingResponse:
+        sharing = await self._decide_sharing(
+            context, "ApproveSharing", self.d.sls.approve_sharing, request.request_id
+        )
+        return admin_pb2.ApproveSharingResponse(sharing=sharing)
 
     @rpc
     async def RevokeDevice(
@@ -564,27 +656,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def IssueOnlineCard(
         self, request: admin_pb2.IssueOnlineCardRequest, context: Context
     ) -> admin_pb2.IssueOnlineCardResponse:
-        def issue() -> admin_pb2.IssueOnlineCardResponse:
-            device, card = self.d.sls.issue_online_card(request.username)
-            printed = wire.OnlineCard(
-                device, cardprint.render_png(card), cardprint.render_pdf(card)
-            )
-            return wire.to_online_card(printed)
-
-        return await self._call(
-            context, "IssueOnlineCard", request.username, issue, lambda r: r.device.device_id
-        )
+        return await self._issue_online_card(context, request.username)
 
     @rpc
     async def SetOptOut(
         self, request: admin_pb2.SetOptOutRequest, context: Context
     ) -> admin_pb2.SetOptOutResponse:
-        await self._call(
-            context,
-            "SetOptOut",
-            request.username,
-            lambda: self.d.sls.set_opted_out(request.username, request.opted_out),
-        )
+        await self._set_opt_out(context, request)
         return admin_pb2.SetOptOutResponse()
 
     @rpc
@@ -599,6 +677,69 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             lambda: self.d.sls.unlock(request.username, by=by),
         )
         return wire.to_lockout_status(status, admin_pb2.UnlockResponse)
+
+
+class PortalServicer(_AuditedActions, portal_pb2_grpc.PortalServiceServicer):
+    """The Client Portal's self-service (gateway role), audited as ``portal.<Method>``."""
+
+    audit_prefix = "portal"
+
+    @rpc
+    async def IssueOnlineCard(
+        self, request: admin_pb2.IssueOnlineCardRequest, context: Context
+    ) -> admin_pb2.IssueOnlineCardResponse:
+        return await self._issue_online_card(context, request.username)
+
+    @rpc
+    async def RequestSharing(
+        self, request: portal_pb2.RequestSharingRequest, context: Context
+    ) -> portal_pb2.RequestSharingResponse:
+        sharing = await self._call(
+            context,
+            "RequestSharing",
+            request.with_username,
+            lambda: self.d.sls.request_sharing(
+                request.owner,
+                request.device_id,
+                request.with_username,
+                token=request.token,
+                response=request.response,
+                needs_approval=request.needs_approval,
+            ),
+            request.device_id,
+            _sharing_details,
+        )
+        return portal_pb2.RequestSharingResponse(sharing=wire.to_sharing_request(sharing))
+
+    @rpc
+    async def CancelSharing(
+        self, request: portal_pb2.CancelSharingRequest, context: Context
+    ) -> portal_pb2.CancelSharingResponse:
+        sharing = await self._decide_sharing(
+            context, "CancelSharing", self.d.sls.cancel_sharing, request.request_id
+        )
+        return portal_pb2.CancelSharingResponse(sharing=sharing)
+
+    @rpc
+    async def SetOptOut(
+        self, request: admin_pb2.SetOptOutRequest, context: Context
+    ) -> admin_pb2.SetOptOutResponse:
+        await self._set_opt_out(context, request)
+        return admin_pb2.SetOptOutResponse()
+
+    @rpc
+    async def ChooseDevice(
+        self, request: admin_pb2.ChooseDeviceRequest, context: Context
+    ) -> admin_pb2.ChooseDeviceResponse:
+        await self._choose_device(context, request)
+        return admin_pb2.ChooseDeviceResponse()
+
+    @rpc
+    async def ListOwnDevices(
+        self, request: portal_pb2.ListOwnDevicesRequest, context: Context
+    ) -> portal_pb2.ListOwnDevicesResponse:
+        devices = await self.d.run(context, self.d.sls.devices, request.username)
+        return portal_pb2.ListOwnDevicesResponse(devices=[wire.to_device(d) for d in devices])
 
 
 class PolicyServicer(admin_pb2_grpc.PolicyServiceServicer):

@@ -45,6 +45,11 @@ class AdminServiceStub:
                 request_serializer=sls_dot_v1_dot_admin__pb2.EnrollDeviceRequest.SerializeToString,
                 response_deserializer=sls_dot_v1_dot_admin__pb2.EnrollDeviceResponse.FromString,
                 _registered_method=True)
+        self.ImportDevice = channel.unary_unary(
+                '/sls.v1.AdminService/ImportDevice',
+                request_serializer=sls_dot_v1_dot_admin__pb2.ImportDeviceRequest.SerializeToString,
+                response_deserializer=sls_dot_v1_dot_admin__pb2.ImportDeviceResponse.FromString,
+                _registered_method=True)
         self.ListDevices = channel.unary_unary(
                 '/sls.v1.AdminService/ListDevices',
                 request_serializer=sls_dot_v1_dot_admin__pb2.ListDevicesRequest.SerializeToString,
@@ -59,6 +64,11 @@ class AdminServiceStub:
                 '/sls.v1.AdminService/ShareDevice',
                 request_serializer=sls_dot_v1_dot_admin__pb2.ShareDeviceRequest.SerializeToString,
                 response_deserializer=sls_dot_v1_dot_admin__pb2.ShareDeviceResponse.FromString,
+                _registered_method=True)
+        self.ApproveSharing = channel.unary_unary(
+                '/sls.v1.AdminService/ApproveSharing',
+                request_serializer=sls_dot_v1_dot_admin__pb2.ApproveSharingRequest.SerializeToString,
+                response_deserializer=sls_dot_v1_dot_admin__pb2.ApproveSharingResponse.FromString,
                 _registered_method=True)
         self.RevokeDevice = channel.unary_unary(
                 '/sls.v1.AdminService/RevokeDevice',
@@ -102,7 +112,16 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EnrollDevice(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Issues a new device. Legacy types (no longer issued) are refused: see ImportDevice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportDevice(self, request, context):
+        """An existing holder's device arriving from the old system: the same checks as
+        EnrollDevice, but legacy types (Platinum, Gold, Alpine, code cards) are accepted.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -123,6 +142,15 @@ class AdminServiceServicer:
     def ShareDevice(self, request, context):
         """FAILED_PRECONDITION with reason "less secure device" or "different identification
         information" (or "a temporary device is assigned") when refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveSharing(self, request, context):
+        """Compliance approves a pending sharing request (PortalService.RequestSharing with
+        needs_approval): the shared device now serves both usernames. FAILED_PRECONDITION
+        "no such pending sharing request" otherwise.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -179,6 +207,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=sls_dot_v1_dot_admin__pb2.EnrollDeviceRequest.FromString,
                     response_serializer=sls_dot_v1_dot_admin__pb2.EnrollDeviceResponse.SerializeToString,
             ),
+            'ImportDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportDevice,
+                    request_deserializer=sls_dot_v1_dot_admin__pb2.ImportDeviceRequest.FromString,
+                    response_serializer=sls_dot_v1_dot_admin__pb2.ImportDeviceResponse.SerializeToString,
+            ),
             'ListDevices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDevices,
                     request_deserializer=sls_dot_v1_dot_admin__pb2.ListDevicesRequest.FromString,
@@ -193,6 +226,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ShareDevice,
                     request_deserializer=sls_dot_v1_dot_admin__pb2.ShareDeviceRequest.FromString,
                     response_serializer=sls_dot_v1_dot_admin__pb2.ShareDeviceResponse.SerializeToString,
+            ),
+            'ApproveSharing': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveSharing,
+                    request_deserializer=sls_dot_v1_dot_admin__pb2.ApproveSharingRequest.FromString,
+                    response_serializer=sls_dot_v1_dot_admin__pb2.ApproveSharingResponse.SerializeToString,
             ),
             'RevokeDevice': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeDevice,
@@ -290,6 +328,33 @@ class AdminService:
             _registered_method=True)
 
     @staticmethod
+    def ImportDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sls.v1.AdminService/ImportDevice',
+            sls_dot_v1_dot_admin__pb2.ImportDeviceRequest.SerializeToString,
+            sls_dot_v1_dot_admin__pb2.ImportDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListDevices(request,
             target,
             options=(),
@@ -360,6 +425,33 @@ class AdminService:
             '/sls.v1.AdminService/ShareDevice',
             sls_dot_v1_dot_admin__pb2.ShareDeviceRequest.SerializeToString,
             sls_dot_v1_dot_admin__pb2.ShareDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveSharing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sls.v1.AdminService/ApproveSharing',
+            sls_dot_v1_dot_admin__pb2.ApproveSharingRequest.SerializeToString,
+            sls_dot_v1_dot_admin__pb2.ApproveSharingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,8 +4,10 @@
 isort:skip_file
 Types shared by every sls_core service."""
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -190,6 +192,28 @@ PURPOSE_SHARING: Purpose.ValueType  # 5
 """The owner proves possession of the device another username asks to share."""
 Global___Purpose: _TypeAlias = Purpose  # noqa: Y015
 
+class _SharingState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SharingStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SharingState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SHARING_STATE_UNSPECIFIED: _SharingState.ValueType  # 0
+    SHARING_STATE_PENDING: _SharingState.ValueType  # 1
+    SHARING_STATE_ACTIVE: _SharingState.ValueType  # 2
+    SHARING_STATE_CANCELLED: _SharingState.ValueType  # 3
+
+class SharingState(_SharingState, metaclass=_SharingStateEnumTypeWrapper):
+    """A sharing request's life (values.SharingState): waiting for compliance approval, in
+    force, or cancelled (the devices the requester set aside are active again).
+    """
+
+SHARING_STATE_UNSPECIFIED: SharingState.ValueType  # 0
+SHARING_STATE_PENDING: SharingState.ValueType  # 1
+SHARING_STATE_ACTIVE: SharingState.ValueType  # 2
+SHARING_STATE_CANCELLED: SharingState.ValueType  # 3
+Global___SharingState: _TypeAlias = SharingState  # noqa: Y015
+
 @_typing.final
 class Device(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -230,3 +254,47 @@ class Device(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Device: _TypeAlias = Device  # noqa: Y015
+
+@_typing.final
+class SharingRequest(_message.Message):
+    """One username (the requester) asking to answer with another's physical device (SLS-RULES
+    "Several devices and sharing").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SET_ASIDE_DEVICE_IDS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    owner: _builtins.str
+    requester: _builtins.str
+    device_id: _builtins.int
+    """The owner's device that is shared."""
+    state: Global___SharingState.ValueType
+    @_builtins.property
+    def set_aside_device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The requester's own devices suspended while the request stands (active again when it
+        is cancelled).
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        owner: _builtins.str = ...,
+        requester: _builtins.str = ...,
+        device_id: _builtins.int = ...,
+        state: Global___SharingState.ValueType = ...,
+        set_aside_device_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "owner", b"owner", "request_id", b"request_id", "requester", b"requester", "set_aside_device_ids", b"set_aside_device_ids", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SharingRequest: _TypeAlias = SharingRequest  # noqa: Y015

@@ -231,6 +231,18 @@ class Activation(activation_pb2_grpc.ActivationServiceServicer):
             suite="OCRA-1:HOTP-SHA1-8:QN06-PSHA1",
         )
 
+    def Recover(self, request: Any, context: Any) -> Any:
+        self.fake.enter("Recover", request, context)
+        if request.recovery_pin == "zzzz":
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "wrong recovery PIN")
+        return activation_pb2.CompleteActivationResponse(
+            device=device(11),
+            username=request.username,
+            server_public=b"S" * 32,
+            session_id=b"I" * 16,
+            suite="OCRA-1:HOTP-SHA1-8:QN06-PSHA1",
+        )
+
     def SendSmsActivation(self, request: Any, context: Any) -> Any:
         self.fake.enter("SendSmsActivation", request, context)
         return activation_pb2.SendSmsActivationResponse(expires_at=1700.0)

@@ -454,6 +454,17 @@ class GrpcIbKey:
         done = self.stubs.activation.CompleteActivation(request, timeout=CALL_TIMEOUT)
         return wire.from_activated(done)
 
+    def recover(
+        self, username: str, recovery_pin: str, *, app_public: bytes, push_public: bytes
+    ) -> Activated:
+        request = activation_pb2.RecoverRequest(
+            username=username,
+            recovery_pin=recovery_pin,
+            app_public=app_public,
+            push_public=push_public,
+        )
+        return wire.from_activated(self.stubs.activation.Recover(request, timeout=CALL_TIMEOUT))
+
     def pending_pushes(self, push_public: bytes) -> list[PushChallenge]:
         found = self.stubs.push.ListPendingPushes(
             push_pb2.ListPendingPushesRequest(push_public=push_public), timeout=CALL_TIMEOUT

@@ -381,6 +381,12 @@ def test_every_call_converts_to_and_from_the_domain_types(fake: FakeSls, target:
         with pytest.raises(InvalidInputError, match="payload"):
             client.complete_activation(app_public=b"A" * 32, push_public=b"P" * 32)
         assert client.send_sms_activation("alice") == 1700.0
+        recovered = client.recover("alice", "a1b2", app_public=b"A" * 32, push_public=b"P" * 32)
+        assert recovered.username == "alice"
+        assert fake.requests["Recover"][0].recovery_pin == "a1b2"
+        with pytest.raises(ClientRefusedError) as refused:
+            client.recover("alice", "zzzz", app_public=b"A" * 32, push_public=b"P" * 32)
+        assert refused.value.reason == "wrong recovery PIN"
 
         push = client.create_push("alice")
         assert (push.challenge_id, push.user_id, push.device_id, push.expires_at) == (
@@ -484,10 +490,10 @@ def test_the_portal_calls_go_to_the_portal_service_and_convert_to_the_domain_typ
         with pytest.raises(ClientRefusedError) as refused:
             client.request_sharing("alice", 7, STRANGER, **PROOF)
         assert refused.value.reason == "different identification information"
-        cancelled = client.cancel_sharing(5)
+        cancelled = client.cancel_sharing(5, username="alice")
         assert (cancelled.id, cancelled.state) == (5, SharingState.CANCELLED)
         with pytest.raises(ClientRefusedError, match="no such pending sharing request"):
-            client.cancel_sharing(GONE_REQUEST)
+            client.cancel_sharing(GONE_REQUEST, username="alice")
         client.portal_set_opt_out("alice", True)
         assert fake.requests["Portal.SetOptOut"][0].opted_out is True
         client.portal_choose_device("alice", 8)
@@ -627,7 +633,7 @@ def test_other_statuses_are_not_retried(fake: FakeSls, target: str) -> None:
             "Portal.RequestSharing",
             lambda c: c.request_sharing("alice", 7, "alice2", **PROOF),
         ),
-        ("Portal.CancelSharing", lambda c: c.cancel_sharing(5)),
+        ("Portal.CancelSharing", lambda c: c.cancel_sharing(5, username="alice")),
         ("Portal.IssueOnlineCard", lambda c: c.portal_issue_online_card("alice")),
         ("ApproveSharing", lambda c: c.approve_sharing(5)),
         ("ImportDevice", lambda c: c.import_device("alice", DeviceType.GOLD)),

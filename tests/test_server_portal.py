@@ -246,7 +246,11 @@ def test_sharing_is_requested_with_proof_approved_by_client_services_and_cancell
     verify = V.VerifyRequest(username="cal2", token=login.token, response=typed)
     assert gateway.verification.Verify(verify, timeout=CALL_TIMEOUT).outcome == OK
 
-    cancel = P.CancelSharingRequest(request_id=asked.request_id)
+    cancel = P.CancelSharingRequest(request_id=asked.request_id, username="cal2")
+    missing = P.CancelSharingRequest(request_id=asked.request_id)
+    assert refusal(lambda: gateway.portal.CancelSharing(missing))[0] is (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
     cancelled = gateway.portal.CancelSharing(cancel, timeout=CALL_TIMEOUT).sharing
     assert cancelled.state == common_pb2.SHARING_STATE_CANCELLED
     assert list(cancelled.set_aside_device_ids) == [legacy.device_id]
@@ -399,7 +403,9 @@ def test_bad_input_is_invalid_argument_naming_the_field(admin: Stubs, gateway: S
             "username: no such user",
         ),
         (
-            lambda: gateway.portal.CancelSharing(P.CancelSharingRequest(request_id=0)),
+            lambda: gateway.portal.CancelSharing(
+                P.CancelSharingRequest(request_id=0, username="fay")
+            ),
             "request_id: must be a positive integer",
         ),
         (
@@ -502,7 +508,7 @@ def test_the_gateway_client_speaks_the_portal_and_not_the_admin_calls(
         )
         assert (asked.owner, asked.requester, asked.state) == ("hal", "hal3", SharingState.ACTIVE)
         assert [d.id for d in client.list_own_devices("hal3")] == [shared.device_id]
-        cancelled = client.cancel_sharing(asked.id)
+        cancelled = client.cancel_sharing(asked.id, username="hal3")
         assert cancelled.state is SharingState.CANCELLED
         assert client.list_own_devices("hal3") == []
 
@@ -512,7 +518,7 @@ def test_the_gateway_client_speaks_the_portal_and_not_the_admin_calls(
         client.portal_set_opt_out("hal", True)
         assert client.withdrawal_limits("hal").per_day == 50_000
         with pytest.raises(InvalidInputError) as bad:
-            client.cancel_sharing(0)
+            client.cancel_sharing(0, username="hal3")
         assert (bad.value.field, bad.value.rule) == ("request_id", "must be a positive integer")
         with pytest.raises(PermissionDeniedError):
             client.approve_sharing(asked.id)

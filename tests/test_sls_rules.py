@@ -470,3 +470,21 @@ def test_client_services_unlock_from_the_command_line_and_it_is_audited(
         "cli:carol",
         "alice",
     )
+
+
+def test_only_the_owner_or_the_requester_cancel_a_sharing_request(sls: SecureLogin) -> None:
+    shared, _ = _holder_pair(sls)
+    token, answer = _proof(sls, shared)
+    request = sls.request_sharing("owner", shared, "alice2", token=token, response=answer)
+    with pytest.raises(SharingError, match="no such pending"):
+        sls.cancel_sharing(request.id, username="alice")  # a stranger to the request
+    assert sls.cancel_sharing(request.id, username="alice2").state is SharingState.CANCELLED
+
+
+def test_a_sharing_request_names_which_username_is_unknown(sls: SecureLogin) -> None:
+    shared, _ = _holder_pair(sls)
+    token, answer = _proof(sls, shared)
+    with pytest.raises(InvalidInputError, match=r"^with_username: no such user"):
+        sls.request_sharing("owner", shared, "nobody", token=token, response=answer)
+    with pytest.raises(InvalidInputError, match=r"^owner: invalid characters"):
+        sls.request_sharing("Owner", shared, "alice2", token=token, response=answer)

@@ -611,6 +611,19 @@ def _complete_activation_call(
     return _Call("activation", "CompleteActivation", request, wire.from_activated)
 
 
+def _recover_call(
+    username: str, recovery_pin: str, app_public: bytes, push_public: bytes
+) -> _Call[Activated]:
+    request = _message(
+        activation_pb2.RecoverRequest,
+        username=username,
+        recovery_pin=_text("recovery_pin", recovery_pin),
+        app_public=app_public,
+        push_public=push_public,
+    )
+    return _Call("activation", "Recover", request, wire.from_activated)
+
+
 def _send_sms_activation_call(username: str) -> _Call[float]:
     request = _message(activation_pb2.SendSmsActivationRequest, username=username)
     return _Call("activation", "SendSmsActivation", request, lambda r: float(r.expires_at))
@@ -730,8 +743,8 @@ def _request_sharing_call(
     return _Call("portal", "RequestSharing", request, _sharing)
 
 
-def _cancel_sharing_call(request_id: int) -> _Call[SharingRequest]:
-    request = _message(portal_pb2.CancelSharingRequest, request_id=request_id)
+def _cancel_sharing_call(request_id: int, username: str) -> _Call[SharingRequest]:
+    request = _message(portal_pb2.CancelSharingRequest, request_id=request_id, username=username)
     return _Call("portal", "CancelSharing", request, _sharing)
 
 
@@ -1325,6 +1338,20 @@ class SlsClient:
         """Texts an activation code to the user's phone; returns its expiry (Unix seconds)."""
         return self._run(_send_sms_activation_call(username), timeout)
 
+    def recover(
+        self,
+        username: str,
+        recovery_pin: str,
+        *,
+        app_public: bytes,
+        push_public: bytes,
+        timeout: float | None = None,
+    ) -> Activated:
+        """A reinstalled app re-enables ``username``'s IB Key with the recovery PIN (a wrong
+        one is a failed attempt). :class:`ClientRefusedError` with the reason if refused."""
+        call = _recover_call(username, recovery_pin, app_public, push_public)
+        return self._run(call, timeout)
+
     # push
 
     def create_push(
@@ -1527,10 +1554,12 @@ class SlsClient:
         )
         return self._run(call, timeout)
 
-    def cancel_sharing(self, request_id: int, *, timeout: float | None = None) -> SharingRequest:
-        """Cancels a pending or active request: the requester's set-aside devices are
-        active again."""
-        return self._run(_cancel_sharing_call(request_id), timeout)
+    def cancel_sharing(
+        self, request_id: int, *, username: str, timeout: float | None = None
+    ) -> SharingRequest:
+        """Cancels a pending or active request (``username``: its owner or requester): the
+        requester's set-aside devices are active again."""
+        return self._run(_cancel_sharing_call(request_id, username), timeout)
 
     def portal_set_opt_out(
         self, username: str, opted_out: bool, *, timeout: float | None = None
@@ -1980,6 +2009,18 @@ class AsyncSlsClient:
     async def send_sms_activation(self, username: str, *, timeout: float | None = None) -> float:
         return await self._run(_send_sms_activation_call(username), timeout)
 
+    async def recover(
+        self,
+        username: str,
+        recovery_pin: str,
+        *,
+        app_public: bytes,
+        push_public: bytes,
+        timeout: float | None = None,
+    ) -> Activated:
+        call = _recover_call(username, recovery_pin, app_public, push_public)
+        return await self._run(call, timeout)
+
     # push
 
     async def create_push(
@@ -2171,9 +2212,9 @@ class AsyncSlsClient:
         return await self._run(call, timeout)
 
     async def cancel_sharing(
-        self, request_id: int, *, timeout: float | None = None
+        self, request_id: int, *, username: str, timeout: float | None = None
     ) -> SharingRequest:
-        return await self._run(_cancel_sharing_call(request_id), timeout)
+        return await self._run(_cancel_sharing_call(request_id, username), timeout)
 
     async def portal_set_opt_out(
         self, username: str, opted_out: bool, *, timeout: float | None = None

@@ -109,11 +109,16 @@ class LoginContext:
         return self._ids.pop()
 
     # -- lookups (call inside a transaction) -------------------------------------------------
-    def user(self, username: object) -> UserRow:
-        name = validate_username(username)
+    def user(self, username: object, *, field: str = "username") -> UserRow:
+        """The user named ``username``; errors name ``field`` (the request's own name for
+        it, when a request carries several usernames)."""
+        try:
+            name = validate_username(username)
+        except InvalidInputError as e:
+            raise type(e)(field, e.rule) from None
         user = self.directory.user_by_name.get(name)
         if user is None:
-            raise InvalidInputError("username", "no such user")
+            raise InvalidInputError(field, "no such user")
         return user
 
     def device_of(self, user: UserRow, device_id: int) -> DeviceEntry:

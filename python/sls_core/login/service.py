@@ -459,8 +459,8 @@ class SecureLogin:
         now = self.clock.now()
         outcome = LoginOutcome.OK
         with self.context.write() as tx:
-            first = self.context.user(owner)
-            second = self.context.user(with_username)
+            first = self.context.user(owner, field="owner")
+            second = self.context.user(with_username, field="with_username")
             entry = self.context.device_of(first, device_id)
             self._check_sharing(first, second, entry, now)
             plan = ResponsePlan(
@@ -501,17 +501,24 @@ class SecureLogin:
         """Compliance approves a pending request: the shared device now serves both."""
         return self._decide_sharing(request_id, SharingState.ACTIVE)
 
-    def cancel_sharing(self, request_id: int) -> SharingRequest:
+    def cancel_sharing(self, request_id: int, *, username: str | None = None) -> SharingRequest:
         """Cancels a pending or active request: the link goes and the devices the requester
-        set aside are active again."""
-        return self._decide_sharing(request_id, SharingState.CANCELLED)
+        set aside are active again. ``username`` (the portal's user) must be the owner or
+        the requester; client services cancel any request (``None``)."""
+        return self._decide_sharing(request_id, SharingState.CANCELLED, username)
 
-    def _decide_sharing(self, request_id: int, to: SharingState) -> SharingRequest:
+    def _decide_sharing(
+        self, request_id: int, to: SharingState, username: str | None = None
+    ) -> SharingRequest:
         if not isinstance(request_id, int) or isinstance(request_id, bool) or request_id < 1:
             raise InvalidInputError("request_id", "must be a positive integer")
         now = self.clock.now()
         with self.context.write() as tx:
             row = tx.store.sharing(request_id)
+            if username is not None and row is not None:
+                who = self.context.user(username).id
+                if who not in (row.owner_id, row.requester_id):
+                    row = None  # another user's request: as if there were none
             allowed = (
                 (SharingState.PENDING,)
                 if to is SharingState.ACTIVE

@@ -53,8 +53,9 @@ __all__ = [
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
-#: Gateways verify, issue challenges and activations, push and read policy; admins also
-#: call AdminService (client services).
+#: Gateways verify, report wrong passwords, issue challenges and activations, push, read
+#: policy and act for the portal's user (PortalService); admins also call AdminService
+#: (client services).
 ROLES = ("gateway", "admin")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: gRPC message sizes are C ints.

@@ -56,6 +56,7 @@ _GATEWAY_METHODS = frozenset(
         "/sls.v1.ActivationService/CreateActivation",
         "/sls.v1.ActivationService/CompleteActivation",
         "/sls.v1.ActivationService/SendSmsActivation",
+        "/sls.v1.ActivationService/Recover",
     }
 )
 #: Standard services any caller may use (load balancers, grpcurl).

@@ -321,6 +321,41 @@ class ActivationServicer(activation_pb2_grpc.ActivationServiceServicer):
         return await self.d.run(context, complete)
 
     @rpc
+    async def Recover(
+        self, request: activation_pb2.RecoverRequest, context: Context
+    ) -> activation_pb2.CompleteActivationResponse:
+        caller = current_caller()
+
+        def recover() -> activation_pb2.CompleteActivationResponse:
+            try:
+                done = self.d.sls.ibkey.recover(
+                    request.username,
+                    request.recovery_pin,
+                    app_public=request.app_public,
+                    push_public=request.push_public,
+                )
+            except ActivationError as e:
+                self.d.audit.record(
+                    "recovery",
+                    caller.identity,
+                    caller.request_id,
+                    username=request.username,
+                    outcome=e.reason,
+                )
+                raise
+            self.d.audit.record(
+                "recovery",
+                caller.identity,
+                caller.request_id,
+                username=done.username,
+                device_id=done.device.id,
+                outcome="OK",
+            )
+            return wire.to_activated(done)
+
+        return await self.d.run(context, recover)
+
+    @rpc
     async def SendSmsActivation(
         self, request: activation_pb2.SendSmsActivationRequest, context: Context
     ) -> activation_pb2.SendSmsActivationResponse:
@@ -715,8 +750,14 @@ class PortalServicer(_AuditedActions, portal_pb2_grpc.PortalServiceServicer):
     async def CancelSharing(
         self, request: portal_pb2.CancelSharingRequest, context: Context
     ) -> portal_pb2.CancelSharingResponse:
+        username = wire.from_text(request.username)
+        if username is None:
+            raise InvalidInputError("username", "name the owner or requester who cancels")
         sharing = await self._decide_sharing(
-            context, "CancelSharing", self.d.sls.cancel_sharing, request.request_id
+            context,
+            "CancelSharing",
+            lambda request_id: self.d.sls.cancel_sharing(request_id, username=username),
+            request.request_id,
         )
         return portal_pb2.CancelSharingResponse(sharing=sharing)
 

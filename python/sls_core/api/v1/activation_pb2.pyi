@@ -144,6 +144,36 @@ class CompleteActivationResponse(_message.Message):
 Global___CompleteActivationResponse: _TypeAlias = CompleteActivationResponse  # noqa: Y015
 
 @_typing.final
+class RecoverRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERNAME_FIELD_NUMBER: _builtins.int
+    RECOVERY_PIN_FIELD_NUMBER: _builtins.int
+    APP_PUBLIC_FIELD_NUMBER: _builtins.int
+    PUSH_PUBLIC_FIELD_NUMBER: _builtins.int
+    username: _builtins.str
+    recovery_pin: _builtins.str
+    """The IB Key PIN the user set at activation (4 to 6 letters, digits or specials)."""
+    app_public: _builtins.bytes
+    """The reinstalled app's new X25519 and Ed25519 public keys (32 bytes each)."""
+    push_public: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        username: _builtins.str = ...,
+        recovery_pin: _builtins.str = ...,
+        app_public: _builtins.bytes = ...,
+        push_public: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_public", b"app_public", "push_public", b"push_public", "recovery_pin", b"recovery_pin", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecoverRequest: _TypeAlias = RecoverRequest  # noqa: Y015
+
+@_typing.final
 class SendSmsActivationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

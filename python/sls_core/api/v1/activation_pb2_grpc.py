@@ -50,6 +50,11 @@ class ActivationServiceStub:
                 request_serializer=sls_dot_v1_dot_activation__pb2.SendSmsActivationRequest.SerializeToString,
                 response_deserializer=sls_dot_v1_dot_activation__pb2.SendSmsActivationResponse.FromString,
                 _registered_method=True)
+        self.Recover = channel.unary_unary(
+                '/sls.v1.ActivationService/Recover',
+                request_serializer=sls_dot_v1_dot_activation__pb2.RecoverRequest.SerializeToString,
+                response_deserializer=sls_dot_v1_dot_activation__pb2.CompleteActivationResponse.FromString,
+                _registered_method=True)
 
 
 class ActivationServiceServicer:
@@ -77,6 +82,16 @@ class ActivationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Recover(self, request, context):
+        """A reinstalled app re-enables the user's IB Key with the IB Key PIN (the recovery PIN):
+        new keys, agreed as in an activation. A wrong PIN is a failed attempt (lockout).
+        FAILED_PRECONDITION with reason "wrong recovery PIN", "locked after too many failed
+        attempts", "the account is closed" or "no IB Key with a recovery PIN" when refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ActivationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +109,11 @@ def add_ActivationServiceServicer_to_server(servicer, server):
                     servicer.SendSmsActivation,
                     request_deserializer=sls_dot_v1_dot_activation__pb2.SendSmsActivationRequest.FromString,
                     response_serializer=sls_dot_v1_dot_activation__pb2.SendSmsActivationResponse.SerializeToString,
+            ),
+            'Recover': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recover,
+                    request_deserializer=sls_dot_v1_dot_activation__pb2.RecoverRequest.FromString,
+                    response_serializer=sls_dot_v1_dot_activation__pb2.CompleteActivationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +197,33 @@ class ActivationService:
             '/sls.v1.ActivationService/SendSmsActivation',
             sls_dot_v1_dot_activation__pb2.SendSmsActivationRequest.SerializeToString,
             sls_dot_v1_dot_activation__pb2.SendSmsActivationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sls.v1.ActivationService/Recover',
+            sls_dot_v1_dot_activation__pb2.RecoverRequest.SerializeToString,
+            sls_dot_v1_dot_activation__pb2.CompleteActivationResponse.FromString,
             options,
             channel_credentials,
             insecure,

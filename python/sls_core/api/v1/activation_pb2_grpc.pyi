@@ -42,6 +42,12 @@ class ActivationServiceStub:
     """
     SendSmsActivation: _grpc.UnaryUnaryMultiCallable[_activation_pb2.SendSmsActivationRequest, _activation_pb2.SendSmsActivationResponse]
     """Sends the activation token by SMS to the user's phone."""
+    Recover: _grpc.UnaryUnaryMultiCallable[_activation_pb2.RecoverRequest, _activation_pb2.CompleteActivationResponse]
+    """A reinstalled app re-enables the user's IB Key with the IB Key PIN (the recovery PIN):
+    new keys, agreed as in an activation. A wrong PIN is a failed attempt (lockout).
+    FAILED_PRECONDITION with reason "wrong recovery PIN", "locked after too many failed
+    attempts", "the account is closed" or "no IB Key with a recovery PIN" when refused.
+    """
 
 @_typing.type_check_only
 class ActivationServiceAsyncStub(ActivationServiceStub):
@@ -54,6 +60,12 @@ class ActivationServiceAsyncStub(ActivationServiceStub):
     """
     SendSmsActivation: _aio.UnaryUnaryMultiCallable[_activation_pb2.SendSmsActivationRequest, _activation_pb2.SendSmsActivationResponse]  # type: ignore[assignment]
     """Sends the activation token by SMS to the user's phone."""
+    Recover: _aio.UnaryUnaryMultiCallable[_activation_pb2.RecoverRequest, _activation_pb2.CompleteActivationResponse]  # type: ignore[assignment]
+    """A reinstalled app re-enables the user's IB Key with the IB Key PIN (the recovery PIN):
+    new keys, agreed as in an activation. A wrong PIN is a failed attempt (lockout).
+    FAILED_PRECONDITION with reason "wrong recovery PIN", "locked after too many failed
+    attempts", "the account is closed" or "no IB Key with a recovery PIN" when refused.
+    """
 
 class ActivationServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -81,5 +93,17 @@ class ActivationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_activation_pb2.SendSmsActivationResponse, _abc.Awaitable[_activation_pb2.SendSmsActivationResponse]]:
         """Sends the activation token by SMS to the user's phone."""
+
+    @_abc_1.abstractmethod
+    def Recover(
+        self,
+        request: _activation_pb2.RecoverRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_activation_pb2.CompleteActivationResponse, _abc.Awaitable[_activation_pb2.CompleteActivationResponse]]:
+        """A reinstalled app re-enables the user's IB Key with the IB Key PIN (the recovery PIN):
+        new keys, agreed as in an activation. A wrong PIN is a failed attempt (lockout).
+        FAILED_PRECONDITION with reason "wrong recovery PIN", "locked after too many failed
+        attempts", "the account is closed" or "no IB Key with a recovery PIN" when refused.
+        """
 
 def add_ActivationServiceServicer_to_server(servicer: ActivationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

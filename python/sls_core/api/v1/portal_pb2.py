@@ -27,7 +27,7 @@ from sls_core.api.v1 import admin_pb2 as sls_dot_v1_dot_admin__pb2
 from sls_core.api.v1 import common_pb2 as sls_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13sls/v1/portal.proto\x12\x06sls.v1\x1a\x12sls/v1/admin.proto\x1a\x13sls/v1/common.proto\"\x89\x01\n\x15RequestSharingRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\x04\x12\x15\n\rwith_username\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x10\n\x08response\x18\x05 \x01(\t\x12\x16\n\x0eneeds_approval\x18\x06 \x01(\x08\"A\n\x16RequestSharingResponse\x12\'\n\x07sharing\x18\x01 \x01(\x0b\x32\x16.sls.v1.SharingRequest\"*\n\x14\x43\x61ncelSharingRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\"@\n\x15\x43\x61ncelSharingResponse\x12\'\n\x07sharing\x18\x01 \x01(\x0b\x32\x16.sls.v1.SharingRequest\")\n\x15ListOwnDevicesRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"9\n\x16ListOwnDevicesResponse\x12\x1f\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x0e.sls.v1.Device2\xe0\x03\n\rPortalService\x12R\n\x0fIssueOnlineCard\x12\x1e.sls.v1.IssueOnlineCardRequest\x1a\x1f.sls.v1.IssueOnlineCardResponse\x12O\n\x0eRequestSharing\x12\x1d.sls.v1.RequestSharingRequest\x1a\x1e.sls.v1.RequestSharingResponse\x12L\n\rCancelSharing\x12\x1c.sls.v1.CancelSharingRequest\x1a\x1d.sls.v1.CancelSharingResponse\x12@\n\tSetOptOut\x12\x18.sls.v1.SetOptOutRequest\x1a\x19.sls.v1.SetOptOutResponse\x12I\n\x0c\x43hooseDevice\x12\x1b.sls.v1.ChooseDeviceRequest\x1a\x1c.sls.v1.ChooseDeviceResponse\x12O\n\x0eListOwnDevices\x12\x1d.sls.v1.ListOwnDevicesRequest\x1a\x1e.sls.v1.ListOwnDevicesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13sls/v1/portal.proto\x12\x06sls.v1\x1a\x12sls/v1/admin.proto\x1a\x13sls/v1/common.proto\"\x89\x01\n\x15RequestSharingRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\x04\x12\x15\n\rwith_username\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x10\n\x08response\x18\x05 \x01(\t\x12\x16\n\x0eneeds_approval\x18\x06 \x01(\x08\"A\n\x16RequestSharingResponse\x12\'\n\x07sharing\x18\x01 \x01(\x0b\x32\x16.sls.v1.SharingRequest\"<\n\x14\x43\x61ncelSharingRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x10\n\x08username\x18\x02 \x01(\t\"@\n\x15\x43\x61ncelSharingResponse\x12\'\n\x07sharing\x18\x01 \x01(\x0b\x32\x16.sls.v1.SharingRequest\")\n\x15ListOwnDevicesRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"9\n\x16ListOwnDevicesResponse\x12\x1f\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x0e.sls.v1.Device2\xe0\x03\n\rPortalService\x12R\n\x0fIssueOnlineCard\x12\x1e.sls.v1.IssueOnlineCardRequest\x1a\x1f.sls.v1.IssueOnlineCardResponse\x12O\n\x0eRequestSharing\x12\x1d.sls.v1.RequestSharingRequest\x1a\x1e.sls.v1.RequestSharingResponse\x12L\n\rCancelSharing\x12\x1c.sls.v1.CancelSharingRequest\x1a\x1d.sls.v1.CancelSharingResponse\x12@\n\tSetOptOut\x12\x18.sls.v1.SetOptOutRequest\x1a\x19.sls.v1.SetOptOutResponse\x12I\n\x0c\x43hooseDevice\x12\x1b.sls.v1.ChooseDeviceRequest\x1a\x1c.sls.v1.ChooseDeviceResponse\x12O\n\x0eListOwnDevices\x12\x1d.sls.v1.ListOwnDevicesRequest\x1a\x1e.sls.v1.ListOwnDevicesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,13 +39,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUESTSHARINGRESPONSE']._serialized_start=212
   _globals['_REQUESTSHARINGRESPONSE']._serialized_end=277
   _globals['_CANCELSHARINGREQUEST']._serialized_start=279
-  _globals['_CANCELSHARINGREQUEST']._serialized_end=321
-  _globals['_CANCELSHARINGRESPONSE']._serialized_start=323
-  _globals['_CANCELSHARINGRESPONSE']._serialized_end=387
-  _globals['_LISTOWNDEVICESREQUEST']._serialized_start=389
-  _globals['_LISTOWNDEVICESREQUEST']._serialized_end=430
-  _globals['_LISTOWNDEVICESRESPONSE']._serialized_start=432
-  _globals['_LISTOWNDEVICESRESPONSE']._serialized_end=489
-  _globals['_PORTALSERVICE']._serialized_start=492
-  _globals['_PORTALSERVICE']._serialized_end=972
+  _globals['_CANCELSHARINGREQUEST']._serialized_end=339
+  _globals['_CANCELSHARINGRESPONSE']._serialized_start=341
+  _globals['_CANCELSHARINGRESPONSE']._serialized_end=405
+  _globals['_LISTOWNDEVICESREQUEST']._serialized_start=407
+  _globals['_LISTOWNDEVICESREQUEST']._serialized_end=448
+  _globals['_LISTOWNDEVICESRESPONSE']._serialized_start=450
+  _globals['_LISTOWNDEVICESRESPONSE']._serialized_end=507
+  _globals['_PORTALSERVICE']._serialized_start=510
+  _globals['_PORTALSERVICE']._serialized_end=990
 # @@protoc_insertion_point(module_scope)

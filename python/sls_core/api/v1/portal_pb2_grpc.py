@@ -95,7 +95,8 @@ class PortalServiceServicer:
 
     def CancelSharing(self, request, context):
         """Cancels a pending or active request: the devices the requester set aside are active
-        again. FAILED_PRECONDITION "no such pending sharing request" otherwise.
+        again. Only the owner or the requester (`username`) may cancel; FAILED_PRECONDITION
+        "no such pending sharing request" otherwise (another user's request included).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

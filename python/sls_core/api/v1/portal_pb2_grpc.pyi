@@ -57,7 +57,8 @@ class PortalServiceStub:
     """
     CancelSharing: _grpc.UnaryUnaryMultiCallable[_portal_pb2.CancelSharingRequest, _portal_pb2.CancelSharingResponse]
     """Cancels a pending or active request: the devices the requester set aside are active
-    again. FAILED_PRECONDITION "no such pending sharing request" otherwise.
+    again. Only the owner or the requester (`username`) may cancel; FAILED_PRECONDITION
+    "no such pending sharing request" otherwise (another user's request included).
     """
     SetOptOut: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetOptOutRequest, _admin_pb2.SetOptOutResponse]
     """Opting out (and back in) of SLS."""
@@ -85,7 +86,8 @@ class PortalServiceAsyncStub(PortalServiceStub):
     """
     CancelSharing: _aio.UnaryUnaryMultiCallable[_portal_pb2.CancelSharingRequest, _portal_pb2.CancelSharingResponse]  # type: ignore[assignment]
     """Cancels a pending or active request: the devices the requester set aside are active
-    again. FAILED_PRECONDITION "no such pending sharing request" otherwise.
+    again. Only the owner or the requester (`username`) may cancel; FAILED_PRECONDITION
+    "no such pending sharing request" otherwise (another user's request included).
     """
     SetOptOut: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetOptOutRequest, _admin_pb2.SetOptOutResponse]  # type: ignore[assignment]
     """Opting out (and back in) of SLS."""
@@ -128,7 +130,8 @@ class PortalServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_portal_pb2.CancelSharingResponse, _abc.Awaitable[_portal_pb2.CancelSharingResponse]]:
         """Cancels a pending or active request: the devices the requester set aside are active
-        again. FAILED_PRECONDITION "no such pending sharing request" otherwise.
+        again. Only the owner or the requester (`username`) may cancel; FAILED_PRECONDITION
+        "no such pending sharing request" otherwise (another user's request included).
         """
 
     @_abc_1.abstractmethod

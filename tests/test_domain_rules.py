@@ -68,7 +68,7 @@ def login(sls: SecureLogin, name: str = "alice", *, right: bool = True) -> Login
 # -- usernames ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["Alice", "al ice", "al-ice", "al.ice", "", "ålice", "a" * 65])
+@pytest.mark.parametrize("bad", ["al ice", "al-ice", "al.ice", "", "ålice", "a" * 65])
 def test_username_with_invalid_characters_is_refused_before_any_lookup(
     sls: SecureLogin, bad: str
 ) -> None:

@@ -82,7 +82,7 @@ def test_a_password_failure_for_an_unknown_user_is_an_error_naming_the_field(
     with pytest.raises(InvalidInputError, match="username"):
         sls.record_password_failure("nobody")
     with pytest.raises(InvalidInputError, match="invalid characters"):
-        sls.record_password_failure("Bad Name")
+        sls.record_password_failure("bad name")
 
 
 def test_client_services_unlock_a_locked_user(sls: SecureLogin) -> None:
@@ -321,11 +321,16 @@ def test_a_username_in_the_wrong_case_is_an_invalid_combination_not_invalid_char
     sls: SecureLogin,
 ) -> None:
     with_dsc(sls)
-    assert sls.verify("Alice", None, "ABCDEFGHJKMN").outcome is OC.INVALID_USERNAME
-    unknown = sls.verify("alicex", None, "ABCDEFGHJKMN").outcome
-    assert unknown is OC.UNKNOWN_USER
-    assert unknown.message == "Invalid username/password combination."
-    assert OC.INVALID_USERNAME.message != unknown.message
+    wrong_case = sls.verify("Alice", None, "ABCDEFGHJKMN").outcome
+    assert wrong_case is OC.UNKNOWN_USER
+    assert wrong_case.message == "Invalid username/password combination."
+    assert sls.verify("al-ice", None, "ABCDEFGHJKMN").outcome is OC.INVALID_USERNAME
+    assert OC.INVALID_USERNAME.message != wrong_case.message
+    assert sls.record_password_failure("alice").consecutive_failures == 1
+    with pytest.raises(InvalidInputError, match="no such user"):
+        sls.issue_challenge("Alice")  # the right letters, the wrong case: no such user
+    with pytest.raises(InvalidInputError, match="lower-case"):
+        sls.create_user("Bob")  # usernames are created in lower case
 
 
 def test_legacy_devices_are_not_newly_enrolled_but_imported_ones_verify(
@@ -487,4 +492,4 @@ def test_a_sharing_request_names_which_username_is_unknown(sls: SecureLogin) -> 
     with pytest.raises(InvalidInputError, match=r"^with_username: no such user"):
         sls.request_sharing("owner", shared, "nobody", token=token, response=answer)
     with pytest.raises(InvalidInputError, match=r"^owner: invalid characters"):
-        sls.request_sharing("Owner", shared, "alice2", token=token, response=answer)
+        sls.request_sharing("own-er", shared, "alice2", token=token, response=answer)

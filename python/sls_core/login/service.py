@@ -38,7 +38,7 @@ from sls_core.login.pipeline import SMS_CODE_DIGITS, PasswordFailurePlan, Respon
 from sls_core.outcome import LoginOutcome
 from sls_core.rules import access as rules_access
 from sls_core.rules import lifecycle, limits, lockout, sharing
-from sls_core.rules.usernames import validate_username
+from sls_core.rules.usernames import validate_new_username
 from sls_core.sealing import MasterKeyRing
 from sls_core.sms import OutboxSender, SmsSender, check_phone
 from sls_core.store import DeviceRow, SharingRow, SqliteStore, Store, UserRow, WriterBusyError
@@ -171,7 +171,7 @@ class SecureLogin:
 
     # -- users ---------------------------------------------------------------------------
     def create_user(self, username: str, identity: Identity | None = None) -> User:
-        name = validate_username(username)
+        name = validate_new_username(username)
         with self.context.write() as tx:
             tx.store.insert_user(name, (identity or Identity()).as_dict(), self.clock.now())
         return self.user(name)
@@ -215,8 +215,6 @@ class SecureLogin:
 
     def record_password_failures(self, usernames: Sequence[str]) -> list[LockoutStatus]:
         """Many reported password failures in one transaction (input order)."""
-        for name in usernames:
-            validate_username(name)
         with self.context.write() as tx:
             for name in usernames:
                 self.context.user(name)  # unknown: an error naming the field, nothing applied
@@ -360,7 +358,7 @@ class SecureLogin:
         now = self.clock.now()
         rows = []
         for i, name in enumerate(usernames):
-            validate_username(name)
+            validate_new_username(name)
             if len(secrets_[i]) < 16:
                 raise InvalidInputError("secrets", f"row {i}: must be at least 16 bytes")
             pin_hash = (

@@ -20,6 +20,7 @@ import pytest
 from sls_core import ocra
 from sls_core.clock import ManualClock
 from sls_core.devices import DeviceType
+from sls_core.errors import InvalidInputError
 from sls_core.login import SecureLogin, pipeline
 from sls_core.outcome import LoginOutcome
 from sls_core.sealing import MasterKeyRing, SealingError
@@ -614,3 +615,48 @@ def test_a_write_that_must_not_wait_leaves_a_directory_reload_to_one_that_may(
         ["user0"], [other_challenge.token], [_answer(other_challenge.challenge or "")], wait=False
     )
     assert done[0] is LoginOutcome.OK  # up to date again: no need to wait
+
+
+def test_a_failing_request_undoes_only_what_it_touched_and_reloads_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11, finding 1: a request that fails inside a transaction (a taken username, an
+    unknown one) must not make the next write reload the whole directory under the lock."""
+    from sls_core.store import _SqliteTx
+
+    sls = _setup(tmp_path / "data")
+    full_reloads = []
+    original = _SqliteTx.users
+
+    def counting(self: _SqliteTx, user_ids: object = None) -> object:
+        if user_ids is None:
+            full_reloads.append(1)
+        return original(self, user_ids)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_SqliteTx, "users", counting)
+    generation = sls.context.directory.generation
+    with pytest.raises(InvalidInputError):
+        sls.create_user("user0")  # taken
+    with pytest.raises(InvalidInputError):
+        sls.issue_challenge("nosuchuser")
+    assert sls.context.directory.generation == generation
+    assert sls.issue_challenge("user0").challenge is not None
+    assert full_reloads == []
+
+
+def test_ids_reserved_in_a_rolled_back_transaction_are_never_handed_out(tmp_path: Path) -> None:
+    sls = _setup(tmp_path / "data")
+
+    def reserve_then_fail() -> None:
+        with sls.context.write() as tx:
+            sls.context.next_challenge_id(tx.store)
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        reserve_then_fail()
+    # Another process reserves the range the rollback undid.
+    other = SecureLogin.open(tmp_path / "data", clock=sls.clock)
+    tokens = [c.token for c in other.issue_challenges(["user0"] * 3)]
+    tokens += [c.token for c in sls.issue_challenges(["user0"] * 3)]
+    opened = sls.context.tokens.open_batch(tokens, int(sls.clock.now()))
+    assert len(set(opened["challenge_id"].tolist())) == 6

@@ -56,6 +56,8 @@ class LoginContext:
         self.directory = Directory()
         self.lock = threading.RLock()
         self._ids: list[int] = []
+        #: The transaction that reserved ``_ids``, until it commits.
+        self._reserved_in: StoreTx | None = None
         self.next_purge = 0.0
         with store.write() as tx:
             self._token_key = tx.server_secret("token_key.1", lambda: secrets.token_bytes(32))
@@ -106,7 +108,15 @@ class LoginContext:
         if not self._ids:
             first = tx.reserve("challenge_id", 1024)
             self._ids = list(range(first + 1023, first - 1, -1))
+            self._reserved_in = tx
         return self._ids.pop()
+
+    def end_reservation(self, tx: WriteTx, *, committed: bool) -> None:
+        """At the end of ``tx``: a rolled-back reservation is void (another process may get
+        the same ids), so the ids left of it are dropped."""
+        if self._reserved_in is tx.store and not committed:
+            self._ids = []
+        self._reserved_in = None
 
     # -- lookups (call inside a transaction) -------------------------------------------------
     def user(self, username: object, *, field: str = "username") -> UserRow:
@@ -237,7 +247,8 @@ class WriteTx:
         try:
             self._cm.__exit__(*exc)
         finally:
-            if exc[0] is not None:
-                # A failed transaction may have left the directory ahead of the store.
-                self._context.directory.generation = -1
+            # Rolled back, the directory (read at the start, never written by the
+            # transaction) still matches the store: no reload. Only ids reserved in the
+            # transaction are void.
+            self._context.end_reservation(self, committed=exc[0] is None)
             self._context.lock.release()

@@ -660,3 +660,32 @@ def test_ids_reserved_in_a_rolled_back_transaction_are_never_handed_out(tmp_path
     tokens += [c.token for c in sls.issue_challenges(["user0"] * 3)]
     opened = sls.context.tokens.open_batch(tokens, int(sls.clock.now()))
     assert len(set(opened["challenge_id"].tolist())) == 6
+
+
+def test_the_data_directory_and_every_file_in_it_are_owner_only(tmp_path: Path) -> None:
+    """Issue 11, finding 3: sls.db, -wal and -shm hold identity data and pending
+    activations; a reader of -shm could stall every writer."""
+    data = tmp_path / "data"
+    sls = SecureLogin.open(data)
+    sls.create_user("alice")
+    sls.enroll_device("alice", DeviceType.SMS, phone="+41791234567")
+    sls.issue_challenge("alice")  # writes the SMS outbox
+    names = {p.name for p in data.iterdir()}
+    assert {"sls.db", "sls.db-wal", "sls.db-shm", "master-key.json", "sms-outbox.jsonl"} <= names
+    assert data.stat().st_mode & 0o777 == 0o700
+    for path in data.iterdir():
+        assert path.stat().st_mode & 0o077 == 0, path.name
+
+
+def test_a_store_left_readable_by_an_older_version_is_narrowed_at_open(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    SecureLogin.open(data).store.close()
+    data.chmod(0o755)
+    for path in data.iterdir():
+        if path.name != "master-key.json":  # a readable key file is refused, on purpose
+            path.chmod(0o644)
+    reopened = SecureLogin.open(data)
+    reopened.create_user("bob")
+    assert data.stat().st_mode & 0o777 == 0o700
+    for name in ("sls.db", "sls.db-wal", "sls.db-shm"):
+        assert (data / name).stat().st_mode & 0o077 == 0, name

@@ -732,6 +732,24 @@ class _SqliteTx:
         return value
 
 
+#: The store's files hold identity data, sealed secrets and pending activations: owner only.
+#: SQLite gives the -wal and -shm files the database file's mode, so creating that file
+#: 0600 first covers them (and nobody else can take a lock on -shm to stall writers).
+_FILE_MODE, _DIR_MODE = 0o600, 0o700
+
+
+def _owner_only(path: Path) -> None:
+    """Creates the database's folder (0700) and file (0600) if missing, and narrows the
+    modes of what exists already (a store made by an older version, a lax umask)."""
+    path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), _FILE_MODE))
+    for existing in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-writer")):
+        if existing.exists() and existing.stat().st_mode & 0o077:
+            existing.chmod(_FILE_MODE)
+    if path.parent.stat().st_mode & 0o077:
+        path.parent.chmod(_DIR_MODE)
+
+
 class SqliteStore:
     """The embedded store: one SQLite file in WAL mode, shared safely by many processes.
 
@@ -761,7 +779,7 @@ class SqliteStore:
         if synchronous not in {"NORMAL", "FULL"}:
             raise InvalidInputError("synchronous", "must be NORMAL or FULL")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _owner_only(self.path)
         self._keyring = keyring
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous

@@ -141,7 +141,7 @@ class SecureLogin:
         ``SLS_CORE_MASTER_KEYS`` or ``key_file`` (default ``data_dir/master-key.json``,
         generated on first use with mode 0600), SMS to ``data_dir/sms-outbox.jsonl``."""
         data_dir = Path(data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner only, as its files
         key_path = Path(key_file) if key_file is not None else data_dir / "master-key.json"
         try:
             keyring = MasterKeyRing.load(key_file=key_path)

@@ -702,3 +702,50 @@ def test_any_changed_byte_is_refused_property(plaintext: bytes, data: st.DataObj
     sealed[index] ^= data.draw(st.integers(1, 255))
     with pytest.raises(SealingError):
         ring.open(bytes(sealed), aad=AAD)
+
+
+def test_a_missing_master_key_is_never_regenerated_over_sealed_data(tmp_path: Path) -> None:
+    """Issue 11, finding 7: a key regenerated under the same id would open nothing the
+    lost one sealed, and every later start would fail. Refuse, saying what to do."""
+    from sls_core.login import SecureLogin
+
+    data = tmp_path / "data"
+    sls = SecureLogin.open(data)
+    sls.create_user("alice")
+    sls.store.close()
+    (data / "master-key.json").unlink()
+    with pytest.raises(InvalidInputError, match=r"master key is missing.*restore the key file"):
+        SecureLogin.open(data)
+    assert not (data / "master-key.json").exists()  # nothing created
+
+
+def test_the_server_refuses_to_start_without_its_master_key_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from sls_core.login import SecureLogin
+
+    data = tmp_path / "data"
+    SecureLogin.open(data).store.close()
+    (data / "master-key.json").unlink()
+    done = subprocess.run(  # noqa: S603 - this interpreter, fixed arguments
+        [
+            sys.executable,
+            "-m",
+            "sls_core.server",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith(
+        "sls-core: cannot start: key_file: the master key is missing"
+    )

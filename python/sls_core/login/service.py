@@ -143,11 +143,21 @@ class SecureLogin:
         data_dir = Path(data_dir)
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner only, as its files
         key_path = Path(key_file) if key_file is not None else data_dir / "master-key.json"
+        database = data_dir / "sls.db"
         try:
             keyring = MasterKeyRing.load(key_file=key_path)
         except FileNotFoundError:
+            if database.exists() and database.stat().st_size > 0:
+                # A new key cannot open what the lost one sealed, and one generated under
+                # the same id would make every later start fail: refuse, say what to do.
+                raise InvalidInputError(
+                    "key_file",
+                    f"the master key is missing: {database} holds secrets sealed with it, and "
+                    f"{key_path} does not exist nor is SLS_CORE_MASTER_KEYS set; restore the "
+                    "key file from its backup (or set SLS_CORE_MASTER_KEYS), then start again",
+                ) from None
             keyring = MasterKeyRing.generate_file(key_path)
-        store = SqliteStore(data_dir / "sls.db", keyring=keyring)
+        store = SqliteStore(database, keyring=keyring)
         outbox = Path(sms_outbox) if sms_outbox is not None else data_dir / "sms-outbox.jsonl"
         return cls(store, clock=clock, sms_sender=OutboxSender(outbox), **options)
 

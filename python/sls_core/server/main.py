@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sls_core.errors import SlsError
 from sls_core.server.config import ConfigError, ServerConfig, load_config
 from sls_core.server.logs import setup_logging
 
@@ -214,7 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sls-core: config error: {e}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
-    _prepare(config, announce=True)
+    try:
+        _prepare(config, announce=True)
+    except SlsError as e:
+        # A start that cannot open the store (a missing or wrong master key, a file of a
+        # newer version) is one line that says what to do, not a traceback.
+        print(f"sls-core: cannot start: {e}", file=sys.stderr)
+        return 2
     if config.workers == 1:
         from sls_core.server.app import run
 

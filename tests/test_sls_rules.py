@@ -493,3 +493,52 @@ def test_a_sharing_request_names_which_username_is_unknown(sls: SecureLogin) -> 
         sls.request_sharing("owner", shared, "nobody", token=token, response=answer)
     with pytest.raises(InvalidInputError, match=r"^owner: invalid characters"):
         sls.request_sharing("own-er", shared, "alice2", token=token, response=answer)
+
+
+# -- hardening: one device's suite never breaks other users' logins --------------------------
+
+
+@pytest.mark.parametrize(
+    "suite",
+    [
+        "OCRA-1:HOTP-SHA1-8:C-QN06-PSHA1",
+        "OCRA-1:HOTP-SHA256-8:QN08-T1M",
+        "OCRA-1:HOTP-SHA256-8:QN08-S064",
+        "OCRA-1:HOTP-SHA1-6:QA08",
+        "OCRA-1:HOTP-SHA1-6:QN04",
+    ],
+)
+def test_a_suite_logins_cannot_verify_is_refused_at_enrollment(
+    sls: SecureLogin, suite: str
+) -> None:
+    """Issue 11, finding 2."""
+    with pytest.raises(InvalidInputError, match=r"^suite: a login suite"):
+        sls.enroll_device("alice", DeviceType.DSC_PLUS, secret=SECRET, pin=PIN, suite=suite)
+
+
+def test_other_suites_that_take_only_the_challenge_and_pin_are_supported(sls: SecureLogin) -> None:
+    suite = "OCRA-1:HOTP-SHA256-6:QN08-PSHA1"
+    sls.enroll_device("alice", DeviceType.DSC_PLUS, secret=SECRET, pin=PIN, suite=suite)
+    c = sls.issue_challenge("alice")
+    assert c.challenge is not None
+    answer = ocra.compute(suite, SECRET, question=c.challenge, pin=PIN)
+    assert sls.verify("alice", c.token, answer).ok
+
+
+def test_a_device_with_an_unverifiable_suite_fails_alone_never_its_batch(
+    sls: SecureLogin,
+) -> None:
+    """A device stored before such suites were refused: its items are MALFORMED (not a
+    guess); the other users of the same batch are verified as usual."""
+    with_dsc(sls)
+    sls.create_user("old")
+    legacy = sls.enroll_device("old", DeviceType.DSC_PLUS, secret=SECRET, pin=PIN)
+    with sls.context.write() as tx:
+        tx.store.update_device(legacy.id, suite="OCRA-1:HOTP-SHA1-8:C-QN06-PSHA1")
+    good = sls.issue_challenge("alice")
+    bad = sls.issue_challenge("old")
+    result = sls.verify_batch(
+        ["alice", "old"], [good.token, bad.token], [dsc(good.challenge), dsc(bad.challenge)]
+    )
+    assert [result[0], result[1]] == [OC.OK, OC.MALFORMED]
+    assert sls.lockout_status("old").consecutive_failures == 0

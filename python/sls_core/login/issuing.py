@@ -11,6 +11,7 @@ import hashlib
 import re
 import secrets
 
+from sls_core import ocra
 from sls_core.devices import DeviceType
 from sls_core.errors import InvalidInputError, InvalidInputTypeError
 from sls_core.login.directory import DeviceEntry
@@ -20,6 +21,7 @@ from sls_core.values import Challenge, Purpose
 __all__ = [
     "OCRA_SUITES",
     "challenge_value",
+    "check_login_suite",
     "check_purpose",
     "check_task",
     "hash_pin",
@@ -111,3 +113,20 @@ def new_serial(device_type: DeviceType) -> str:
         DeviceType.SMS: "SM",
     }.get(device_type, device_type.value[:2].upper())
     return f"{prefix}-{''.join(secrets.choice(lifecycle.PASSCODE_ALPHABET) for _ in range(8))}"
+
+
+def check_login_suite(suite: str) -> ocra.Suite:
+    """A device's OCRA suite, if logins can verify it: the login path supplies the 6-digit
+    challenge and the PIN hash, nothing else (SLS-RULES "Challenge / response"), so a
+    suite that needs a counter, a session or a timestamp, or a question other than at
+    least 6 decimal digits, is refused at enrollment with the reason."""
+    info = ocra.parse_suite(suite)
+    if info.counter or info.session_length is not None or info.time_step is not None:
+        raise InvalidInputError(
+            "suite", "a login suite takes no counter (C), session (S) or timestamp (T) input"
+        )
+    if info.question_format != "N" or info.question_length < 6:
+        raise InvalidInputError(
+            "suite", "a login suite's question is numeric (QN) and holds the 6-digit challenge"
+        )
+    return info

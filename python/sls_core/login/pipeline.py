@@ -29,6 +29,7 @@ import numpy.typing as npt
 from sls_core import card, hotp, ocra, push
 from sls_core.challenge import TokenStatus
 from sls_core.devices import DeviceState, DeviceType
+from sls_core.errors import InvalidInputError
 from sls_core.login.context import LoginContext
 from sls_core.login.directory import DeviceEntry
 from sls_core.outcome import LoginOutcome, Outcome
@@ -345,7 +346,9 @@ class ResponsePlan(Plan):
     def _ocra(
         self, suite: str, rows: npt.NDArray[np.intp], keys: Any, pins: Any, responses: list[Any]
     ) -> None:
-        if len(rows):
+        if not len(rows):
+            return
+        try:
             self.raw[rows] = ocra.verify_batch(
                 suite,
                 keys,
@@ -354,6 +357,10 @@ class ResponsePlan(Plan):
                 pin_hashes=pins,
                 threads=self.ctx.threads,
             )
+        except InvalidInputError:
+            # A device whose suite this path cannot verify (enrolled before such suites
+            # were refused): its items fail alone, as not evaluated; never their batch.
+            self.raw[rows] = _MALFORMED
 
     def evaluate(self) -> None:
         """Kernel work: one batch call per OCRA suite and per method."""

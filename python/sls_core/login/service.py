@@ -28,6 +28,7 @@ from sls_core.login.directory import DeviceEntry
 from sls_core.login.issuing import (
     OCRA_SUITES,
     challenge_value,
+    check_login_suite,
     check_purpose,
     check_task,
     hash_pin,
@@ -289,7 +290,7 @@ class SecureLogin:
         pin_hash = None
         if device_type.method == "ocra":
             suite = suite or OCRA_SUITES[device_type]
-            info = ocra.parse_suite(suite)
+            info = check_login_suite(suite)
             if secret is None:
                 secret = secrets.token_bytes(20)
             if info.pin_algorithm is not None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from grpc_fixtures import CALL_TIMEOUT, GrpcIbKey, InProcessServer, Stubs
 from sls_core.api.v1 import (
@@ -440,3 +442,123 @@ def test_a_deadline_too_short_for_the_call_is_deadline_exceeded(stubs: Stubs) ->
         allowed_next = (common_pb2.OUTCOME_REPLAYED,)
     again = V.VerifyRequest(username="alice", token=c.token, response=answer)
     assert stubs.verification.Verify(again).outcome in allowed_next
+
+
+# -- hardening: malformed messages and out-of-range ids (issue 11, finding 9) -------------
+
+
+def _all_methods() -> list[tuple[str, Any, bool]]:
+    """Every sls.v1 RPC: its path, its request message class, and whether it streams."""
+    from sls_core.api.v1 import portal_pb2
+
+    found = []
+    for module in (verification_pb2, activation_pb2, push_pb2, admin_pb2, portal_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                path = f"/{service.full_name}/{method.name}"
+                request = method.input_type.full_name
+                found.append((path, request, method.client_streaming))
+    return found
+
+
+METHODS = _all_methods()
+#: Bytes that are no protobuf message at all: a truncated varint, a truncated
+#: length-delimited field, a wire type that does not exist.
+NOT_MESSAGES = [b"\x08", b"\x0a\x05ab", b"\x0f\x00"]
+
+
+def _send_raw(server: InProcessServer, path: str, streaming: bool, data: bytes) -> grpc.RpcError:
+    channel = grpc.insecure_channel(server.address)
+    try:
+        if streaming:
+            call = channel.stream_stream(path)
+            with pytest.raises(grpc.RpcError) as raised:
+                list(call(iter([data]), timeout=CALL_TIMEOUT))
+        else:
+            call = channel.unary_unary(path)
+            with pytest.raises(grpc.RpcError) as raised:
+                call(data, timeout=CALL_TIMEOUT)
+        return raised.value
+    finally:
+        channel.close()
+
+
+@pytest.mark.parametrize(("path", "message", "streaming"), METHODS, ids=[m[0] for m in METHODS])
+def test_bytes_that_are_not_the_request_are_invalid_argument_naming_the_message(
+    server: InProcessServer, path: str, message: str, streaming: bool
+) -> None:
+    for data in NOT_MESSAGES:
+        error = _send_raw(server, path, streaming, data)
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (path, data, error.details())
+        assert error.details() == f"request: not a valid {message} message"
+
+
+def test_invalid_utf8_in_a_string_field_is_invalid_argument(server: InProcessServer) -> None:
+    username_not_utf8 = b"\x0a\x02\xff\xfe"  # VerifyRequest field 1 (username), 2 bytes
+    error = _send_raw(server, "/sls.v1.VerificationService/Verify", False, username_not_utf8)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "request: not a valid sls.v1.VerifyRequest message"
+
+
+def test_a_malformed_request_is_logged_like_any_other_call(
+    server: InProcessServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="sls_core.server.access")
+    import time
+
+    _send_raw(server, "/sls.v1.VerificationService/Verify", False, b"\x0a\x02\xff\xfe")
+
+    def logged() -> list[dict[str, Any]]:
+        return [
+            getattr(r, "fields", {}) for r in caplog.records if r.name == "sls_core.server.access"
+        ]
+
+    end = time.monotonic() + CALL_TIMEOUT  # the line follows the status out
+    while not logged() and time.monotonic() < end:
+        time.sleep(0.01)
+    (line,) = logged()
+    assert (line["method"], line["code"]) == (
+        "/sls.v1.VerificationService/Verify",
+        "INVALID_ARGUMENT",
+    )
+
+
+def test_a_push_id_beyond_the_store_range_is_invalid_argument_naming_the_field(
+    stubs: Stubs,
+) -> None:
+    big = 2**64 - 1
+    for call, request in (
+        (
+            stubs.push.AnswerPush,
+            push_pb2.AnswerPushRequest(challenge_id=big, signature=b"s" * 64),
+        ),
+        (stubs.push.GetPushStatus, push_pb2.GetPushStatusRequest(challenge_id=big)),
+    ):
+        error = refused(call, request)
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert (error.details() or "").startswith("challenge_id: ")
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(method=st.sampled_from(METHODS), data=st.binary(max_size=64))
+def test_any_bytes_sent_to_any_rpc_get_a_status_that_names_the_problem(
+    server: InProcessServer, method: tuple[str, str, bool], data: bytes
+) -> None:
+    """Property: whatever the bytes, no RPC answers UNKNOWN or INTERNAL (a traceback)."""
+    path, _, streaming = method
+    channel = grpc.insecure_channel(server.address)
+    code = grpc.StatusCode.OK
+    try:
+        if streaming:
+            list(channel.stream_stream(path)(iter([data]), timeout=CALL_TIMEOUT))
+        else:
+            channel.unary_unary(path)(data, timeout=CALL_TIMEOUT)
+    except grpc.RpcError as e:
+        code = e.code()
+    finally:
+        channel.close()
+    assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), path

@@ -379,6 +379,8 @@ class IbKey:
         """The app's answer: OK (approved), DECLINED, WRONG (signature does not verify for
         this challenge, user and device: a failed attempt), REPLAYED (already answered),
         EXPIRED, LOCKED, ACCOUNT_CLOSED, DEVICE_NOT_ACTIVE."""
+        if _push_id(challenge_id) is None:
+            raise InvalidInputError("challenge_id", "must be a push id (an integer below 2^63)")
         outcomes = self.answer_pushes([challenge_id], [decision], [signature])
         return LoginOutcome(int(outcomes[0]))
 

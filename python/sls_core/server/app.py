@@ -16,7 +16,7 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -57,6 +57,7 @@ from sls_core.server.servicers import (
     PushServicer,
     VerificationServicer,
 )
+from sls_core.server.status import MalformedRequestGuard
 
 __all__ = ["SERVICE_NAMES", "SlsServer", "run"]
 
@@ -151,16 +152,18 @@ class SlsServer:
             ],
             options=options,
         )
+        # The generated registrars take a server; the guard acts as one for them.
+        checked = cast(grpc.aio.Server, MalformedRequestGuard(server))
         verification_pb2_grpc.add_VerificationServiceServicer_to_server(
-            VerificationServicer(domain), server
+            VerificationServicer(domain), checked
         )
         activation_pb2_grpc.add_ActivationServiceServicer_to_server(
-            ActivationServicer(domain), server
+            ActivationServicer(domain), checked
         )
-        push_pb2_grpc.add_PushServiceServicer_to_server(PushServicer(domain), server)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(domain), server)
-        admin_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(domain), server)
-        portal_pb2_grpc.add_PortalServiceServicer_to_server(PortalServicer(domain), server)
+        push_pb2_grpc.add_PushServiceServicer_to_server(PushServicer(domain), checked)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(domain), checked)
+        admin_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(domain), checked)
+        portal_pb2_grpc.add_PortalServiceServicer_to_server(PortalServicer(domain), checked)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         _enable_reflection(server)

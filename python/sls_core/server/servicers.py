@@ -46,7 +46,7 @@ from sls_core.errors import InvalidInputError
 from sls_core.server.coalescing import Attempt, SingleVerifier
 from sls_core.server.domain import Domain
 from sls_core.server.interceptors import Caller, current_caller
-from sls_core.server.status import Context, RefusedError, abort_for, rpc
+from sls_core.server.status import Context, RefusedError, abort_for, check_request, rpc
 from sls_core.values import (
     Access,
     ActivationError,
@@ -230,6 +230,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
                 if request is grpc.aio.EOF:
                     return
                 try:
+                    check_request(request)
                     self._check_batch(request)
                     yield await self.d.run_batch(
                         context,

@@ -27,7 +27,16 @@ import grpc.aio
 from sls_core.errors import InvalidInputError
 from sls_core.values import ActivationError, SharingError
 
-__all__ = ["Context", "DeadlinePassedError", "RefusedError", "abort_for", "rpc"]
+__all__ = [
+    "Context",
+    "DeadlinePassedError",
+    "MalformedRequest",
+    "MalformedRequestGuard",
+    "RefusedError",
+    "abort_for",
+    "check_request",
+    "rpc",
+]
 
 log = logging.getLogger("sls_core.server")
 
@@ -68,12 +77,63 @@ async def abort_for(error: BaseException, context: Context, method: str) -> None
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
+class MalformedRequest:
+    """What a request that is not its message decodes to (garbage, truncated, invalid
+    UTF-8 in a string field): the handler answers INVALID_ARGUMENT naming it, and the call
+    is logged like any other, instead of grpcio's bare UNKNOWN."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def check_request(request: object) -> None:
+    """Raises the INVALID_ARGUMENT error of a request that did not decode."""
+    if isinstance(request, MalformedRequest):
+        raise InvalidInputError("request", f"not a valid {request.message} message")
+
+
+def _tolerant(deserialize: Callable[[bytes], Any], message: str) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:  # DecodeError and whatever a broken message raises
+            return MalformedRequest(message)
+
+    return decode
+
+
+class MalformedRequestGuard:
+    """Stands in for the server when the generated ``add_*Servicer_to_server`` registers a
+    service: every method's request deserializer is wrapped so that bytes which are not
+    the request message reach the handler as a :class:`MalformedRequest`."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Ignored: the same methods arrive next, wrapped, in the call below."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        wrapped = {}
+        for name, handler in handlers.items():
+            message = getattr(handler.request_deserializer, "__self__", None)
+            label = message.DESCRIPTOR.full_name if message is not None else f"{service}.{name}"
+            wrapped[name] = handler._replace(
+                request_deserializer=_tolerant(handler.request_deserializer, label)
+            )
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, wrapped),)
+        )
+        self._server.add_registered_method_handlers(service, wrapped)
+
+
 def rpc(method: F) -> F:
     """Maps a unary handler's exceptions to status codes (see :func:`abort_for`)."""
 
     @functools.wraps(method)
     async def handler(self: Any, request: Any, context: Context) -> Any:
         try:
+            check_request(request)
             return await method(self, request, context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise

@@ -395,10 +395,15 @@ def test_a_sharing_request_is_proved_by_the_owner_answering_with_the_shared_devi
     assert request.set_aside == (own,)
     assert sls.device("alice2", own).state is DeviceState.SUSPENDED
     assert login(sls, name="alice2") is OC.OK  # the shared card answers for alice2
-    # A login answer is no proof of possession for sharing (purpose-bound tokens).
+    # The same request twice is refused; a login answer is no proof of possession
+    # (purpose-bound tokens).
+    token, answer = _proof(sls, shared)
+    with pytest.raises(SharingError, match="already open"):
+        sls.request_sharing("owner", shared, "alice2", token=token, response=answer)
+    sls.create_user("alice3", PERSON)
     c = sls.issue_challenge("owner", device_id=shared)
     with pytest.raises(SharingError, match="possession"):
-        sls.request_sharing("owner", shared, "alice2", token=c.token, response=dsc(c.challenge))
+        sls.request_sharing("owner", shared, "alice3", token=c.token, response=dsc(c.challenge))
 
 
 def test_a_sharing_request_may_wait_for_compliance_approval(sls: SecureLogin) -> None:
@@ -542,3 +547,84 @@ def test_a_device_with_an_unverifiable_suite_fails_alone_never_its_batch(
     )
     assert [result[0], result[1]] == [OC.OK, OC.MALFORMED]
     assert sls.lockout_status("old").consecutive_failures == 0
+
+
+# -- review findings: sharing, lost devices, step-up, online card, SMS ----------------------
+
+
+def test_cancelling_a_share_never_brings_back_a_device_revoked_since(sls: SecureLogin) -> None:
+    shared, own = _holder_pair(sls)
+    token, answer = _proof(sls, shared)
+    request = sls.request_sharing("owner", shared, "alice2", token=token, response=answer)
+    sls.revoke_device("alice2", own)
+    sls.cancel_sharing(request.id, username="alice2")
+    assert sls.device("alice2", own).state is DeviceState.REVOKED
+
+
+def test_a_closed_or_locked_requester_gets_no_shared_device(sls: SecureLogin) -> None:
+    shared, _ = _holder_pair(sls)
+    for _ in range(10):
+        sls.record_password_failure("alice2")
+    token, answer = _proof(sls, shared)
+    with pytest.raises(InvalidInputError, match="locked"):
+        sls.request_sharing("owner", shared, "alice2", token=token, response=answer)
+    with pytest.raises(InvalidInputError, match="locked"):
+        sls.share_device("owner", shared, "alice2")
+    sls.unlock("alice2", by="agent")
+    request = sls.request_sharing(
+        "owner", shared, "alice2", token=token, response=answer, needs_approval=True
+    )
+    sls.close_account("alice2")
+    with pytest.raises(InvalidInputError, match="closed"):
+        sls.approve_sharing(request.id)  # judged again at approval
+    assert shared not in {d.id for d in sls.devices("alice2")}
+
+
+def test_a_proof_from_another_device_is_refused_before_it_counts(sls: SecureLogin) -> None:
+    shared, _ = _holder_pair(sls)
+    other = sls.enroll_device("owner", DeviceType.DSC_PLUS, secret=bytes(range(9, 29)), pin=PIN)
+    for _ in range(9):
+        sls.record_password_failure("owner")
+    c = sls.issue_challenge("owner", device_id=other.id, purpose=Purpose.SHARING)
+    answer = ocra.compute(SUITE, bytes(range(9, 29)), question=c.challenge, pin=PIN)
+    with pytest.raises(SharingError, match="possession"):
+        sls.request_sharing("owner", shared, "alice2", token=c.token, response=answer)
+    assert sls.lockout_status("owner").consecutive_failures == 9  # no success recorded
+
+
+def test_a_lost_device_is_never_reactivated_while_its_replacement_is_on_its_way(
+    sls: SecureLogin,
+) -> None:
+    lost = with_dsc(sls)
+    sls.enroll_device(
+        "alice",
+        DeviceType.DSC_PLUS,
+        secret=bytes(range(1, 21)),
+        pin=PIN,
+        shipped=True,
+        replaces=lost,
+        replaces_lost=True,
+    )
+    with pytest.raises(InvalidInputError, match="device"):
+        sls.issue_challenge("alice", purpose=Purpose.REACTIVATION)
+    with pytest.raises(InvalidInputError, match="being replaced"):
+        sls.issue_challenge("alice", device_id=lost, purpose=Purpose.REACTIVATION)
+
+
+def test_a_temporary_passcode_is_no_step_up_answer(sls: SecureLogin) -> None:
+    with_dsc(sls)
+    passcode = sls.issue_temporary_passcode("alice")
+    assert sls.verify("alice", None, passcode).ok
+    step = sls.verify("alice", None, passcode, task="withdrawal")
+    assert step.outcome is OC.CHALLENGE_INVALID
+
+
+def test_a_locked_user_gets_no_online_card_and_no_sms_code(sls: SecureLogin) -> None:
+    sls.issue_temporary_passcode("alice")
+    sls.enroll_device("alice", DeviceType.SMS, phone="+41791234567")
+    for _ in range(10):
+        sls.record_password_failure("alice")
+    with pytest.raises(InvalidInputError, match="locked"):
+        sls.issue_online_card("alice")
+    with pytest.raises(InvalidInputError, match="locked"):
+        sls.issue_challenge("alice")

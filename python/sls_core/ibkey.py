@@ -223,6 +223,7 @@ class IbKey:
             where = {"manual_prefix": prefix}
         refusal: ActivationError | None = None
         enrolled: list[int] = []
+        enrolled_name: list[str] = []
         with ctx.write() as tx:
             offer = tx.store.take_activation(now=now, **where)
             if offer is None:
@@ -270,6 +271,7 @@ class IbKey:
                         ctx.end_temporary(store, user.id)
                         ctx.end_sms(store, user.id)
                         enrolled.append(device_id)
+                        enrolled_name.append(user.username)  # read here, under the lock
 
                     plan = OfferPlan(ctx, user.id, None, enroll, now)
                     plan.decide(tx.store)
@@ -277,7 +279,7 @@ class IbKey:
         if refusal is not None:
             raise refusal
         assert offer is not None
-        name = ctx.directory.user_by_id[offer.user_id].username
+        name = enrolled_name[0]
         return Activated(
             self._device(name, enrolled[0]), name, offer.server_public, offer.session_id, suite
         )

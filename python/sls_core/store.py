@@ -242,6 +242,7 @@ class StoreTx(Protocol):
     def unlink(self, user_id: int, device_id: int) -> None: ...
     def insert_sharing(self, row: SharingRow) -> int: ...
     def sharing(self, request_id: int) -> SharingRow | None: ...
+    def open_sharing(self, requester_id: int, device_id: int) -> SharingRow | None: ...
     def update_sharing(self, request_id: int, *, state: str, decided_at: float) -> None: ...
     def bulk_enroll(
         self, users: Sequence[tuple[str, dict[str, str]]], devices: Sequence[DeviceRow], now: float
@@ -588,6 +589,15 @@ class _SqliteTx:
             float(created),
             None if decided is None else float(decided),
         )
+
+    def open_sharing(self, requester_id: int, device_id: int) -> SharingRow | None:
+        """The pending or active request of ``requester_id`` for ``device_id``, if any."""
+        found = self._conn.execute(
+            "SELECT id FROM sharing_requests WHERE requester_id = ? AND device_id = ?"
+            " AND state IN ('pending', 'active')",
+            (requester_id, device_id),
+        ).fetchone()
+        return None if found is None else self.sharing(int(found[0]))
 
     def update_sharing(self, request_id: int, *, state: str, decided_at: float) -> None:
         self._conn.execute(

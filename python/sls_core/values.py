@@ -120,6 +120,7 @@ class SharingError(SlsError, ValueError):
     NOT_SHAREABLE = "this device type is not shared"
     NOT_PENDING = "no such pending sharing request"
     NO_PROOF = "the owner did not prove possession of the device"
+    ALREADY_REQUESTED = "a request to share this device with this user is already open"
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"device sharing refused: {reason}")

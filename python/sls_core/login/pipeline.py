@@ -103,6 +103,12 @@ class Plan:
         self.evaluate()
         self.settle(tx)
 
+    def require_device(self, i: int, device_id: int) -> None:
+        """Item ``i`` must answer with ``device_id`` (an answer from another device of the
+        user is refused as CHALLENGE_INVALID, before it could count)."""
+        if self.out[i] == _OPEN and int(self.device_ids[i]) != device_id:
+            self.out[i] = LoginOutcome.CHALLENGE_INVALID
+
     # -- shared gates -------------------------------------------------------------------------
     def gate_users(self, names: Sequence[object]) -> None:
         """Unknown usernames (bad characters or simply no such user) and closed accounts."""
@@ -289,12 +295,17 @@ class ResponsePlan(Plan):
                 continue  # the common case: an active challenge/response device
             if not self.gate_device(i, entry, wanted):
                 continue
+            if self.purpose is Purpose.REACTIVATION and entry.row.id in d.replaced_by:
+                # A replacement is on its way (the device was lost): it never comes back.
+                self.out[i] = LoginOutcome.DEVICE_NOT_ACTIVE
+                continue
             if entry.type in _ENDED_BY_ACTIVATION and self.ctx.ended_by_auto_activation(
                 uid, entry.row.issued_at, self.now
             ):
                 self.out[i] = LoginOutcome.DEVICE_NOT_ACTIVE
             elif entry.type is DeviceType.TEMPORARY_PASSCODE:
-                if has_token_list[i] or not login_like:
+                # A passcode logs in; a step-up is a challenge/response, once per task.
+                if has_token_list[i] or self.purpose is not Purpose.LOGIN:
                     self.out[i] = LoginOutcome.CHALLENGE_INVALID
                 else:
                     self.scope_limited[i] = lifecycle.passcode_scope_limited(

@@ -443,10 +443,10 @@ class SecureLogin:
         allows it: same holder, no temporary device among them, and the shared device is
         the most secure any of them holds."""
         with self.context.write() as tx:
-            first = self.context.user(owner)
-            second = self.context.user(with_username)
+            first = self.context.user(owner, field="owner")
+            second = self.context.user(with_username, field="with_username")
             entry = self.context.device_of(first, device_id)
-            self._check_sharing(first, second, entry, self.clock.now())
+            self._check_sharing(tx, first, second, entry, self.clock.now())
             tx.store.link(second.id, device_id)
 
     def request_sharing(
@@ -471,7 +471,9 @@ class SecureLogin:
             first = self.context.user(owner, field="owner")
             second = self.context.user(with_username, field="with_username")
             entry = self.context.device_of(first, device_id)
-            self._check_sharing(first, second, entry, now)
+            self._check_sharing(tx, first, second, entry, now)
+            if tx.store.open_sharing(second.id, device_id) is not None:
+                raise SharingError(SharingError.ALREADY_REQUESTED)
             plan = ResponsePlan(
                 self.context,
                 [owner],
@@ -482,10 +484,13 @@ class SecureLogin:
                 None,
                 now,
             )
-            plan.decide(tx.store)
+            plan.resolve()
+            # The proof must come from the device to share: any other is no proof, and is
+            # refused before it could count as the owner's success.
+            plan.require_device(0, device_id)
+            plan.evaluate()
+            plan.settle(tx.store)
             outcome = LoginOutcome(int(plan.out[0]))
-            if outcome is LoginOutcome.OK and int(plan.device_ids[0]) != device_id:
-                outcome = LoginOutcome.CHALLENGE_INVALID
             if outcome is LoginOutcome.OK:
                 set_aside = tuple(
                     e.row.id
@@ -538,20 +543,37 @@ class SecureLogin:
             )
             if row is None or SharingState(row.state) not in allowed:
                 raise SharingError(SharingError.NOT_PENDING)
+            users = self.context.directory.user_by_id
+            owner_row, requester_row = users[row.owner_id], users[row.requester_id]
             if to is SharingState.ACTIVE:
+                # Approval comes later: the rules and the requester's account are judged
+                # again as they are now.
+                shared = self.context.directory.devices[row.device_id]
+                self._check_sharing(tx, owner_row, requester_row, shared, now)
                 tx.store.link(row.requester_id, row.device_id)
             else:
                 tx.store.unlink(row.requester_id, row.device_id)
                 for aside in row.set_aside:
-                    tx.store.update_device(aside, state=DeviceState.ACTIVE.value)
+                    # Only what this request set aside and is still set aside comes back:
+                    # a device revoked, replaced or lost since stays out of service.
+                    device = self.context.directory.devices.get(aside)
+                    if (
+                        device is not None
+                        and not requester_row.closed
+                        and device.row.state == DeviceState.SUSPENDED.value
+                        and aside not in self.context.directory.replaced_by
+                    ):
+                        tx.store.update_device(aside, state=DeviceState.ACTIVE.value)
             tx.store.update_sharing(request_id, state=to.value, decided_at=now)
-            users = self.context.directory.user_by_id
-            owner, requester = users[row.owner_id].username, users[row.requester_id].username
+            owner, requester = owner_row.username, requester_row.username
         return SharingRequest(request_id, owner, requester, row.device_id, to, row.set_aside)
 
     def _check_sharing(
-        self, first: UserRow, second: UserRow, entry: DeviceEntry, now: float
+        self, tx: WriteTx, first: UserRow, second: UserRow, entry: DeviceEntry, now: float
     ) -> None:
+        """The sharing rules, and the requester's account: a closed or locked user gets no
+        device (SLS-RULES "One rule for every way in")."""
+        self._refuse_issue(tx, second, "shared device")
         live = [
             other.type
             for user in (first, second)
@@ -632,7 +654,7 @@ class SecureLogin:
         secret = secrets.token_bytes(20)
         with self.context.write() as tx:
             user = self.context.user(username)
-            rules_access.issue_refusal(closed=user.closed, locked=False, what="online card")
+            self._refuse_issue(tx, user, "online card")
             passcodes = [
                 e
                 for e in self.context.devices_of(user.id)
@@ -703,6 +725,9 @@ class SecureLogin:
             if purpose is not Purpose.LOGIN and purpose is not Purpose.STEP_UP:
                 self._refuse_issue(tx, user, f"{purpose.name.lower()} challenge")
             entry = self._pick_device(user, device_id, purpose, now)
+            if entry.type.method == "sms":
+                # A text costs money and its answer would be refused: none is sent.
+                self._refuse_issue(tx, user, "SMS code")
             challenge_id = self.context.next_challenge_id(tx.store)
         method = entry.type.method
         if method == "passcode":
@@ -762,6 +787,8 @@ class SecureLogin:
         self, user: UserRow, device_id: int | None, purpose: Purpose, now: float
     ) -> DeviceEntry:
         wanted = lifecycle.state_answering(purpose)
+        # A device with a replacement on its way (lost) is never reactivated.
+        replaced = purpose is Purpose.REACTIVATION
         if device_id is not None:
             entry = self.context.device_of(user, device_id)
         else:
@@ -771,12 +798,15 @@ class SecureLogin:
                     self.context.effective_state(e, now) is wanted
                     and e.type is not DeviceType.TEMPORARY_PASSCODE
                     and (e.row.expires_at or float("inf")) > now
+                    and not (replaced and e.row.id in self.context.directory.replaced_by)
                 ),
                 f"{wanted.value} device",
             )
         state = self.context.effective_state(entry, now)
         if state is not wanted:
             raise InvalidInputError("device_id", f"the device is {state.value}")
+        if replaced and entry.row.id in self.context.directory.replaced_by:
+            raise InvalidInputError("device_id", "the device is being replaced (lost)")
         if entry.row.expires_at is not None and now >= entry.row.expires_at:
             raise InvalidInputError("device_id", "the device has expired")
         return entry

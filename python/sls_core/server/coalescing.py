@@ -33,6 +33,8 @@ __all__ = ["Attempt", "SingleVerifier", "VerifyBatch"]
 VerifyBatch = Callable[..., BatchResult]
 #: One domain batch per kind: what a single VerifyBatch call carries once for all items.
 _Kind = tuple[Access, Purpose, str | None]
+#: A call's answer: (outcome, device id), its kind's error, or None (expired, cancelled).
+_Answer = tuple[LoginOutcome, int] | BaseException | None
 
 
 @dataclass(frozen=True)
@@ -138,10 +140,10 @@ class SingleVerifier:
         job = self.d.executor.submit(self._run, batch)
         job.add_done_callback(lambda f: loop.call_soon_threadsafe(self._done, batch, f))
 
-    def _run(self, batch: _Batch, *, wait: bool = True) -> list[tuple[LoginOutcome, int] | None]:
+    def _run(self, batch: _Batch, *, wait: bool = True) -> list[_Answer]:
         """One domain batch per (access, purpose, task), in arrival order, on a worker
         thread (or the loop, ``wait=False``); None for a call that expired or was
-        cancelled before the batch started."""
+        cancelled before the batch started, the error for the calls of a kind that failed."""
         with batch.lock:
             batch.started = True
             now = time.monotonic()
@@ -149,24 +151,32 @@ class SingleVerifier:
                 not (w.expired or w.future.cancelled()) and (w.deadline is None or now < w.deadline)
                 for w in batch.calls
             ]
-        answers: list[tuple[LoginOutcome, int] | None] = [None] * len(batch.calls)
+        answers: list[_Answer] = [None] * len(batch.calls)
         kinds: dict[_Kind, list[int]] = {}
         for i, w in enumerate(batch.calls):
             if live[i]:
                 kinds.setdefault(w.attempt.kind, []).append(i)
         for (access, purpose, task), rows in kinds.items():
             attempts = [batch.calls[i].attempt for i in rows]
-            result = self._verify(
-                "Verify",
-                [a.caller for a in attempts],
-                [a.username for a in attempts],
-                [a.token for a in attempts],
-                [a.response for a in attempts],
-                access,
-                purpose,
-                task,
-                wait=wait,
-            )
+            try:
+                result = self._verify(
+                    "Verify",
+                    [a.caller for a in attempts],
+                    [a.username for a in attempts],
+                    [a.token for a in attempts],
+                    [a.response for a in attempts],
+                    access,
+                    purpose,
+                    task,
+                    wait=wait,
+                )
+            except WriterBusyError:
+                raise  # only on the loop, with one kind: nothing was done
+            except Exception as error:
+                # The kinds before this one are committed: their callers get their verdicts.
+                for i in rows:
+                    answers[i] = error
+                continue
             outcomes, devices = result.outcomes.tolist(), result.device_ids.tolist()
             for k, i in enumerate(rows):
                 answers[i] = (LoginOutcome(outcomes[k]), devices[k])
@@ -180,7 +190,7 @@ class SingleVerifier:
     @staticmethod
     def _answer(
         batch: _Batch,
-        answers: list[tuple[LoginOutcome, int] | None] | None,
+        answers: list[_Answer] | None,
         error: BaseException | None,
     ) -> None:
         if answers is None:
@@ -190,6 +200,8 @@ class SingleVerifier:
                 continue
             if error is not None:
                 w.future.set_exception(error)
+            elif isinstance(answer, BaseException):
+                w.future.set_exception(answer)
             elif answer is None:
                 w.future.set_exception(DeadlinePassedError())
             else:

@@ -43,6 +43,7 @@ from sls_core.api.v1 import (
     verification_pb2_grpc,
 )
 from sls_core.errors import InvalidInputError
+from sls_core.login.issuing import check_task
 from sls_core.server.coalescing import Attempt, SingleVerifier
 from sls_core.server.domain import Domain
 from sls_core.server.interceptors import Caller, current_caller
@@ -113,12 +114,15 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
         self, request: verification_pb2.VerifyRequest, context: Context
     ) -> verification_pb2.VerifyResponse:
         task = wire.from_text(request.task)
+        purpose = wire.from_purpose(request.purpose, task=task)
+        # Refused on arrival: a call that cannot be verified never joins others' batch.
+        check_task(purpose, task)
         attempt = Attempt(
             username=request.username,
             token=wire.from_text(request.token),
             response=request.response,
             access=wire.from_access(request.access),
-            purpose=wire.from_purpose(request.purpose, task=task),
+            purpose=purpose,
             task=task,
             caller=current_caller(),
         )

@@ -560,3 +560,12 @@ def test_sighup_while_the_workers_start_kills_none_of_them(tmp_path: Path) -> No
         stubs.channel.close()
         assert supervisor.terminate() == 0
         assert "worker exited" not in supervisor.log()
+
+
+def test_the_auto_activation_delay_is_configured_in_days_within_2_to_3_weeks() -> None:
+    from sls_core.server.config import config_from_mapping
+
+    assert config_from_mapping({"auto_activation_days": 14}).auto_activation_days == 14
+    for bad in (13, 22, "21"):
+        with pytest.raises(ConfigError, match="auto_activation_days"):
+            config_from_mapping({"auto_activation_days": bad})

@@ -628,3 +628,17 @@ def test_a_locked_user_gets_no_online_card_and_no_sms_code(sls: SecureLogin) -> 
         sls.issue_online_card("alice")
     with pytest.raises(InvalidInputError, match="locked"):
         sls.issue_challenge("alice")
+
+
+def test_the_auto_activation_delay_is_set_per_region_from_2_to_3_weeks(tmp_path: Path) -> None:
+    clock = ManualClock(1_800_000_000.0)
+    sls = SecureLogin.open(tmp_path / "eu", clock=clock, auto_activation_delay=14 * DAY)
+    sls.create_user("alice")
+    shipped = sls.enroll_device("alice", DeviceType.DSC_PLUS, secret=SECRET, pin=PIN, shipped=True)
+    clock.advance(14 * DAY - 1)
+    assert sls.device("alice", shipped.id).state is DeviceState.PENDING
+    clock.advance(1)
+    assert sls.device("alice", shipped.id).state is DeviceState.ACTIVE
+    for days in (13, 22):
+        with pytest.raises(InvalidInputError, match="14 to 21 days"):
+            SecureLogin.open(tmp_path / "bad", auto_activation_delay=days * DAY)

@@ -47,8 +47,10 @@ class LoginContext:
         sms_sender: SmsSender | None,
         challenge_ttl: float,
         threads: int | None,
+        auto_activation_delay: float = lifecycle.AUTO_ACTIVATION_DELAY,
     ) -> None:
         self.store = store
+        self.auto_activation_delay = lifecycle.check_auto_activation_delay(auto_activation_delay)
         self.clock = clock
         self.sms_sender = sms_sender
         self.challenge_ttl = challenge_ttl
@@ -149,7 +151,11 @@ class LoginContext:
             for newer in self.directory.replaced_by.get(entry.row.id, ())
         )
         return lifecycle.effective_state(
-            DeviceState(entry.row.state), entry.row.shipped_at, now, replaced
+            DeviceState(entry.row.state),
+            entry.row.shipped_at,
+            now,
+            replaced,
+            self.auto_activation_delay,
         )
 
     def public(self, entry: DeviceEntry, now: float) -> Device:
@@ -198,8 +204,8 @@ class LoginContext:
         return any(
             e.row.state == DeviceState.PENDING.value
             and e.row.shipped_at is not None
-            and lifecycle.auto_activated(e.row.shipped_at, now)
-            and e.row.shipped_at + lifecycle.AUTO_ACTIVATION_DELAY > issued_at
+            and lifecycle.auto_activated(e.row.shipped_at, now, self.auto_activation_delay)
+            and e.row.shipped_at + self.auto_activation_delay > issued_at
             and not e.type.is_temporary
             for e in self.devices_of(user_id)
         )

@@ -98,6 +98,7 @@ class SecureLogin:
         sms_sender: SmsSender | None = None,
         challenge_ttl: float = DEFAULT_CHALLENGE_TTL,
         threads: int | None = None,
+        auto_activation_delay: float = lifecycle.AUTO_ACTIVATION_DELAY,
     ) -> None:
         self.context = LoginContext(
             store,
@@ -105,6 +106,7 @@ class SecureLogin:
             sms_sender=sms_sender,
             challenge_ttl=challenge_ttl,
             threads=threads,
+            auto_activation_delay=auto_activation_delay,
         )
 
     # The shared pieces, read-only, for callers that hold a SecureLogin.

@@ -12,6 +12,7 @@ import re
 
 from sls_core.clock import DAY
 from sls_core.devices import DeviceState, DeviceType
+from sls_core.errors import InvalidInputError
 from sls_core.values import Access, Purpose
 
 __all__ = [
@@ -36,9 +37,10 @@ PASSCODE_FULL_ACCESS = 2 * DAY
 PASSCODE_PORTAL_ACCESS = 12 * DAY
 #: An Online Security Code Card gives full access for up to 21 days from issue.
 ONLINE_CARD_VALIDITY = 21 * DAY
-#: A shipped replacement activates itself this long after shipment if the holder has not
-#: (SLS-RULES: 2-3 weeks by region; three weeks here, our choice).
+#: A shipped replacement activates itself this long after shipment if the holder has not:
+#: 2 to 3 weeks by region (SLS-RULES), set per deployment; three weeks by default.
 AUTO_ACTIVATION_DELAY = 21 * DAY
+AUTO_ACTIVATION_DAYS_RANGE = (14, 21)
 #: Index numbers on a code card.
 CARD_INDICES = 100
 #: Characters of a temporary passcode: upper case and digits without look-alikes
@@ -64,18 +66,35 @@ def online_card_window_open(passcode_issued_at: float, now: float) -> bool:
     return passcode_issued_at <= now < passcode_issued_at + PASSCODE_PORTAL_ACCESS
 
 
-def auto_activated(shipped_at: float | None, now: float) -> bool:
-    """A shipped device that the holder has not activated is active 3 weeks after shipment."""
-    return shipped_at is not None and now >= shipped_at + AUTO_ACTIVATION_DELAY
+def auto_activated(
+    shipped_at: float | None, now: float, delay: float = AUTO_ACTIVATION_DELAY
+) -> bool:
+    """A shipped device that the holder has not activated is active ``delay`` after
+    shipment (2 to 3 weeks by region)."""
+    return shipped_at is not None and now >= shipped_at + delay
+
+
+def check_auto_activation_delay(delay: object) -> float:
+    """The region's auto-activation delay in seconds: 2 to 3 weeks."""
+    low, high = AUTO_ACTIVATION_DAYS_RANGE
+    if not isinstance(delay, int | float) or isinstance(delay, bool):
+        raise InvalidInputError("auto_activation_delay", "must be a number of seconds")
+    if not low * DAY <= delay <= high * DAY:
+        raise InvalidInputError("auto_activation_delay", f"must be {low} to {high} days")
+    return float(delay)
 
 
 def effective_state(
-    stored: DeviceState, shipped_at: float | None, now: float, replaced_by_active: bool
+    stored: DeviceState,
+    shipped_at: float | None,
+    now: float,
+    replaced_by_active: bool,
+    delay: float = AUTO_ACTIVATION_DELAY,
 ) -> DeviceState:
     """The stored state with the timed rules applied: a shipped device auto-activates; an
     active device whose replacement is active is REPLACED."""
     state = stored
-    if state is DeviceState.PENDING and auto_activated(shipped_at, now):
+    if state is DeviceState.PENDING and auto_activated(shipped_at, now, delay):
         state = DeviceState.ACTIVE
     if state is DeviceState.ACTIVE and replaced_by_active:
         return DeviceState.REPLACED

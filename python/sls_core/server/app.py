@@ -12,6 +12,7 @@ and the store close.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ from sls_core.api.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
+from sls_core.clock import DAY
 from sls_core.login import SecureLogin
 from sls_core.server.audit import AuditTrail
 from sls_core.server.config import ServerConfig
@@ -120,7 +122,14 @@ class SlsServer:
         config = self.config
         loop = asyncio.get_running_loop()
         if self.sls is None:
-            self.sls = await loop.run_in_executor(self.executor, SecureLogin.open, config.data_dir)
+            self.sls = await loop.run_in_executor(
+                self.executor,
+                functools.partial(
+                    SecureLogin.open,
+                    config.data_dir,
+                    auto_activation_delay=config.auto_activation_days * DAY,
+                ),
+            )
         # Before the port opens: the first login must not pay for loading the directory.
         await loop.run_in_executor(self.executor, self.sls.warm)
         self.audit = AuditTrail(config.audit_path)

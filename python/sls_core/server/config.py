@@ -109,6 +109,9 @@ class ServerConfig:
     #: One JSON line per decision; default ``data_dir/audit.jsonl``; "" turns it off.
     audit_log: Path | None = None
     audit_enabled: bool = True
+    #: A shipped replacement activates itself this many days after shipment (SLS-RULES:
+    #: 2 to 3 weeks by region).
+    auto_activation_days: int = 21
 
     @property
     def audit_path(self) -> Path | None:
@@ -142,6 +145,7 @@ class ServerConfig:
         ):
             _seconds(name, getattr(self, name))
         _int_range("metrics_port", self.metrics_port, 0, 65535)
+        _int_range("auto_activation_days", self.auto_activation_days, 14, 21)
         if self.log_level not in LOG_LEVELS:
             raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         for cn, role in self.roles.items():
@@ -219,6 +223,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "log_level": (str,),
     "metrics_port": (int,),
     "audit_log": (str,),
+    "auto_activation_days": (int,),
 }
 _TLS_KEYS = {"cert", "key", "client_ca", "require_client_auth"}
 

@@ -569,3 +569,21 @@ def test_the_auto_activation_delay_is_configured_in_days_within_2_to_3_weeks() -
     for bad in (13, 22, "21"):
         with pytest.raises(ConfigError, match="auto_activation_days"):
             config_from_mapping({"auto_activation_days": bad})
+
+
+def test_optional_client_certificates_are_refused_rather_than_silently_ignored(
+    tmp_path: Path,
+) -> None:
+    """Issue 11, finding 10: with require_client_auth = false grpcio never asks for a client
+    certificate, so gateways with valid certificates got no role while the log said mutual
+    TLS. The configuration is refused, saying why and what to do."""
+    from sls_core.server.config import config_from_mapping
+
+    for name in ("server.pem", "server.key", "ca.pem"):
+        (tmp_path / name).write_text("-")
+    tls = {"cert": "server.pem", "key": "server.key", "client_ca": "ca.pem"}
+    with pytest.raises(ConfigError, match=r"tls\.require_client_auth: must be true when client_ca"):
+        config_from_mapping({"tls": {**tls, "require_client_auth": False}}, tmp_path)
+    config = config_from_mapping({"tls": {**tls, "require_client_auth": True}}, tmp_path)
+    assert config.tls is not None
+    assert config.tls.require_client_auth

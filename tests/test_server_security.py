@@ -109,17 +109,21 @@ def test_a_certificate_without_a_role_reaches_health_only(
     from grpc_fixtures import make_pki
 
     pki = make_pki(tmp_path_factory.mktemp("pki2"), clients=("stranger",))
-    tls = TlsConfig(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca)
+    tls = TlsConfig(
+        cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca, require_client_auth=True
+    )
     server = serve(tls=tls, roles={"gateway1": "gateway"})
     stranger = tls_stubs(server, pki, "stranger")
-    anonymous = tls_stubs(server, pki, None)  # client certificates optional here
-    for stubs, who in ((stranger, "no role"), (anonymous, "no role")):
-        health = stubs.health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT)
-        assert health.status == health_pb2.HealthCheckResponse.SERVING
-        with pytest.raises(grpc.RpcError) as denied:
-            stubs.verification.Verify(V.VerifyRequest(username="x"), timeout=CALL_TIMEOUT)
-        assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
-        assert denied.value.details().startswith(f"{who} may not call")
+    health = stranger.health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as denied:
+        stranger.verification.Verify(V.VerifyRequest(username="x"), timeout=CALL_TIMEOUT)
+    assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert denied.value.details().startswith("no role may not call")
+    anonymous = tls_stubs(server, pki, None)  # no certificate: no connection at all
+    with pytest.raises(grpc.RpcError) as refused:
+        anonymous.health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
 def test_the_audit_trail_and_the_logs_hold_no_secret(

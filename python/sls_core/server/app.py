@@ -191,7 +191,8 @@ class SlsServer:
             "listen": config.listen,
             "port": self.port,
             "tls": config.tls is not None,
-            "mutual_tls": bool(config.tls and config.tls.client_ca),
+            # What is true: client certificates are asked for (and verified) only then.
+            "mutual_tls": bool(config.tls and config.tls.require_client_auth),
             "threads": config.threads,
             "audit_log": str(config.audit_path) if config.audit_path else None,
         }

@@ -160,6 +160,14 @@ class ServerConfig:
                     raise ConfigError(f"tls.{name}", "file not found")
             if self.tls.require_client_auth and self.tls.client_ca is None:
                 raise ConfigError("tls.client_ca", "required when require_client_auth is true")
+            if self.tls.client_ca is not None and not self.tls.require_client_auth:
+                # grpcio cannot ask for a certificate without requiring it: with false, no
+                # gateway certificate would ever be seen (no role), whatever the CA.
+                raise ConfigError(
+                    "tls.require_client_auth",
+                    "must be true when client_ca is set (gRPC asks for client certificates "
+                    "only when it requires them); drop client_ca for server-only TLS",
+                )
         else:
             host, _ = split_host_port(self.listen, "listen")
             if not _is_loopback(host) and not self.allow_insecure:

@@ -313,3 +313,28 @@ def test_without_a_pin_there_is_no_recovery(sls: SecureLogin, app: SimulatedApp)
     app.activate(sls.ibkey, payload=sls.ibkey.create_activation("bob").payload)
     with pytest.raises(ActivationError, match="no IB Key with a recovery PIN"):
         SimulatedApp(None).recover(sls.ibkey, "bob", "1234")
+
+
+def test_a_copy_of_the_database_cannot_rebuild_a_pending_activation_code(
+    sls: SecureLogin, tmp_path: Path
+) -> None:
+    """Issue 11, finding 4: pending offers keep only keyed hashes of their session id and
+    manual prefix; what a stolen copy holds does not open the offer."""
+    import sqlite3
+
+    from sls_core import activation
+
+    offer = sls.ibkey.create_activation("bob")
+    prefix = bytes(activation.parse_manual_code(offer.manual_code))
+    db = sqlite3.connect(tmp_path / "data" / "sls.db")
+    ((stored_session, stored_prefix),) = db.execute(
+        "SELECT session_id, manual_prefix FROM activations"
+    ).fetchall()
+    db.close()
+    assert stored_prefix != prefix
+    assert offer.manual_code not in (activation.manual_code(stored_session),)
+    attacker = SimulatedApp()
+    with pytest.raises(ActivationError):
+        attacker.activate(sls.ibkey, manual_code=activation.manual_code(stored_session))
+    # The real code still works (an attempt by an unknown code does not use the offer).
+    assert SimulatedApp().activate(sls.ibkey, manual_code=offer.manual_code).device_id > 0

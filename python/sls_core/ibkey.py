@@ -24,6 +24,7 @@ login falls back to challenge/response (:meth:`SecureLogin.issue_challenge`).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 import time
@@ -117,6 +118,10 @@ class IbKey:
         self._ctx = context
         with context.write() as tx:
             seed = tx.store.server_secret("activation_key.1", lambda: secrets.token_bytes(32))
+            lookup = tx.store.server_secret(
+                "activation_lookup_key", lambda: secrets.token_bytes(32)
+            )
+        self._lookup_key = lookup
         self._signer = activation.ActivationSigner({1: seed}, active=1)
         self._verifier = activation.ActivationVerifier(self._signer.public_keys())
 
@@ -143,8 +148,10 @@ class IbKey:
             )
             tx.store.insert_activation(
                 ActivationRow(
-                    session_id=session_id,
-                    manual_prefix=prefix,
+                    # Only keyed hashes: a copy of the database cannot rebuild the QR
+                    # code or the manual string of a pending offer.
+                    session_id=self._lookup(b"session", session_id),
+                    manual_prefix=self._lookup(b"manual", prefix),
                     user_id=user.id,
                     channel=channel,
                     issued_at=now,
@@ -213,14 +220,14 @@ class IbKey:
                 raise ActivationError(ActivationError.USED_OR_EXPIRED)
             if status != activation.PayloadStatus.VALID or fields is None:
                 raise ActivationError(ActivationError.INVALID)
-            where = {"session_id": bytes(fields["session_id"])}
+            where = {"session_id": self._lookup(b"session", bytes(fields["session_id"]))}
         else:
             assert manual_code is not None
             try:
                 prefix = bytes(activation.parse_manual_code(manual_code))
             except InvalidInputError:
                 raise ActivationError(ActivationError.INVALID) from None
-            where = {"manual_prefix": prefix}
+            where = {"manual_prefix": self._lookup(b"manual", prefix)}
         refusal: ActivationError | None = None
         enrolled: list[int] = []
         enrolled_name: list[str] = []
@@ -283,6 +290,12 @@ class IbKey:
         return Activated(
             self._device(name, enrolled[0]), name, offer.server_public, offer.session_id, suite
         )
+
+    def _lookup(self, what: bytes, value: bytes) -> bytes:
+        """The stored form of an offer's session id or manual prefix: HMAC-SHA256 under a
+        sealed server key, 16 bytes. The offer's "session id" in the key agreement is this
+        value too (the app derives with what the server returns)."""
+        return hmac.new(self._lookup_key, what + b":" + value, hashlib.sha256).digest()[:16]
 
     def _device(self, username: str, device_id: int) -> Device:
         ctx = self._ctx

@@ -47,7 +47,7 @@ class WriterBusyError(Exception):
 
 
 #: The schema version this code writes; older files are migrated on open.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _MIGRATIONS: dict[int, Sequence[str]] = {
     1: (
@@ -141,6 +141,10 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
             decided_at REAL
         )""",
     ),
+    # 6: activation offers keep keyed hashes of their session id and manual prefix, never
+    # the values (a database copy must not rebuild a pending QR code or manual string).
+    # Offers stored before kept them in clear: dropped (they live 10 minutes anyway).
+    6: ("DELETE FROM activations",),
 }
 
 
@@ -178,7 +182,9 @@ class DeviceRow:
 
 @dataclass(frozen=True)
 class ActivationRow:
-    """An IB Key activation offer. ``server_private`` is the X25519 key, opened."""
+    """An IB Key activation offer. ``server_private`` is the X25519 key, opened.
+    ``session_id`` and ``manual_prefix`` are what the caller stores: keyed hashes of the
+    offer's values (:class:`sls_core.ibkey.IbKey`), so a database copy rebuilds no code."""
 
     session_id: bytes
     manual_prefix: bytes

@@ -23,7 +23,7 @@ from sls_core import InvalidInputError, InvalidInputTypeError
 from sls_core.api.v1 import verification_pb2
 from sls_core.auditfmt import audit_lines
 from sls_core.outcome import LoginOutcome
-from sls_core.server.audit import AuditTrail, _head
+from sls_core.server.audit import AuditTrail, _head, read_records, verify_trail
 
 NAMES = [LoginOutcome(value).name for value in range(len(LoginOutcome))]
 INVALID = int(LoginOutcome.INVALID_USERNAME)
@@ -270,9 +270,9 @@ def test_the_trail_writes_a_batch_and_coalesced_calls(tmp_path: Path) -> None:
         trail.verdicts_of_calls("activate", callers, usernames, device_ids, outcomes)
     finally:
         trail.close()
-    lines = path.read_text().splitlines()
-    assert len(lines) == 6
-    records = [json.loads(line) for line in lines]
+    records = list(read_records(path))  # the records, without the chain's seals
+    assert len(records) == 6
+    assert verify_trail(path).ok
     assert [list(r) for r in records] == [
         ["time", "event", "caller", "request_id", "username", "device_id", "outcome"]
     ] * 6
@@ -287,3 +287,71 @@ def test_the_trail_writes_a_batch_and_coalesced_calls(tmp_path: Path) -> None:
     assert [r["username"] for r in records] == ["gw1", "", 'x"y'] * 2
     assert [r["device_id"] for r in records] == [5, 0, MAX_U64] * 2
     assert [r["outcome"] for r in records] == ["OK", "INVALID_USERNAME", "WRONG"] * 2
+
+
+# -- the chain: tamper-evident, self-delimiting, recovered after a crash (issue 11, 6) ----
+
+
+def _write_some(path: Path, *events: str) -> None:
+    trail = AuditTrail(path)
+    try:
+        for event in events:
+            trail.verdicts(event, "cn=gw", "r", ["alice", "bob"], ids([1, 2]), verdicts([0, 1]))
+    finally:
+        trail.close()
+
+
+def test_every_write_is_sealed_and_chained_and_the_trail_verifies(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write_some(path, "verify", "activate")
+    _write_some(path, "verify")  # another process (a new trail object) chains on
+    check = verify_trail(path)
+    assert (check.ok, check.records, check.seals) == (True, 6, 3)
+
+
+def test_a_changed_line_is_named_by_the_verification(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write_some(path, "verify", "activate", "verify")
+    lines = path.read_text().splitlines(keepends=True)
+    lines[3] = lines[3].replace('"outcome":"OK"', '"outcome":"WRONG"')  # the 2nd block
+    path.write_text("".join(lines))
+    check = verify_trail(path)
+    assert not check.ok
+    assert check.first_broken_line == 4
+    assert "changed" in check.reason
+
+
+def test_a_removed_block_breaks_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write_some(path, "verify", "activate", "verify")
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:3] + lines[6:]))  # the middle block and its seal
+    check = verify_trail(path)
+    assert (check.ok, check.first_broken_line) == (False, 4)
+
+
+def test_a_write_cut_short_never_swallows_the_next_record(tmp_path: Path) -> None:
+    """kill -9 in the middle of a large write leaves a torn line: the next writer ends
+    it and seals what is there as recovered, then writes its own records intact."""
+    path = tmp_path / "audit.jsonl"
+    _write_some(path, "verify")
+    with path.open("ab") as f:
+        f.write(b'{"time":"2026-12-04T00:00:00Z","event":"verify","caller":"cn=gw","req')
+    _write_some(path, "activate")
+    records = list(read_records(path))
+    assert [r["event"] for r in records[-2:]] == ["activate", "activate"]
+    check = verify_trail(path)
+    assert check.ok
+    seals = [json.loads(line) for line in path.read_text().splitlines() if "audit.seal" in line]
+    assert [s.get("recovered", False) for s in seals] == [False, True, False]
+
+
+def test_the_verify_command_names_the_first_broken_line(tmp_path: Path) -> None:
+    from sls_core.admin import main as admin_main
+
+    path = tmp_path / "audit.jsonl"
+    _write_some(path, "verify", "verify")
+    assert admin_main(["verify-audit", str(path)]) == 0
+    text = path.read_text().replace('"username":"bob"', '"username":"eve"', 1)
+    path.write_text(text)
+    assert admin_main(["verify-audit", str(path)]) == 1

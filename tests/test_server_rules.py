@@ -6,7 +6,6 @@ The gateway client (``sls_core.client``) speaks all of it as well."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ from grpc_fixtures import CALL_TIMEOUT, InProcessServer, Pki, Stubs
 from sls_core.api.v1 import admin_pb2, common_pb2, verification_pb2
 from sls_core.client import PermissionDeniedError, SlsClient
 from sls_core.clock import DAY
+from sls_core.server.audit import read_records
 from sls_core.server.config import TlsConfig
 from sls_core.simulator import dsc_response
 from sls_core.values import LockoutStatus, LoginOutcome, Purpose
@@ -70,8 +70,7 @@ def states(stubs: Stubs, name: str) -> dict[int, int]:
 
 
 def audit_lines(server: InProcessServer) -> list[dict[str, Any]]:
-    text = server.config.audit_path.read_text()  # type: ignore[union-attr]
-    return [json.loads(line) for line in text.splitlines()]
+    return list(read_records(server.config.audit_path))  # type: ignore[arg-type]
 
 
 # -- lockout: reported passwords and unlock -------------------------------------------------

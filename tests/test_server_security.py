@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2
 
 from grpc_fixtures import CALL_TIMEOUT, GrpcIbKey, InProcessServer, Pki, Stubs
 from sls_core.api.v1 import activation_pb2, admin_pb2, common_pb2, push_pb2, verification_pb2
+from sls_core.server.audit import read_records
 from sls_core.server.config import TlsConfig
 from sls_core.simulator import SimulatedApp, dsc_response
 from sls_core.sms import read_outbox
@@ -188,7 +189,7 @@ def test_the_audit_trail_and_the_logs_hold_no_secret(
     secrets_seen.append("12x4")
 
     audit_text = server.config.audit_path.read_text()  # type: ignore[union-attr]
-    lines = [json.loads(line) for line in audit_text.splitlines()]
+    lines = list(read_records(server.config.audit_path))  # type: ignore[arg-type]
     verdicts = [(a["event"], a["username"], a["outcome"]) for a in lines if a["event"] == "verify"]
     assert verdicts == [
         ("verify", "alice", "OK"),

@@ -460,9 +460,9 @@ def test_only_physical_devices_are_compared_for_sharing(sls: SecureLogin) -> Non
 def test_client_services_unlock_from_the_command_line_and_it_is_audited(
     tmp_path: Path, clock: ManualClock
 ) -> None:
-    import json
 
     from sls_core.admin import main as admin_main
+    from sls_core.server.audit import read_records
 
     data = tmp_path / "cli"
     sls = SecureLogin.open(data, clock=clock)
@@ -473,8 +473,7 @@ def test_client_services_unlock_from_the_command_line_and_it_is_audited(
     assert admin_main(["--data-dir", str(data), "unlock", "alice", "--by", "carol"]) == 0
     reopened = SecureLogin.open(data, clock=clock)
     assert not reopened.lockout_status("alice").locked
-    (line,) = (data / "audit.jsonl").read_text().splitlines()
-    record = json.loads(line)
+    (record,) = read_records(data / "audit.jsonl")
     assert (record["event"], record["caller"], record["username"]) == (
         "unlock",
         "cli:carol",

@@ -10,6 +10,11 @@
 ``status``
     Schema version, key ids in use, users, devices and consumed challenges.
 
+``verify-audit [PATH]``
+    Checks the audit trail's hash chain (default ``DATA_DIR/audit.jsonl``): prints how many
+    records and seals hold, or the line of the first record that no longer matches its
+    seal (changed, added, removed) and exits 1.
+
 ``unlock USERNAME --by NAME``
     Client services unlock a user after verifying identity by phone (SLS-RULES
     "Lockout"): the run of failures ends. Audited (event ``unlock``, caller ``cli:NAME``)
@@ -130,6 +135,20 @@ def unlock(args: argparse.Namespace) -> int:
     return 0
 
 
+def verify_audit(args: argparse.Namespace) -> int:
+    from sls_core.server.audit import verify_trail
+
+    path = Path(args.path) if args.path else Path(args.data_dir) / "audit.jsonl"
+    if not path.exists():
+        raise SystemExit(f"no audit trail at {path}")
+    check = verify_trail(path)
+    if check.ok:
+        print(f"{path}: intact, {check.records} records under {check.seals} seals")
+        return 0
+    print(f"{path}: broken at line {check.first_broken_line}: {check.reason}")
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sls_core.admin", description=__doc__)
     parser.add_argument("--data-dir", default="data", help="the store's folder (default: data)")
@@ -142,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(run=rotate)
     commands.add_parser("status", help="what the store holds").set_defaults(run=status)
+    v = commands.add_parser("verify-audit", help="check the audit trail's hash chain")
+    v.add_argument("path", nargs="?", help="audit trail (default: DATA_DIR/audit.jsonl)")
+    v.set_defaults(run=verify_audit)
     u = commands.add_parser("unlock", help="client services unlock a locked user (audited)")
     u.add_argument("username")
     u.add_argument("--by", required=True, help="who unlocks (recorded in the audit trail)")

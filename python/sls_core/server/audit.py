@@ -12,16 +12,29 @@ JSON-encodes the head of a call's lines once (time, event, caller, request id, w
 writes it), device id and outcome name, without the GIL for a large batch. The bytes go out
 with one ``write`` on an ``O_APPEND`` descriptor under an exclusive ``flock``, so several
 server processes can share the file and a batch's lines stay together.
+
+The trail is tamper-evident and survives a crash mid-write. Each write is a block of lines
+followed by a seal line, ``{"event":"audit.seal","lines":N,"prev":P,"hash":H}`` with
+``H = SHA-256(P || SHA-256(block))`` (hex digests; the block's own digest is computed
+before the file lock is taken, so writers hold it only to chain and append) and ``P`` the
+hash of the seal before (64 zeros first): editing,
+removing or reordering a line breaks a seal, and :func:`verify_trail` (``sls-core-admin
+verify-audit``) names the first broken record. A write cut short (kill -9) leaves bytes
+after the last seal; the next writer (or the next open) ends that torn line and seals what
+is there as ``"recovered":true`` before it writes, so a torn line never swallows the next
+record and nothing committed is lost from the chain.
 """
 
 from __future__ import annotations
 
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +44,15 @@ import numpy.typing as npt
 from sls_core.auditfmt import audit_lines
 from sls_core.outcome import LoginOutcome
 
-__all__ = ["AuditTrail"]
+__all__ = ["SEAL_EVENT", "AuditTrail", "TrailCheck", "read_records", "verify_trail"]
+
+#: The event of the chain's seal lines (every other line is a record).
+SEAL_EVENT = "audit.seal"
+_GENESIS = "0" * 64
+_SEAL_MARK = b'"event":"audit.seal"'
+#: How much of the file's end is read at a time when looking for the last seal (a seal
+#: line is about 220 bytes: one read finds it unless a write was cut short).
+_TAIL_CHUNK = 4096
 
 _INVALID_USERNAME = int(LoginOutcome.INVALID_USERNAME)
 # The name of each outcome value, by value (a gap in the values would raise here).
@@ -50,9 +71,13 @@ class AuditTrail:
         self.path = Path(path) if path is not None else None
         self._fd: int | None = None
         self._lock = threading.Lock()
+        #: (file size after this process's last write, the chain's hash there).
+        self._known: tuple[int, str] | None = None
+        self._rfd: int | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._write(b"")  # a torn tail left by a crash is ended and sealed now
 
     def __repr__(self) -> str:
         return f"AuditTrail({str(self.path) if self.path else None!r})"
@@ -64,18 +89,53 @@ class AuditTrail:
     def _write(self, data: bytes) -> None:
         if self._fd is None:
             return
+        # The block's digest and line count outside the locks: a writer holds the file
+        # lock only to chain a short seal to the last one and append.
+        digest = hashlib.sha256(data).hexdigest()
+        lines = data.count(b"\n")
         with self._lock:
             fd = self._fd
             if fd is None:
                 return
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                prev = self._chain_head(fd)
+                if data:
+                    _write_all(fd, data, _seal_line(prev, digest, lines, recovered=False))
+                    prev = _chained(prev, digest)
+                self._known = (os.fstat(fd).st_size, prev)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _reader(self, fd: int) -> int:
+        """A read descriptor of the file ``fd`` appends to (kept open, and reopened when the
+        file was rotated: same inode as ``fd``)."""
+        st = os.fstat(fd)
+        if self._rfd is not None:
+            mine = os.fstat(self._rfd)
+            if (mine.st_dev, mine.st_ino) == (st.st_dev, st.st_ino):
+                return self._rfd
+            os.close(self._rfd)
+        assert self.path is not None
+        self._rfd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return self._rfd
+
+    def _chain_head(self, fd: int) -> str:
+        """The hash the next block chains to (under the lock). Another process's writes
+        are read from the file's end; unsealed bytes there (a write cut short) are ended
+        with a newline and sealed as recovered first."""
+        size = os.fstat(fd).st_size
+        if self._known is not None and self._known[0] == size:
+            return self._known[1]
+        prev, tail = _last_seal(self._reader(fd), size)
+        if not tail:
+            return prev
+        if not tail.endswith(b"\n"):
+            tail += b"\n"
+            _write_all(fd, b"\n")
+        digest = hashlib.sha256(tail).hexdigest()
+        _write_all(fd, _seal_line(prev, digest, tail.count(b"\n"), recovered=True))
+        return _chained(prev, digest)
 
     def record(
         self,
@@ -150,6 +210,9 @@ class AuditTrail:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+            if self._rfd is not None:
+                os.close(self._rfd)
+                self._rfd = None
 
 
 def _head(time: str, event: str, caller: str, request_id: str) -> str:
@@ -181,3 +244,112 @@ def _lines(
         # not a valid name: maybe a password typed into the wrong field
         blank_username_outcome=_INVALID_USERNAME,
     )
+
+
+def _write_all(fd: int, *parts: bytes) -> None:
+    """Appends ``parts`` in one system call when it can (``writev``: no copy)."""
+    views = [memoryview(p) for p in parts if p]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+def _chained(prev: str, digest: str) -> str:
+    """The chain's hash after a block whose SHA-256 hex digest is ``digest``."""
+    return hashlib.sha256((prev + digest).encode()).hexdigest()
+
+
+def _seal_line(prev: str, digest: str, lines: int, *, recovered: bool) -> bytes:
+    seal: dict[str, Any] = {
+        "time": _now_iso(),
+        "event": SEAL_EVENT,
+        "lines": lines,
+        "prev": prev,
+        "hash": _chained(prev, digest),
+    }
+    if recovered:
+        seal["recovered"] = True
+    return (json.dumps(seal, separators=(",", ":")) + "\n").encode()
+
+
+def _last_seal(rfd: int, size: int) -> tuple[str, bytes]:
+    """The hash of the file's last seal (genesis if none) and the bytes after it."""
+    end, tail, chunk = size, b"", _TAIL_CHUNK
+    while end > 0:
+        start = max(0, end - chunk)
+        tail = os.pread(rfd, end - start, start) + tail
+        end, chunk = start, chunk * 2  # doubling: a long torn write is read in few steps
+        # The last complete seal line: it follows a newline (or starts the file).
+        at = tail.rfind(_SEAL_MARK)
+        while at >= 0:
+            line_start = tail.rfind(b"\n", 0, at) + 1
+            line_end = tail.find(b"\n", at)
+            if line_end >= 0 and (line_start > 0 or end == 0):
+                try:
+                    seal = json.loads(tail[line_start:line_end])
+                    return str(seal["hash"]), tail[line_end + 1 :]
+                except (ValueError, KeyError, TypeError):
+                    pass
+            at = tail.rfind(_SEAL_MARK, 0, at)
+    return _GENESIS, tail
+
+
+@dataclass(frozen=True)
+class TrailCheck:
+    """What :func:`verify_trail` found: ``ok``, how many records and seals, and for a
+    broken trail the 1-based line of the first record that no longer matches its seal."""
+
+    ok: bool
+    records: int
+    seals: int
+    first_broken_line: int | None = None
+    reason: str = ""
+
+
+def verify_trail(path: str | os.PathLike[str]) -> TrailCheck:
+    """Checks every seal of the trail at ``path``: each must chain to the one before and
+    hash exactly the lines since. Unsealed lines at the end (a writer at work, or a crash
+    the next writer will seal) are reported, not accepted."""
+    prev, block, block_start, records, seals = _GENESIS, b"", 1, 0, 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if _SEAL_MARK not in line:
+                block += line
+                records += 1
+                continue
+            try:
+                seal = json.loads(line)
+                claimed_prev, claimed = str(seal["prev"]), str(seal["hash"])
+            except (ValueError, KeyError, TypeError):
+                return TrailCheck(False, records, seals, number, "a seal line that does not parse")
+            if claimed_prev != prev:
+                return TrailCheck(
+                    False, records, seals, block_start, "the chain breaks: a seal is missing"
+                )
+            if _chained(prev, hashlib.sha256(block).hexdigest()) != claimed:
+                return TrailCheck(
+                    False, records, seals, block_start, "a record was changed, added or removed"
+                )
+            prev, block, block_start, seals = claimed, b"", number + 1, seals + 1
+    if block:
+        return TrailCheck(
+            False, records, seals, block_start, "unsealed lines at the end (a write cut short)"
+        )
+    return TrailCheck(True, records, seals)
+
+
+def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """The trail's records (every line but the seals), parsed; a line torn by a crash
+    (sealed as recovered, so the chain still holds it) is skipped."""
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.strip() or _SEAL_MARK in line:
+                continue
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue  # torn by a write cut short

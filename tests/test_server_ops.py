@@ -587,3 +587,39 @@ def test_optional_client_certificates_are_refused_rather_than_silently_ignored(
     config = config_from_mapping({"tls": {**tls, "require_client_auth": True}}, tmp_path)
     assert config.tls is not None
     assert config.tls.require_client_auth
+
+
+def test_a_failing_audit_sink_fails_the_verdict_with_nothing_applied_and_health_follows(
+    serve: Callable[..., InProcessServer],
+) -> None:
+    """Issue 11, finding 5: with the audit file unwritable (/dev/full: every write fails
+    with ENOSPC) a verdict is refused UNAVAILABLE and nothing is committed: the right
+    answer still verifies later, a wrong one was not counted; health turns NOT_SERVING."""
+    from sls_core import ocra
+    from sls_core.devices import DeviceType
+
+    server = serve(audit_log=Path("/dev/full"))
+    sls = server.sls
+    sls.create_user("alice")
+    sls.enroll_device("alice", DeviceType.DSC_PLUS, secret=bytes(range(20)), pin="4711")
+    c = sls.issue_challenge("alice")
+    right = ocra.compute(
+        "OCRA-1:HOTP-SHA1-8:QN06-PSHA1", bytes(range(20)), question=c.challenge, pin="4711"
+    )
+    stubs = server.stubs()
+    for response in (f"{(int(right) + 1) % 10**8:08d}", right):
+        request = verification_pb2.VerifyRequest(username="alice", token=c.token, response=response)
+        with pytest.raises(grpc.RpcError) as refused:
+            stubs.verification.Verify(request, timeout=CALL_TIMEOUT)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "audit trail" in (refused.value.details() or "")
+    assert sls.lockout_status("alice").consecutive_failures == 0
+    end = time.monotonic() + CALL_TIMEOUT
+    status = None
+    while time.monotonic() < end:
+        status = stubs.health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT).status
+        if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            break
+        time.sleep(0.01)
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert sls.verify("alice", c.token, right).ok  # nothing was applied: still unused

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import functools
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -866,8 +866,13 @@ class SecureLogin:
         purpose: int = Purpose.LOGIN,
         task: str | None = None,
         wait: bool = True,
+        before_commit: Callable[[BatchResult], None] | None = None,
     ) -> BatchResult:
         """Verifies many attempts (mixed users, devices and methods) in input order.
+
+        ``before_commit`` sees the verdicts inside the transaction, before it commits (a
+        server writes its audit lines there): if it raises, nothing is applied, so no
+        verdict is ever committed that the audit trail does not hold.
 
         The kernel work is one batch call per method; the store is read and written in one
         transaction, so replay and lockout hold across every process sharing the store and
@@ -924,6 +929,8 @@ class SecureLogin:
                     # (the token is refused as expired first), so its row is dead weight.
                     tx.store.purge_consumed(now - PURGE_MARGIN)
                     self.context.next_purge = now + PURGE_INTERVAL
+                if before_commit is not None:
+                    before_commit(BatchResult(plan.out, plan.device_ids))
         finally:
             self.context.lock.release()
         return BatchResult(plan.out, plan.device_ids)

@@ -133,6 +133,9 @@ class SlsServer:
         # Before the port opens: the first login must not pay for loading the directory.
         await loop.run_in_executor(self.executor, self.sls.warm)
         self.audit = AuditTrail(config.audit_path)
+        self.audit.on_health = lambda healthy: loop.call_soon_threadsafe(
+            lambda: asyncio.ensure_future(self._follow_audit(healthy))
+        )
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         domain = Domain(
@@ -226,6 +229,24 @@ class SlsServer:
         if port == 0:
             raise OSError(f"cannot listen on {config.listen}")
         return port
+
+    async def _follow_audit(self, healthy: bool) -> None:
+        """Health follows the audit sink: NOT_SERVING while it cannot be written (the load
+        balancer sends gateways elsewhere), SERVING again once a write succeeds."""
+        if self.stopping:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if healthy
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        log.log(
+            logging.INFO if healthy else logging.ERROR,
+            "audit trail writable again" if healthy else "audit trail cannot be written",
+            extra={"fields": {"path": str(self.config.audit_path)}},
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
 
     @property
     def stopping(self) -> bool:

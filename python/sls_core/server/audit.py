@@ -74,6 +74,9 @@ class AuditTrail:
         #: (file size after this process's last write, the chain's hash there).
         self._known: tuple[int, str] | None = None
         self._rfd: int | None = None
+        #: Told True/False when writes start failing or work again (health follows it).
+        self.on_health: Any = None
+        self.healthy = True
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -97,15 +100,27 @@ class AuditTrail:
             fd = self._fd
             if fd is None:
                 return
-            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                prev = self._chain_head(fd)
-                if data:
-                    _write_all(fd, data, _seal_line(prev, digest, lines, recovered=False))
-                    prev = _chained(prev, digest)
-                self._known = (os.fstat(fd).st_size, prev)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    prev = self._chain_head(fd)
+                    if data:
+                        _write_all(fd, data, _seal_line(prev, digest, lines, recovered=False))
+                        prev = _chained(prev, digest)
+                    self._known = (os.fstat(fd).st_size, prev)
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            except OSError:
+                self._known = None  # what landed is unknown: read the file's end next time
+                self._set_health(False)
+                raise
+            self._set_health(True)
+
+    def _set_health(self, healthy: bool) -> None:
+        if healthy != self.healthy:
+            self.healthy = healthy
+            if self.on_health is not None:
+                self.on_health(healthy)
 
     def _reader(self, fd: int) -> int:
         """A read descriptor of the file ``fd`` appends to (kept open, and reopened when the

@@ -145,27 +145,45 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
         """The domain's batch, then its audit lines and metrics; on a worker thread, or
         on the loop with ``wait=False`` (see :meth:`Domain.run_batch`). ``caller`` is one
         per item when single calls were coalesced."""
-        result = self.d.sls.verify_batch(
-            usernames, tokens, responses, access=access, purpose=purpose, task=task, wait=wait
-        )
         event = _VERIFY_EVENTS.get(purpose) or purpose.name.lower()
-        if isinstance(caller, Caller):
-            self.d.audit.verdicts(
-                event,
-                caller.identity,
-                caller.request_id,
-                usernames,
-                result.device_ids,
-                result.outcomes,
-            )
-        else:
-            self.d.audit.verdicts_of_calls(
-                event,
-                [(c.identity, c.request_id) for c in caller],
-                usernames,
-                result.device_ids,
-                result.outcomes,
-            )
+
+        def audit(result: BatchResult) -> None:
+            # Inside the store transaction, before it commits: a verdict the trail cannot
+            # hold is never applied (the transaction rolls back, the caller may retry).
+            try:
+                if isinstance(caller, Caller):
+                    self.d.audit.verdicts(
+                        event,
+                        caller.identity,
+                        caller.request_id,
+                        usernames,
+                        result.device_ids,
+                        result.outcomes,
+                    )
+                else:
+                    self.d.audit.verdicts_of_calls(
+                        event,
+                        [(c.identity, c.request_id) for c in caller],
+                        usernames,
+                        result.device_ids,
+                        result.outcomes,
+                    )
+            except OSError:
+                raise RefusedError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the audit trail cannot be written: nothing was applied",
+                ) from None
+
+        result = self.d.sls.verify_batch(
+            usernames,
+            tokens,
+            responses,
+            access=access,
+            purpose=purpose,
+            task=task,
+            wait=wait,
+            before_commit=audit,
+        )
         self.d.metrics.outcomes(method, result.outcomes, batch=method != "Verify")
         return result
 

@@ -15,9 +15,9 @@ $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "maturin>=1.7,<2" "numpy>=1.24" "pytest>=8" "hypothesis>=6.100" \
-		"oath==1.4.5" "pyotp>=2.9" "cryptography>=42" "pytest-benchmark>=4" \
+		"oath==1.4.5" "pyotp>=2.9" "cryptography>=44.0.1" "pytest-benchmark>=4" \
 		"matplotlib>=3.8" "ruff>=0.6" "mypy>=1.11" \
-		"pillow>=10.1" "reportlab>=4.0" "pypdf>=4" "tqdm>=4.66" "types-tqdm" \
+		"pillow>=11.3" "reportlab>=4.0" "pypdf>=4" "tqdm>=4.66" "types-tqdm" \
 		"segno>=1.6" "zxing-cpp>=2.2" \
 		"grpcio>=1.85.1" "grpcio-health-checking>=1.85.1" "grpcio-reflection>=1.85.1" \
 		"protobuf>=7.35.1" "prometheus-client>=0.20" "types-protobuf" "types-grpcio" \

@@ -123,3 +123,24 @@ def test_every_test_the_rules_document_names_exists() -> None:
         defined.update(re.findall(r"^(?:async )?def (test_[a-z0-9_]+)", path.read_text(), re.M))
     assert named, "docs/rules.md names no test"
     assert sorted(named - defined) == []
+
+
+def test_dependency_floors_exclude_releases_with_known_advisories() -> None:
+    """Issue 11: cryptography before 44.0.1 ships an OpenSSL with known advisories; pillow
+    before 11.3 has buffer-overflow advisories. Both the package and the dev setup say so."""
+    import re
+
+    import tomllib
+
+    root = PACKAGE.parent.parent
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = {}
+    for dep in deps:
+        found = re.fullmatch(r"([A-Za-z0-9_-]+)>=([0-9.]+).*", dep)
+        if found:
+            floors[found.group(1).lower()] = tuple(int(x) for x in found.group(2).split("."))
+    assert floors["cryptography"] >= (44, 0, 1)
+    assert floors["pillow"] >= (11, 3)
+    makefile = (root / "Makefile").read_text()
+    assert '"cryptography>=44.0.1"' in makefile
+    assert '"pillow>=11.3"' in makefile

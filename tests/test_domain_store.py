@@ -259,6 +259,7 @@ def test_the_rotation_command_resumes_and_retires_the_old_key(
     challenge = sls.issue_challenge("user2")
     args = ["--data-dir", str(data), "rotate-master-key", "--new-key-id", "k2", "--quiet"]
     assert admin.main([*args, "--chunk", "2"]) == 0
+    sls.issue_challenge("user1")  # the running process writes: it moves to k2
     assert admin.main([*args, "--retire"]) == 0  # a second run resumes: nothing left
     err = capsys.readouterr().err
     assert "resuming" in err
@@ -689,3 +690,40 @@ def test_a_store_left_readable_by_an_older_version_is_narrowed_at_open(tmp_path:
     assert data.stat().st_mode & 0o777 == 0o700
     for name in ("sls.db", "sls.db-wal", "sls.db-shm"):
         assert (data / name).stat().st_mode & 0o077 == 0, name
+
+
+def test_a_live_rotation_never_retires_a_key_a_running_process_still_seals_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 11, finding 8: a server keeps running through `rotate-master-key` and
+    `--retire`: it follows the key file at its next write (new secrets sealed under the
+    new key), and `--retire` keeps a key while a live process or a record still uses it."""
+    from sls_core import admin
+
+    data = tmp_path / "data"
+    running = _setup(data, users=2)  # a server process that keeps running
+    idle = SecureLogin.open(data, clock=ManualClock(NOW))  # a second one, idle meanwhile
+    idle.issue_challenge("user0")
+    args = ["--data-dir", str(data), "rotate-master-key", "--new-key-id", "k2", "--quiet"]
+    assert admin.main(args) == 0
+    running.enroll_device("user1", DeviceType.DSC_PLUS, secret=os.urandom(20), pin=PIN)
+    sealed = (
+        sqlite3.connect(data / "sls.db")
+        .execute("SELECT secret FROM devices ORDER BY id DESC LIMIT 1")
+        .fetchone()[0]
+    )
+    assert MasterKeyRing.key_id_of(sealed) == "k2"  # the live process moved to the new key
+    assert admin.main([*args, "--retire"]) == 1  # the idle one still holds k1
+    err = capsys.readouterr().err
+    assert "not retired: 'k1'" in err
+    assert MasterKeyRing.from_file(data / "master-key.json").key_ids == {"k1", "k2"}
+    idle.issue_challenge("user0")  # its next write: it moves too
+    assert admin.main([*args, "--retire"]) == 0
+    assert MasterKeyRing.from_file(data / "master-key.json").key_ids == {"k2"}
+    # Every record opens after a restart with the one key left.
+    for s in (running, idle):
+        s.store.close()
+    restarted = SecureLogin.open(data, clock=ManualClock(NOW))
+    assert len(restarted.devices("user1")) == 2
+    challenge = restarted.issue_challenge("user0")
+    assert restarted.verify("user0", challenge.token, _answer(challenge.challenge or "")).ok

@@ -75,7 +75,7 @@ def rotate(args: argparse.Namespace) -> int:
         print(f"key file {key_file}: new active key {args.new_key_id!r}", file=sys.stderr)
     else:
         print(f"resuming: {args.new_key_id!r} is already active", file=sys.stderr)
-    store = SqliteStore(data / "sls.db", keyring=ring)
+    store = SqliteStore(data / "sls.db", keyring=ring, key_file=key_file)
     with tqdm(desc="re-sealing devices", unit="device", disable=args.quiet) as bar:
 
         def progress(done: int, total: int) -> None:
@@ -84,15 +84,31 @@ def rotate(args: argparse.Namespace) -> int:
             bar.refresh()
 
         changed = store.rotate_master_key(ring, chunk=args.chunk, progress=progress)
+    holders = [h for h in store.key_holders() if h[0] != store.holder]
     store.close()
     print(f"re-sealed {changed} records under {ring.active_key_id!r}", file=sys.stderr)
-    if args.retire:
-        in_use = _key_ids_in_use(data / "sls.db")
-        kept = ring.retaining(set(in_use))
-        kept.save(key_file)
-        retired = sorted(ring.key_ids - kept.key_ids)
-        print(f"retired key ids: {', '.join(retired) or 'none'}", file=sys.stderr)
-    return 0
+    if not args.retire:
+        return 0
+    # A key goes only when no record and no live process uses it any more: a running
+    # server moves to the new key at its next write (it follows the key file).
+    in_use = _key_ids_in_use(data / "sls.db")
+    held: dict[str, list[str]] = {}
+    for _, host, pid, key_id, _ in holders:
+        held.setdefault(key_id, []).append(f"{host} pid {pid}")
+    kept = ring.retaining(set(in_use) | set(held) | {ring.active_key_id})
+    kept.save(key_file)
+    retired = sorted(ring.key_ids - kept.key_ids)
+    print(f"retired key ids: {', '.join(retired) or 'none'}", file=sys.stderr)
+    refused = sorted(kept.key_ids - {ring.active_key_id})
+    for key_id in refused:
+        users = [f"{in_use[key_id]} records"] if key_id in in_use else []
+        users += held.get(key_id, [])
+        print(
+            f"not retired: {key_id!r} is still used by {', '.join(users)}; run --retire again "
+            "once every server has written since the rotation (or restart it)",
+            file=sys.stderr,
+        )
+    return 1 if refused else 0
 
 
 def status(args: argparse.Namespace) -> int:

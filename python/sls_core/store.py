@@ -18,6 +18,8 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -47,7 +49,7 @@ class WriterBusyError(Exception):
 
 
 #: The schema version this code writes; older files are migrated on open.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _MIGRATIONS: dict[int, Sequence[str]] = {
     1: (
@@ -145,6 +147,17 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
     # the values (a database copy must not rebuild a pending QR code or manual string).
     # Offers stored before kept them in clear: dropped (they live 10 minutes anyway).
     6: ("DELETE FROM activations",),
+    # 7: every open store says which master key it seals with, so a key is retired only
+    # once no live process uses it (see SqliteStore.key_holders).
+    7: (
+        """CREATE TABLE key_holders (
+            holder TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            key_id TEXT NOT NULL,
+            seen_at REAL NOT NULL
+        )""",
+    ),
 }
 
 
@@ -748,6 +761,20 @@ class _SqliteTx:
         return value
 
 
+#: How often (seconds) an open store refreshes its ``key_holders`` row while it writes.
+_ADVERTISE_EVERY = 60.0
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process, alive
+    return True
+
+
 #: The store's files hold identity data, sealed secrets and pending activations: owner only.
 #: SQLite gives the -wal and -shm files the database file's mode, so creating that file
 #: 0600 first covers them (and nobody else can take a lock on -shm to stall writers).
@@ -791,12 +818,20 @@ class SqliteStore:
         keyring: MasterKeyRing,
         busy_timeout: float = 30.0,
         synchronous: str = "NORMAL",
+        key_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if synchronous not in {"NORMAL", "FULL"}:
             raise InvalidInputError("synchronous", "must be NORMAL or FULL")
         self.path = Path(path)
         _owner_only(self.path)
         self._keyring = keyring
+        #: The key file ``keyring`` came from: re-read when it changes (a rotation), so a
+        #: running process moves to the new active key before the old one can be retired.
+        self._key_file = Path(key_file) if key_file is not None else None
+        self._key_file_seen = self._key_file_stamp()
+        #: This open store's entry in ``key_holders`` and the key id it last advertised.
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._advertised: tuple[str, float] | None = None
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous
         self._local = threading.local()
@@ -924,11 +959,65 @@ class SqliteStore:
     def schema_version(self) -> int:
         return int(self._connection().execute("PRAGMA user_version").fetchone()[0])
 
+    def _key_file_stamp(self) -> tuple[int, int, int] | None:
+        if self._key_file is None:
+            return None
+        try:
+            st = self._key_file.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _follow_key_file(self) -> None:
+        """Re-reads the key file if it changed (a stat per transaction): a rotation's new
+        active key is used for everything sealed from now on."""
+        stamp = self._key_file_stamp()
+        if stamp is not None and stamp != self._key_file_seen:
+            assert self._key_file is not None
+            self._keyring = MasterKeyRing.from_file(self._key_file)
+            self._key_file_seen = stamp
+
+    def _advertise(self, conn: sqlite3.Connection) -> None:
+        """Records (in the write transaction) which key this store seals with, when it
+        changes and at least once a minute: ``--retire`` waits for every live holder."""
+        key_id, now = self._keyring.active_key_id, time.time()
+        if self._advertised is not None:
+            last_key, last_time = self._advertised
+            if last_key == key_id and now - last_time < _ADVERTISE_EVERY:
+                return
+        conn.execute(
+            "INSERT INTO key_holders (holder, host, pid, key_id, seen_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(holder) DO UPDATE SET key_id = excluded.key_id,"
+            " seen_at = excluded.seen_at",
+            (self.holder, socket.gethostname(), os.getpid(), key_id, now),
+        )
+        self._advertised = (key_id, now)
+
+    def key_holders(self) -> list[tuple[str, str, int, str, float]]:
+        """(holder, host, pid, key id, last seen) of every store that may still seal: on
+        this host, the processes still alive; elsewhere, those seen in the last hour."""
+        rows = (
+            self._connection()
+            .execute("SELECT holder, host, pid, key_id, seen_at FROM key_holders")
+            .fetchall()
+        )
+        here, live = socket.gethostname(), []
+        for holder, host, pid, key_id, seen_at in rows:
+            if host == here:
+                if not _process_alive(int(pid)):
+                    continue
+            elif time.time() - float(seen_at) > 3600:
+                continue
+            live.append((str(holder), str(host), int(pid), str(key_id), float(seen_at)))
+        return live
+
     @contextlib.contextmanager
     def write(self, *, wait: bool = True) -> Iterator[_SqliteTx]:
         conn = self._connection()
+        self._follow_key_file()
         with self._gated(conn, wait=wait):
             try:
+                self._advertise(conn)
                 yield _SqliteTx(conn, self._keyring)
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -946,6 +1035,10 @@ class SqliteStore:
 
     def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._advertised is not None:
+            with contextlib.suppress(sqlite3.Error):  # closing seals nothing more
+                conn.execute("DELETE FROM key_holders WHERE holder = ?", (self.holder,))
+            self._advertised = None
         if conn is not None:
             conn.close()
             self._local.conn = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import os
 import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,7 +41,7 @@ from sls_core.outcome import LoginOutcome
 from sls_core.rules import access as rules_access
 from sls_core.rules import lifecycle, limits, lockout, sharing
 from sls_core.rules.usernames import validate_new_username
-from sls_core.sealing import MasterKeyRing
+from sls_core.sealing import ENV_VAR, MasterKeyRing
 from sls_core.sms import OutboxSender, SmsSender, check_phone
 from sls_core.store import DeviceRow, SharingRow, SqliteStore, Store, UserRow, WriterBusyError
 from sls_core.values import (
@@ -160,7 +161,9 @@ class SecureLogin:
                     "key file from its backup (or set SLS_CORE_MASTER_KEYS), then start again",
                 ) from None
             keyring = MasterKeyRing.generate_file(key_path)
-        store = SqliteStore(database, keyring=keyring)
+        # Keys from the file are followed when the file changes (a live rotation).
+        from_file = ENV_VAR not in os.environ
+        store = SqliteStore(database, keyring=keyring, key_file=key_path if from_file else None)
         outbox = Path(sms_outbox) if sms_outbox is not None else data_dir / "sms-outbox.jsonl"
         return cls(store, clock=clock, sms_sender=OutboxSender(outbox), **options)
 

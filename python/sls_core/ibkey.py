@@ -42,7 +42,6 @@ from sls_core.login.context import LoginContext
 from sls_core.login.directory import DeviceEntry
 from sls_core.login.pipeline import OfferPlan, PushPlan, RecoveryPlan
 from sls_core.outcome import LoginOutcome
-from sls_core.rules import access as rules_access
 from sls_core.store import ActivationRow, DeviceRow, PushRow, StoreTx
 from sls_core.values import (
     APPROVE,
@@ -141,11 +140,7 @@ class IbKey:
         expires_at = int(now + ACTIVATION_TTL)
         with ctx.write() as tx:
             user = ctx.user(username)
-            rules_access.issue_refusal(
-                closed=user.closed,
-                locked=ctx.is_locked(tx.store, user.id, now),
-                what="activation",
-            )
+            ctx.refuse_issue(tx.store, user, "activation")
             tx.store.insert_activation(
                 ActivationRow(
                     # Only keyed hashes: a copy of the database cannot rebuild the QR
@@ -347,9 +342,7 @@ class IbKey:
         now = ctx.clock.now()
         with ctx.write() as tx:
             user = ctx.user(username)
-            rules_access.issue_refusal(
-                closed=user.closed, locked=ctx.is_locked(tx.store, user.id, now), what="push"
-            )
+            ctx.refuse_issue(tx.store, user, "push")
             if device_id is None:
                 device_id = ctx.choose(
                     user,

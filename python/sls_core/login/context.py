@@ -23,7 +23,7 @@ from sls_core.clock import Clock
 from sls_core.devices import Device, DeviceState, DeviceType
 from sls_core.errors import InvalidInputError
 from sls_core.login.directory import DeviceEntry, Directory
-from sls_core.rules import lifecycle, lockout
+from sls_core.rules import access, lifecycle, lockout
 from sls_core.rules.usernames import validate_username
 from sls_core.sms import SmsSender
 from sls_core.store import Store, StoreTx, UserRow, WriterBusyError
@@ -191,6 +191,12 @@ class LoginContext:
 
     def is_locked(self, tx: StoreTx, user_id: int, now: float) -> bool:
         return lockout.is_locked(tx.failures([user_id]).get(user_id, []), now)
+
+    def refuse_issue(self, tx: StoreTx, user: UserRow, what: str) -> None:
+        """SLS-RULES: nothing is issued for a closed account, nor for a locked user."""
+        access.issue_refusal(
+            closed=user.closed, locked=self.is_locked(tx, user.id, self.clock.now()), what=what
+        )
 
     def end_sms(self, tx: StoreTx, user_id: int) -> None:
         """Activating IB Key removes the user's SMS device (SLS-RULES)."""

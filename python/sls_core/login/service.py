@@ -24,7 +24,7 @@ from sls_core.cardprint import PrintableCard
 from sls_core.clock import Clock, SystemClock
 from sls_core.devices import Device, DeviceState, DeviceType
 from sls_core.errors import InvalidInputError, InvalidInputTypeError
-from sls_core.login.context import LoginContext, WriteTx
+from sls_core.login.context import LoginContext
 from sls_core.login.directory import DeviceEntry
 from sls_core.login.issuing import (
     OCRA_SUITES,
@@ -37,13 +37,13 @@ from sls_core.login.issuing import (
     new_serial,
 )
 from sls_core.login.pipeline import SMS_CODE_DIGITS, PasswordFailurePlan, ResponsePlan
-from sls_core.outcome import LoginOutcome
+from sls_core.login.sharing import DeviceSharing
 from sls_core.rules import access as rules_access
-from sls_core.rules import lifecycle, limits, lockout, sharing
+from sls_core.rules import lifecycle, limits, lockout
 from sls_core.rules.usernames import validate_new_username
 from sls_core.sealing import ENV_VAR, MasterKeyRing
 from sls_core.sms import OutboxSender, SmsSender, check_phone
-from sls_core.store import DeviceRow, SharingRow, SqliteStore, Store, UserRow, WriterBusyError
+from sls_core.store import DeviceRow, SqliteStore, Store, UserRow, WriterBusyError
 from sls_core.values import (
     Access,
     BatchResult,
@@ -51,9 +51,6 @@ from sls_core.values import (
     Identity,
     LockoutStatus,
     Purpose,
-    SharingError,
-    SharingRequest,
-    SharingState,
     User,
     Verdict,
     WithdrawalLimits,
@@ -88,7 +85,7 @@ PRECHECK_MAX_AGE = 1.0
 PURGE_MARGIN = 600.0
 
 
-class SecureLogin:
+class SecureLogin(DeviceSharing):
     """The domain layer over a store. Thread-safe; each process keeps its own directory."""
 
     def __init__(
@@ -313,7 +310,7 @@ class SecureLogin:
             raise InvalidInputError("shipped", "only physical devices are shipped")
         with self.context.write() as tx:
             user = self.context.user(username)
-            self._refuse_issue(tx, user, "device")
+            self.context.refuse_issue(tx.store, user, "device")
             if replaces is not None:
                 self.context.device_of(user, replaces)
                 if replaces_lost:
@@ -344,14 +341,6 @@ class SecureLogin:
         """The import path for existing (legacy) devices: same checks as
         :meth:`enroll_device`, but a legacy type is accepted."""
         return self.enroll_device(username, device_type, imported=True, **options)
-
-    def _refuse_issue(self, tx: WriteTx, user: UserRow, what: str) -> None:
-        """SLS-RULES: nothing is issued for a closed account, nor for a locked user."""
-        rules_access.issue_refusal(
-            closed=user.closed,
-            locked=self.context.is_locked(tx.store, user.id, self.clock.now()),
-            what=what,
-        )
 
     def enroll_bulk(
         self,
@@ -443,154 +432,6 @@ class SecureLogin:
             tx.store.update_device(entry.row.id, state=DeviceState.ACTIVE.value, activated_at=now)
             self.context.end_temporary(tx.store, user.id)
 
-    def share_device(self, owner: str, device_id: int, with_username: str) -> None:
-        """Lets ``with_username`` answer with ``owner``'s physical device, when SLS-RULES
-        allows it: same holder, no temporary device among them, and the shared device is
-        the most secure any of them holds."""
-        with self.context.write() as tx:
-            first = self.context.user(owner, field="owner")
-            second = self.context.user(with_username, field="with_username")
-            entry = self.context.device_of(first, device_id)
-            self._check_sharing(tx, first, second, entry, self.clock.now())
-            tx.store.link(second.id, device_id)
-
-    def request_sharing(
-        self,
-        owner: str,
-        device_id: int,
-        with_username: str,
-        *,
-        token: str,
-        response: str,
-        needs_approval: bool = False,
-    ) -> SharingRequest:
-        """Portal self-service: ``with_username`` asks to answer with ``owner``'s physical
-        device. The owner proves possession by answering a ``Purpose.SHARING`` challenge
-        from that device (a wrong answer is a failed attempt, like any other); the rules of
-        :func:`sls_core.rules.sharing.check_sharing` must hold. The requester's own active
-        physical devices are set aside (suspended). With ``needs_approval`` the request
-        waits for compliance (:meth:`approve_sharing`); either way it can be cancelled."""
-        now = self.clock.now()
-        outcome = LoginOutcome.OK
-        with self.context.write() as tx:
-            first = self.context.user(owner, field="owner")
-            second = self.context.user(with_username, field="with_username")
-            entry = self.context.device_of(first, device_id)
-            self._check_sharing(tx, first, second, entry, now)
-            if tx.store.open_sharing(second.id, device_id) is not None:
-                raise SharingError(SharingError.ALREADY_REQUESTED)
-            plan = ResponsePlan(
-                self.context,
-                [owner],
-                [token],
-                [response],
-                Access.PORTAL,
-                Purpose.SHARING,
-                None,
-                now,
-            )
-            plan.resolve()
-            # The proof must come from the device to share: any other is no proof, and is
-            # refused before it could count as the owner's success.
-            plan.require_device(0, device_id)
-            plan.evaluate()
-            plan.settle(tx.store)
-            outcome = LoginOutcome(int(plan.out[0]))
-            if outcome is LoginOutcome.OK:
-                set_aside = tuple(
-                    e.row.id
-                    for e in self.context.devices_of(second.id)
-                    if e.type.is_physical
-                    and e.row.id != device_id
-                    and self.context.effective_state(e, now) is DeviceState.ACTIVE
-                )
-                for aside in set_aside:
-                    tx.store.update_device(aside, state=DeviceState.SUSPENDED.value)
-                state = SharingState.PENDING if needs_approval else SharingState.ACTIVE
-                if state is SharingState.ACTIVE:
-                    tx.store.link(second.id, device_id)
-                request_id = tx.store.insert_sharing(
-                    SharingRow(0, first.id, second.id, device_id, state.value, set_aside, now)
-                )
-        if outcome is not LoginOutcome.OK:
-            raise SharingError(f"{SharingError.NO_PROOF} ({outcome.name.lower()})")
-        return SharingRequest(request_id, owner, with_username, device_id, state, set_aside)
-
-    def approve_sharing(self, request_id: int) -> SharingRequest:
-        """Compliance approves a pending request: the shared device now serves both."""
-        return self._decide_sharing(request_id, SharingState.ACTIVE)
-
-    def cancel_sharing(self, request_id: int, *, username: str | None = None) -> SharingRequest:
-        """Cancels a pending or active request: the link goes and the devices the requester
-        set aside are active again. ``username`` (the portal's user) must be the owner or
-        the requester; client services cancel any request (``None``)."""
-        return self._decide_sharing(request_id, SharingState.CANCELLED, username)
-
-    def _decide_sharing(
-        self, request_id: int, to: SharingState, username: str | None = None
-    ) -> SharingRequest:
-        if not isinstance(request_id, int) or isinstance(request_id, bool) or request_id < 1:
-            raise InvalidInputError("request_id", "must be a positive integer")
-        now = self.clock.now()
-        with self.context.write() as tx:
-            row = tx.store.sharing(request_id)
-            if username is not None and row is not None:
-                who = self.context.user(username).id
-                if who not in (row.owner_id, row.requester_id):
-                    row = None  # another user's request: as if there were none
-            allowed = (
-                (SharingState.PENDING,)
-                if to is SharingState.ACTIVE
-                else (
-                    SharingState.PENDING,
-                    SharingState.ACTIVE,
-                )
-            )
-            if row is None or SharingState(row.state) not in allowed:
-                raise SharingError(SharingError.NOT_PENDING)
-            users = self.context.directory.user_by_id
-            owner_row, requester_row = users[row.owner_id], users[row.requester_id]
-            if to is SharingState.ACTIVE:
-                # Approval comes later: the rules and the requester's account are judged
-                # again as they are now.
-                shared = self.context.directory.devices[row.device_id]
-                self._check_sharing(tx, owner_row, requester_row, shared, now)
-                tx.store.link(row.requester_id, row.device_id)
-            else:
-                tx.store.unlink(row.requester_id, row.device_id)
-                for aside in row.set_aside:
-                    # Only what this request set aside and is still set aside comes back:
-                    # a device revoked, replaced or lost since stays out of service.
-                    device = self.context.directory.devices.get(aside)
-                    if (
-                        device is not None
-                        and not requester_row.closed
-                        and device.row.state == DeviceState.SUSPENDED.value
-                        and aside not in self.context.directory.replaced_by
-                    ):
-                        tx.store.update_device(aside, state=DeviceState.ACTIVE.value)
-            tx.store.update_sharing(request_id, state=to.value, decided_at=now)
-            owner, requester = owner_row.username, requester_row.username
-        return SharingRequest(request_id, owner, requester, row.device_id, to, row.set_aside)
-
-    def _check_sharing(
-        self, tx: WriteTx, first: UserRow, second: UserRow, entry: DeviceEntry, now: float
-    ) -> None:
-        """The sharing rules, and the requester's account: a closed or locked user gets no
-        device (SLS-RULES "One rule for every way in")."""
-        self._refuse_issue(tx, second, "shared device")
-        live = [
-            other.type
-            for user in (first, second)
-            for other in self.context.devices_of(user.id)
-            if other.row.id != entry.row.id
-            and self.context.effective_state(other, now)
-            in (DeviceState.ACTIVE, DeviceState.PENDING)
-        ]
-        sharing.check_sharing(
-            entry.type, Identity(**first.identity), Identity(**second.identity), live
-        )
-
     # -- policy --------------------------------------------------------------------------
     def withdrawal_limits(self, username: str) -> WithdrawalLimits:
         """Limits set by the strongest active device (SLS-RULES table); temporary
@@ -659,7 +500,7 @@ class SecureLogin:
         secret = secrets.token_bytes(20)
         with self.context.write() as tx:
             user = self.context.user(username)
-            self._refuse_issue(tx, user, "online card")
+            self.context.refuse_issue(tx.store, user, "online card")
             passcodes = [
                 e
                 for e in self.context.devices_of(user.id)
@@ -728,11 +569,11 @@ class SecureLogin:
         with self.context.write() as tx:
             user = self.context.user(username)
             if purpose is not Purpose.LOGIN and purpose is not Purpose.STEP_UP:
-                self._refuse_issue(tx, user, f"{purpose.name.lower()} challenge")
+                self.context.refuse_issue(tx.store, user, f"{purpose.name.lower()} challenge")
             entry = self._pick_device(user, device_id, purpose, now)
             if entry.type.method == "sms":
                 # A text costs money and its answer would be refused: none is sent.
-                self._refuse_issue(tx, user, "SMS code")
+                self.context.refuse_issue(tx.store, user, "SMS code")
             challenge_id = self.context.next_challenge_id(tx.store)
         method = entry.type.method
         if method == "passcode":

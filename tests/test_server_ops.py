@@ -623,3 +623,54 @@ def test_a_failing_audit_sink_fails_the_verdict_with_nothing_applied_and_health_
         time.sleep(0.01)
     assert status == health_pb2.HealthCheckResponse.NOT_SERVING
     assert sls.verify("alice", c.token, right).ok  # nothing was applied: still unused
+
+
+def test_a_caller_over_its_quota_is_resource_exhausted_with_when_to_retry(
+    serve: Callable[..., InProcessServer],
+) -> None:
+    """Issue 11, abuse limits: calls that create state or cost money are rationed per
+    caller (here 3 activation offers a minute); verification itself never is."""
+    server = serve(quotas={"CreateActivation": 3})
+    for name in ("alice", "bob", "carl", "dora"):
+        server.sls.create_user(name)
+    stubs = server.stubs()
+    for name in ("alice", "bob", "carl"):
+        stubs.activation.CreateActivation(
+            activation_pb2.CreateActivationRequest(username=name), timeout=CALL_TIMEOUT
+        )
+    with pytest.raises(grpc.RpcError) as refused:
+        stubs.activation.CreateActivation(
+            activation_pb2.CreateActivationRequest(username="dora"), timeout=CALL_TIMEOUT
+        )
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    details = refused.value.details() or ""
+    assert details.startswith("quota: at most 3 CreateActivation calls a minute per caller")
+    assert "retry in" in details
+    refusals = server.server.metrics.quota_refusals.labels("CreateActivation")._value.get()
+    assert refusals == 1
+
+
+def test_a_user_over_the_text_limit_is_resource_exhausted_over_grpc(stubs: Stubs) -> None:
+    stubs.admin.CreateUser(admin_pb2.CreateUserRequest(username="erin"), timeout=CALL_TIMEOUT)
+    stubs.admin.EnrollDevice(
+        admin_pb2.EnrollDeviceRequest(
+            username="erin", type=common_pb2.DEVICE_TYPE_SMS, phone="+41791234567"
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+    request = verification_pb2.IssueChallengeRequest(username="erin")
+    for _ in range(5):
+        stubs.verification.IssueChallenge(request, timeout=CALL_TIMEOUT)
+    with pytest.raises(grpc.RpcError) as refused:
+        stubs.verification.IssueChallenge(request, timeout=CALL_TIMEOUT)
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (refused.value.details() or "").startswith("sms: at most 5 per user")
+
+
+def test_quotas_are_configured_per_method_and_checked() -> None:
+    from sls_core.server.config import DEFAULT_QUOTAS, config_from_mapping
+
+    config = config_from_mapping({"quotas": {"CreatePush": 10}})
+    assert config.quotas == {**DEFAULT_QUOTAS, "CreatePush": 10}
+    with pytest.raises(ConfigError, match=r"quotas\.Verify: must be one of"):
+        config_from_mapping({"quotas": {"Verify": 10}})

@@ -641,3 +641,34 @@ def test_the_auto_activation_delay_is_set_per_region_from_2_to_3_weeks(tmp_path:
     for days in (13, 22):
         with pytest.raises(InvalidInputError, match="14 to 21 days"):
             SecureLogin.open(tmp_path / "bad", auto_activation_delay=days * DAY)
+
+
+# -- abuse limits (issue 11): texts and activation offers per user ---------------------------
+
+
+def test_a_user_is_sent_at_most_5_texts_in_15_minutes(
+    sls: SecureLogin, clock: ManualClock, tmp_path: Path
+) -> None:
+    from sls_core.rules.quotas import QuotaExceededError
+    from sls_core.sms import read_outbox
+
+    sls.enroll_device("alice", DeviceType.SMS, phone="+41791234567")
+    for _ in range(5):
+        sls.issue_challenge("alice")
+    with pytest.raises(QuotaExceededError, match=r"sms: at most 5 per user in 15 minutes"):
+        sls.issue_challenge("alice")
+    assert len(read_outbox(tmp_path / "data" / "sms-outbox.jsonl")) == 5  # nothing sent
+    clock.advance(15 * 60 + 1)
+    sls.issue_challenge("alice")  # the window moved on
+
+
+def test_a_user_gets_at_most_5_activation_offers_an_hour(sls: SecureLogin) -> None:
+    from sls_core.rules.quotas import QuotaExceededError
+
+    for _ in range(5):
+        sls.ibkey.create_activation("alice")
+    with pytest.raises(QuotaExceededError) as refused:
+        sls.ibkey.create_activation("alice")
+    assert 0 < refused.value.retry_after <= 3600
+    sls.create_user("bob")
+    sls.ibkey.create_activation("bob")  # per user: others are not affected

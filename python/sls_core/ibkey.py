@@ -42,6 +42,7 @@ from sls_core.login.context import LoginContext
 from sls_core.login.directory import DeviceEntry
 from sls_core.login.pipeline import OfferPlan, PushPlan, RecoveryPlan
 from sls_core.outcome import LoginOutcome
+from sls_core.rules import quotas
 from sls_core.store import ActivationRow, DeviceRow, PushRow, StoreTx
 from sls_core.values import (
     APPROVE,
@@ -141,6 +142,9 @@ class IbKey:
         with ctx.write() as tx:
             user = ctx.user(username)
             ctx.refuse_issue(tx.store, user, "activation")
+            ctx.meter(tx.store, quotas.Metered.ACTIVATION_OFFER, user.id)
+            if channel == "sms":
+                ctx.meter(tx.store, quotas.Metered.SMS, user.id)
             tx.store.insert_activation(
                 ActivationRow(
                     # Only keyed hashes: a copy of the database cannot rebuild the QR

@@ -49,7 +49,7 @@ class WriterBusyError(Exception):
 
 
 #: The schema version this code writes; older files are migrated on open.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _MIGRATIONS: dict[int, Sequence[str]] = {
     1: (
@@ -158,6 +158,11 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
             seen_at REAL NOT NULL
         )""",
     ),
+    # 8: per-user abuse limits (texts sent, activation offers): one row per event.
+    8: (
+        "CREATE TABLE metered (kind TEXT NOT NULL, user_id INTEGER NOT NULL, at REAL NOT NULL)",
+        "CREATE INDEX metered_by_user ON metered(kind, user_id, at)",
+    ),
 }
 
 
@@ -244,6 +249,8 @@ class StoreTx(Protocol):
     def consumed(self, challenge_ids: Sequence[int]) -> set[int]: ...
     def consume(self, challenge_ids: Sequence[int], expires_at: float) -> None: ...
     def purge_consumed(self, before: float) -> int: ...
+    def metered(self, kind: str, user_id: int, since: float) -> list[float]: ...
+    def meter(self, kind: str, user_id: int, at: float) -> None: ...
     def insert_activation(self, row: ActivationRow) -> None: ...
     def take_activation(
         self, *, session_id: bytes | None = None, manual_prefix: bytes | None = None, now: float
@@ -373,6 +380,24 @@ class _SqliteTx:
         return cur.rowcount
 
     # -- activations and pushes --------------------------------------------------------
+    def metered(self, kind: str, user_id: int, since: float) -> list[float]:
+        """When ``kind`` happened to ``user_id`` after ``since``, oldest first."""
+        rows = self._conn.execute(
+            "SELECT at FROM metered WHERE kind = ? AND user_id = ? AND at > ? ORDER BY at",
+            (kind, user_id, since),
+        )
+        return [float(at) for (at,) in rows]
+
+    def meter(self, kind: str, user_id: int, at: float) -> None:
+        self._conn.execute(
+            "INSERT INTO metered (kind, user_id, at) VALUES (?, ?, ?)", (kind, user_id, at)
+        )
+        # Keep the table small: a user's events older than a day count for nothing.
+        self._conn.execute(
+            "DELETE FROM metered WHERE kind = ? AND user_id = ? AND at < ?",
+            (kind, user_id, at - 86_400),
+        )
+
     def insert_activation(self, row: ActivationRow) -> None:
         aad = b"activation:" + row.session_id
         self._conn.execute(

@@ -23,7 +23,7 @@ from sls_core.clock import Clock
 from sls_core.devices import Device, DeviceState, DeviceType
 from sls_core.errors import InvalidInputError
 from sls_core.login.directory import DeviceEntry, Directory
-from sls_core.rules import access, lifecycle, lockout
+from sls_core.rules import access, lifecycle, lockout, quotas
 from sls_core.rules.usernames import validate_username
 from sls_core.sms import SmsSender
 from sls_core.store import Store, StoreTx, UserRow, WriterBusyError
@@ -51,6 +51,7 @@ class LoginContext:
     ) -> None:
         self.store = store
         self.auto_activation_delay = lifecycle.check_auto_activation_delay(auto_activation_delay)
+        self.limits = dict(quotas.DEFAULT_LIMITS)
         self.clock = clock
         self.sms_sender = sms_sender
         self.challenge_ttl = challenge_ttl
@@ -191,6 +192,16 @@ class LoginContext:
 
     def is_locked(self, tx: StoreTx, user_id: int, now: float) -> bool:
         return lockout.is_locked(tx.failures([user_id]).get(user_id, []), now)
+
+    def meter(self, tx: StoreTx, what: quotas.Metered, user_id: int) -> None:
+        """Counts one ``what`` for the user, or raises :class:`QuotaExceededError` (nothing
+        counted) when the user is at the limit (SLS abuse limits, our choice)."""
+        limit = self.limits[what]
+        now = self.clock.now()
+        wait = quotas.retry_after(tx.metered(what.value, user_id, now - limit.window), limit, now)
+        if wait is not None:
+            raise quotas.QuotaExceededError(what, limit, wait)
+        tx.meter(what.value, user_id, now)
 
     def refuse_issue(self, tx: StoreTx, user: UserRow, what: str) -> None:
         """SLS-RULES: nothing is issued for a closed account, nor for a locked user."""

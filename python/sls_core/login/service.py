@@ -39,7 +39,7 @@ from sls_core.login.issuing import (
 from sls_core.login.pipeline import SMS_CODE_DIGITS, PasswordFailurePlan, ResponsePlan
 from sls_core.login.sharing import DeviceSharing
 from sls_core.rules import access as rules_access
-from sls_core.rules import lifecycle, limits, lockout
+from sls_core.rules import lifecycle, limits, lockout, quotas
 from sls_core.rules.usernames import validate_new_username
 from sls_core.sealing import ENV_VAR, MasterKeyRing
 from sls_core.sms import OutboxSender, SmsSender, check_phone
@@ -574,6 +574,7 @@ class SecureLogin(DeviceSharing):
             if entry.type.method == "sms":
                 # A text costs money and its answer would be refused: none is sent.
                 self.context.refuse_issue(tx.store, user, "SMS code")
+                self.context.meter(tx.store, quotas.Metered.SMS, user.id)
             challenge_id = self.context.next_challenge_id(tx.store)
         method = entry.type.method
         if method == "passcode":

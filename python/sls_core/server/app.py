@@ -49,6 +49,7 @@ from sls_core.server.interceptors import (
     AccessLogInterceptor,
     AuthorizationInterceptor,
     MetricsInterceptor,
+    QuotaInterceptor,
 )
 from sls_core.server.metrics import Metrics, serve_metrics
 from sls_core.server.servicers import (
@@ -161,6 +162,7 @@ class SlsServer:
                 AccessLogInterceptor(),
                 MetricsInterceptor(self.metrics),
                 AuthorizationInterceptor(config.roles, tls=config.tls is not None),
+                QuotaInterceptor(config.quotas, self.metrics),
             ],
             options=options,
         )

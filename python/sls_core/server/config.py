@@ -57,6 +57,25 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 #: policy and act for the portal's user (PortalService); admins also call AdminService
 #: (client services).
 ROLES = ("gateway", "admin")
+#: Our choice: a gateway texts at most 60 activation codes a minute, creates 300 offers and
+#: 3,000 pushes (a login storm of push users); verification itself is never rationed.
+DEFAULT_QUOTAS = {"SendSmsActivation": 60, "CreateActivation": 300, "CreatePush": 3000}
+_QUOTA_METHODS = frozenset(
+    {
+        "SendSmsActivation",
+        "CreateActivation",
+        "CreatePush",
+        "Recover",
+        "RecordPasswordFailure",
+        "IssueChallenge",
+        "IssueOnlineCard",
+        "RequestSharing",
+        "IssueTemporaryPasscode",
+        "CreateUser",
+        "EnrollDevice",
+        "ImportDevice",
+    }
+)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: gRPC message sizes are C ints.
 MAX_MESSAGE_LIMIT = 2**31 - 1
@@ -112,6 +131,9 @@ class ServerConfig:
     #: A shipped replacement activates itself this many days after shipment (SLS-RULES:
     #: 2 to 3 weeks by region).
     auto_activation_days: int = 21
+    #: Per-caller quotas, calls a minute, on the RPCs that cost money or create state
+    #: (``[quotas]`` in TOML: method name = per minute, 0 = none).
+    quotas: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_QUOTAS))
 
     @property
     def audit_path(self) -> Path | None:
@@ -146,6 +168,12 @@ class ServerConfig:
             _seconds(name, getattr(self, name))
         _int_range("metrics_port", self.metrics_port, 0, 65535)
         _int_range("auto_activation_days", self.auto_activation_days, 14, 21)
+        for method, per_minute in self.quotas.items():
+            if method not in _QUOTA_METHODS:
+                raise ConfigError(
+                    f"quotas.{method}", f"must be one of {', '.join(sorted(_QUOTA_METHODS))}"
+                )
+            _int_range(f"quotas.{method}", per_minute, 0, 10_000_000)
         if self.log_level not in LOG_LEVELS:
             raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         for cn, role in self.roles.items():
@@ -252,6 +280,10 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: Path | None = None) -
             if not isinstance(value, Mapping):
                 raise ConfigError("roles", "must be a table of CN = role")
             values["roles"] = dict(value)
+        elif key == "quotas":
+            if not isinstance(value, Mapping):
+                raise ConfigError("quotas", "must be a table of method = calls per minute")
+            values["quotas"] = {**DEFAULT_QUOTAS, **value}
         elif key in _TYPES:
             types = _TYPES[key]
             if isinstance(value, bool) and bool not in types:

@@ -248,6 +248,44 @@ class AuthorizationInterceptor(_Wrapping):
         )
 
 
+class QuotaInterceptor(_Wrapping):
+    """Per-caller quotas on the calls that cost money or create state (texts, activation
+    offers, pushes): at most ``per_minute[method]`` calls a minute per caller identity, as a
+    token bucket in each server process; past it RESOURCE_EXHAUSTED says the limit and
+    when to retry. Runs after authorization (it needs the caller)."""
+
+    #: Past this many buckets the oldest state is dropped (callers come and go).
+    MAX_BUCKETS = 100_000
+
+    def __init__(self, per_minute: Mapping[str, int], metrics: Metrics) -> None:
+        super().__init__()
+        self._rates = {name: float(n) for name, n in per_minute.items() if n > 0}
+        self._metrics = metrics
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def before(self, method: str, context: Any) -> Any:
+        name = method.rpartition("/")[2]
+        rate = self._rates.get(name)
+        if rate is None:
+            return None
+        now = time.monotonic()
+        key = (current_caller().identity, name)
+        tokens, last = self._buckets.get(key, (rate, now))
+        tokens = min(rate, tokens + (now - last) * rate / 60.0)
+        if tokens < 1.0:
+            self._metrics.quota_refused(name)
+            wait = (1.0 - tokens) * 60.0 / rate
+            raise _RefusedError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"quota: at most {rate:.0f} {name} calls a minute per caller; "
+                f"retry in {max(1, round(wait))} s",
+            )
+        if len(self._buckets) >= self.MAX_BUCKETS:
+            self._buckets.clear()
+        self._buckets[key] = (tokens - 1.0, now)
+        return None
+
+
 class MetricsInterceptor(_Wrapping):
     """Requests by method and status code, latency, calls in progress."""
 

@@ -88,6 +88,12 @@ class Metrics:
             "Attempts refused because the user is locked out (LOCKED outcomes).",
             registry=r,
         )
+        self.quota_refusals = Counter(
+            "sls_quota_refusals",
+            "Calls refused because their caller was over its per-minute quota.",
+            ["method"],
+            registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -96,6 +102,9 @@ class Metrics:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
+
+    def quota_refused(self, method: str) -> None:
+        self._child(self.quota_refusals, method).inc()
 
     def started(self, method: str) -> None:
         self._child(self.in_progress, method).inc()

@@ -4,6 +4,8 @@
 * :class:`~sls_core.values.ActivationError`, :class:`~sls_core.values.SharingError` ->
   FAILED_PRECONDITION with the reason ("already used or expired", "less secure device");
 * :class:`RefusedError` -> its own code (RESOURCE_EXHAUSTED for an oversized batch);
+* :class:`~sls_core.rules.quotas.QuotaExceededError` -> RESOURCE_EXHAUSTED naming the
+  limit and how long to wait;
 * :class:`DeadlinePassedError` -> DEADLINE_EXCEEDED (nothing was done);
 * anything else -> INTERNAL "internal error" (the traceback goes to the log, never to the
   caller).
@@ -25,6 +27,7 @@ import grpc
 import grpc.aio
 
 from sls_core.errors import InvalidInputError
+from sls_core.rules.quotas import QuotaExceededError
 from sls_core.values import ActivationError, SharingError
 
 __all__ = [
@@ -65,6 +68,8 @@ async def abort_for(error: BaseException, context: Context, method: str) -> None
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, error.reason)
     if isinstance(error, RefusedError):
         await context.abort(error.code, error.details)
+    if isinstance(error, QuotaExceededError):
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
     if isinstance(error, DeadlinePassedError):
         await context.abort(
             grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the work started"

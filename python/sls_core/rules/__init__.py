@@ -10,4 +10,5 @@ and the services call these functions; nothing else restates a rule or its numbe
 * :mod:`~sls_core.rules.limits`: "What the strength of the device allows" and issuance.
 * :mod:`~sls_core.rules.sharing`: "Several devices and sharing".
 * :mod:`~sls_core.rules.usernames`: "Usernames".
+* :mod:`~sls_core.rules.quotas`: abuse limits (our numbers: SLS-RULES gives none).
 """

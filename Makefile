@@ -40,6 +40,7 @@ bench: build
 	$(PY) benches/report.py --out bench-results
 	$(PY) benches/login_report.py --out bench-results
 	$(PY) benches/ibkey_report.py --out bench-results
+	$(PY) benches/failing_requests.py --out bench-results
 
 # Gateways against `sls-core serve` on 127.0.0.1 (bounded in time).
 loadtest: build

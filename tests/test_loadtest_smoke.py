@@ -39,3 +39,15 @@ def test_the_load_test_runs_every_mode_and_reports_them(tmp_path: Path) -> None:
     text = (out / "loadtest.md").read_text()
     assert "VerifyBatch end to end is" in text
     assert "Single Verify, open loop at 400 logins/s offered" in text
+
+
+def test_the_failing_requests_benchmark_runs_and_reports_both_runs(tmp_path: Path) -> None:
+    import failing_requests
+
+    out = tmp_path / "out"
+    args = ["--devices", "300", "--seconds", "0.3", "--rate", "50", "--out", str(out)]
+    assert failing_requests.main(args) == 0
+    report = json.loads((out / "failing_requests.json").read_text())
+    assert report["alone"]["logins"] > 0
+    assert report["with_failing_requests"]["logins"] > 0
+    assert report["p99_ratio"] > 0

@@ -674,3 +674,21 @@ def test_quotas_are_configured_per_method_and_checked() -> None:
     assert config.quotas == {**DEFAULT_QUOTAS, "CreatePush": 10}
     with pytest.raises(ConfigError, match=r"quotas\.Verify: must be one of"):
         config_from_mapping({"quotas": {"Verify": 10}})
+
+
+def test_a_push_answer_the_trail_cannot_hold_is_not_applied(
+    serve: Callable[..., InProcessServer],
+) -> None:
+    server = serve(audit_log=Path("/dev/full"))
+    server.sls.create_user("bob")
+    app = SimulatedApp()
+    app.activate(server.sls.ibkey, payload=server.sls.ibkey.create_activation("bob").payload)
+    push = server.sls.ibkey.create_push("bob")
+    signature = app.sign(push.message(1))
+    request = push_pb2.AnswerPushRequest(
+        challenge_id=push.challenge_id, decision=1, signature=signature
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        server.stubs().push.AnswerPush(request, timeout=CALL_TIMEOUT)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert server.sls.ibkey.push_status(push.challenge_id) == "pending"  # nothing applied

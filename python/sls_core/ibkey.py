@@ -28,7 +28,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -387,13 +387,25 @@ class IbKey:
             PushChallenge(r.challenge_id, r.user_id, r.device_id, int(r.expires_at)) for r in rows
         ]
 
-    def answer_push(self, challenge_id: int, decision: int, signature: bytes) -> LoginOutcome:
+    def answer_push(
+        self,
+        challenge_id: int,
+        decision: int,
+        signature: bytes,
+        *,
+        before_commit: Callable[[LoginOutcome], None] | None = None,
+    ) -> LoginOutcome:
         """The app's answer: OK (approved), DECLINED, WRONG (signature does not verify for
         this challenge, user and device: a failed attempt), REPLAYED (already answered),
         EXPIRED, LOCKED, ACCOUNT_CLOSED, DEVICE_NOT_ACTIVE."""
         if _push_id(challenge_id) is None:
             raise InvalidInputError("challenge_id", "must be a push id (an integer below 2^63)")
-        outcomes = self.answer_pushes([challenge_id], [decision], [signature])
+        hook = (
+            None
+            if before_commit is None
+            else (lambda out: before_commit(LoginOutcome(int(out[0]))))
+        )
+        outcomes = self.answer_pushes([challenge_id], [decision], [signature], before_commit=hook)
         return LoginOutcome(int(outcomes[0]))
 
     def answer_pushes(
@@ -401,9 +413,13 @@ class IbKey:
         challenge_ids: Sequence[int],
         decisions: Sequence[int],
         signatures: Sequence[bytes],
+        *,
+        before_commit: Callable[[npt.NDArray[np.uint8]], None] | None = None,
     ) -> npt.NDArray[np.uint8]:
         """Many app answers at once: signatures verified in one kernel batch (Ed25519
-        batch verification), decided by the pipeline in one transaction."""
+        batch verification), decided by the pipeline in one transaction.
+        ``before_commit`` sees the outcomes before the commit (a server audits there: if
+        it raises, nothing is applied)."""
         n = len(challenge_ids)
         if len(decisions) != n or len(signatures) != n:
             raise InvalidInputError("signatures", "one decision and signature per challenge")
@@ -414,6 +430,8 @@ class IbKey:
             rows = [found.get(i) if i is not None else None for i in ids]
             plan = PushPlan(ctx, rows, decisions, signatures, ctx.clock.now())
             plan.decide(tx.store)
+            if before_commit is not None:
+                before_commit(plan.out)
         return plan.out
 
     def push_status(self, challenge_id: int) -> str:

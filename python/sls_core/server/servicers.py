@@ -22,7 +22,7 @@ import contextlib
 import functools
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -85,6 +85,18 @@ _VERIFY_EVENTS = {
 
 
 # -- verification -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _audit_or_unavailable() -> Iterator[None]:
+    """An audit write inside a store transaction: if the trail cannot be written, the call
+    is UNAVAILABLE and the transaction rolls back (nothing applied, a retry is safe)."""
+    try:
+        yield
+    except OSError:
+        raise RefusedError(
+            grpc.StatusCode.UNAVAILABLE, "the audit trail cannot be written: nothing was applied"
+        ) from None
 
 
 class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
@@ -150,7 +162,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
         def audit(result: BatchResult) -> None:
             # Inside the store transaction, before it commits: a verdict the trail cannot
             # hold is never applied (the transaction rolls back, the caller may retry).
-            try:
+            with _audit_or_unavailable():
                 if isinstance(caller, Caller):
                     self.d.audit.verdicts(
                         event,
@@ -168,11 +180,6 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
                         result.device_ids,
                         result.outcomes,
                     )
-            except OSError:
-                raise RefusedError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "the audit trail cannot be written: nothing was applied",
-                ) from None
 
         result = self.d.sls.verify_batch(
             usernames,
@@ -424,16 +431,23 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
     ) -> push_pb2.AnswerPushResponse:
         caller = current_caller()
 
+        def audit(outcome: LoginOutcome) -> None:
+            # Inside the transaction, before it commits: no decision the trail lacks.
+            with _audit_or_unavailable():
+                self.d.audit.record(
+                    "push_answer",
+                    caller.identity,
+                    caller.request_id,
+                    outcome=outcome.name,
+                    challenge_id=request.challenge_id,
+                )
+
         def answer() -> LoginOutcome:
             outcome = self.d.sls.ibkey.answer_push(
-                request.challenge_id, wire.from_decision(request.decision), request.signature
-            )
-            self.d.audit.record(
-                "push_answer",
-                caller.identity,
-                caller.request_id,
-                outcome=outcome.name,
-                challenge_id=request.challenge_id,
+                request.challenge_id,
+                wire.from_decision(request.decision),
+                request.signature,
+                before_commit=audit,
             )
             self.d.metrics.outcome("AnswerPush", outcome)
             return outcome

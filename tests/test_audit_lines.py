@@ -355,3 +355,50 @@ def test_the_verify_command_names_the_first_broken_line(tmp_path: Path) -> None:
     text = path.read_text().replace('"username":"bob"', '"username":"eve"', 1)
     path.write_text(text)
     assert admin_main(["verify-audit", str(path)]) == 1
+
+
+def test_a_write_cut_inside_its_seal_still_verifies_after_recovery(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write_some(path, "verify")
+    text = path.read_bytes()
+    *_, seal = text.splitlines(keepends=True)
+    path.write_bytes(text + text[: len(text) - len(seal)] + seal[:-1])  # seal without "\n"
+    _write_some(path, "activate")
+    assert verify_trail(path).ok
+    path.write_bytes(path.read_bytes() + b"x" * 3 + seal[:40])  # and one cut mid-seal
+    _write_some(path, "verify")
+    assert verify_trail(path).ok
+
+
+def test_lines_of_a_block_cut_short_are_not_read_as_records(tmp_path: Path) -> None:
+    """A verdict's lines are written before its transaction commits: a block cut short
+    (sealed as recovered) holds verdicts that were never applied."""
+    path = tmp_path / "audit.jsonl"
+    _write_some(path, "verify")
+    record = path.read_bytes().splitlines(keepends=True)[0]
+    with path.open("ab") as f:
+        f.write(record.replace(b'"verify"', b'"rolled_back"'))  # complete line, no seal
+    _write_some(path, "activate")
+    assert verify_trail(path).ok
+    events = [r["event"] for r in read_records(path)]
+    assert "rolled_back" not in events
+    assert events == ["verify", "verify", "activate", "activate"]
+
+
+def test_after_a_rotation_every_process_chains_the_new_file_from_its_start(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    first, second = AuditTrail(path), AuditTrail(path)
+    try:
+        first.verdicts("verify", "cn=gw", "r", ["alice"], ids([1]), verdicts([0]))
+        path.rename(tmp_path / "audit.jsonl.1")  # logrotate, then SIGHUP to each process
+        second.reopen()
+        second.verdicts("verify", "cn=gw", "r", ["alice"], ids([1]), verdicts([0]))
+        first.reopen()
+        first.verdicts("verify", "cn=gw", "r", ["alice"], ids([1]), verdicts([0]))
+    finally:
+        first.close()
+        second.close()
+    assert verify_trail(tmp_path / "audit.jsonl.1").ok
+    assert verify_trail(path).ok

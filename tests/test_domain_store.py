@@ -727,3 +727,36 @@ def test_a_live_rotation_never_retires_a_key_a_running_process_still_seals_with(
     assert len(restarted.devices("user1")) == 2
     challenge = restarted.issue_challenge("user0")
     assert restarted.verify("user0", challenge.token, _answer(challenge.challenge or "")).ok
+
+
+def test_after_a_live_rotation_a_large_batch_opens_what_another_process_sealed(
+    tmp_path: Path,
+) -> None:
+    from sls_core import admin
+
+    data = tmp_path / "data"
+    running = _setup(data, users=1)
+    offer = running.ibkey.create_activation("user0")  # pending: its key is sealed too
+    args = ["--data-dir", str(data), "rotate-master-key", "--new-key-id", "k2", "--quiet"]
+    assert admin.main(args) == 0
+    other = SecureLogin.open(data, clock=running.clock)
+    other.create_user("late")
+    other.enroll_device("late", DeviceType.DSC_PLUS, secret=os.urandom(20), pin=PIN)
+    batch = running.issue_challenges(["user0"] * pipeline_min())
+    result = running.verify_batch(
+        ["user0"] * len(batch),
+        [c.token for c in batch],
+        [_answer(c.challenge or "") for c in batch],
+    )
+    assert all(result[i] is LoginOutcome.OK for i in range(len(batch)))
+    other.issue_challenge("user0")
+    assert admin.main([*args, "--retire"]) == 0
+    from sls_core.simulator import SimulatedApp
+
+    SimulatedApp().activate(running.ibkey, manual_code=offer.manual_code)  # still opens
+
+
+def pipeline_min() -> int:
+    from sls_core.login import PRECHECK_MIN_ITEMS
+
+    return PRECHECK_MIN_ITEMS

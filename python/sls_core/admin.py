@@ -53,6 +53,7 @@ def _key_ids_in_use(db: Path) -> dict[str, int]:
         blobs = conn.execute(
             "SELECT secret FROM devices UNION ALL SELECT pin_hash FROM devices"
             " UNION ALL SELECT sealed FROM server_secrets"
+            " UNION ALL SELECT server_private FROM activations"
         )
         for (blob,) in blobs:
             if blob is not None:

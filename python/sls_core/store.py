@@ -1052,6 +1052,7 @@ class SqliteStore:
     @contextlib.contextmanager
     def read(self) -> Iterator[_SqliteTx]:
         conn = self._connection()
+        self._follow_key_file()  # records sealed under a rotated-in key must open here too
         conn.execute("BEGIN")  # WAL: a snapshot that neither waits for nor blocks writers
         try:
             yield _SqliteTx(conn, self._keyring)
@@ -1122,6 +1123,22 @@ class SqliteStore:
                     conn.execute(
                         "UPDATE server_secrets SET sealed = ? WHERE name = ?",
                         (keyring.seal(value, aad=aad), name),
+                    )
+                    done += 1
+            # Pending activation offers seal their X25519 key too; expired or used ones are
+            # dead weight (and could not be opened after the old key is retired).
+            conn.execute(
+                "DELETE FROM activations WHERE used_at IS NOT NULL OR expires_at < ?",
+                (time.time(),),
+            )
+            for session, private in conn.execute(
+                "SELECT session_id, server_private FROM activations"
+            ).fetchall():
+                if MasterKeyRing.key_id_of(private) != active:
+                    aad = b"activation:" + bytes(session)
+                    conn.execute(
+                        "UPDATE activations SET server_private = ? WHERE session_id = ?",
+                        (keyring.seal(keyring.open(private, aad=aad), aad=aad), session),
                     )
                     done += 1
             del tx

@@ -267,11 +267,15 @@ class WriteTx:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        committed = exc[0] is None
         try:
             self._cm.__exit__(*exc)
+        except BaseException:
+            committed = False  # the COMMIT itself failed: nothing of the transaction stays
+            raise
         finally:
             # Rolled back, the directory (read at the start, never written by the
             # transaction) still matches the store: no reload. Only ids reserved in the
             # transaction are void.
-            self._context.end_reservation(self, committed=exc[0] is None)
+            self._context.end_reservation(self, committed=committed)
             self._context.lock.release()

@@ -12,6 +12,7 @@ and the store close.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
@@ -64,6 +65,9 @@ from sls_core.server.status import MalformedRequestGuard
 
 __all__ = ["SERVICE_NAMES", "SlsServer", "run"]
 
+#: How often a failed audit trail is tried again (seconds).
+_AUDIT_PROBE_EVERY = 2.0
+
 log = logging.getLogger("sls_core.server")
 
 SERVICE_NAMES = (
@@ -108,6 +112,7 @@ class SlsServer:
         self.metrics = Metrics()
         self.executor = ThreadPoolExecutor(config.threads, thread_name_prefix="sls-domain")
         self.audit: AuditTrail | None = None
+        self._audit_probe: asyncio.Future[None] | None = None
         self.port: int | None = None
         self.health: Any = None
         self._server: grpc.aio.Server | None = None
@@ -249,6 +254,25 @@ class SlsServer:
         )
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
+        if not healthy and self._audit_probe is None:
+            self._audit_probe = asyncio.ensure_future(self._probe_audit())
+
+    async def _probe_audit(self) -> None:
+        """While the trail cannot be written no traffic comes (NOT_SERVING), so nothing
+        would notice it is writable again: a probe record every 2 s does."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self.audit is not None and not self.audit.healthy and not self.stopping:
+                await asyncio.sleep(_AUDIT_PROBE_EVERY)
+                with contextlib.suppress(OSError):  # still failing: try again later
+                    await loop.run_in_executor(
+                        self.executor,
+                        functools.partial(
+                            self.audit.record, "audit.probe", "server", "-", outcome="OK"
+                        ),
+                    )
+        finally:
+            self._audit_probe = None
 
     @property
     def stopping(self) -> bool:

@@ -50,6 +50,7 @@ __all__ = ["SEAL_EVENT", "AuditTrail", "TrailCheck", "read_records", "verify_tra
 SEAL_EVENT = "audit.seal"
 _GENESIS = "0" * 64
 _SEAL_MARK = b'"event":"audit.seal"'
+_TORN = b" (torn)\n"
 #: How much of the file's end is read at a time when looking for the last seal (a seal
 #: line is about 220 bytes: one read finds it unless a write was cut short).
 _TAIL_CHUNK = 4096
@@ -72,7 +73,7 @@ class AuditTrail:
         self._fd: int | None = None
         self._lock = threading.Lock()
         #: (file size after this process's last write, the chain's hash there).
-        self._known: tuple[int, str] | None = None
+        self._known: tuple[tuple[int, int], str] | None = None
         self._rfd: int | None = None
         #: Told True/False when writes start failing or work again (health follows it).
         self.on_health: Any = None
@@ -107,7 +108,8 @@ class AuditTrail:
                     if data:
                         _write_all(fd, data, _seal_line(prev, digest, lines, recovered=False))
                         prev = _chained(prev, digest)
-                    self._known = (os.fstat(fd).st_size, prev)
+                    st = os.fstat(fd)
+                    self._known = ((st.st_ino, st.st_size), prev)
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
             except OSError:
@@ -139,15 +141,18 @@ class AuditTrail:
         """The hash the next block chains to (under the lock). Another process's writes
         are read from the file's end; unsealed bytes there (a write cut short) are ended
         with a newline and sealed as recovered first."""
-        size = os.fstat(fd).st_size
-        if self._known is not None and self._known[0] == size:
+        st = os.fstat(fd)
+        size = st.st_size
+        if self._known is not None and self._known[0] == (st.st_ino, size):
             return self._known[1]
         prev, tail = _last_seal(self._reader(fd), size)
         if not tail:
             return prev
         if not tail.endswith(b"\n"):
-            tail += b"\n"
-            _write_all(fd, b"\n")
+            # Ends the torn line so that it can never read as a record or a seal (a seal
+            # cut just before its newline would otherwise parse).
+            tail += _TORN
+            _write_all(fd, _TORN)
         digest = hashlib.sha256(tail).hexdigest()
         _write_all(fd, _seal_line(prev, digest, tail.count(b"\n"), recovered=True))
         return _chained(prev, digest)
@@ -218,6 +223,7 @@ class AuditTrail:
             old = self._fd
             if old is not None:  # not after close(): a SIGHUP during shutdown
                 self._fd = fresh
+                self._known = None  # a new file: its chain head is read from it
         os.close(old if old is not None else fresh)
 
     def close(self) -> None:
@@ -304,11 +310,9 @@ def _last_seal(rfd: int, size: int) -> tuple[str, bytes]:
             line_start = tail.rfind(b"\n", 0, at) + 1
             line_end = tail.find(b"\n", at)
             if line_end >= 0 and (line_start > 0 or end == 0):
-                try:
-                    seal = json.loads(tail[line_start:line_end])
-                    return str(seal["hash"]), tail[line_end + 1 :]
-                except (ValueError, KeyError, TypeError):
-                    pass
+                seal = _parse_seal(tail[line_start:line_end])
+                if seal is not None:
+                    return seal[1], tail[line_end + 1 :]
             at = tail.rfind(_SEAL_MARK, 0, at)
     return _GENESIS, tail
 
@@ -332,15 +336,13 @@ def verify_trail(path: str | os.PathLike[str]) -> TrailCheck:
     prev, block, block_start, records, seals = _GENESIS, b"", 1, 0, 0
     with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
-            if _SEAL_MARK not in line:
+            seal = _parse_seal(line) if _SEAL_MARK in line and line.endswith(b"\n") else None
+            if seal is None:
+                # A record, or what a crash left (sealed as recovered by the next writer).
                 block += line
                 records += 1
                 continue
-            try:
-                seal = json.loads(line)
-                claimed_prev, claimed = str(seal["prev"]), str(seal["hash"])
-            except (ValueError, KeyError, TypeError):
-                return TrailCheck(False, records, seals, number, "a seal line that does not parse")
+            claimed_prev, claimed = seal
             if claimed_prev != prev:
                 return TrailCheck(
                     False, records, seals, block_start, "the chain breaks: a seal is missing"
@@ -358,13 +360,37 @@ def verify_trail(path: str | os.PathLike[str]) -> TrailCheck:
 
 
 def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """The trail's records (every line but the seals), parsed; a line torn by a crash
-    (sealed as recovered, so the chain still holds it) is skipped."""
+    """The trail's records, parsed, without the seals. A block sealed as recovered was
+    cut short (a crash, a full disk): the verdicts it holds were never committed, since
+    a verdict's lines are written before its transaction commits, so it is skipped."""
+    block: list[bytes] = []
     with open(path, "rb") as f:
         for line in f:
-            if not line.strip() or _SEAL_MARK in line:
+            seal = _parse_seal(line) if _SEAL_MARK in line and line.endswith(b"\n") else None
+            if seal is None:
+                block.append(line)
                 continue
+            if not json.loads(line).get("recovered"):
+                yield from _records(block)
+            block = []
+    yield from _records(block)  # lines still unsealed: a writer at work
+
+
+def _records(lines: list[bytes]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if line.strip():
             try:
                 yield json.loads(line)
             except ValueError:
-                continue  # torn by a write cut short
+                continue
+
+
+def _parse_seal(line: bytes) -> tuple[str, str] | None:
+    """(prev, hash) of a seal line, or None if the line is no complete seal."""
+    try:
+        seal = json.loads(line)
+        if isinstance(seal, dict) and seal.get("event") == SEAL_EVENT:
+            return str(seal["prev"]), str(seal["hash"])
+    except (ValueError, KeyError, TypeError):
+        pass
+    return None

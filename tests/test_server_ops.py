@@ -692,3 +692,24 @@ def test_a_push_answer_the_trail_cannot_hold_is_not_applied(
         server.stubs().push.AnswerPush(request, timeout=CALL_TIMEOUT)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
     assert server.sls.ibkey.push_status(push.challenge_id) == "pending"  # nothing applied
+
+
+def test_activations_and_password_failures_the_trail_cannot_hold_are_not_applied(
+    serve: Callable[..., InProcessServer],
+) -> None:
+    server = serve(audit_log=Path("/dev/full"))
+    server.sls.create_user("bob")
+    offer = server.sls.ibkey.create_activation("bob")
+    stubs = server.stubs()
+    request = activation_pb2.CompleteActivationRequest(
+        payload=offer.payload, app_public=b"A" * 32, push_public=b"P" * 32
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        stubs.activation.CompleteActivation(request, timeout=CALL_TIMEOUT)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert server.sls.devices("bob") == []  # nothing enrolled
+    failure = verification_pb2.RecordPasswordFailureRequest(username="bob")
+    with pytest.raises(grpc.RpcError) as refused:
+        stubs.verification.RecordPasswordFailure(failure, timeout=CALL_TIMEOUT)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert server.sls.lockout_status("bob").consecutive_failures == 0  # nothing counted

@@ -104,9 +104,11 @@ def test_a_gateway_reports_wrong_passwords_until_locked_and_only_an_admin_unlock
 
     lines = audit_lines(mtls)
     failures = [line for line in lines if line["event"] == "password_failure"]
+    # Each report is a counted wrong attempt (the tenth locks: its count says 10).
     assert [(f["caller"], f["username"], f["outcome"]) for f in failures] == [
         ("gateway1", "alice", "WRONG")
-    ] * 9 + [("gateway1", "alice", "LOCKED")]
+    ] * 10
+    assert [f["consecutive_failures"] for f in failures] == list(range(1, 11))
     unlocks = [line for line in lines if line["event"] == "admin.Unlock"]
     assert [(u["caller"], u["username"], u["outcome"]) for u in unlocks] == [("ops", "alice", "OK")]
 

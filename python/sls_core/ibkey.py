@@ -199,8 +199,11 @@ class IbKey:
         payload: str | None = None,
         manual_code: str | None = None,
         pin: str | None = None,
+        before_commit: Callable[[str, int], None] | None = None,
     ) -> Activated:
         """Enrolls the IB Key of the app that scanned ``payload`` (or typed ``manual_code``).
+        ``before_commit(username, device_id)`` runs before an enrollment commits (a server
+        audits there: if it raises, nothing is enrolled).
 
         ``pin`` (Android) puts the IB Key PIN in the OCRA computation; the server keeps its
         hash only. Raises :class:`ActivationError` ("already used or expired", "already
@@ -282,6 +285,8 @@ class IbKey:
                     plan = OfferPlan(ctx, user.id, None, enroll, now)
                     plan.decide(tx.store)
                     refusal = _activation_refusal(LoginOutcome(int(plan.out[0])))
+                    if refusal is None and before_commit is not None:
+                        before_commit(user.username, enrolled[0])
         if refusal is not None:
             raise refusal
         assert offer is not None
@@ -302,7 +307,13 @@ class IbKey:
             return ctx.public(ctx.device_of(ctx.user(username), device_id), ctx.clock.now())
 
     def recover(
-        self, username: str, recovery_pin: str, *, app_public: bytes, push_public: bytes
+        self,
+        username: str,
+        recovery_pin: str,
+        *,
+        app_public: bytes,
+        push_public: bytes,
+        before_commit: Callable[[LoginOutcome, int | None], None] | None = None,
     ) -> Activated:
         """Re-enables a reinstalled app with the IB Key PIN (the recovery PIN): new keys for
         the user's IB Key, agreed by X25519 + HKDF as in an activation. A wrong PIN is a
@@ -325,6 +336,8 @@ class IbKey:
 
             plan = RecoveryPlan(ctx, user.id, user.username, recovery_pin, rekey, ctx.clock.now())
             plan.decide(tx.store)
+            if before_commit is not None:  # the outcome (a wrong PIN counts) is audited first
+                before_commit(LoginOutcome(int(plan.out[0])), int(plan.device_ids[0]) or None)
         outcome = LoginOutcome(int(plan.out[0]))
         if outcome is not LoginOutcome.OK:
             if outcome is LoginOutcome.WRONG:

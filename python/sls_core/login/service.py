@@ -38,6 +38,7 @@ from sls_core.login.issuing import (
 )
 from sls_core.login.pipeline import SMS_CODE_DIGITS, PasswordFailurePlan, ResponsePlan
 from sls_core.login.sharing import DeviceSharing
+from sls_core.outcome import LoginOutcome
 from sls_core.rules import access as rules_access
 from sls_core.rules import lifecycle, limits, lockout, quotas
 from sls_core.rules.usernames import validate_new_username
@@ -220,13 +221,28 @@ class SecureLogin(DeviceSharing):
         now = self.clock.now()
         return LockoutStatus(len(failures), until if until is not None and now < until else None)
 
-    def record_password_failure(self, username: str) -> LockoutStatus:
+    def record_password_failure(
+        self,
+        username: str,
+        *,
+        before_commit: Callable[[LoginOutcome, LockoutStatus], None] | None = None,
+    ) -> LockoutStatus:
         """A gateway reports a wrong username/password for ``username``: a failure of the
         same run as wrong second factors (SLS-RULES "Lockout"). An unknown username is an
-        error (nothing to count); while the user is locked nothing more is counted."""
-        return self.record_password_failures([username])[0]
+        error (nothing to count); while the user is locked nothing more is counted.
+        ``before_commit(outcome, status)`` runs before the commit (WRONG: counted; LOCKED:
+        refused, not counted); if it raises, nothing is applied."""
+        hook = None
+        if before_commit is not None:
+            hook = lambda decided: before_commit(*decided[0])  # noqa: E731 - one item
+        return self.record_password_failures([username], before_commit=hook)[0]
 
-    def record_password_failures(self, usernames: Sequence[str]) -> list[LockoutStatus]:
+    def record_password_failures(
+        self,
+        usernames: Sequence[str],
+        *,
+        before_commit: Callable[[list[tuple[LoginOutcome, LockoutStatus]]], None] | None = None,
+    ) -> list[LockoutStatus]:
         """Many reported password failures in one transaction (input order)."""
         with self.context.write() as tx:
             for name in usernames:
@@ -237,7 +253,11 @@ class SecureLogin(DeviceSharing):
             plan.settle(tx.store)
             ids = [int(u) for u in plan.user_ids.tolist()]
             on_record = tx.store.failures(ids)
-        return [self._status(on_record.get(u, []), plan.now) for u in ids]
+            statuses = [self._status(on_record.get(u, []), plan.now) for u in ids]
+            if before_commit is not None:
+                outcomes = [LoginOutcome(int(o)) for o in plan.out.tolist()]
+                before_commit(list(zip(outcomes, statuses, strict=True)))
+        return statuses
 
     def unlock(self, username: str, *, by: str) -> LockoutStatus:
         """Client services unlock a user after verifying identity by phone: the run of

@@ -282,17 +282,19 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
     ) -> verification_pb2.RecordPasswordFailureResponse:
         caller = current_caller()
 
+        def audit(outcome: LoginOutcome, status: LockoutStatus) -> None:
+            with _audit_or_unavailable():  # before the commit: nothing unaudited counts
+                self.d.audit.record(
+                    "password_failure",
+                    caller.identity,
+                    caller.request_id,
+                    username=request.username,
+                    outcome=outcome.name,
+                    consecutive_failures=status.consecutive_failures,
+                )
+
         def record() -> LockoutStatus:
-            status = self.d.sls.record_password_failure(request.username)
-            self.d.audit.record(
-                "password_failure",
-                caller.identity,
-                caller.request_id,
-                username=request.username,
-                outcome=(LoginOutcome.LOCKED if status.locked else LoginOutcome.WRONG).name,
-                consecutive_failures=status.consecutive_failures,
-            )
-            return status
+            return self.d.sls.record_password_failure(request.username, before_commit=audit)
 
         status = await self.d.run(context, record)
         return wire.to_lockout_status(status, verification_pb2.RecordPasswordFailureResponse)
@@ -324,6 +326,17 @@ class ActivationServicer(activation_pb2_grpc.ActivationServiceServicer):
             raise InvalidInputError("code", "give payload or manual_code")
         caller = current_caller()
 
+        def audit_enrolled(username: str, device_id: int) -> None:
+            with _audit_or_unavailable():  # before the commit: no unaudited enrollment
+                self.d.audit.record(
+                    "activation",
+                    caller.identity,
+                    caller.request_id,
+                    username=username,
+                    device_id=device_id,
+                    outcome="OK",
+                )
+
         def complete() -> activation_pb2.CompleteActivationResponse:
             try:
                 done = self.d.sls.ibkey.complete_activation(
@@ -332,20 +345,14 @@ class ActivationServicer(activation_pb2_grpc.ActivationServiceServicer):
                     payload=request.payload if which == "payload" else None,
                     manual_code=request.manual_code if which == "manual_code" else None,
                     pin=wire.from_text(request.pin),
+                    before_commit=audit_enrolled,
                 )
             except ActivationError as e:
+                # A refusal enrolls nothing (the offer is used up): audited after.
                 self.d.audit.record(
                     "activation", caller.identity, caller.request_id, outcome=e.reason
                 )
                 raise
-            self.d.audit.record(
-                "activation",
-                caller.identity,
-                caller.request_id,
-                username=done.username,
-                device_id=done.device.id,
-                outcome="OK",
-            )
             return wire.to_activated(done)
 
         return await self.d.run(context, complete)
@@ -356,30 +363,25 @@ class ActivationServicer(activation_pb2_grpc.ActivationServiceServicer):
     ) -> activation_pb2.CompleteActivationResponse:
         caller = current_caller()
 
-        def recover() -> activation_pb2.CompleteActivationResponse:
-            try:
-                done = self.d.sls.ibkey.recover(
-                    request.username,
-                    request.recovery_pin,
-                    app_public=request.app_public,
-                    push_public=request.push_public,
-                )
-            except ActivationError as e:
+        def audit(outcome: LoginOutcome, device_id: int | None) -> None:
+            # Before the commit: a re-keyed app or a counted wrong PIN is always audited.
+            with _audit_or_unavailable():
                 self.d.audit.record(
                     "recovery",
                     caller.identity,
                     caller.request_id,
                     username=request.username,
-                    outcome=e.reason,
+                    device_id=device_id,
+                    outcome=outcome.name,
                 )
-                raise
-            self.d.audit.record(
-                "recovery",
-                caller.identity,
-                caller.request_id,
-                username=done.username,
-                device_id=done.device.id,
-                outcome="OK",
+
+        def recover() -> activation_pb2.CompleteActivationResponse:
+            done = self.d.sls.ibkey.recover(
+                request.username,
+                request.recovery_pin,
+                app_public=request.app_public,
+                push_public=request.push_public,
+                before_commit=audit,
             )
             return wire.to_activated(done)
 

@@ -85,19 +85,25 @@ def rotate(args: argparse.Namespace) -> int:
             bar.refresh()
 
         changed = store.rotate_master_key(ring, chunk=args.chunk, progress=progress)
-    holders = [h for h in store.key_holders() if h[0] != store.holder]
     store.close()
     print(f"re-sealed {changed} records under {ring.active_key_id!r}", file=sys.stderr)
     if not args.retire:
         return 0
     # A key goes only when no record and no live process uses it any more: a running
-    # server moves to the new key at its next write (it follows the key file).
-    in_use = _key_ids_in_use(data / "sls.db")
-    held: dict[str, list[str]] = {}
-    for _, host, pid, key_id, _ in holders:
-        held.setdefault(key_id, []).append(f"{host} pid {pid}")
-    kept = ring.retaining(set(in_use) | set(held) | {ring.active_key_id})
-    kept.save(key_file)
+    # server moves to the new key at its next write (it follows the key file). Decided
+    # under the store's write lock, so that no write slips in between the scan and the save.
+    gate = SqliteStore(data / "sls.db", keyring=ring)
+    try:
+        with gate.write():
+            in_use = _key_ids_in_use(data / "sls.db")
+            held: dict[str, list[str]] = {}
+            for holder, host, pid, key_id, _ in gate.key_holders():
+                if holder not in (gate.holder, store.holder):
+                    held.setdefault(key_id, []).append(f"{host} pid {pid}")
+            kept = ring.retaining(set(in_use) | set(held) | {ring.active_key_id})
+            kept.save(key_file)
+    finally:
+        gate.close()
     retired = sorted(ring.key_ids - kept.key_ids)
     print(f"retired key ids: {', '.join(retired) or 'none'}", file=sys.stderr)
     refused = sorted(kept.key_ids - {ring.active_key_id})

@@ -1039,13 +1039,16 @@ class SqliteStore:
     @contextlib.contextmanager
     def write(self, *, wait: bool = True) -> Iterator[_SqliteTx]:
         conn = self._connection()
-        self._follow_key_file()
         with self._gated(conn, wait=wait):
+            # Under the write lock: a retirement decided under it (sls_core.admin) cannot
+            # miss a writer that read the key file just before the new one was saved.
+            self._follow_key_file()
             try:
                 self._advertise(conn)
                 yield _SqliteTx(conn, self._keyring)
             except BaseException:
                 conn.execute("ROLLBACK")
+                self._advertised = None  # the row may not have landed: write it again
                 raise
             conn.execute("COMMIT")
 

@@ -118,7 +118,7 @@ class Plan:
         closed = self.ctx.directory.closed
         if closed:
             is_closed = np.isin(self.user_ids, np.fromiter(closed, np.int64))
-            self._set(is_closed, access.refusal(closed=True, locked=False) or LoginOutcome.OK)
+            self._set(is_closed, LoginOutcome.ACCOUNT_CLOSED)  # closed before anything else
 
     def gate_device(self, i: int, entry: DeviceEntry, wanted: DeviceState) -> bool:
         """The device answers only in the state the purpose needs, at the moment of the

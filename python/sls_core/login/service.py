@@ -217,9 +217,7 @@ class SecureLogin(DeviceSharing):
         with self.context.write() as tx:
             user = self.context.user(username)
             failures = tx.store.failures([user.id]).get(user.id, [])
-        until = lockout.locked_until(failures)
-        now = self.clock.now()
-        return LockoutStatus(len(failures), until if until is not None and now < until else None)
+        return self._status(failures, self.clock.now())
 
     def record_password_failure(
         self,

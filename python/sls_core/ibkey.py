@@ -200,10 +200,13 @@ class IbKey:
         manual_code: str | None = None,
         pin: str | None = None,
         before_commit: Callable[[str, int], None] | None = None,
+        before_refusal_commit: Callable[[ActivationError], None] | None = None,
     ) -> Activated:
         """Enrolls the IB Key of the app that scanned ``payload`` (or typed ``manual_code``).
         ``before_commit(username, device_id)`` runs before an enrollment commits (a server
-        audits there: if it raises, nothing is enrolled).
+        audits there: if it raises, nothing is enrolled); ``before_refusal_commit(refusal)``
+        before a refusal commits (the offer used up, a counted failure): if it raises,
+        nothing is used up.
 
         ``pin`` (Android) puts the IB Key PIN in the OCRA computation; the server keeps its
         hash only. Raises :class:`ActivationError` ("already used or expired", "already
@@ -287,6 +290,8 @@ class IbKey:
                     refusal = _activation_refusal(LoginOutcome(int(plan.out[0])))
                     if refusal is None and before_commit is not None:
                         before_commit(user.username, enrolled[0])
+            if refusal is not None and before_refusal_commit is not None:
+                before_refusal_commit(refusal)
         if refusal is not None:
             raise refusal
         assert offer is not None

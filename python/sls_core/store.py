@@ -1002,6 +1002,22 @@ class SqliteStore:
             self._keyring = MasterKeyRing.from_file(self._key_file)
             self._key_file_seen = stamp
 
+    def follow_keys(self) -> bool:
+        """Moves to a rotated key file now, without waiting for the next write: when the
+        key file changed, an empty write transaction re-reads it and records the new key in
+        ``key_holders``. A server calls this every second, so ``--retire`` need not wait for
+        traffic to reach an idle process. Returns whether it moved; skips (False) while
+        another writer holds the lock (the next tick tries again)."""
+        stamp = self._key_file_stamp()
+        if stamp is None or stamp == self._key_file_seen:
+            return False
+        try:
+            with self.write(wait=False):
+                pass
+        except WriterBusyError:
+            return False
+        return True
+
     def _advertise(self, conn: sqlite3.Connection) -> None:
         """Records (in the write transaction) which key this store seals with, when it
         changes and at least once a minute: ``--retire`` waits for every live holder."""

@@ -87,7 +87,11 @@ PURGE_MARGIN = 600.0
 
 
 class SecureLogin(DeviceSharing):
-    """The domain layer over a store. Thread-safe; each process keeps its own directory."""
+    """The domain layer over a store. Thread-safe; each process keeps its own directory.
+
+    Every action that changes state takes an optional ``before_commit`` hook, run inside
+    its transaction after the last write and before the commit (a server writes its audit
+    line there): if the hook raises, nothing of the action is applied."""
 
     def __init__(
         self,
@@ -184,10 +188,18 @@ class SecureLogin(DeviceSharing):
         return IbKey(self.context)
 
     # -- users ---------------------------------------------------------------------------
-    def create_user(self, username: str, identity: Identity | None = None) -> User:
+    def create_user(
+        self,
+        username: str,
+        identity: Identity | None = None,
+        *,
+        before_commit: Callable[[], None] | None = None,
+    ) -> User:
         name = validate_new_username(username)
         with self.context.write() as tx:
             tx.store.insert_user(name, (identity or Identity()).as_dict(), self.clock.now())
+            if before_commit is not None:
+                before_commit()
         return self.user(name)
 
     def user(self, username: str) -> User:
@@ -195,9 +207,17 @@ class SecureLogin(DeviceSharing):
             u = self.context.user(username)
         return User(u.id, u.username, u.opted_out, u.closed, u.preferred_device)
 
-    def set_opted_out(self, username: str, opted_out: bool) -> None:
+    def set_opted_out(
+        self,
+        username: str,
+        opted_out: bool,
+        *,
+        before_commit: Callable[[], None] | None = None,
+    ) -> None:
         with self.context.write() as tx:
             tx.store.update_user(self.context.user(username).id, opted_out=int(opted_out))
+            if before_commit is not None:
+                before_commit()
 
     def close_account(self, username: str) -> None:
         with self.context.write() as tx:
@@ -257,7 +277,9 @@ class SecureLogin(DeviceSharing):
                 before_commit(list(zip(outcomes, statuses, strict=True)))
         return statuses
 
-    def unlock(self, username: str, *, by: str) -> LockoutStatus:
+    def unlock(
+        self, username: str, *, by: str, before_commit: Callable[[], None] | None = None
+    ) -> LockoutStatus:
         """Client services unlock a user after verifying identity by phone: the run of
         failures ends. ``by`` names who did it (the caller audits it with that name)."""
         if not isinstance(by, str) or not by.strip():
@@ -265,6 +287,8 @@ class SecureLogin(DeviceSharing):
         with self.context.write() as tx:
             user = self.context.user(username)
             tx.store.clear_failures([user.id])
+            if before_commit is not None:
+                before_commit()
         return LockoutStatus(0, None)
 
     @staticmethod
@@ -287,6 +311,7 @@ class SecureLogin(DeviceSharing):
         replaces: int | None = None,
         replaces_lost: bool = False,
         imported: bool = False,
+        before_commit: Callable[[int], None] | None = None,
     ) -> Device:
         """Registers a device. Physical devices may be ``shipped`` (PENDING until activated
         by answering a challenge, or automatically 21 days after shipment); others are
@@ -295,7 +320,8 @@ class SecureLogin(DeviceSharing):
         Legacy devices are no longer issued: only ``imported=True`` registers one (an
         existing holder's device arriving from the old system). A replacement for a lost
         or stolen device (``replaces_lost``) suspends the lost one at once. A closed or
-        locked account gets no new device; an active IB Key ends the user's SMS device."""
+        locked account gets no new device; an active IB Key ends the user's SMS device.
+        ``before_commit(device_id)`` is told the new device's id."""
         if not isinstance(device_type, DeviceType):
             raise InvalidInputTypeError("device_type", "must be a DeviceType")
         if not imported:
@@ -353,11 +379,13 @@ class SecureLogin(DeviceSharing):
                 self.context.end_temporary(tx.store, user.id)
             if device_type is DeviceType.IB_KEY:
                 self.context.end_sms(tx.store, user.id)
+            if before_commit is not None:
+                before_commit(device_id)
         return self.device(username, device_id)
 
     def import_device(self, username: str, device_type: DeviceType, **options: Any) -> Device:
         """The import path for existing (legacy) devices: same checks as
-        :meth:`enroll_device`, but a legacy type is accepted."""
+        :meth:`enroll_device` (and its ``before_commit``), but a legacy type is accepted."""
         return self.enroll_device(username, device_type, imported=True, **options)
 
     def enroll_bulk(
@@ -424,7 +452,9 @@ class SecureLogin(DeviceSharing):
     def active_devices(self, username: str) -> list[Device]:
         return [d for d in self.devices(username) if d.state is DeviceState.ACTIVE]
 
-    def choose_device(self, username: str, device_id: int) -> None:
+    def choose_device(
+        self, username: str, device_id: int, *, before_commit: Callable[[], None] | None = None
+    ) -> None:
         """M2FS: the device that answers this user's logins when the gateway names none."""
         with self.context.write() as tx:
             user = self.context.user(username)
@@ -432,13 +462,21 @@ class SecureLogin(DeviceSharing):
             if self.context.effective_state(entry, self.clock.now()) is not DeviceState.ACTIVE:
                 raise InvalidInputError("device_id", "the device is not active")
             tx.store.update_user(user.id, preferred_device=device_id)
+            if before_commit is not None:
+                before_commit()
 
-    def revoke_device(self, username: str, device_id: int) -> None:
+    def revoke_device(
+        self, username: str, device_id: int, *, before_commit: Callable[[], None] | None = None
+    ) -> None:
         with self.context.write() as tx:
             entry = self.context.device_of(self.context.user(username), device_id)
             tx.store.update_device(entry.row.id, state=DeviceState.REVOKED.value)
+            if before_commit is not None:
+                before_commit()
 
-    def reactivate_device(self, username: str, device_id: int) -> None:
+    def reactivate_device(
+        self, username: str, device_id: int, *, before_commit: Callable[[], None] | None = None
+    ) -> None:
         """Client services re-enable a permanent device; this ends the user's temporary
         passcode and online card (SLS-RULES)."""
         with self.context.write() as tx:
@@ -449,6 +487,8 @@ class SecureLogin(DeviceSharing):
             now = self.clock.now()
             tx.store.update_device(entry.row.id, state=DeviceState.ACTIVE.value, activated_at=now)
             self.context.end_temporary(tx.store, user.id)
+            if before_commit is not None:
+                before_commit()
 
     # -- policy --------------------------------------------------------------------------
     def withdrawal_limits(self, username: str) -> WithdrawalLimits:
@@ -464,7 +504,13 @@ class SecureLogin(DeviceSharing):
         return limits.trading_session_length(unlock)
 
     # -- temporary credentials ------------------------------------------------------------
-    def issue_temporary_passcode(self, username: str, *, device_id: int | None = None) -> str:
+    def issue_temporary_passcode(
+        self,
+        username: str,
+        *,
+        device_id: int | None = None,
+        before_commit: Callable[[], None] | None = None,
+    ) -> str:
         """A new passcode (upper case, 12 characters, 59 bits), stored only as a keyed
         hash. Full access for 2 days, then portal access limited to getting an Online
         Security Code Card for 10 more. Returns it once; it is never shown again.
@@ -508,12 +554,17 @@ class SecureLogin(DeviceSharing):
                 ),
                 [user.id],
             )
+            if before_commit is not None:
+                before_commit()
         return passcode
 
-    def issue_online_card(self, username: str) -> tuple[Device, PrintableCard]:
+    def issue_online_card(
+        self, username: str, *, before_commit: Callable[[int], None] | None = None
+    ) -> tuple[Device, PrintableCard]:
         """A new Online Security Code Card (PENDING until activated with two of its codes),
         valid 21 days from issue; returns the device and the printable card. Issued only
-        while the user's temporary passcode is in its portal window (SLS-RULES)."""
+        while the user's temporary passcode is in its portal window (SLS-RULES).
+        ``before_commit(device_id)`` is told the card's device id."""
         now = self.clock.now()
         secret = secrets.token_bytes(20)
         with self.context.write() as tx:
@@ -554,6 +605,8 @@ class SecureLogin(DeviceSharing):
                 ),
                 [user.id],
             )
+            if before_commit is not None:
+                before_commit(device_id)
         expires = datetime.datetime.fromtimestamp(
             now + lifecycle.ONLINE_CARD_VALIDITY, datetime.timezone.utc
         )

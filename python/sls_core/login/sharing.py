@@ -6,6 +6,8 @@ is the one every way in uses. Never logs a secret or a code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sls_core.devices import DeviceState
 from sls_core.errors import InvalidInputError
 from sls_core.login.context import LoginContext, WriteTx
@@ -24,7 +26,14 @@ class DeviceSharing:
 
     context: LoginContext
 
-    def share_device(self, owner: str, device_id: int, with_username: str) -> None:
+    def share_device(
+        self,
+        owner: str,
+        device_id: int,
+        with_username: str,
+        *,
+        before_commit: Callable[[], None] | None = None,
+    ) -> None:
         """Lets ``with_username`` answer with ``owner``'s physical device, when SLS-RULES
         allows it: same holder, no temporary device among them, and the shared device is
         the most secure any of them holds."""
@@ -34,6 +43,8 @@ class DeviceSharing:
             entry = self.context.device_of(first, device_id)
             self._check_sharing(tx, first, second, entry, self.context.clock.now())
             tx.store.link(second.id, device_id)
+            if before_commit is not None:
+                before_commit()
 
     def request_sharing(
         self,
@@ -44,15 +55,18 @@ class DeviceSharing:
         token: str,
         response: str,
         needs_approval: bool = False,
+        before_commit: Callable[[SharingRequest | SharingError], None] | None = None,
     ) -> SharingRequest:
         """Portal self-service: ``with_username`` asks to answer with ``owner``'s physical
         device. The owner proves possession by answering a ``Purpose.SHARING`` challenge
         from that device (a wrong answer is a failed attempt, like any other); the rules of
         :func:`sls_core.rules.sharing.check_sharing` must hold. The requester's own active
         physical devices are set aside (suspended). With ``needs_approval`` the request
-        waits for compliance (:meth:`approve_sharing`); either way it can be cancelled."""
+        waits for compliance (:meth:`approve_sharing`); either way it can be cancelled.
+        ``before_commit`` is told the request, or the refusal of a proof that failed (the
+        failed attempt counts, so it commits too, and the refusal is raised after)."""
         now = self.context.clock.now()
-        outcome = LoginOutcome.OK
+        decided: SharingRequest | SharingError
         with self.context.write() as tx:
             first = self.context.user(owner, field="owner")
             second = self.context.user(with_username, field="with_username")
@@ -93,22 +107,46 @@ class DeviceSharing:
                 request_id = tx.store.insert_sharing(
                     SharingRow(0, first.id, second.id, device_id, state.value, set_aside, now)
                 )
-        if outcome is not LoginOutcome.OK:
-            raise SharingError(f"{SharingError.NO_PROOF} ({outcome.name.lower()})")
-        return SharingRequest(request_id, owner, with_username, device_id, state, set_aside)
+                decided = SharingRequest(
+                    request_id, owner, with_username, device_id, state, set_aside
+                )
+            else:
+                decided = SharingError(f"{SharingError.NO_PROOF} ({outcome.name.lower()})")
+            if before_commit is not None:
+                before_commit(decided)
+        if isinstance(decided, SharingError):
+            raise decided
+        return decided
 
-    def approve_sharing(self, request_id: int) -> SharingRequest:
-        """Compliance approves a pending request: the shared device now serves both."""
-        return self._decide_sharing(request_id, SharingState.ACTIVE)
+    def approve_sharing(
+        self,
+        request_id: int,
+        *,
+        before_commit: Callable[[SharingRequest], None] | None = None,
+    ) -> SharingRequest:
+        """Compliance approves a pending request: the shared device now serves both.
+        ``before_commit`` is told the request as decided."""
+        return self._decide_sharing(request_id, SharingState.ACTIVE, None, before_commit)
 
-    def cancel_sharing(self, request_id: int, *, username: str | None = None) -> SharingRequest:
+    def cancel_sharing(
+        self,
+        request_id: int,
+        *,
+        username: str | None = None,
+        before_commit: Callable[[SharingRequest], None] | None = None,
+    ) -> SharingRequest:
         """Cancels a pending or active request: the link goes and the devices the requester
         set aside are active again. ``username`` (the portal's user) must be the owner or
-        the requester; client services cancel any request (``None``)."""
-        return self._decide_sharing(request_id, SharingState.CANCELLED, username)
+        the requester; client services cancel any request (``None``). ``before_commit`` is
+        told the request as decided."""
+        return self._decide_sharing(request_id, SharingState.CANCELLED, username, before_commit)
 
     def _decide_sharing(
-        self, request_id: int, to: SharingState, username: str | None = None
+        self,
+        request_id: int,
+        to: SharingState,
+        username: str | None = None,
+        before_commit: Callable[[SharingRequest], None] | None = None,
     ) -> SharingRequest:
         if not isinstance(request_id, int) or isinstance(request_id, bool) or request_id < 1:
             raise InvalidInputError("request_id", "must be a positive integer")
@@ -151,8 +189,17 @@ class DeviceSharing:
                     ):
                         tx.store.update_device(aside, state=DeviceState.ACTIVE.value)
             tx.store.update_sharing(request_id, state=to.value, decided_at=now)
-            owner, requester = owner_row.username, requester_row.username
-        return SharingRequest(request_id, owner, requester, row.device_id, to, row.set_aside)
+            decided = SharingRequest(
+                request_id,
+                owner_row.username,
+                requester_row.username,
+                row.device_id,
+                to,
+                row.set_aside,
+            )
+            if before_commit is not None:
+                before_commit(decided)
+        return decided
 
     def _check_sharing(
         self, tx: WriteTx, first: UserRow, second: UserRow, entry: DeviceEntry, now: float

@@ -65,6 +65,8 @@ from sls_core.server.status import MalformedRequestGuard
 
 __all__ = ["SERVICE_NAMES", "SlsServer", "run"]
 
+#: How often a server checks whether the master key file changed (a live rotation).
+KEY_FOLLOW_SECONDS = 1.0
 #: How often a failed audit trail is tried again (seconds).
 _AUDIT_PROBE_EVERY = 2.0
 
@@ -113,6 +115,7 @@ class SlsServer:
         self.executor = ThreadPoolExecutor(config.threads, thread_name_prefix="sls-domain")
         self.audit: AuditTrail | None = None
         self._audit_probe: asyncio.Future[None] | None = None
+        self._key_follower: asyncio.Future[None] | None = None
         self.port: int | None = None
         self.health: Any = None
         self._server: grpc.aio.Server | None = None
@@ -197,6 +200,7 @@ class SlsServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if config.metrics_port and config.workers == 1:
             self._metrics_http = serve_metrics(config.metrics_port, self.metrics.registry)
+        self._key_follower = asyncio.ensure_future(self._follow_keys())
         fields = {
             "listen": config.listen,
             "port": self.port,
@@ -236,6 +240,32 @@ class SlsServer:
         if port == 0:
             raise OSError(f"cannot listen on {config.listen}")
         return port
+
+    async def _follow_keys(self) -> None:
+        """Moves to a rotated master key within a second even when no call arrives, so
+        that ``rotate-master-key --retire`` is not kept waiting by an idle process."""
+        loop = asyncio.get_running_loop()
+        store = self.sls.store if self.sls is not None else None
+        follow = getattr(store, "follow_keys", None)
+        if follow is None:
+            return
+        assert self._stopping is not None
+        reported: str | None = None
+        while not self._stopping.is_set():
+            await asyncio.sleep(KEY_FOLLOW_SECONDS)
+            try:
+                if await loop.run_in_executor(self.executor, follow):
+                    log.info("following the rotated master key file")
+                reported = None
+            except Exception as e:
+                # A key file the process cannot read (a wrong PIN after a switch to an HSM):
+                # writes report it to their callers; say it once here, not every second.
+                if str(e) != reported:
+                    reported = str(e)
+                    log.error(
+                        "cannot follow the master key file",
+                        extra={"fields": {"error": reported}},
+                    )
 
     async def _follow_audit(self, healthy: bool) -> None:
         """Health follows the audit sink: NOT_SERVING while it cannot be written (the load
@@ -287,6 +317,8 @@ class SlsServer:
             await self._stopped.wait()
             return
         self._stopping.set()
+        if self._key_follower is not None:
+            self._key_follower.cancel()
         config = self.config
         grace = config.grace_seconds if grace is None else grace
         log.info("shutting down", extra={"fields": {"grace_seconds": grace}})

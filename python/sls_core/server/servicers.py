@@ -44,6 +44,7 @@ from sls_core.api.v1 import (
 )
 from sls_core.errors import InvalidInputError
 from sls_core.login.issuing import check_task
+from sls_core.server.audit import AuditTrail
 from sls_core.server.coalescing import Attempt, SingleVerifier
 from sls_core.server.domain import Domain
 from sls_core.server.interceptors import Caller, current_caller
@@ -337,6 +338,15 @@ class ActivationServicer(activation_pb2_grpc.ActivationServiceServicer):
                     outcome="OK",
                 )
 
+        audited_refusal: list[ActivationError] = []
+
+        def audit_refused(refusal: ActivationError) -> None:
+            with _audit_or_unavailable():  # before the commit: no unaudited used-up offer
+                self.d.audit.record(
+                    "activation", caller.identity, caller.request_id, outcome=refusal.reason
+                )
+            audited_refusal.append(refusal)
+
         def complete() -> activation_pb2.CompleteActivationResponse:
             try:
                 done = self.d.sls.ibkey.complete_activation(
@@ -346,12 +356,16 @@ class ActivationServicer(activation_pb2_grpc.ActivationServiceServicer):
                     manual_code=request.manual_code if which == "manual_code" else None,
                     pin=wire.from_text(request.pin),
                     before_commit=audit_enrolled,
+                    before_refusal_commit=audit_refused,
                 )
             except ActivationError as e:
-                # A refusal enrolls nothing (the offer is used up): audited after.
-                self.d.audit.record(
-                    "activation", caller.identity, caller.request_id, outcome=e.reason
-                )
+                if e not in audited_refusal:
+                    # Refused before any transaction (a bad or expired payload): nothing
+                    # was committed, so its line follows the refusal.
+                    with _audit_or_unavailable():
+                        self.d.audit.record(
+                            "activation", caller.identity, caller.request_id, outcome=e.reason
+                        )
                 raise
             return wire.to_activated(done)
 
@@ -493,11 +507,66 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
 # -- client services, the portal and policy -----------------------------------------------
 
 
+class _ActionAudit:
+    """The one audit line of a client-services or portal action, ``"<prefix>.<Method>"``
+    with the caller, the user and the device. The servicer hands it to the domain as the
+    action's ``before_commit`` hook, so the line is written inside the transaction: an
+    unwritable trail applies nothing (UNAVAILABLE). Called with the new device's id when
+    the action makes one; :meth:`sharing` for a sharing request or its refusal."""
+
+    def __init__(
+        self,
+        trail: AuditTrail,
+        event: str,
+        caller: Caller,
+        username: str | None,
+        device_id: int | None,
+    ) -> None:
+        self._trail = trail
+        self._event = event
+        self._caller = caller
+        self._username = username
+        self._device_id = device_id
+        self.written = False
+
+    def __call__(self, device_id: int | None = None, **details: Any) -> None:
+        device_id = self._device_id if device_id is None else device_id
+        self._write(self._username, device_id, "OK", **details)
+
+    def sharing(self, decided: SharingRequest | SharingError) -> None:
+        """A sharing request as decided (under its requester), or a refusal that still
+        commits something (the owner's failed proof counts as an attempt)."""
+        if isinstance(decided, SharingError):
+            self._write(self._username, self._device_id, decided.reason)
+        else:
+            self._write(decided.requester, decided.device_id, "OK", **_sharing_details(decided))
+
+    def refused(self, error: SharingError) -> None:
+        """A sharing refusal that applied nothing (a rule, a request already open or no
+        longer pending), after the rollback; unless the hook wrote it already (a failed
+        proof, which commits the owner's failed attempt)."""
+        if not self.written:
+            self._write(self._username, self._device_id, error.reason)
+
+    def _write(
+        self, username: str | None, device_id: int | None, outcome: str, **details: Any
+    ) -> None:
+        with _audit_or_unavailable():
+            self._trail.record(
+                self._event,
+                self._caller.identity,
+                self._caller.request_id,
+                username=username,
+                device_id=device_id,
+                outcome=outcome,
+                **details,
+            )
+        self.written = True
+
+
 class _AuditedActions:
     """What AdminService and PortalService share: each action runs on a worker thread and
-    leaves one audit line, ``"<audit_prefix>.<Method>"`` with the caller, the user and the
-    device; a sharing refusal leaves one with its reason (a wrong answer from the owner is
-    a failed attempt, so it is a decision too)."""
+    writes its audit line (:class:`_ActionAudit`) before its transaction commits."""
 
     audit_prefix: str
 
@@ -508,65 +577,47 @@ class _AuditedActions:
         self,
         context: Context,
         method: str,
-        username: str | Callable[[T], str],
-        fn: Callable[[], T],
-        device_id: int | Callable[[T], int] | None = None,
-        details: Callable[[T], dict[str, Any]] | None = None,
+        username: str | None,
+        fn: Callable[[_ActionAudit], T],
+        device_id: int | None = None,
     ) -> T:
-        """``fn()`` on a worker thread, then its audit line. ``username`` and
-        ``device_id``: who and which device the action is about, or how to find them in the
-        result; ``details``: more fields of the line, from the result."""
-        caller = current_caller()
+        """``fn(audit)`` on a worker thread; ``fn`` passes ``audit`` to the domain as its
+        ``before_commit``. ``username`` and ``device_id``: who and which device the action
+        is about, unless the domain tells the hook (a new device, a sharing request)."""
         event = f"{self.audit_prefix}.{method}"
+        audit = _ActionAudit(self.d.audit, event, current_caller(), username, device_id)
 
         def job() -> T:
             try:
-                result = fn()
+                return fn(audit)
             except SharingError as e:
-                self.d.audit.record(
-                    event,
-                    caller.identity,
-                    caller.request_id,
-                    username=username if isinstance(username, str) else None,
-                    device_id=device_id if isinstance(device_id, int) else None,
-                    outcome=e.reason,
-                )
+                audit.refused(e)
                 raise
-            self.d.audit.record(
-                event,
-                caller.identity,
-                caller.request_id,
-                username=username if isinstance(username, str) else username(result),
-                device_id=device_id(result) if callable(device_id) else device_id,
-                outcome="OK",
-                **(details(result) if details is not None else {}),
-            )
-            return result
 
         return await self.d.run(context, job)
 
     async def _issue_online_card(
         self, context: Context, username: str
     ) -> admin_pb2.IssueOnlineCardResponse:
-        def issue() -> admin_pb2.IssueOnlineCardResponse:
-            device, card = self.d.sls.issue_online_card(username)
+        def issue(audit: _ActionAudit) -> admin_pb2.IssueOnlineCardResponse:
+            device, card = self.d.sls.issue_online_card(username, before_commit=audit)
             # Rendering the card is work too: it stays on the worker thread.
             printed = wire.OnlineCard(
                 device, cardprint.render_png(card), cardprint.render_pdf(card)
             )
             return wire.to_online_card(printed)
 
-        return await self._call(
-            context, "IssueOnlineCard", username, issue, lambda r: r.device.device_id
-        )
+        return await self._call(context, "IssueOnlineCard", username, issue)
 
     async def _set_opt_out(self, context: Context, request: admin_pb2.SetOptOutRequest) -> None:
+        opted_out = request.opted_out
         await self._call(
             context,
             "SetOptOut",
             request.username,
-            lambda: self.d.sls.set_opted_out(request.username, request.opted_out),
-            details=lambda _: {"opted_out": request.opted_out},
+            lambda audit: self.d.sls.set_opted_out(
+                request.username, opted_out, before_commit=lambda: audit(opted_out=opted_out)
+            ),
         )
 
     async def _choose_device(
@@ -576,7 +627,9 @@ class _AuditedActions:
             context,
             "ChooseDevice",
             request.username,
-            lambda: self.d.sls.choose_device(request.username, request.device_id),
+            lambda audit: self.d.sls.choose_device(
+                request.username, request.device_id, before_commit=audit
+            ),
             request.device_id,
         )
 
@@ -584,18 +637,11 @@ class _AuditedActions:
         self,
         context: Context,
         method: str,
-        decide: Callable[[int], SharingRequest],
-        request_id: int,
+        decide: Callable[[Callable[[SharingRequest], None]], SharingRequest],
     ) -> common_pb2.SharingRequest:
-        """Approves or cancels a sharing request, audited under its requester."""
-        sharing = await self._call(
-            context,
-            method,
-            lambda s: s.requester,
-            lambda: decide(request_id),
-            lambda s: s.device_id,
-            _sharing_details,
-        )
+        """Approves or cancels a sharing request (``decide(before_commit)``), audited under
+        its requester."""
+        sharing = await self._call(context, method, None, lambda audit: decide(audit.sharing))
         return wire.to_sharing_request(sharing)
 
 
@@ -618,7 +664,7 @@ class AdminServicer(_AuditedActions, admin_pb2_grpc.AdminServiceServicer):
             context,
             "CreateUser",
             request.username,
-            lambda: self.d.sls.create_user(request.username, identity),
+            lambda audit: self.d.sls.create_user(request.username, identity, before_commit=audit),
         )
         return admin_pb2.CreateUserResponse(user_id=user.id)
 
@@ -631,8 +677,9 @@ class AdminServicer(_AuditedActions, admin_pb2_grpc.AdminServiceServicer):
             context,
             "EnrollDevice",
             request.username,
-            lambda: self.d.sls.enroll_device(request.username, device_type, **options),
-            lambda d: d.id,
+            lambda audit: self.d.sls.enroll_device(
+                request.username, device_type, **options, before_commit=audit
+            ),
         )
         return admin_pb2.EnrollDeviceResponse(device=wire.to_device(device))
 
@@ -645,8 +692,9 @@ class AdminServicer(_AuditedActions, admin_pb2_grpc.AdminServiceServicer):
             context,
             "ImportDevice",
             request.username,
-            lambda: self.d.sls.import_device(request.username, device_type, **options),
-            lambda d: d.id,
+            lambda audit: self.d.sls.import_device(
+                request.username, device_type, **options, before_commit=audit
+            ),
         )
         return admin_pb2.ImportDeviceResponse(device=wire.to_device(device))
 
@@ -672,8 +720,8 @@ class AdminServicer(_AuditedActions, admin_pb2_grpc.AdminServiceServicer):
             context,
             "ShareDevice",
             request.with_username,
-            lambda: self.d.sls.share_device(
-                request.owner, request.device_id, request.with_username
+            lambda audit: self.d.sls.share_device(
+                request.owner, request.device_id, request.with_username, before_commit=audit
             ),
             request.device_id,
         )
@@ -684,7 +732,11 @@ class AdminServicer(_AuditedActions, admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ApproveSharingRequest, context: Context
     ) -> admin_pb2.ApproveSharingResponse:
         sharing = await self._decide_sharing(
-            context, "ApproveSharing", self.d.sls.approve_sharing, request.request_id
+            context,
+            "ApproveSharing",
+            lambda before_commit: self.d.sls.approve_sharing(
+                request.request_id, before_commit=before_commit
+            ),
         )
         return admin_pb2.ApproveSharingResponse(sharing=sharing)
 
@@ -696,7 +748,9 @@ class AdminServicer(_AuditedActions, admin_pb2_grpc.AdminServiceServicer):
             context,
             "RevokeDevice",
             request.username,
-            lambda: self.d.sls.revoke_device(request.username, request.device_id),
+            lambda audit: self.d.sls.revoke_device(
+                request.username, request.device_id, before_commit=audit
+            ),
             request.device_id,
         )
         return admin_pb2.RevokeDeviceResponse()
@@ -709,7 +763,9 @@ class AdminServicer(_AuditedActions, admin_pb2_grpc.AdminServiceServicer):
             context,
             "ReactivateDevice",
             request.username,
-            lambda: self.d.sls.reactivate_device(request.username, request.device_id),
+            lambda audit: self.d.sls.reactivate_device(
+                request.username, request.device_id, before_commit=audit
+            ),
             request.device_id,
         )
         return admin_pb2.ReactivateDeviceResponse()
@@ -722,7 +778,9 @@ class AdminServicer(_AuditedActions, admin_pb2_grpc.AdminServiceServicer):
             context,
             "IssueTemporaryPasscode",
             request.username,
-            lambda: self.d.sls.issue_temporary_passcode(request.username),
+            lambda audit: self.d.sls.issue_temporary_passcode(
+                request.username, before_commit=audit
+            ),
         )
         return admin_pb2.IssueTemporaryPasscodeResponse(passcode=passcode)
 
@@ -748,7 +806,7 @@ class AdminServicer(_AuditedActions, admin_pb2_grpc.AdminServiceServicer):
             context,
             "Unlock",
             request.username,
-            lambda: self.d.sls.unlock(request.username, by=by),
+            lambda audit: self.d.sls.unlock(request.username, by=by, before_commit=audit),
         )
         return wire.to_lockout_status(status, admin_pb2.UnlockResponse)
 
@@ -772,16 +830,16 @@ class PortalServicer(_AuditedActions, portal_pb2_grpc.PortalServiceServicer):
             context,
             "RequestSharing",
             request.with_username,
-            lambda: self.d.sls.request_sharing(
+            lambda audit: self.d.sls.request_sharing(
                 request.owner,
                 request.device_id,
                 request.with_username,
                 token=request.token,
                 response=request.response,
                 needs_approval=request.needs_approval,
+                before_commit=audit.sharing,
             ),
             request.device_id,
-            _sharing_details,
         )
         return portal_pb2.RequestSharingResponse(sharing=wire.to_sharing_request(sharing))
 
@@ -795,8 +853,9 @@ class PortalServicer(_AuditedActions, portal_pb2_grpc.PortalServiceServicer):
         sharing = await self._decide_sharing(
             context,
             "CancelSharing",
-            lambda request_id: self.d.sls.cancel_sharing(request_id, username=username),
-            request.request_id,
+            lambda before_commit: self.d.sls.cancel_sharing(
+                request.request_id, username=username, before_commit=before_commit
+            ),
         )
         return portal_pb2.CancelSharingResponse(sharing=sharing)
 

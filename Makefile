@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: proto setup build serve bench loadtest bench-pytest check lint rust-check rust-test fuzz-smoke fuzz wheel pytest typecheck clean
+.PHONY: proto system setup build serve bench loadtest bench-pytest check lint rust-check rust-test fuzz-smoke fuzz wheel pytest typecheck clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ $(VENV)/.deps: pyproject.toml
 		"grpcio>=1.85.1" "grpcio-health-checking>=1.85.1" "grpcio-reflection>=1.85.1" \
 		"protobuf>=7.35.1" "prometheus-client>=0.20" "types-protobuf" "types-grpcio" \
 		"grpcio-tools==1.85.1" "mypy-protobuf==5.1.0"  # pinned: they write the committed code
+	$(PIP) install -q "python-pkcs11>=0.10"
 	touch $@
+
+# Debian packages the tests need (SoftHSM2), installed when missing.
+system:
+	bash scripts/system-packages.sh
 
 setup: $(VENV)/.deps
 
@@ -79,7 +84,7 @@ fuzz:
 wheel: setup
 	$(PIP) install -q --force-reinstall --no-deps .
 
-pytest:
+pytest: system
 	$(PY) -m pytest -q
 
 lint: setup

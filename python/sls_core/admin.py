@@ -5,7 +5,14 @@
     record still opens), then re-seals every device secret, PIN hash and server secret
     under it, a chunk per transaction, with a progress bar. Interrupted (Ctrl-C, a crash),
     run the same command again: it finds the new key already active and re-seals only what
-    is left. ``--retire`` afterwards drops keys no record uses any more.
+    is left. ``--retire`` afterwards drops keys no record uses any more (with an HSM, their
+    wrapping keys are destroyed in the token too).
+
+``use-hsm --module PATH --token LABEL [--pin-env VAR | --pin-file FILE]``
+    Moves the master keys into a PKCS#11 token (see :mod:`sls_core.hsm`): each key of the
+    key file is wrapped inside the token under a wrapping key that never leaves it, and the
+    key file is rewritten to hold only the wrapped keys. With no key file yet, the token
+    makes the first key. Records need no re-sealing.
 
 ``status``
     Schema version, key ids in use, users, devices and consumed challenges.
@@ -32,6 +39,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from sls_core.errors import InvalidInputError
+from sls_core.hsm import DEFAULT_PIN_ENV, Pkcs11Custody
 from sls_core.sealing import MasterKeyRing
 from sls_core.store import SqliteStore
 
@@ -106,13 +115,16 @@ def rotate(args: argparse.Namespace) -> int:
         gate.close()
     retired = sorted(ring.key_ids - kept.key_ids)
     print(f"retired key ids: {', '.join(retired) or 'none'}", file=sys.stderr)
+    destroyed = ring.destroy_retired(kept)  # only once the saved key file no longer names them
+    if destroyed:
+        print(f"destroyed in the token: {', '.join(destroyed)}", file=sys.stderr)
     refused = sorted(kept.key_ids - {ring.active_key_id})
     for key_id in refused:
         users = [f"{in_use[key_id]} records"] if key_id in in_use else []
         users += held.get(key_id, [])
         print(
             f"not retired: {key_id!r} is still used by {', '.join(users)}; run --retire again "
-            "once every server has written since the rotation (or restart it)",
+            "in a second (servers move within one; an idle script at its next write)",
             file=sys.stderr,
         )
     return 1 if refused else 0
@@ -131,7 +143,10 @@ def status(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     print(f"store: {data / 'sls.db'} (schema version {store.schema_version})")
-    print(f"master keys: active {ring.active_key_id!r}, in file {sorted(ring.key_ids)}")
+    print(
+        f"master keys: active {ring.active_key_id!r}, in file {sorted(ring.key_ids)}, "
+        f"kept by {ring.provider}"
+    )
     print(f"records per key id: {_key_ids_in_use(data / 'sls.db')}")
     for table, count in counts.items():
         print(f"{table}: {count}")
@@ -155,6 +170,42 @@ def unlock(args: argparse.Namespace) -> int:
         trail.close()
     sls.store.close()
     print(f"{args.username}: unlocked ({status_.consecutive_failures} failures on record)")
+    return 0
+
+
+def use_hsm(args: argparse.Namespace) -> int:
+    data = Path(args.data_dir)
+    key_file = Path(args.key_file) if args.key_file else data / "master-key.json"
+    custody = Pkcs11Custody(
+        args.module,
+        args.token,
+        pin_env=None if args.pin_file else args.pin_env,
+        pin_file=args.pin_file,
+    )
+    if key_file.exists():
+        ring = MasterKeyRing.from_file(key_file)
+        if ring.provider != "file":
+            raise SystemExit(f"{key_file}: the keys are already kept by {ring.provider}")
+        moved = ring.in_custody(custody)
+        # The same keys: records need no re-sealing, and a running server that follows the
+        # key file keeps opening everything (it needs the PIN in its environment).
+        moved.save(key_file)
+        print(
+            f"key file {key_file}: {len(moved.key_ids)} keys now wrapped in token "
+            f"{args.token!r}; delete every backup of the old key file",
+            file=sys.stderr,
+        )
+        return 0
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key, entry = custody.new_key(args.key_id)
+    ring = MasterKeyRing(
+        {args.key_id: key}, args.key_id, custody=custody, entries={args.key_id: entry}
+    )
+    ring.save(key_file)
+    print(
+        f"key file {key_file}: new key {args.key_id!r} made in token {args.token!r}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -184,6 +235,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(run=rotate)
     commands.add_parser("status", help="what the store holds").set_defaults(run=status)
+    h = commands.add_parser("use-hsm", help="keep the master keys in a PKCS#11 token")
+    h.add_argument("--module", required=True, help="the PKCS#11 module (.so) of the HSM")
+    h.add_argument("--token", required=True, help="the token's label")
+    pin = h.add_mutually_exclusive_group()
+    pin.add_argument(
+        "--pin-env", default=DEFAULT_PIN_ENV, help=f"user PIN variable (default {DEFAULT_PIN_ENV})"
+    )
+    pin.add_argument("--pin-file", help="file holding the user PIN (mode 0600)")
+    h.add_argument("--key-id", default="k1", help="first key's id when there is no key file")
+    h.set_defaults(run=use_hsm)
     v = commands.add_parser("verify-audit", help="check the audit trail's hash chain")
     v.add_argument("path", nargs="?", help="audit trail (default: DATA_DIR/audit.jsonl)")
     v.set_defaults(run=verify_audit)
@@ -193,7 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     u.add_argument("--audit-log", help="audit trail (default: DATA_DIR/audit.jsonl)")
     u.set_defaults(run=unlock)
     args = parser.parse_args(argv)
-    code: int = args.run(args)
+    try:
+        code: int = args.run(args)
+    except InvalidInputError as error:
+        # A configuration mistake (a wrong PIN, a missing token or key file field): one line.
+        raise SystemExit(f"sls-core-admin {args.command}: {error}") from None
     return code
 
 

@@ -18,6 +18,10 @@ Key file / environment variable format (JSON)::
 
     {"active": "k2", "keys": {"k1": "<base64 of 32 bytes>", "k2": "<base64 of 32 bytes>"}}
 
+That is the file provider, for development: whoever reads the file holds the keys. With
+``"provider": "pkcs11"`` the file holds each key only wrapped by a key that never leaves an
+HSM (see :mod:`sls_core.hsm`); the ring then asks the token to unwrap them when it loads.
+
 This module never logs, and never puts key bytes (raw, hex or base64) in a ``repr``, an
 error message or a chained exception. Python cannot reliably wipe memory, so keys live as
 ``bytes`` in the ring for its lifetime; keep rings few and long-lived.
@@ -34,14 +38,23 @@ import re
 import stat
 import tempfile
 from collections.abc import Mapping
-from typing import Any, Final, NoReturn, TypeAlias
+from typing import Any, Final, NoReturn, Protocol, TypeAlias
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sls_core.errors import InvalidInputError, InvalidInputTypeError, SlsError
+from sls_core.hsm import PROVIDER as PKCS11
+from sls_core.hsm import Pkcs11Custody
 
-__all__ = ["ENV_VAR", "FORMAT_VERSION", "BytesLike", "MasterKeyRing", "SealingError"]
+__all__ = [
+    "ENV_VAR",
+    "FORMAT_VERSION",
+    "BytesLike",
+    "KeyCustody",
+    "MasterKeyRing",
+    "SealingError",
+]
 
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 
@@ -128,6 +141,24 @@ def _parse_header(sealed: bytes) -> tuple[str, int]:
     return key_id, header_length
 
 
+class KeyCustody(Protocol):
+    """Where master keys are kept when not in the key file itself (an HSM): it makes,
+    wraps and unwraps them, and the key file holds only what it hands back."""
+
+    @property
+    def provider(self) -> str: ...
+
+    def to_config(self) -> dict[str, str]: ...
+
+    def unwrap_all(self, entries: Mapping[str, object], where: str = "") -> dict[str, bytes]: ...
+
+    def new_key(self, key_id: str) -> tuple[bytes, dict[str, str]]: ...
+
+    def adopt(self, key_id: str, key: bytes) -> dict[str, str]: ...
+
+    def destroy(self, entries: Mapping[str, object]) -> list[str]: ...
+
+
 class _DuplicateNameError(Exception):
     """Raised inside the JSON hook; turned into an InvalidInputError with no chained text."""
 
@@ -157,14 +188,32 @@ def _ring_from_json(document: str | bytes, source: str) -> MasterKeyRing:
         raise InvalidInputError("master keys", f"must not repeat a name in one JSON object{where}")
     if parsed is ValueError:
         raise InvalidInputError("master keys", f"must be UTF-8 JSON{where}")
-    if not isinstance(parsed, dict) or set(parsed) != {"active", "keys"}:
+    provider = parsed.get("provider", "file") if isinstance(parsed, dict) else None
+    fields = {"active", "keys"}
+    if isinstance(parsed, dict) and "provider" in parsed:
+        fields.add("provider")
+    if provider == PKCS11:
+        fields.add(PKCS11)
+    if not isinstance(parsed, dict) or set(parsed) != fields:
         raise InvalidInputError(
-            "master keys", f'must be a JSON object with exactly "active" and "keys"{where}'
+            "master keys",
+            f'must be a JSON object with exactly "active" and "keys" (and, with an HSM, '
+            f'"provider": "pkcs11" and "pkcs11"){where}',
         )
+    if provider not in ("file", PKCS11):
+        raise InvalidInputError("provider", f'must be "file" or "pkcs11"{where}')
     active = _check_key_id(parsed["active"], "active", where)
     encoded_keys = parsed["keys"]
     if not isinstance(encoded_keys, dict) or not encoded_keys:
         raise InvalidInputError("keys", f"must be a non-empty JSON object{where}")
+    if provider == PKCS11:
+        for key_id in encoded_keys:
+            _check_key_id(key_id, "keys", where)
+        if active not in encoded_keys:
+            raise InvalidInputError("active", f"must name a key in keys, got {active!r}{where}")
+        custody = Pkcs11Custody.from_config(parsed[PKCS11], where)
+        unwrapped = custody.unwrap_all(encoded_keys, where)
+        return MasterKeyRing(unwrapped, active, custody=custody, entries=encoded_keys)
     keys: dict[str, bytes] = {}
     for key_id, encoded in encoded_keys.items():
         _check_key_id(key_id, "keys", where)
@@ -228,12 +277,21 @@ class MasterKeyRing:
     """Master keys by key id, one of them active. Immutable; safe to share across threads.
 
     ``keys`` maps key ids (1-32 characters from ``[A-Za-z0-9_-]``) to 32-byte AES-256 keys;
-    ``active`` is the id new records are sealed under.
+    ``active`` is the id new records are sealed under. With a ``custody`` (an HSM),
+    ``entries`` holds each key as the key file stores it (wrapped), and new keys are made
+    by the custody.
     """
 
-    __slots__ = ("_active", "_aeads", "_keys")
+    __slots__ = ("_active", "_aeads", "_custody", "_entries", "_keys")
 
-    def __init__(self, keys: Mapping[str, BytesLike], active: str) -> None:
+    def __init__(
+        self,
+        keys: Mapping[str, BytesLike],
+        active: str,
+        *,
+        custody: KeyCustody | None = None,
+        entries: Mapping[str, object] | None = None,
+    ) -> None:
         if not isinstance(keys, Mapping):
             raise InvalidInputTypeError("keys", f"must be a mapping, got {type(keys).__name__}")
         if not keys:
@@ -245,9 +303,13 @@ class MasterKeyRing:
         _check_key_id(active, "active")
         if active not in checked:
             raise InvalidInputError("active", f"must name a key in keys, got {active!r}")
+        if custody is not None and (entries is None or set(entries) != set(checked)):
+            raise InvalidInputError("entries", "must hold the stored form of every key")
         self._keys: dict[str, bytes] = checked
         self._aeads: dict[str, AESGCM] = {kid: AESGCM(key) for kid, key in checked.items()}
         self._active: str = active
+        self._custody = custody
+        self._entries: dict[str, object] = dict(entries) if entries is not None else {}
 
     # -- loading and saving --------------------------------------------------------------
 
@@ -324,25 +386,63 @@ class MasterKeyRing:
                 "key_id", f"must be new to the key ring, {key_id!r} is already in it"
             )
         keys = dict(self._keys)
-        keys[key_id] = AESGCM.generate_key(bit_length=256)
-        return MasterKeyRing(keys, key_id)
+        if self._custody is None:
+            keys[key_id] = AESGCM.generate_key(bit_length=256)
+            return MasterKeyRing(keys, key_id)
+        entries = dict(self._entries)
+        keys[key_id], entries[key_id] = self._custody.new_key(key_id)
+        return MasterKeyRing(keys, key_id, custody=self._custody, entries=entries)
 
     def retaining(self, key_ids: frozenset[str] | set[str]) -> MasterKeyRing:
         """A new ring with only ``key_ids`` (plus the active key): retires the others once
         no record is sealed under them."""
-        keep = {kid: key for kid, key in self._keys.items() if kid in key_ids}
-        keep[self._active] = self._keys[self._active]
-        return MasterKeyRing(keep, self._active)
+        kept = set(key_ids) | {self._active}
+        keep = {kid: key for kid, key in self._keys.items() if kid in kept}
+        entries = {kid: entry for kid, entry in self._entries.items() if kid in kept}
+        return MasterKeyRing(
+            keep, self._active, custody=self._custody, entries=entries if self._custody else None
+        )
+
+    def in_custody(self, custody: KeyCustody) -> MasterKeyRing:
+        """The same keys, now kept by ``custody`` (moving a development ring into an HSM):
+        each key is wrapped inside the token under a new wrapping key of its own. Records
+        need no re-sealing; the saved key file then holds no key in the clear."""
+        if self._custody is not None:
+            raise InvalidInputError(
+                "provider", f"the keys are already kept by {self._custody.provider}"
+            )
+        entries = {kid: custody.adopt(kid, key) for kid, key in self._keys.items()}
+        return MasterKeyRing(self._keys, self._active, custody=custody, entries=entries)
+
+    def destroy_retired(self, kept: MasterKeyRing) -> list[str]:
+        """After ``kept`` (this ring minus retired keys) is saved: destroys the retired keys'
+        wrapping keys in the custody, so no copy of the key file opens them again. Returns
+        what was destroyed (nothing for the file provider: the old file is the only copy)."""
+        if self._custody is None:
+            return []
+        retired = {kid: e for kid, e in self._entries.items() if kid not in kept.key_ids}
+        return self._custody.destroy(retired) if retired else []
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Writes the ring as a key file at ``path``, mode 0600, replacing it atomically."""
         _write_private_file(path, self._to_json(), replace=True)
 
     def _to_json(self) -> bytes:
-        document = {
-            "active": self._active,
-            "keys": {kid: base64.b64encode(key).decode("ascii") for kid, key in self._keys.items()},
-        }
+        document: dict[str, object]
+        if self._custody is None:
+            document = {
+                "active": self._active,
+                "keys": {
+                    kid: base64.b64encode(key).decode("ascii") for kid, key in self._keys.items()
+                },
+            }
+        else:
+            document = {
+                "provider": self._custody.provider,
+                self._custody.provider: self._custody.to_config(),
+                "active": self._active,
+                "keys": self._entries,
+            }
         return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("ascii")
 
     # -- the ring ------------------------------------------------------------------------
@@ -357,8 +457,16 @@ class MasterKeyRing:
         """Every key id this ring can open."""
         return frozenset(self._keys)
 
+    @property
+    def provider(self) -> str:
+        """Who keeps the keys: ``"file"`` (the key file itself) or ``"pkcs11"`` (an HSM)."""
+        return "file" if self._custody is None else self._custody.provider
+
     def __repr__(self) -> str:
-        return f"MasterKeyRing(active={self._active!r}, key_ids={sorted(self._keys)!r})"
+        return (
+            f"MasterKeyRing(active={self._active!r}, key_ids={sorted(self._keys)!r}, "
+            f"provider={self.provider!r})"
+        )
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("MasterKeyRing holds master keys and is not picklable; use save()")

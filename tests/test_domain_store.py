@@ -76,7 +76,7 @@ _CRASHING_WORKER = textwrap.dedent(
     import os, signal, sys
     from sls_core.clock import ManualClock
     from sls_core.login import SecureLogin
-    from sls_core.store import _SqliteTx
+    from sls_core.store.sqlite import _SqliteTx
 
     data, mode = sys.argv[1], sys.argv[2]
     sls = SecureLogin.open(data, clock=ManualClock({now}))
@@ -273,12 +273,12 @@ def test_the_rotation_command_resumes_and_retires_the_old_key(
 
 
 def test_a_version_1_store_is_migrated_on_open(tmp_path: Path) -> None:
-    from sls_core import store as store_module
+    from sls_core.store import schema
 
     keyring = MasterKeyRing({"k1": os.urandom(32)}, "k1")
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
-    for statement in store_module._MIGRATIONS[1]:
+    for statement in schema.SQLITE_MIGRATIONS[1]:
         conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
     conn.execute("INSERT INTO consumed VALUES (7, 1.0)")
@@ -623,7 +623,7 @@ def test_a_failing_request_undoes_only_what_it_touched_and_reloads_nothing(
 ) -> None:
     """Issue 11, finding 1: a request that fails inside a transaction (a taken username, an
     unknown one) must not make the next write reload the whole directory under the lock."""
-    from sls_core.store import _SqliteTx
+    from sls_core.store.sqlite import _SqliteTx
 
     sls = _setup(tmp_path / "data")
     full_reloads = []

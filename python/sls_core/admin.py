@@ -31,7 +31,6 @@
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 import uuid
 from collections.abc import Sequence
@@ -53,24 +52,6 @@ def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
     if not (data / "sls.db").exists():
         raise SystemExit(f"no store at {data / 'sls.db'}")
     return data, key_file
-
-
-def _key_ids_in_use(db: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    conn = sqlite3.connect(db)
-    try:
-        blobs = conn.execute(
-            "SELECT secret FROM devices UNION ALL SELECT pin_hash FROM devices"
-            " UNION ALL SELECT sealed FROM server_secrets"
-            " UNION ALL SELECT server_private FROM activations"
-        )
-        for (blob,) in blobs:
-            if blob is not None:
-                key_id = MasterKeyRing.key_id_of(blob)
-                counts[key_id] = counts.get(key_id, 0) + 1
-    finally:
-        conn.close()
-    return counts
 
 
 def rotate(args: argparse.Namespace) -> int:
@@ -104,7 +85,7 @@ def rotate(args: argparse.Namespace) -> int:
     gate = SqliteStore(data / "sls.db", keyring=ring)
     try:
         with gate.write():
-            in_use = _key_ids_in_use(data / "sls.db")
+            in_use = gate.key_ids_in_use()
             held: dict[str, list[str]] = {}
             for holder, host, pid, key_id, _ in gate.key_holders():
                 if holder not in (gate.holder, store.holder):
@@ -134,23 +115,17 @@ def status(args: argparse.Namespace) -> int:
     data, key_file = _paths(args)
     ring = MasterKeyRing.from_file(key_file)
     store = SqliteStore(data / "sls.db", keyring=ring)
-    conn = sqlite3.connect(data / "sls.db")
     try:
-        counts = {
-            table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
-            for table in ("users", "devices", "consumed", "failures")
-        }
+        print(f"store: {data / 'sls.db'} (schema version {store.schema_version})")
+        print(
+            f"master keys: active {ring.active_key_id!r}, in file {sorted(ring.key_ids)}, "
+            f"kept by {ring.provider}"
+        )
+        print(f"records per key id: {store.key_ids_in_use()}")
+        for table, count in store.row_counts().items():
+            print(f"{table}: {count}")
     finally:
-        conn.close()
-    print(f"store: {data / 'sls.db'} (schema version {store.schema_version})")
-    print(
-        f"master keys: active {ring.active_key_id!r}, in file {sorted(ring.key_ids)}, "
-        f"kept by {ring.provider}"
-    )
-    print(f"records per key id: {_key_ids_in_use(data / 'sls.db')}")
-    for table, count in counts.items():
-        print(f"{table}: {count}")
-    store.close()
+        store.close()
     return 0
 
 

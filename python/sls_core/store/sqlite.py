@@ -1,10 +1,5 @@
-"""The durable store: SQLite embedded by default (one file, WAL, versioned schema).
-
-The domain layer (:mod:`sls_core.login`) talks to a store through :class:`Store` and the
-:class:`StoreTx` it opens, an interface narrow enough for a PostgreSQL implementation: rows
-in and out, no SQL outside this module. Every decision that must be exact across processes
-(a consumed challenge, a counted failure, an enrollment) is written inside one write
-transaction, so a process killed at any point leaves either all of it or none.
+"""The embedded store: one SQLite file (WAL, versioned schema), shared by many processes
+on one machine.
 
 Device secrets and PIN hashes are sealed with AES-256-GCM (:mod:`sls_core.sealing`) bound to
 their row (``aad = b"device:<id>:secret"``), and tagged with the master key id, so
@@ -25,273 +20,22 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from sls_core.errors import InvalidInputError
 from sls_core.sealing import MasterKeyRing
+from sls_core.store.base import (
+    ActivationRow,
+    DeviceRow,
+    PushRow,
+    SharingRow,
+    UserRow,
+    WriterBusyError,
+)
+from sls_core.store.schema import SCHEMA_VERSION, SQLITE_MIGRATIONS
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "DeviceRow",
-    "SqliteStore",
-    "Store",
-    "StoreTx",
-    "UserRow",
-    "WriterBusyError",
-]
-
-
-class WriterBusyError(Exception):
-    """``write(wait=False)`` found another writer in the middle of a transaction; nothing
-    was done. (Not an :class:`~sls_core.errors.SlsError`: callers retry by waiting.)"""
-
-
-#: The schema version this code writes; older files are migrated on open.
-SCHEMA_VERSION = 8
-
-_MIGRATIONS: dict[int, Sequence[str]] = {
-    1: (
-        """CREATE TABLE users (
-            id INTEGER PRIMARY KEY,
-            username TEXT NOT NULL UNIQUE,
-            identity TEXT NOT NULL,
-            opted_out INTEGER NOT NULL DEFAULT 0,
-            closed INTEGER NOT NULL DEFAULT 0,
-            preferred_device INTEGER,
-            created_at REAL NOT NULL
-        )""",
-        """CREATE TABLE devices (
-            id INTEGER PRIMARY KEY,
-            type TEXT NOT NULL,
-            state TEXT NOT NULL,
-            serial TEXT NOT NULL,
-            suite TEXT,
-            secret BLOB,
-            pin_hash BLOB,
-            phone TEXT,
-            issued_at REAL NOT NULL,
-            shipped_at REAL,
-            activated_at REAL,
-            expires_at REAL,
-            replaces INTEGER REFERENCES devices(id)
-        )""",
-        """CREATE TABLE user_devices (
-            user_id INTEGER NOT NULL REFERENCES users(id),
-            device_id INTEGER NOT NULL REFERENCES devices(id),
-            PRIMARY KEY (user_id, device_id)
-        ) WITHOUT ROWID""",
-        "CREATE INDEX user_devices_by_device ON user_devices(device_id)",
-        # Consecutive failures since the last success: the last 10 times, JSON.
-        "CREATE TABLE failures (user_id INTEGER PRIMARY KEY, times TEXT NOT NULL)",
-        # Challenges used once; rows past their expiry can be purged (the token is refused
-        # as expired before the replay check would matter).
-        "CREATE TABLE consumed (challenge_id INTEGER PRIMARY KEY, expires_at REAL NOT NULL)",
-        "CREATE TABLE sequences (name TEXT PRIMARY KEY, next_value INTEGER NOT NULL)",
-        "CREATE TABLE server_secrets (name TEXT PRIMARY KEY, sealed BLOB NOT NULL)",
-        # The change feed: every write to users/devices bumps it, so each process's
-        # in-memory directory reloads exactly what changed.
-        """CREATE TABLE changes (
-            generation INTEGER PRIMARY KEY AUTOINCREMENT,
-            user_id INTEGER,
-            device_id INTEGER
-        )""",
-    ),
-    # 2: expired challenges are purged as verification goes (see purge_consumed).
-    2: ("CREATE INDEX consumed_by_expiry ON consumed(expires_at)",),
-    # 3: IB Key activation by QR code / manual string / SMS token, and push approvals.
-    3: (
-        # The app's Ed25519 key that signs push approvals; it also identifies the app
-        # installation that holds the user ("already enrolled" on that app).
-        "ALTER TABLE devices ADD COLUMN push_public BLOB",
-        """CREATE TABLE activations (
-            session_id BLOB PRIMARY KEY,
-            manual_prefix BLOB NOT NULL UNIQUE,
-            user_id INTEGER NOT NULL REFERENCES users(id),
-            server_private BLOB NOT NULL,
-            server_public BLOB NOT NULL,
-            channel TEXT NOT NULL,
-            issued_at REAL NOT NULL,
-            expires_at REAL NOT NULL,
-            used_at REAL
-        )""",
-        """CREATE TABLE pushes (
-            challenge_id INTEGER PRIMARY KEY,
-            user_id INTEGER NOT NULL REFERENCES users(id),
-            device_id INTEGER NOT NULL REFERENCES devices(id),
-            issued_at REAL NOT NULL,
-            expires_at REAL NOT NULL,
-            decision TEXT,
-            decided_at REAL
-        )""",
-    ),
-    # 4: the IB Key PIN doubles as the recovery PIN: its keyed hash, per device.
-    4: ("ALTER TABLE devices ADD COLUMN recovery_hash BLOB",),
-    # 5: sharing requests (SLS-RULES "Several devices and sharing"): proved by the owner,
-    # maybe pending compliance approval, cancellable; set_aside is a JSON list of the
-    # requester's device ids suspended while the shared device serves them.
-    5: (
-        """CREATE TABLE sharing_requests (
-            id INTEGER PRIMARY KEY,
-            owner_id INTEGER NOT NULL REFERENCES users(id),
-            requester_id INTEGER NOT NULL REFERENCES users(id),
-            device_id INTEGER NOT NULL REFERENCES devices(id),
-            state TEXT NOT NULL,
-            set_aside TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            decided_at REAL
-        )""",
-    ),
-    # 6: activation offers keep keyed hashes of their session id and manual prefix, never
-    # the values (a database copy must not rebuild a pending QR code or manual string).
-    # Offers stored before kept them in clear: dropped (they live 10 minutes anyway).
-    6: ("DELETE FROM activations",),
-    # 7: every open store says which master key it seals with, so a key is retired only
-    # once no live process uses it (see SqliteStore.key_holders).
-    7: (
-        """CREATE TABLE key_holders (
-            holder TEXT PRIMARY KEY,
-            host TEXT NOT NULL,
-            pid INTEGER NOT NULL,
-            key_id TEXT NOT NULL,
-            seen_at REAL NOT NULL
-        )""",
-    ),
-    # 8: per-user abuse limits (texts sent, activation offers): one row per event.
-    8: (
-        "CREATE TABLE metered (kind TEXT NOT NULL, user_id INTEGER NOT NULL, at REAL NOT NULL)",
-        "CREATE INDEX metered_by_user ON metered(kind, user_id, at)",
-    ),
-}
-
-
-@dataclass(frozen=True)
-class UserRow:
-    id: int
-    username: str
-    identity: dict[str, str] = field(repr=False)
-    opted_out: bool
-    closed: bool
-    preferred_device: int | None
-    created_at: float
-
-
-@dataclass(frozen=True)
-class DeviceRow:
-    """A device row with its secrets opened. Never printed: the repr hides them."""
-
-    id: int
-    type: str
-    state: str
-    serial: str
-    suite: str | None
-    issued_at: float
-    shipped_at: float | None
-    activated_at: float | None
-    expires_at: float | None
-    replaces: int | None
-    phone: str | None = field(repr=False, default=None)
-    secret: bytes | None = field(repr=False, default=None)
-    pin_hash: bytes | None = field(repr=False, default=None)
-    push_public: bytes | None = field(repr=False, default=None)
-    recovery_hash: bytes | None = field(repr=False, default=None)
-
-
-@dataclass(frozen=True)
-class ActivationRow:
-    """An IB Key activation offer. ``server_private`` is the X25519 key, opened.
-    ``session_id`` and ``manual_prefix`` are what the caller stores: keyed hashes of the
-    offer's values (:class:`sls_core.ibkey.IbKey`), so a database copy rebuilds no code."""
-
-    session_id: bytes
-    manual_prefix: bytes
-    user_id: int
-    channel: str
-    issued_at: float
-    expires_at: float
-    used_at: float | None = None
-    server_public: bytes = b""
-    server_private: bytes = field(repr=False, default=b"")
-
-
-@dataclass(frozen=True)
-class PushRow:
-    challenge_id: int
-    user_id: int
-    device_id: int
-    issued_at: float
-    expires_at: float
-    decision: str | None = None
-    decided_at: float | None = None
-
-
-@dataclass(frozen=True)
-class SharingRow:
-    id: int
-    owner_id: int
-    requester_id: int
-    device_id: int
-    state: str
-    set_aside: tuple[int, ...]
-    created_at: float
-    decided_at: float | None = None
-
-
-class StoreTx(Protocol):
-    """One write transaction: everything in it lands together or not at all."""
-
-    def generation(self) -> int: ...
-    def changes_since(self, generation: int) -> tuple[set[int], set[int]] | None: ...
-    def failures(self, user_ids: Iterable[int]) -> dict[int, list[float]]: ...
-    def put_failures(self, rows: dict[int, list[float]]) -> None: ...
-    def clear_failures(self, user_ids: Iterable[int]) -> None: ...
-    def consumed(self, challenge_ids: Sequence[int]) -> set[int]: ...
-    def consume(self, challenge_ids: Sequence[int], expires_at: float) -> None: ...
-    def purge_consumed(self, before: float) -> int: ...
-    def metered(self, kind: str, user_id: int, since: float) -> list[float]: ...
-    def meter(self, kind: str, user_id: int, at: float) -> None: ...
-    def insert_activation(self, row: ActivationRow) -> None: ...
-    def take_activation(
-        self, *, session_id: bytes | None = None, manual_prefix: bytes | None = None, now: float
-    ) -> ActivationRow | None: ...
-    def insert_push(self, row: PushRow) -> None: ...
-    def push(self, challenge_id: int) -> PushRow | None: ...
-    def pushes(self, challenge_ids: Sequence[int]) -> dict[int, PushRow]: ...
-    def pending_pushes(self, device_ids: Sequence[int], now: float) -> list[PushRow]: ...
-    def decide_push(self, challenge_id: int, decision: str, now: float) -> bool: ...
-    def insert_user(self, username: str, identity: dict[str, str], now: float) -> int: ...
-    def update_user(self, user_id: int, **values: Any) -> None: ...
-    def insert_device(self, row: DeviceRow, owners: Sequence[int]) -> int: ...
-    def update_device(self, device_id: int, **values: Any) -> None: ...
-    def link(self, user_id: int, device_id: int) -> None: ...
-    def unlink(self, user_id: int, device_id: int) -> None: ...
-    def insert_sharing(self, row: SharingRow) -> int: ...
-    def sharing(self, request_id: int) -> SharingRow | None: ...
-    def open_sharing(self, requester_id: int, device_id: int) -> SharingRow | None: ...
-    def update_sharing(self, request_id: int, *, state: str, decided_at: float) -> None: ...
-    def bulk_enroll(
-        self, users: Sequence[tuple[str, dict[str, str]]], devices: Sequence[DeviceRow], now: float
-    ) -> None: ...
-    def users(self, user_ids: Iterable[int] | None = None) -> list[UserRow]: ...
-    def devices(self, device_ids: Iterable[int] | None = None) -> list[DeviceRow]: ...
-    def links(self, user_ids: Iterable[int] | None = None) -> list[tuple[int, int]]: ...
-    def reserve(self, name: str, count: int) -> int: ...
-    def server_secret(self, name: str, make: Callable[[], bytes]) -> bytes: ...
-
-
-class Store(Protocol):
-    def write(self, *, wait: bool = True) -> contextlib.AbstractContextManager[StoreTx]:
-        """A write transaction; ``wait=False`` raises :class:`WriterBusyError` at once
-        instead of waiting for another writer."""
-        ...
-
-    def read(self) -> contextlib.AbstractContextManager[StoreTx]:
-        """A consistent snapshot for reading, holding no write lock; anything written in
-        it is discarded."""
-        ...
-
-    def close(self) -> None: ...
+__all__ = ["SqliteStore"]
 
 
 def _ids_json(ids: Iterable[int]) -> str:
@@ -786,6 +530,14 @@ class _SqliteTx:
         return value
 
 
+#: Every sealed value of the schema, one per row (what ``--retire`` must not orphan).
+_SEALED_VALUES = (
+    "SELECT secret FROM devices UNION ALL SELECT pin_hash FROM devices"
+    " UNION ALL SELECT sealed FROM server_secrets"
+    " UNION ALL SELECT server_private FROM activations"
+)
+_COUNTED_TABLES = ("users", "devices", "consumed", "failures")
+
 #: How often (seconds) an open store refreshes its ``key_holders`` row while it writes.
 _ADVERTISE_EVERY = 60.0
 
@@ -972,7 +724,7 @@ class SqliteStore:
                     f"schema version {version} is newer than this sls_core ({SCHEMA_VERSION})",
                 )
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[target]:
+                for statement in SQLITE_MIGRATIONS[target]:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {target}")
             conn.execute("COMMIT")
@@ -1089,6 +841,24 @@ class SqliteStore:
             self._local.conn = None
             self._gates.discard(self._local.gate)
             os.close(self._local.gate)
+
+    # -- what operators ask --------------------------------------------------------------
+    def key_ids_in_use(self) -> dict[str, int]:
+        """How many sealed values each master key id seals (rotation and ``--retire``)."""
+        counts: dict[str, int] = {}
+        for (blob,) in self._connection().execute(_SEALED_VALUES):
+            if blob is not None:
+                key_id = MasterKeyRing.key_id_of(blob)
+                counts[key_id] = counts.get(key_id, 0) + 1
+        return counts
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows of the tables an operator asks about first."""
+        conn = self._connection()
+        return {
+            table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608
+            for table in _COUNTED_TABLES
+        }
 
     # -- master key rotation -----------------------------------------------------------
     def rotate_master_key(

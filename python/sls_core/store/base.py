@@ -1,0 +1,172 @@
+"""What every store backend shares: the rows the domain reads and writes, the transaction
+interface (:class:`StoreTx`), the store interface (:class:`Store`) and its errors.
+
+The domain layer (:mod:`sls_core.login`) talks to a store only through these: rows in and
+out, no SQL outside :mod:`sls_core.store`. Every decision that must be exact across
+processes and nodes (a consumed challenge, a counted failure, an enrollment) is written
+inside one write transaction, so a process killed at any point leaves all of it or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sls_core.errors import SlsError
+
+__all__ = [
+    "ActivationRow",
+    "DeviceRow",
+    "PushRow",
+    "SharingRow",
+    "Store",
+    "StoreTx",
+    "StoreUnavailableError",
+    "UserRow",
+    "WriterBusyError",
+]
+
+
+class WriterBusyError(Exception):
+    """``write(wait=False)`` found another writer in the middle of a transaction; nothing
+    was done. (Not an :class:`~sls_core.errors.SlsError`: callers retry by waiting.)"""
+
+
+class StoreUnavailableError(SlsError):
+    """The database cannot be reached (a PostgreSQL restart or failover, a dropped
+    connection): nothing of the call was applied, or its outcome is unknown if the
+    connection broke at COMMIT. Servers answer UNAVAILABLE; never a verdict."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"store: unavailable ({what})")
+        self.what = what
+
+
+@dataclass(frozen=True)
+class UserRow:
+    id: int
+    username: str
+    identity: dict[str, str] = field(repr=False)
+    opted_out: bool
+    closed: bool
+    preferred_device: int | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    """A device row with its secrets opened. Never printed: the repr hides them."""
+
+    id: int
+    type: str
+    state: str
+    serial: str
+    suite: str | None
+    issued_at: float
+    shipped_at: float | None
+    activated_at: float | None
+    expires_at: float | None
+    replaces: int | None
+    phone: str | None = field(repr=False, default=None)
+    secret: bytes | None = field(repr=False, default=None)
+    pin_hash: bytes | None = field(repr=False, default=None)
+    push_public: bytes | None = field(repr=False, default=None)
+    recovery_hash: bytes | None = field(repr=False, default=None)
+
+
+@dataclass(frozen=True)
+class ActivationRow:
+    """An IB Key activation offer. ``server_private`` is the X25519 key, opened.
+    ``session_id`` and ``manual_prefix`` are what the caller stores: keyed hashes of the
+    offer's values (:class:`sls_core.ibkey.IbKey`), so a database copy rebuilds no code."""
+
+    session_id: bytes
+    manual_prefix: bytes
+    user_id: int
+    channel: str
+    issued_at: float
+    expires_at: float
+    used_at: float | None = None
+    server_public: bytes = b""
+    server_private: bytes = field(repr=False, default=b"")
+
+
+@dataclass(frozen=True)
+class PushRow:
+    challenge_id: int
+    user_id: int
+    device_id: int
+    issued_at: float
+    expires_at: float
+    decision: str | None = None
+    decided_at: float | None = None
+
+
+@dataclass(frozen=True)
+class SharingRow:
+    id: int
+    owner_id: int
+    requester_id: int
+    device_id: int
+    state: str
+    set_aside: tuple[int, ...]
+    created_at: float
+    decided_at: float | None = None
+
+
+class StoreTx(Protocol):
+    """One write transaction: everything in it lands together or not at all."""
+
+    def generation(self) -> int: ...
+    def changes_since(self, generation: int) -> tuple[set[int], set[int]] | None: ...
+    def failures(self, user_ids: Iterable[int]) -> dict[int, list[float]]: ...
+    def put_failures(self, rows: dict[int, list[float]]) -> None: ...
+    def clear_failures(self, user_ids: Iterable[int]) -> None: ...
+    def consumed(self, challenge_ids: Sequence[int]) -> set[int]: ...
+    def consume(self, challenge_ids: Sequence[int], expires_at: float) -> None: ...
+    def purge_consumed(self, before: float) -> int: ...
+    def metered(self, kind: str, user_id: int, since: float) -> list[float]: ...
+    def meter(self, kind: str, user_id: int, at: float) -> None: ...
+    def insert_activation(self, row: ActivationRow) -> None: ...
+    def take_activation(
+        self, *, session_id: bytes | None = None, manual_prefix: bytes | None = None, now: float
+    ) -> ActivationRow | None: ...
+    def insert_push(self, row: PushRow) -> None: ...
+    def push(self, challenge_id: int) -> PushRow | None: ...
+    def pushes(self, challenge_ids: Sequence[int]) -> dict[int, PushRow]: ...
+    def pending_pushes(self, device_ids: Sequence[int], now: float) -> list[PushRow]: ...
+    def decide_push(self, challenge_id: int, decision: str, now: float) -> bool: ...
+    def insert_user(self, username: str, identity: dict[str, str], now: float) -> int: ...
+    def update_user(self, user_id: int, **values: Any) -> None: ...
+    def insert_device(self, row: DeviceRow, owners: Sequence[int]) -> int: ...
+    def update_device(self, device_id: int, **values: Any) -> None: ...
+    def link(self, user_id: int, device_id: int) -> None: ...
+    def unlink(self, user_id: int, device_id: int) -> None: ...
+    def insert_sharing(self, row: SharingRow) -> int: ...
+    def sharing(self, request_id: int) -> SharingRow | None: ...
+    def open_sharing(self, requester_id: int, device_id: int) -> SharingRow | None: ...
+    def update_sharing(self, request_id: int, *, state: str, decided_at: float) -> None: ...
+    def bulk_enroll(
+        self, users: Sequence[tuple[str, dict[str, str]]], devices: Sequence[DeviceRow], now: float
+    ) -> None: ...
+    def users(self, user_ids: Iterable[int] | None = None) -> list[UserRow]: ...
+    def devices(self, device_ids: Iterable[int] | None = None) -> list[DeviceRow]: ...
+    def links(self, user_ids: Iterable[int] | None = None) -> list[tuple[int, int]]: ...
+    def reserve(self, name: str, count: int) -> int: ...
+    def server_secret(self, name: str, make: Callable[[], bytes]) -> bytes: ...
+
+
+class Store(Protocol):
+    def write(self, *, wait: bool = True) -> contextlib.AbstractContextManager[StoreTx]:
+        """A write transaction; ``wait=False`` raises :class:`WriterBusyError` at once
+        instead of waiting for another writer."""
+        ...
+
+    def read(self) -> contextlib.AbstractContextManager[StoreTx]:
+        """A consistent snapshot for reading, holding no write lock; anything written in
+        it is discarded."""
+        ...
+
+    def close(self) -> None: ...

@@ -51,6 +51,18 @@ sent. ``max_in_flight=0`` instead holds every batch open ``linger`` seconds from
 attempt. A batch that fails fails only its own callers; ``close()`` sends what is still
 waiting and waits for batches in flight. ``linger=0`` sends a plain ``Verify`` per call.
 
+Several servers. ``target`` may be a list of ``"host:port"`` strings, or a
+``"dns:///name:port"`` whose name resolves to several addresses (as may an ``ipv4:`` or
+``ipv6:`` target URI): the channel then balances calls ``round_robin`` over the servers
+that are healthy by gRPC client-side health checking (gRFC A17: it watches each server's
+grpc.health.v1 service :data:`HEALTH_SERVICE_NAME`). A server that answers NOT_SERVING
+(draining for a shutdown, or unable to write its audit trail) gets no new calls until it
+serves again; one that is down is skipped and reconnected with backoff. A plain
+``"host:port"`` string keeps one connection to one address, as before. Host names in a
+list are resolved once, when the client is made (one gRPC channel dials one target URI).
+With TLS, every server's certificate is checked against
+``TlsSettings.server_name_override``, or else the one host all the list's items name.
+
 A gateway that imports this module loads the wire types only (the generated messages,
 :mod:`sls_core.values`, :mod:`sls_core.wire`): never the Rust extension, the store, the
 login engine, PIL or reportlab.
@@ -70,6 +82,7 @@ import json
 import os
 import queue
 import re
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -131,6 +144,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_LENGTH",
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUT",
+    "HEALTH_SERVICE_NAME",
     "RETRIED_METHODS",
     "ActivationOffer",
     "AsyncSlsClient",
@@ -338,8 +352,8 @@ class RetryPolicy:
             if not isinstance(value, int | float) or not value > 0:
                 raise InvalidInputError(name, "must be a positive number")
 
-    def service_config(self) -> str:
-        """The ``grpc.service_config`` JSON: this policy for the read-only methods only."""
+    def method_config(self) -> list[dict[str, Any]]:
+        """The service config's ``methodConfig``: this policy for the read-only methods only."""
         names = []
         for path in sorted(RETRIED_METHODS):
             service, method = path.split("/")
@@ -351,7 +365,11 @@ class RetryPolicy:
             "backoffMultiplier": self.backoff_multiplier,
             "retryableStatusCodes": ["UNAVAILABLE"],
         }
-        return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
+        return [{"name": names, "retryPolicy": policy}]
+
+    def service_config(self) -> str:
+        """The ``grpc.service_config`` JSON of this policy alone."""
+        return json.dumps({"methodConfig": self.method_config()})
 
 
 #: The retry policy clients use unless told otherwise.
@@ -375,9 +393,135 @@ def _is_loopback(target: str) -> bool:
         return False
 
 
+#: The health service a balanced channel watches on every server (gRFC A17): ``""`` is
+#: the whole server, which sls_core sets NOT_SERVING while it drains or cannot audit.
+HEALTH_SERVICE_NAME = ""
+
+#: Target schemes gRPC resolves to several addresses: such a target is balanced.
+_BALANCED_SCHEMES = ("dns:", "ipv4:", "ipv6:")
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
+_TARGET_RULE = "must be 'host:port' (an IPv6 address in brackets, '[::1]:50051'; no scheme)"
+
+_IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class _HostPort:
+    """One item of a list of targets: a host name or an IP address, and a port."""
+
+    host: str
+    port: int
+    ip: _IpAddress | None
+
+
+def _host_port(item: object, index: int) -> _HostPort:
+    if not isinstance(item, str):
+        raise InvalidInputTypeError("target", f"item {index}: must be a 'host:port' str")
+    bracketed = re.fullmatch(r"\[([^\]]+)\]:([0-9]{1,5})", item)
+    if bracketed is not None:
+        host, port_text = bracketed.groups()
+    else:
+        host, _, port_text = item.rpartition(":")
+        if ":" in host or "/" in host or not port_text.isdigit() or not port_text.isascii():
+            raise InvalidInputError("target", f"item {index}: {_TARGET_RULE}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise InvalidInputError("target", f"item {index}: the port must be from 1 to 65535")
+    try:
+        ip: _IpAddress | None = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if (ip is None or ip.version == 4) and bracketed is not None:
+        raise InvalidInputError("target", f"item {index}: only an IPv6 address goes in brackets")
+    if ip is None and (len(host) > 253 or not _HOST_NAME.fullmatch(host)):
+        raise InvalidInputError(
+            "target", f"item {index}: the host must be a DNS name or an IP address"
+        )
+    return _HostPort(host, port, ip)
+
+
+def _addresses(item: _HostPort, index: int) -> list[_IpAddress]:
+    """The IP addresses of one item: itself, or what its name resolves to now."""
+    if item.ip is not None:
+        return [item.ip]
+    try:
+        found = socket.getaddrinfo(item.host, item.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise InvalidInputError("target", f"item {index}: the host name does not resolve") from None
+    ips: list[_IpAddress] = []
+    for family, *_, sockaddr in found:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            ip = ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
+            if ip not in ips:
+                ips.append(ip)
+    if not ips:
+        raise InvalidInputError("target", f"item {index}: the host name has no IP address")
+    return ips
+
+
+def _balanced_target(items: list[_HostPort]) -> str:
+    """One gRPC target URI for several servers: ``ipv4:a:p,b:q`` or ``ipv6:[a]:p,[b]:q``.
+
+    One channel cannot be given several host names (grpc-python has no resolver for a
+    list, nor custom resolvers), so names are resolved here, once, when the client is made:
+    what a gateway configured with ``["sls1.internal:50051", "sls2.internal:50051"]``
+    expects. Servers whose addresses change belong behind one DNS name instead
+    (``"dns:///sls.internal:50051"``), which gRPC itself re-resolves. One URI lists one
+    address family: IPv4 when every item has an IPv4 address, else IPv6."""
+    found = [_addresses(item, index) for index, item in enumerate(items)]
+    version = next(
+        (v for v in (4, 6) if all(any(ip.version == v for ip in ips) for ips in found)), None
+    )
+    if version is None:
+        raise InvalidInputError(
+            "target", "the addresses must all be IPv4 or all be IPv6 (one gRPC target each)"
+        )
+    addresses: list[tuple[_IpAddress, int]] = []
+    for item, ips in zip(items, found, strict=True):
+        for ip in ips:
+            if ip.version == version and (ip, item.port) not in addresses:
+                addresses.append((ip, item.port))
+    if version == 4:
+        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in addresses)
+    return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, port in addresses)
+
+
+def _tls_name(items: list[_HostPort], tls: TlsSettings) -> str:
+    """The name every server certificate must carry. A list becomes an ``ipv4:``/``ipv6:``
+    target, whose authority names no host: the certificates are checked against
+    ``server_name_override``, or else the one host all the items name."""
+    if tls.server_name_override:
+        return tls.server_name_override
+    hosts = {item.host for item in items}
+    if len(hosts) != 1:
+        raise InvalidInputError(
+            "server_name_override",
+            "required with TLS when the targets name different hosts: the name every"
+            " server certificate carries",
+        )
+    return hosts.pop()
+
+
+def _service_config(retry: RetryPolicy | None, balanced: bool) -> str | None:
+    """The ``grpc.service_config`` JSON: round_robin over the servers that are healthy by
+    their grpc.health.v1 service (a server answering NOT_SERVING gets no calls until it
+    serves again), and the retry policy of the read-only methods."""
+    config: dict[str, Any] = {}
+    if balanced:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+        config["healthCheckConfig"] = {"serviceName": HEALTH_SERVICE_NAME}
+    if retry is not None:
+        config["methodConfig"] = retry.method_config()
+    return json.dumps(config) if config else None
+
+
 @dataclass(frozen=True)
 class _ChannelSettings:
+    #: The gRPC target URI the channel dials.
     target: str
+    #: What the caller gave (a repr shows it).
+    given: str | tuple[str, ...]
     tls: TlsSettings | None
     timeout: float
     linger: float
@@ -388,7 +532,7 @@ class _ChannelSettings:
     @classmethod
     def build(
         cls,
-        target: str,
+        target: str | Sequence[str],
         *,
         tls: TlsSettings | None,
         timeout: float,
@@ -400,9 +544,21 @@ class _ChannelSettings:
         retry: RetryPolicy | None,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> _ChannelSettings:
-        if not isinstance(target, str) or not target:
-            raise InvalidInputError("target", "must be a non-empty 'host:port' string")
-        if tls is None and not _is_loopback(target):
+        items: list[_HostPort] | None = None
+        single: str | None = None
+        if isinstance(target, list | tuple):
+            if not target:
+                raise InvalidInputError("target", "must name at least one 'host:port'")
+            items = [_host_port(item, index) for index, item in enumerate(target)]
+            hosts = [item.host if item.ip is None else str(item.ip) for item in items]
+        elif isinstance(target, str):
+            if not target:
+                raise InvalidInputError("target", "must be a non-empty 'host:port' string")
+            single = target
+            hosts = [target]
+        else:
+            raise InvalidInputTypeError("target", "must be a 'host:port' string or a list of them")
+        if tls is None and not all(_is_loopback(host) for host in hosts):
             raise InvalidInputError("tls", "TLS settings are required for a non-loopback target")
         if tls is not None and not isinstance(tls, TlsSettings):
             raise InvalidInputTypeError("tls", "must be a TlsSettings or None")
@@ -422,6 +578,18 @@ class _ChannelSettings:
                 raise InvalidInputError(name, "must be an int from 1 to 2**31 - 1")
         if not isinstance(max_in_flight, int) or not 0 <= max_in_flight <= 1024:
             raise InvalidInputError("max_in_flight", "must be an int from 0 to 1024")
+        # Checked last: a list of host names is resolved here.
+        given: str | tuple[str, ...]
+        if single is not None:
+            channel_target = given = single
+            balanced = single.startswith(_BALANCED_SCHEMES)
+            tls_name = tls.server_name_override if tls is not None else None
+        else:
+            assert items is not None
+            tls_name = _tls_name(items, tls) if tls is not None else None
+            channel_target = _balanced_target(items)
+            given = tuple(item for item in target if isinstance(item, str))
+            balanced = True
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", max_send_message_length),
             ("grpc.max_receive_message_length", max_receive_message_length),
@@ -430,10 +598,11 @@ class _ChannelSettings:
             # retry=None: no retries of any kind, not even gRPC's transparent ones.
             ("grpc.enable_retries", 1 if retry is not None else 0),
         ]
-        if retry is not None:
-            options.append(("grpc.service_config", retry.service_config()))
-        if tls is not None and tls.server_name_override:
-            options.append(("grpc.ssl_target_name_override", tls.server_name_override))
+        service_config = _service_config(retry, balanced)
+        if service_config is not None:
+            options.append(("grpc.service_config", service_config))
+        if tls_name:
+            options.append(("grpc.ssl_target_name_override", tls_name))
         for option in channel_options:
             if (
                 not isinstance(option, tuple)
@@ -446,7 +615,14 @@ class _ChannelSettings:
                 )
             options.append(option)
         return cls(
-            target, tls, float(timeout), float(linger), max_batch, max_in_flight, tuple(options)
+            channel_target,
+            given,
+            tls,
+            float(timeout),
+            float(linger),
+            max_batch,
+            max_in_flight,
+            tuple(options),
         )
 
 
@@ -1134,8 +1310,10 @@ def _timeout_error() -> DeadlineExceededError:
 class SlsClient:
     """Blocking client, safe to share between threads.
 
-    ``target`` is ``"host:port"``; ``tls`` the :class:`TlsSettings` (``None`` = plaintext,
-    refused unless the target is a loopback address); ``timeout`` the deadline of each call
+    ``target`` is ``"host:port"`` (one connection), a list of them or a
+    ``"dns:///name:port"`` (balanced over several servers: see the module docstring);
+    ``tls`` the :class:`TlsSettings` (``None`` = plaintext, refused unless every target is
+    a loopback address); ``timeout`` the deadline of each call
     in seconds unless the call gives its own; ``linger``, ``max_batch`` and
     ``max_in_flight`` drive micro-batching of :meth:`verify` (``linger=0``: off; see the
     module docstring); ``retry`` the policy of the read-only calls (``None``: no
@@ -1146,7 +1324,7 @@ class SlsClient:
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         tls: TlsSettings | None = None,
         timeout: float = DEFAULT_TIMEOUT,
@@ -1173,9 +1351,11 @@ class SlsClient:
         )
         options = list(self._settings.options)
         if tls is None:
-            self._channel = grpc.insecure_channel(target, options=options)
+            self._channel = grpc.insecure_channel(self._settings.target, options=options)
         else:
-            self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
+            self._channel = grpc.secure_channel(
+                self._settings.target, tls.credentials(), options=options
+            )
         verification = verification_pb2_grpc.VerificationServiceStub(self._channel)
         self._stubs: dict[str, Any] = {
             "verification": verification,
@@ -1199,7 +1379,7 @@ class SlsClient:
 
     def __repr__(self) -> str:
         mode = "insecure" if self._settings.tls is None else "tls"
-        return f"SlsClient({self._settings.target!r}, {mode}, linger={self._settings.linger})"
+        return f"SlsClient({self._settings.given!r}, {mode}, linger={self._settings.linger})"
 
     def __enter__(self) -> SlsClient:
         return self
@@ -1825,7 +2005,7 @@ class AsyncSlsClient:
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         tls: TlsSettings | None = None,
         timeout: float = DEFAULT_TIMEOUT,
@@ -1852,9 +2032,11 @@ class AsyncSlsClient:
         )
         options = list(self._settings.options)
         if tls is None:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
+            self._channel = grpc.aio.insecure_channel(self._settings.target, options=options)
         else:
-            self._channel = grpc.aio.secure_channel(target, tls.credentials(), options=options)
+            self._channel = grpc.aio.secure_channel(
+                self._settings.target, tls.credentials(), options=options
+            )
         verification: VerificationServiceAsyncStub = verification_pb2_grpc.VerificationServiceStub(
             self._channel
         )
@@ -1887,7 +2069,7 @@ class AsyncSlsClient:
 
     def __repr__(self) -> str:
         mode = "insecure" if self._settings.tls is None else "tls"
-        return f"AsyncSlsClient({self._settings.target!r}, {mode}, linger={self._settings.linger})"
+        return f"AsyncSlsClient({self._settings.given!r}, {mode}, linger={self._settings.linger})"
 
     async def __aenter__(self) -> AsyncSlsClient:
         return self

@@ -22,10 +22,10 @@ $(VENV)/.deps: pyproject.toml
 		"grpcio>=1.85.1" "grpcio-health-checking>=1.85.1" "grpcio-reflection>=1.85.1" \
 		"protobuf>=7.35.1" "prometheus-client>=0.20" "types-protobuf" "types-grpcio" \
 		"grpcio-tools==1.85.1" "mypy-protobuf==5.1.0"  # pinned: they write the committed code
-	$(PIP) install -q "python-pkcs11>=0.10"
+	$(PIP) install -q "python-pkcs11>=0.10" "psycopg[binary,pool]>=3.2"
 	touch $@
 
-# Debian packages the tests need (SoftHSM2), installed when missing.
+# Debian packages the tests need (SoftHSM2, PostgreSQL's server), installed when missing.
 system:
 	bash scripts/system-packages.sh
 

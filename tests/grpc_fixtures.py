@@ -117,7 +117,7 @@ class InProcessServer:
         self.clock = clock if clock is not None else ManualClock()
         config.setdefault("listen", f"127.0.0.1:{free_port()}")
         self.config = ServerConfig(data_dir=data_dir, **config).validated()
-        self.sls = SecureLogin.open(data_dir, clock=self.clock)
+        self.sls = SecureLogin.open(data_dir, clock=self.clock, store=self.config.store)
         self.server = SlsServer(self.config, sls=self.sls)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="sls-test-server", daemon=True)

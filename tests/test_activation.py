@@ -3,6 +3,7 @@ push approvals and the device simulator: SLS-RULES "IB Key activation by QR code
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from sls_core.simulator import SimulatedApp, dsc_response
 from sls_core.simulator import main as simulator_main
 from sls_core.sms import read_outbox
 
+pytest_plugins = ["pg_fixtures"]
+
 OC = LoginOutcome
 
 
@@ -26,10 +29,12 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def sls(tmp_path: Path, clock: ManualClock) -> SecureLogin:
-    service = SecureLogin.open(tmp_path / "data", clock=clock)
+def sls(tmp_path: Path, clock: ManualClock, store_url: str | None) -> Iterator[SecureLogin]:
+    """The domain on SQLite, and again on PostgreSQL."""
+    service = SecureLogin.open(tmp_path / "data", clock=clock, store=store_url)
     service.create_user("bob")
-    return service
+    yield service
+    service.store.close()
 
 
 @pytest.fixture
@@ -316,7 +321,7 @@ def test_without_a_pin_there_is_no_recovery(sls: SecureLogin, app: SimulatedApp)
 
 
 def test_a_copy_of_the_database_cannot_rebuild_a_pending_activation_code(
-    sls: SecureLogin, tmp_path: Path
+    sls: SecureLogin, tmp_path: Path, store_url: str | None
 ) -> None:
     """Issue 11, finding 4: pending offers keep only keyed hashes of their session id and
     manual prefix; what a stolen copy holds does not open the offer."""
@@ -326,11 +331,16 @@ def test_a_copy_of_the_database_cannot_rebuild_a_pending_activation_code(
 
     offer = sls.ibkey.create_activation("bob")
     prefix = bytes(activation.parse_manual_code(offer.manual_code))
-    db = sqlite3.connect(tmp_path / "data" / "sls.db")
-    ((stored_session, stored_prefix),) = db.execute(
-        "SELECT session_id, manual_prefix FROM activations"
-    ).fetchall()
-    db.close()
+    query = "SELECT session_id, manual_prefix FROM activations"
+    if store_url is None:
+        db = sqlite3.connect(tmp_path / "data" / "sls.db")
+        ((stored_session, stored_prefix),) = db.execute(query).fetchall()
+        db.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(store_url) as conn:
+            ((stored_session, stored_prefix),) = conn.execute(query).fetchall()
     assert stored_prefix != prefix
     assert offer.manual_code not in (activation.manual_code(stored_session),)
     attacker = SimulatedApp()

@@ -8,6 +8,7 @@ card shows, the SMS outbox).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,8 @@ from sls_core.login import (
 from sls_core.outcome import LoginOutcome
 from sls_core.sms import read_outbox
 
+pytest_plugins = ["pg_fixtures"]
+
 OC = LoginOutcome
 DSC_SECRET = bytes(range(20))
 IBKEY_SECRET = bytes(range(100, 120))
@@ -41,8 +44,11 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def sls(tmp_path: Path, clock: ManualClock) -> SecureLogin:
-    return SecureLogin.open(tmp_path / "data", clock=clock)
+def sls(tmp_path: Path, clock: ManualClock, store_url: str | None) -> Iterator[SecureLogin]:
+    """The domain on SQLite, and again on PostgreSQL."""
+    service = SecureLogin.open(tmp_path / "data", clock=clock, store=store_url)
+    yield service
+    service.store.close()
 
 
 def dsc_answer(challenge: str, *, secret: bytes = DSC_SECRET, pin: str = PIN) -> str:
@@ -104,12 +110,24 @@ def test_dsc_plus_answers_an_8_digit_response_computed_with_the_device_pin(
 
 
 def test_dsc_plus_pin_is_stored_only_as_its_hash_and_secrets_are_encrypted_at_rest(
-    sls: SecureLogin, tmp_path: Path
+    sls: SecureLogin, tmp_path: Path, store_url: str | None
 ) -> None:
     with_dsc(sls)
-    raw = (tmp_path / "data" / "sls.db").read_bytes()
-    wal = tmp_path / "data" / "sls.db-wal"
-    raw += wal.read_bytes() if wal.exists() else b""
+    if store_url is None:
+        raw = (tmp_path / "data" / "sls.db").read_bytes()
+        wal = tmp_path / "data" / "sls.db-wal"
+        raw += wal.read_bytes() if wal.exists() else b""
+    else:  # every value of every device row, as PostgreSQL holds it
+        import psycopg
+
+        with psycopg.connect(store_url) as conn:
+            rows = conn.execute("SELECT * FROM devices").fetchall()
+        raw = b"".join(
+            bytes(v) if isinstance(v, bytes | memoryview) else str(v).encode()
+            for row in rows
+            for v in row
+        )
+        assert raw  # the device is there
     assert DSC_SECRET not in raw
     assert hashlib.sha1(PIN.encode()).digest() not in raw  # noqa: S324 - the suite's PIN hash
     assert PIN.encode() not in raw
@@ -171,15 +189,16 @@ def test_a_challenge_token_verifies_once_and_a_second_use_is_replayed(sls: Secur
 
 
 def test_a_replay_is_refused_by_another_process_sharing_the_store(
-    sls: SecureLogin, tmp_path: Path, clock: ManualClock
+    sls: SecureLogin, tmp_path: Path, clock: ManualClock, store_url: str | None
 ) -> None:
     with_dsc(sls)
-    other = SecureLogin.open(tmp_path / "data", clock=clock)
+    other = SecureLogin.open(tmp_path / "data", clock=clock, store=store_url)
     challenge = sls.issue_challenge("alice")
     assert challenge.challenge is not None
     answer = dsc_answer(challenge.challenge)
     assert other.verify("alice", challenge.token, answer).ok
     assert sls.verify("alice", challenge.token, answer).outcome is OC.REPLAYED
+    other.store.close()
 
 
 def test_a_challenge_expires_after_its_lifetime(sls: SecureLogin, clock: ManualClock) -> None:

@@ -11,7 +11,7 @@ the blocking states are still set on the domain beneath the server.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from sls_core.simulator import SimulatedApp
 from sls_core.sms import read_outbox
 from sls_core.values import Challenge, Purpose, PushChallenge
 
-pytest_plugins = ["grpc_fixtures"]
+pytest_plugins = ["grpc_fixtures", "pg_fixtures"]
 
 OC = LoginOutcome
 
@@ -129,20 +129,26 @@ def dsc(challenge: str | None) -> str:
 
 @pytest.fixture(params=["python", "grpc"])
 def world(
-    request: pytest.FixtureRequest, tmp_path: Path, serve: Callable[..., InProcessServer]
-) -> World:
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    serve: Callable[..., InProcessServer],
+    store_url: str | None,
+) -> Iterator[World]:
     clock = ManualClock(1_800_000_000.0)
     front: PythonFront | GrpcFront
+    opened: SecureLogin | None = None
     if request.param == "python":
-        sls = SecureLogin.open(tmp_path / "data", clock=clock)
+        sls = opened = SecureLogin.open(tmp_path / "data", clock=clock, store=store_url)
         front, outbox = PythonFront(sls), tmp_path / "data" / "sms-outbox.jsonl"
     else:
-        server = serve(tmp_path / "data", clock=clock)
+        server = serve(tmp_path / "data", clock=clock, store=store_url)
         sls, front = server.sls, GrpcFront(server)
         outbox = tmp_path / "data" / "sms-outbox.jsonl"
     sls.create_user("alice")
     device = sls.enroll_device("alice", DeviceType.DSC_PLUS, secret=SECRET, pin=PIN)
-    return World(sls, clock, outbox, device.id, front)
+    yield World(sls, clock, outbox, device.id, front)
+    if opened is not None:
+        opened.store.close()
 
 
 def _with_ibkey(w: World) -> None:

@@ -4,6 +4,7 @@ test_domain_rules.py; the matrix of every way in is test_one_rule_for_every_way_
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from sls_core.rules import lockout
 from sls_core.simulator import SimulatedApp
 from sls_core.values import Access, Identity, Purpose, SharingError, SharingState
 
+pytest_plugins = ["pg_fixtures"]
+
 OC = LoginOutcome
 
 SUITE = "OCRA-1:HOTP-SHA1-8:QN06-PSHA1"
@@ -32,10 +35,12 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def sls(tmp_path: Path, clock: ManualClock) -> SecureLogin:
-    service = SecureLogin.open(tmp_path / "data", clock=clock)
+def sls(tmp_path: Path, clock: ManualClock, store_url: str | None) -> Iterator[SecureLogin]:
+    """The domain on SQLite, and again on PostgreSQL."""
+    service = SecureLogin.open(tmp_path / "data", clock=clock, store=store_url)
     service.create_user("alice")
-    return service
+    yield service
+    service.store.close()
 
 
 def dsc(challenge: str | None) -> str:

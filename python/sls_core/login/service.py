@@ -45,6 +45,7 @@ from sls_core.rules.usernames import validate_new_username
 from sls_core.sealing import ENV_VAR, MasterKeyRing
 from sls_core.sms import OutboxSender, SmsSender, check_phone
 from sls_core.store import DeviceRow, SqliteStore, Store, UserRow, WriterBusyError
+from sls_core.store.postgres import PostgresStore, is_postgres_url
 from sls_core.values import (
     Access,
     BatchResult,
@@ -84,6 +85,9 @@ PRECHECK_MAX_AGE = 1.0
 #: earlier than it commits (a pre-check, a long batch) can never miss the record of a
 #: use another process made and find the token fresh.
 PURGE_MARGIN = 600.0
+#: At most this many expired consumed-challenge rows are deleted by one purge (it runs
+#: inside a login transaction); when it deletes that many, the next comes a second later.
+PURGE_BATCH = 20_000
 
 
 class SecureLogin(DeviceSharing):
@@ -141,33 +145,50 @@ class SecureLogin(DeviceSharing):
         clock: Clock | None = None,
         key_file: str | Path | None = None,
         sms_outbox: str | Path | None = None,
+        store: str | None = None,
         **options: Any,
     ) -> SecureLogin:
         """The embedded default: ``data_dir/sls.db`` (SQLite), master key from
         ``SLS_CORE_MASTER_KEYS`` or ``key_file`` (default ``data_dir/master-key.json``,
-        generated on first use with mode 0600), SMS to ``data_dir/sms-outbox.jsonl``."""
+        generated on first use with mode 0600), SMS to ``data_dir/sms-outbox.jsonl``.
+
+        ``store`` a ``postgresql://`` URL: the shared PostgreSQL store instead of SQLite
+        (every node of a cluster needs the same master key ring: the same key file,
+        ``SLS_CORE_MASTER_KEYS`` or the same HSM)."""
         data_dir = Path(data_dir)
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner only, as its files
         key_path = Path(key_file) if key_file is not None else data_dir / "master-key.json"
         database = data_dir / "sls.db"
+        if store is not None and not is_postgres_url(store):
+            raise InvalidInputError("store", "must be a postgresql:// URL (or none: SQLite)")
         try:
             keyring = MasterKeyRing.load(key_file=key_path)
         except FileNotFoundError:
-            if database.exists() and database.stat().st_size > 0:
+            if store is not None:
+                sealed = PostgresStore.holds_sealed_data(store)
+                where = "the PostgreSQL store"
+            else:
+                sealed = database.exists() and database.stat().st_size > 0
+                where = str(database)
+            if sealed:
                 # A new key cannot open what the lost one sealed, and one generated under
                 # the same id would make every later start fail: refuse, say what to do.
                 raise InvalidInputError(
                     "key_file",
-                    f"the master key is missing: {database} holds secrets sealed with it, and "
+                    f"the master key is missing: {where} holds secrets sealed with it, and "
                     f"{key_path} does not exist nor is SLS_CORE_MASTER_KEYS set; restore the "
                     "key file from its backup (or set SLS_CORE_MASTER_KEYS), then start again",
                 ) from None
             keyring = MasterKeyRing.generate_file(key_path)
         # Keys from the file are followed when the file changes (a live rotation).
-        from_file = ENV_VAR not in os.environ
-        store = SqliteStore(database, keyring=keyring, key_file=key_path if from_file else None)
+        followed = key_path if ENV_VAR not in os.environ else None
+        backend: Store
+        if store is not None:
+            backend = PostgresStore(store, keyring=keyring, key_file=followed)
+        else:
+            backend = SqliteStore(database, keyring=keyring, key_file=followed)
         outbox = Path(sms_outbox) if sms_outbox is not None else data_dir / "sms-outbox.jsonl"
-        return cls(store, clock=clock, sms_sender=OutboxSender(outbox), **options)
+        return cls(backend, clock=clock, sms_sender=OutboxSender(outbox), **options)
 
     def __repr__(self) -> str:
         return f"SecureLogin(store={self.store!r})"
@@ -843,8 +864,9 @@ class SecureLogin(DeviceSharing):
                 if now >= self.context.next_purge:
                     # A consumed challenge past its expiry can never be presented again
                     # (the token is refused as expired first), so its row is dead weight.
-                    tx.store.purge_consumed(now - PURGE_MARGIN)
-                    self.context.next_purge = now + PURGE_INTERVAL
+                    purged = tx.store.purge_consumed(now - PURGE_MARGIN, PURGE_BATCH)
+                    more = purged >= PURGE_BATCH  # a backlog: keep going, a slice at a time
+                    self.context.next_purge = now + (1.0 if more else PURGE_INTERVAL)
                 if before_commit is not None:
                     before_commit(BatchResult(plan.out, plan.device_ids))
         finally:

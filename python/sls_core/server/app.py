@@ -62,9 +62,13 @@ from sls_core.server.servicers import (
     VerificationServicer,
 )
 from sls_core.server.status import MalformedRequestGuard
+from sls_core.store.base import StoreUnavailableError
 
 __all__ = ["SERVICE_NAMES", "SlsServer", "run"]
 
+#: How often a server on a shared store (PostgreSQL) checks that it can reach it; health
+#: turns NOT_SERVING within this long of an outage and SERVING again after it.
+STORE_PROBE_SECONDS = 1.0
 #: How often a server checks whether the master key file changed (a live rotation).
 KEY_FOLLOW_SECONDS = 1.0
 #: How often a failed audit trail is tried again (seconds).
@@ -116,6 +120,8 @@ class SlsServer:
         self.audit: AuditTrail | None = None
         self._audit_probe: asyncio.Future[None] | None = None
         self._key_follower: asyncio.Future[None] | None = None
+        self._store_watcher: asyncio.Future[None] | None = None
+        self._store_healthy = True
         self.port: int | None = None
         self.health: Any = None
         self._server: grpc.aio.Server | None = None
@@ -136,6 +142,7 @@ class SlsServer:
                 functools.partial(
                     SecureLogin.open,
                     config.data_dir,
+                    store=config.store,
                     auto_activation_delay=config.auto_activation_days * DAY,
                 ),
             )
@@ -201,6 +208,7 @@ class SlsServer:
         if config.metrics_port and config.workers == 1:
             self._metrics_http = serve_metrics(config.metrics_port, self.metrics.registry)
         self._key_follower = asyncio.ensure_future(self._follow_keys())
+        self._store_watcher = asyncio.ensure_future(self._watch_store())
         fields = {
             "listen": config.listen,
             "port": self.port,
@@ -267,23 +275,56 @@ class SlsServer:
                         extra={"fields": {"error": reported}},
                     )
 
+    async def _publish_health(self) -> None:
+        """SERVING while both the audit trail and the store work, else NOT_SERVING (the
+        load balancer sends gateways to another node meanwhile)."""
+        if self.stopping:
+            return
+        audit_ok = self.audit is None or self.audit.healthy
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if audit_ok and self._store_healthy
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def _watch_store(self) -> None:
+        """A shared store (PostgreSQL) can go away under a running server (a restart, a
+        failover): a ping every second turns health NOT_SERVING within a second of it,
+        and SERVING again once the database answers; calls meanwhile are UNAVAILABLE."""
+        store = self.sls.store if self.sls is not None else None
+        ping = getattr(store, "ping", None)
+        if ping is None:
+            return  # SQLite: the file is always there
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            await asyncio.sleep(STORE_PROBE_SECONDS)
+            error: str | None = None
+            try:
+                await loop.run_in_executor(None, ping)
+            except StoreUnavailableError as e:
+                error = str(e)
+            healthy = error is None
+            if healthy != self._store_healthy:
+                self._store_healthy = healthy
+                if healthy:
+                    log.info("store reachable again")
+                else:
+                    log.error("store unreachable", extra={"fields": {"error": error}})
+                await self._publish_health()
+
     async def _follow_audit(self, healthy: bool) -> None:
         """Health follows the audit sink: NOT_SERVING while it cannot be written (the load
         balancer sends gateways elsewhere), SERVING again once a write succeeds."""
         if self.stopping:
             return
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if healthy
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
         log.log(
             logging.INFO if healthy else logging.ERROR,
             "audit trail writable again" if healthy else "audit trail cannot be written",
             extra={"fields": {"path": str(self.config.audit_path)}},
         )
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, status)
+        await self._publish_health()
         if not healthy and self._audit_probe is None:
             self._audit_probe = asyncio.ensure_future(self._probe_audit())
 
@@ -317,8 +358,9 @@ class SlsServer:
             await self._stopped.wait()
             return
         self._stopping.set()
-        if self._key_follower is not None:
-            self._key_follower.cancel()
+        for task in (self._key_follower, self._store_watcher):
+            if task is not None:
+                task.cancel()
         config = self.config
         grace = config.grace_seconds if grace is None else grace
         log.info("shutting down", extra={"fields": {"grace_seconds": grace}})

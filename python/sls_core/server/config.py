@@ -10,6 +10,7 @@ Example::
 
     listen = "0.0.0.0:50051"
     data_dir = "/var/lib/sls"
+    store = "postgresql://sls@db.internal:5432/sls"   # omit: SQLite in data_dir
     workers = 2
     metrics_port = 9464
     audit_log = "/var/log/sls/audit.jsonl"
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -98,6 +100,9 @@ class TlsConfig:
 class ServerConfig:
     listen: str = DEFAULT_LISTEN
     data_dir: Path = Path("data")
+    #: A ``postgresql://`` URL: the store shared by several nodes; None: SQLite in
+    #: ``data_dir``. Also ``SLS_CORE_STORE`` and ``sls-core serve --store``.
+    store: str | None = None
     #: Server processes sharing the port (SO_REUSEPORT).
     workers: int = 1
     #: Threads per process that run the blocking domain calls (SQLite, kernel).
@@ -174,6 +179,8 @@ class ServerConfig:
                     f"quotas.{method}", f"must be one of {', '.join(sorted(_QUOTA_METHODS))}"
                 )
             _int_range(f"quotas.{method}", per_minute, 0, 10_000_000)
+        if self.store is not None and not re.match(r"postgres(ql)?://", self.store, re.I):
+            raise ConfigError("store", "must be a postgresql:// URL (omit it for SQLite)")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         for cn, role in self.roles.items():
@@ -246,6 +253,7 @@ def _seconds(key: str, value: object) -> None:
 _TYPES: dict[str, tuple[type, ...]] = {
     "listen": (str,),
     "data_dir": (str,),
+    "store": (str,),
     "workers": (int,),
     "threads": (int,),
     "inline_max_items": (int,),

@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file (see sls_core.server.config)")
     serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50051)")
     serve.add_argument("--data-dir", help="embedded store and keys (default ./data)")
+    serve.add_argument(
+        "--store",
+        help="postgresql://USER@HOST:PORT/DB, shared by several nodes "
+        "(default: $SLS_CORE_STORE, the config's store, else SQLite in the data dir)",
+    )
     serve.add_argument("--workers", type=int, help="server processes sharing the port")
     serve.add_argument("--metrics-port", type=int, help="Prometheus on 127.0.0.1:PORT")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
@@ -61,6 +66,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
     return config.with_overrides(
         listen=args.listen,
         data_dir=args.data_dir,
+        store=args.store or os.environ.get("SLS_CORE_STORE") or None,
         workers=args.workers,
         metrics_port=args.metrics_port,
         log_level=args.log_level.upper() if args.log_level else None,
@@ -74,7 +80,7 @@ def _prepare(config: ServerConfig, *, announce: bool) -> None:
 
     key_file = config.data_dir / "master-key.json"
     existed = key_file.exists()
-    sls = SecureLogin.open(config.data_dir)
+    sls = SecureLogin.open(config.data_dir, store=config.store)
     sls.store.close()
     if not announce:
         return
@@ -82,7 +88,7 @@ def _prepare(config: ServerConfig, *, announce: bool) -> None:
     keys = "SLS_CORE_MASTER_KEYS (environment)" if using_env else str(key_file.resolve())
     fields = {
         "data_dir": str(config.data_dir.resolve()),
-        "store": str((config.data_dir / "sls.db").resolve()),
+        "store": repr(sls.store),
         "master_key": keys,
         "sms_outbox": str((config.data_dir / "sms-outbox.jsonl").resolve()),
         "audit_log": str(config.audit_path.resolve()) if config.audit_path else None,
@@ -90,7 +96,7 @@ def _prepare(config: ServerConfig, *, announce: bool) -> None:
     if not using_env and not existed:
         log.warning("generated development master key", extra={"fields": fields})
     else:
-        log.info("embedded store", extra={"fields": fields})
+        log.info("shared store" if config.store else "embedded store", extra={"fields": fields})
 
 
 def _worker(config: ServerConfig, index: int) -> None:

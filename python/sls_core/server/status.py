@@ -28,6 +28,7 @@ import grpc.aio
 
 from sls_core.errors import InvalidInputError
 from sls_core.rules.quotas import QuotaExceededError
+from sls_core.store.base import StoreUnavailableError
 from sls_core.values import ActivationError, SharingError
 
 __all__ = [
@@ -70,6 +71,10 @@ async def abort_for(error: BaseException, context: Context, method: str) -> None
         await context.abort(error.code, error.details)
     if isinstance(error, QuotaExceededError):
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+    if isinstance(error, StoreUnavailableError):
+        # Never a verdict while the database cannot be reached: the gateway retries here
+        # or on another node (health turns NOT_SERVING meanwhile).
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
     if isinstance(error, DeadlinePassedError):
         await context.abort(
             grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the work started"

@@ -119,8 +119,17 @@ class _SqliteTx:
             (expires_at, _ids_json(challenge_ids)),
         )
 
-    def purge_consumed(self, before: float) -> int:
-        cur = self._conn.execute("DELETE FROM consumed WHERE expires_at <= ?", (before,))
+    def purge_consumed(self, before: float, limit: int | None = None) -> int:
+        if limit is None:
+            return self._conn.execute(
+                "DELETE FROM consumed WHERE expires_at <= ?", (before,)
+            ).rowcount
+        # Bounded: the purge runs inside a login transaction and must stay short.
+        cur = self._conn.execute(
+            "DELETE FROM consumed WHERE rowid IN"
+            " (SELECT rowid FROM consumed WHERE expires_at <= ? LIMIT ?)",
+            (before, limit),
+        )
         return cur.rowcount
 
     # -- activations and pushes --------------------------------------------------------

@@ -1,0 +1,945 @@
+"""The shared store: PostgreSQL, for several sls_core nodes (psycopg 3 and its pool).
+
+Same interface and the same exactness as the embedded store, across nodes:
+
+* **One writer at a time, cluster-wide.** A write transaction starts by taking a
+  transaction-scoped advisory lock (``pg_advisory_xact_lock``), the counterpart of SQLite's
+  ``BEGIN IMMEDIATE``: the replay check and the consumed insert, a lockout count and its
+  update, an enrollment and the change feed are decided by one transaction at a time, so
+  no update is lost and no deadlock can form (one lock, always taken first). Large batches
+  check their answers before they ask for the lock (the domain's pre-check), so the nodes'
+  kernel work overlaps; only settling is serial. The change feed's generations are
+  therefore committed in order, and every node's directory catches up at the start of its
+  next transaction: a device revoked on node A is refused on node B at the very next
+  attempt.
+* **Consume once** is also enforced by the database: ``consumed`` has the challenge id as
+  its primary key, and a push is decided by ``UPDATE ... WHERE decision IS NULL``.
+* **Failures are never verdicts.** A dropped connection, a PostgreSQL restart or failover,
+  or a lock that stays busy for ``lock_timeout`` raise :class:`StoreUnavailableError`
+  (servers answer UNAVAILABLE and turn NOT_SERVING until a probe succeeds). A connection
+  found dead before anything was sent in it (the pool's connections after a restart) is
+  replaced and the transaction started again on a fresh one; nothing is retried once a
+  statement of the transaction has run.
+
+Batches take one round trip per statement whatever their size: ids travel as arrays
+(``= ANY(%s)``, ``unnest``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from sls_core.errors import InvalidInputError
+from sls_core.sealing import MasterKeyRing
+from sls_core.store.base import (
+    ActivationRow,
+    DeviceRow,
+    PushRow,
+    SharingRow,
+    StoreUnavailableError,
+    UserRow,
+    WriterBusyError,
+)
+from sls_core.store.schema import POSTGRES_MIGRATIONS, SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["PostgresStore", "is_postgres_url"]
+
+#: The advisory lock every write transaction takes first ("SLS1" as an integer).
+WRITE_LOCK: Final = 0x534C5331
+#: How long a writer waits for the lock before the call is UNAVAILABLE (milliseconds);
+#: the counterpart of SQLite's busy_timeout.
+LOCK_TIMEOUT_MS: Final = 30_000
+#: A transaction left idle this long (a node stopped mid-transaction) is ended by the
+#: server, so that its lock is released (milliseconds).
+IDLE_IN_TRANSACTION_MS: Final = 60_000
+_SEALED_VALUES: Final = (
+    "SELECT secret FROM devices UNION ALL SELECT pin_hash FROM devices"
+    " UNION ALL SELECT sealed FROM server_secrets"
+    " UNION ALL SELECT server_private FROM activations"
+)
+_COUNTED_TABLES: Final = ("users", "devices", "consumed", "failures")
+_ADVERTISE_EVERY: Final = 60.0
+_URL = re.compile(r"postgres(ql)?://", re.IGNORECASE)
+
+
+def is_postgres_url(url: str | None) -> bool:
+    """Whether ``url`` names a PostgreSQL store (``postgresql://`` or ``postgres://``)."""
+    return url is not None and _URL.match(url) is not None
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages and reprs."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def _ids(ids: Iterable[int]) -> list[int]:
+    """Python ints for an array parameter (an integer numpy array in one ``tolist``)."""
+    dtype = getattr(ids, "dtype", None)
+    if dtype is not None and dtype.kind in "iu":
+        return ids.tolist()  # type: ignore[attr-defined, no-any-return]
+    return [int(i) for i in ids]
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError:
+        raise InvalidInputError(
+            "store",
+            "a postgresql:// store needs psycopg 3 and its pool: "
+            "pip install 'sls-core[postgresql]'",
+        ) from None
+    return psycopg, psycopg_pool
+
+
+class _PostgresTx:
+    """One transaction on one connection (see :class:`sls_core.store.StoreTx`)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], keyring: MasterKeyRing) -> None:
+        self._conn = conn
+        self._keyring = keyring
+
+    def _one(self, query: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(query, params).fetchone()
+
+    def _all(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._conn.execute(query, params).fetchall()
+
+    def _run(self, query: str, params: Sequence[Any] = ()) -> int:
+        return self._conn.execute(query, params).rowcount
+
+    # -- change feed -------------------------------------------------------------------
+    def generation(self) -> int:
+        return int(self._one("SELECT coalesce(max(generation), 0) FROM changes")[0])
+
+    def _changed(self, user_id: int | None = None, device_id: int | None = None) -> None:
+        self._run("INSERT INTO changes (user_id, device_id) VALUES (%s, %s)", (user_id, device_id))
+
+    def changes_since(self, generation: int) -> tuple[set[int], set[int]] | None:
+        users: set[int] = set()
+        devices: set[int] = set()
+        for user_id, device_id in self._all(
+            "SELECT user_id, device_id FROM changes WHERE generation > %s", (generation,)
+        ):
+            if user_id is None and device_id is None:
+                return None
+            if user_id is not None:
+                users.add(int(user_id))
+            if device_id is not None:
+                devices.add(int(device_id))
+        return users, devices
+
+    # -- lockout -----------------------------------------------------------------------
+    def failures(self, user_ids: Iterable[int]) -> dict[int, list[float]]:
+        rows = self._all(
+            "SELECT user_id, times FROM failures WHERE user_id = ANY(%s)", (_ids(user_ids),)
+        )
+        return {int(uid): json.loads(times) for uid, times in rows}
+
+    def put_failures(self, rows: dict[int, list[float]]) -> None:
+        if not rows:
+            return
+        self._run(
+            "INSERT INTO failures (user_id, times)"
+            " SELECT * FROM unnest(%s::bigint[], %s::text[])"
+            " ON CONFLICT (user_id) DO UPDATE SET times = excluded.times",
+            ([int(u) for u in rows], [json.dumps(t) for t in rows.values()]),
+        )
+
+    def clear_failures(self, user_ids: Iterable[int]) -> None:
+        ids = _ids(user_ids)
+        if ids:
+            self._run("DELETE FROM failures WHERE user_id = ANY(%s)", (ids,))
+
+    # -- replay ------------------------------------------------------------------------
+    def consumed(self, challenge_ids: Sequence[int]) -> set[int]:
+        if len(challenge_ids) == 0:
+            return set()
+        rows = self._all(
+            "SELECT challenge_id FROM consumed WHERE challenge_id = ANY(%s)",
+            (_ids(challenge_ids),),
+        )
+        return {int(r[0]) for r in rows}
+
+    def consume(self, challenge_ids: Sequence[int], expires_at: float) -> None:
+        # A plain INSERT: the primary key turns a second use into an error that rolls the
+        # whole transaction back (a duplicate here would be a bug upstream).
+        if len(challenge_ids) == 0:
+            return
+        self._run(
+            "INSERT INTO consumed (challenge_id, expires_at) SELECT unnest(%s::bigint[]), %s",
+            (_ids(challenge_ids), expires_at),
+        )
+
+    def purge_consumed(self, before: float, limit: int | None = None) -> int:
+        if limit is None:
+            return self._run("DELETE FROM consumed WHERE expires_at <= %s", (before,))
+        # Bounded: the purge runs inside a login transaction and must stay short.
+        return self._run(
+            "DELETE FROM consumed WHERE ctid = ANY(ARRAY("
+            "SELECT ctid FROM consumed WHERE expires_at <= %s LIMIT %s))",
+            (before, limit),
+        )
+
+    # -- abuse limits ------------------------------------------------------------------
+    def metered(self, kind: str, user_id: int, since: float) -> list[float]:
+        rows = self._all(
+            "SELECT at FROM metered WHERE kind = %s AND user_id = %s AND at > %s ORDER BY at",
+            (kind, user_id, since),
+        )
+        return [float(at) for (at,) in rows]
+
+    def meter(self, kind: str, user_id: int, at: float) -> None:
+        self._run(
+            "INSERT INTO metered (kind, user_id, at) VALUES (%s, %s, %s)", (kind, user_id, at)
+        )
+        self._run(
+            "DELETE FROM metered WHERE kind = %s AND user_id = %s AND at < %s",
+            (kind, user_id, at - 86_400),
+        )
+
+    # -- activations and pushes --------------------------------------------------------
+    def insert_activation(self, row: ActivationRow) -> None:
+        aad = b"activation:" + row.session_id
+        self._run(
+            "INSERT INTO activations (session_id, manual_prefix, user_id, server_private,"
+            " server_public, channel, issued_at, expires_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                row.session_id,
+                row.manual_prefix,
+                row.user_id,
+                self._keyring.seal(row.server_private, aad=aad),
+                row.server_public,
+                row.channel,
+                row.issued_at,
+                row.expires_at,
+            ),
+        )
+
+    def take_activation(
+        self, *, session_id: bytes | None = None, manual_prefix: bytes | None = None, now: float
+    ) -> ActivationRow | None:
+        query = (
+            "SELECT session_id, manual_prefix, user_id, server_private, channel, issued_at,"
+            " expires_at, used_at, server_public FROM activations WHERE "
+        )
+        if session_id is not None:
+            row = self._one(query + "session_id = %s", (session_id,))
+        else:
+            row = self._one(query + "manual_prefix = %s", (manual_prefix,))
+        if row is None:
+            return None
+        if row[7] is None:
+            self._run("UPDATE activations SET used_at = %s WHERE session_id = %s", (now, row[0]))
+        session = bytes(row[0])
+        private = self._keyring.open(bytes(row[3]), aad=b"activation:" + session)
+        return ActivationRow(
+            session_id=session,
+            manual_prefix=bytes(row[1]),
+            user_id=int(row[2]),
+            channel=row[4],
+            issued_at=row[5],
+            expires_at=row[6],
+            used_at=row[7],
+            server_public=bytes(row[8]),
+            server_private=private,
+        )
+
+    _PUSH = (
+        "SELECT challenge_id, user_id, device_id, issued_at, expires_at, decision, decided_at"
+        " FROM pushes"
+    )
+
+    def insert_push(self, row: PushRow) -> None:
+        self._run(
+            "INSERT INTO pushes (challenge_id, user_id, device_id, issued_at, expires_at)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (row.challenge_id, row.user_id, row.device_id, row.issued_at, row.expires_at),
+        )
+
+    def pushes(self, challenge_ids: Sequence[int]) -> dict[int, PushRow]:
+        rows = self._all(self._PUSH + " WHERE challenge_id = ANY(%s)", (_ids(challenge_ids),))
+        return {int(r[0]): PushRow(*r) for r in rows}
+
+    def push(self, challenge_id: int) -> PushRow | None:
+        row = self._one(self._PUSH + " WHERE challenge_id = %s", (challenge_id,))
+        return None if row is None else PushRow(*row)
+
+    def pending_pushes(self, device_ids: Sequence[int], now: float) -> list[PushRow]:
+        rows = self._all(
+            self._PUSH + " WHERE decision IS NULL AND expires_at > %s AND device_id = ANY(%s)"
+            " ORDER BY challenge_id",
+            (now, _ids(device_ids)),
+        )
+        return [PushRow(*r) for r in rows]
+
+    def decide_push(self, challenge_id: int, decision: str, now: float) -> bool:
+        return (
+            self._run(
+                "UPDATE pushes SET decision = %s, decided_at = %s"
+                " WHERE challenge_id = %s AND decision IS NULL",
+                (decision, now, challenge_id),
+            )
+            == 1
+        )
+
+    # -- users and devices -------------------------------------------------------------
+    _USER_COLUMNS = frozenset({"opted_out", "closed", "preferred_device"})
+    _DEVICE_COLUMNS = frozenset(
+        {
+            "state",
+            "activated_at",
+            "expires_at",
+            "shipped_at",
+            "secret",
+            "pin_hash",
+            "suite",
+            "push_public",
+            "recovery_hash",
+        }
+    )
+
+    def insert_user(self, username: str, identity: dict[str, str], now: float) -> int:
+        row = self._one(
+            "INSERT INTO users (username, identity, created_at) VALUES (%s, %s, %s)"
+            " ON CONFLICT (username) DO NOTHING RETURNING id",
+            (username, json.dumps(identity, sort_keys=True), now),
+        )
+        if row is None:
+            raise InvalidInputError("username", "already taken")
+        user_id = int(row[0])
+        self._changed(user_id=user_id)
+        return user_id
+
+    def update_user(self, user_id: int, **values: Any) -> None:
+        unknown = set(values) - self._USER_COLUMNS
+        if unknown:
+            raise ValueError(f"not user columns: {sorted(unknown)}")
+        # Flags are integers, as in SQLite (a bool would not fit an integer column).
+        values = {k: int(v) if isinstance(v, bool) else v for k, v in values.items()}
+        sets = ", ".join(f"{k} = %s" for k in values)
+        self._run(f"UPDATE users SET {sets} WHERE id = %s", (*values.values(), user_id))  # noqa: S608
+        self._changed(user_id=user_id)
+
+    def _seal(self, device_id: int, what: str, value: bytes | None) -> bytes | None:
+        if value is None:
+            return None
+        return self._keyring.seal(value, aad=f"device:{device_id}:{what}".encode())
+
+    def _open(self, device_id: int, what: str, value: bytes | None) -> bytes | None:
+        if value is None:
+            return None
+        return self._keyring.open(bytes(value), aad=f"device:{device_id}:{what}".encode())
+
+    def insert_device(self, row: DeviceRow, owners: Sequence[int]) -> int:
+        # The id first: the sealed secret is bound to it, so the row is written once.
+        device_id = int(self._one("SELECT nextval(pg_get_serial_sequence('devices', 'id'))")[0])
+        self._run(
+            "INSERT INTO devices (id, type, state, serial, suite, phone, issued_at, shipped_at,"
+            " activated_at, expires_at, replaces, push_public, recovery_hash, secret, pin_hash)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                device_id,
+                row.type,
+                row.state,
+                row.serial,
+                row.suite,
+                row.phone,
+                row.issued_at,
+                row.shipped_at,
+                row.activated_at,
+                row.expires_at,
+                row.replaces,
+                row.push_public,
+                row.recovery_hash,
+                self._seal(device_id, "secret", row.secret),
+                self._seal(device_id, "pin_hash", row.pin_hash),
+            ),
+        )
+        for owner in owners:
+            self.link(owner, device_id)
+        self._changed(device_id=device_id)
+        return device_id
+
+    def update_device(self, device_id: int, **values: Any) -> None:
+        unknown = set(values) - self._DEVICE_COLUMNS
+        if unknown:
+            raise ValueError(f"not device columns: {sorted(unknown)}")
+        for what in ("secret", "pin_hash"):
+            if what in values:
+                values[what] = self._seal(device_id, what, values[what])
+        sets = ", ".join(f"{k} = %s" for k in values)
+        self._run(f"UPDATE devices SET {sets} WHERE id = %s", (*values.values(), device_id))  # noqa: S608
+        self._changed(device_id=device_id)
+
+    def link(self, user_id: int, device_id: int) -> None:
+        self._run(
+            "INSERT INTO user_devices (user_id, device_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (user_id, device_id),
+        )
+        self._changed(user_id=user_id, device_id=device_id)
+
+    def unlink(self, user_id: int, device_id: int) -> None:
+        self._run(
+            "DELETE FROM user_devices WHERE user_id = %s AND device_id = %s", (user_id, device_id)
+        )
+        self._changed(user_id=user_id, device_id=device_id)
+
+    # -- sharing requests ----------------------------------------------------------------
+    def insert_sharing(self, row: SharingRow) -> int:
+        found = self._one(
+            "INSERT INTO sharing_requests (owner_id, requester_id, device_id, state,"
+            " set_aside, created_at, decided_at) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " RETURNING id",
+            (
+                row.owner_id,
+                row.requester_id,
+                row.device_id,
+                row.state,
+                json.dumps(list(row.set_aside)),
+                row.created_at,
+                row.decided_at,
+            ),
+        )
+        return int(found[0])
+
+    def sharing(self, request_id: int) -> SharingRow | None:
+        found = self._one(
+            "SELECT id, owner_id, requester_id, device_id, state, set_aside, created_at,"
+            " decided_at FROM sharing_requests WHERE id = %s",
+            (request_id,),
+        )
+        if found is None:
+            return None
+        rid, owner, requester, device, state, aside, created, decided = found
+        return SharingRow(
+            int(rid),
+            int(owner),
+            int(requester),
+            int(device),
+            str(state),
+            tuple(int(i) for i in json.loads(aside)),
+            float(created),
+            None if decided is None else float(decided),
+        )
+
+    def open_sharing(self, requester_id: int, device_id: int) -> SharingRow | None:
+        found = self._one(
+            "SELECT id FROM sharing_requests WHERE requester_id = %s AND device_id = %s"
+            " AND state IN ('pending', 'active')",
+            (requester_id, device_id),
+        )
+        return None if found is None else self.sharing(int(found[0]))
+
+    def update_sharing(self, request_id: int, *, state: str, decided_at: float) -> None:
+        self._run(
+            "UPDATE sharing_requests SET state = %s, decided_at = %s WHERE id = %s",
+            (state, decided_at, request_id),
+        )
+
+    def bulk_enroll(
+        self, users: Sequence[tuple[str, dict[str, str]]], devices: Sequence[DeviceRow], now: float
+    ) -> None:
+        """``users[i]`` holding ``devices[i]``, by COPY (a million devices in seconds)."""
+        if len(users) != len(devices):
+            raise InvalidInputError("devices", "one device per user")
+        first_user = int(self._one("SELECT coalesce(max(id), 0) FROM users")[0])
+        first_device = int(self._one("SELECT coalesce(max(id), 0) FROM devices")[0])
+        taken = self._one(
+            "SELECT count(*) FROM users WHERE username = ANY(%s)", ([u for u, _ in users],)
+        )
+        if int(taken[0]) or len({u for u, _ in users}) != len(users):
+            raise InvalidInputError("username", "already taken")
+        cur = self._conn.cursor()
+        with cur.copy("COPY users (id, username, identity, created_at) FROM STDIN") as copy:
+            for i, (name, identity) in enumerate(users):
+                copy.write_row(
+                    (first_user + 1 + i, name, json.dumps(identity, sort_keys=True), now)
+                )
+        with cur.copy(
+            "COPY devices (id, type, state, serial, suite, secret, pin_hash, phone, issued_at,"
+            " shipped_at, activated_at, expires_at) FROM STDIN"
+        ) as copy:
+            for i, d in enumerate(devices):
+                device_id = first_device + 1 + i
+                copy.write_row(
+                    (
+                        device_id,
+                        d.type,
+                        d.state,
+                        d.serial,
+                        d.suite,
+                        self._seal(device_id, "secret", d.secret),
+                        self._seal(device_id, "pin_hash", d.pin_hash),
+                        d.phone,
+                        d.issued_at,
+                        d.shipped_at,
+                        d.activated_at,
+                        d.expires_at,
+                    )
+                )
+        with cur.copy("COPY user_devices (user_id, device_id) FROM STDIN") as copy:
+            for i in range(len(users)):
+                copy.write_row((first_user + 1 + i, first_device + 1 + i))
+        # Explicit ids leave the identity sequences behind: move them past what was used.
+        for table in ("users", "devices"):
+            self._run(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"  # noqa: S608 - constant
+                f" greatest((SELECT coalesce(max(id), 0) FROM {table}), 1))"
+            )
+        self._changed()  # a bulk marker: every directory reloads in full
+
+    def users(self, user_ids: Iterable[int] | None = None) -> list[UserRow]:
+        query = (
+            "SELECT id, username, identity, opted_out, closed, preferred_device, created_at"
+            " FROM users"
+        )
+        rows = (
+            self._all(query)
+            if user_ids is None
+            else self._all(query + " WHERE id = ANY(%s)", (_ids(user_ids),))
+        )
+        return [
+            UserRow(
+                int(r[0]),
+                r[1],
+                json.loads(r[2]),
+                bool(r[3]),
+                bool(r[4]),
+                None if r[5] is None else int(r[5]),
+                r[6],
+            )
+            for r in rows
+        ]
+
+    def devices(self, device_ids: Iterable[int] | None = None) -> list[DeviceRow]:
+        query = (
+            "SELECT id, type, state, serial, suite, issued_at, shipped_at, activated_at,"
+            " expires_at, replaces, phone, secret, pin_hash, push_public, recovery_hash"
+            " FROM devices"
+        )
+        rows = (
+            self._all(query)
+            if device_ids is None
+            else self._all(query + " WHERE id = ANY(%s)", (_ids(device_ids),))
+        )
+        return [
+            DeviceRow(
+                id=int(r[0]),
+                type=r[1],
+                state=r[2],
+                serial=r[3],
+                suite=r[4],
+                issued_at=r[5],
+                shipped_at=r[6],
+                activated_at=r[7],
+                expires_at=r[8],
+                replaces=None if r[9] is None else int(r[9]),
+                phone=r[10],
+                secret=self._open(int(r[0]), "secret", r[11]),
+                pin_hash=self._open(int(r[0]), "pin_hash", r[12]),
+                push_public=None if r[13] is None else bytes(r[13]),
+                recovery_hash=None if r[14] is None else bytes(r[14]),
+            )
+            for r in rows
+        ]
+
+    def links(self, user_ids: Iterable[int] | None = None) -> list[tuple[int, int]]:
+        query = "SELECT user_id, device_id FROM user_devices"
+        rows = (
+            self._all(query)
+            if user_ids is None
+            else self._all(query + " WHERE user_id = ANY(%s)", (_ids(user_ids),))
+        )
+        return [(int(u), int(d)) for u, d in rows]
+
+    # -- sequences and server secrets --------------------------------------------------
+    def reserve(self, name: str, count: int) -> int:
+        row = self._one(
+            "INSERT INTO sequences (name, next_value) VALUES (%s, 1 + %s)"
+            " ON CONFLICT (name) DO UPDATE SET next_value = sequences.next_value + %s"
+            " RETURNING next_value",
+            (name, count, count),
+        )
+        return int(row[0]) - count
+
+    def server_secret(self, name: str, make: Callable[[], bytes]) -> bytes:
+        aad = f"server:{name}".encode()
+        row = self._one("SELECT sealed FROM server_secrets WHERE name = %s", (name,))
+        if row is not None:
+            return self._keyring.open(bytes(row[0]), aad=aad)
+        value = make()
+        self._run(
+            "INSERT INTO server_secrets (name, sealed) VALUES (%s, %s)",
+            (name, self._keyring.seal(value, aad=aad)),
+        )
+        return value
+
+
+class PostgresStore:
+    """The store on PostgreSQL, shared by every node: ``url`` is a libpq URL
+    (``postgresql://user@host:port/db``; a password is better given by ``PGPASSWORD`` or
+    ``~/.pgpass`` than in the URL). ``pool_size`` connections at most (default: 2 + the
+    CPUs), ``connect_timeout`` seconds to get one before the call is UNAVAILABLE."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        keyring: MasterKeyRing,
+        key_file: str | os.PathLike[str] | None = None,
+        pool_size: int | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        psycopg, psycopg_pool = _psycopg()
+        self._psycopg = psycopg
+        self._pool_errors: tuple[type[BaseException], ...] = (
+            psycopg.OperationalError,
+            psycopg_pool.PoolTimeout,
+            psycopg_pool.PoolClosed,
+        )
+        self.url = url
+        self._keyring = keyring
+        self._key_file = Path(key_file) if key_file is not None else None
+        self._key_file_seen = self._key_file_stamp()
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._advertised: tuple[str, float] | None = None
+        self._advertise_lock = threading.Lock()
+        self._timeout = connect_timeout
+        size = pool_size or (2 + (os.cpu_count() or 1))
+        self._size = size
+
+        def configure(conn: Any) -> None:
+            conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+            conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
+
+        self._pool = psycopg_pool.ConnectionPool(
+            url,
+            min_size=1,
+            max_size=size,
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
+            configure=configure,
+            timeout=connect_timeout,
+            open=False,
+            name="sls-store",
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except psycopg_pool.PoolTimeout:
+            self._pool.close()
+            raise StoreUnavailableError(
+                f"no connection to {_redacted(url)} within {connect_timeout:g} s"
+            ) from None
+        try:
+            self._migrate()
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({_redacted(self.url)!r})"
+
+    # -- connections and transactions -----------------------------------------------------
+    def _unavailable(self, error: BaseException) -> StoreUnavailableError:
+        # The driver's message names the host and the cause, never a parameter: safe.
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return StoreUnavailableError(first)
+
+    def _begin(self, *, lock: bool, wait: bool) -> psycopg.Connection[Any]:
+        """A pooled connection inside ``BEGIN`` (holding the write lock when ``lock``). A
+        connection that fails its first statement has applied nothing: it is dropped and
+        another tried (after a PostgreSQL restart every pooled connection is dead)."""
+        pg = self._psycopg
+        last: BaseException | None = None
+        for _ in range(self._size + 1):
+            try:
+                conn: psycopg.Connection[Any] = self._pool.getconn(timeout=self._timeout)
+            except self._pool_errors as e:
+                raise self._unavailable(e) from None
+            try:
+                conn.execute("BEGIN")
+            except pg.OperationalError as e:
+                last = e
+                self._pool.putconn(conn)  # broken: the pool discards it
+                continue
+            try:
+                if lock:
+                    if wait:
+                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                    else:
+                        got = conn.execute(
+                            "SELECT pg_try_advisory_xact_lock(%s)", (WRITE_LOCK,)
+                        ).fetchone()
+                        if not (got and got[0]):
+                            raise WriterBusyError
+            except BaseException as e:
+                self._finish(conn, commit=False)
+                if isinstance(e, pg.errors.LockNotAvailable):
+                    raise StoreUnavailableError(
+                        f"the write lock stayed busy for {LOCK_TIMEOUT_MS / 1000:g} s"
+                    ) from None
+                if isinstance(e, pg.OperationalError):
+                    raise self._unavailable(e) from None
+                raise
+            return conn
+        assert last is not None
+        raise self._unavailable(last)
+
+    def _finish(self, conn: psycopg.Connection[Any], *, commit: bool) -> None:
+        """COMMIT (or ROLLBACK) and give the connection back to the pool."""
+        try:
+            conn.execute("COMMIT" if commit else "ROLLBACK")
+        except self._psycopg.OperationalError as e:
+            self._pool.putconn(conn)
+            if commit:  # the outcome is unknown: never answer as if it landed
+                raise self._unavailable(e) from None
+            return
+        except self._psycopg.Error:
+            self._pool.putconn(conn)
+            if commit:
+                raise
+            return
+        self._pool.putconn(conn)
+
+    def write(self, *, wait: bool = True) -> contextlib.AbstractContextManager[_PostgresTx]:
+        return self._write(wait=wait, advertise=True)
+
+    @contextlib.contextmanager
+    def _write(self, *, wait: bool, advertise: bool) -> Iterator[_PostgresTx]:
+        conn = self._begin(lock=True, wait=wait)
+        try:
+            # Under the write lock: a retirement decided under it (sls_core.admin) cannot
+            # miss a writer that read the key file just before the new one was saved.
+            self._follow_key_file()
+            if advertise:
+                self._advertise(conn)
+            yield _PostgresTx(conn, self._keyring)
+        except self._psycopg.OperationalError as e:
+            self._advertised = None
+            self._finish(conn, commit=False)
+            raise self._unavailable(e) from None
+        except BaseException:
+            self._advertised = None  # the row may not have landed: write it again
+            self._finish(conn, commit=False)
+            raise
+        self._finish(conn, commit=True)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[_PostgresTx]:
+        self._follow_key_file()
+        conn = self._begin(lock=False, wait=True)
+        try:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            yield _PostgresTx(conn, self._keyring)
+        except self._psycopg.OperationalError as e:
+            self._finish(conn, commit=False)
+            raise self._unavailable(e) from None
+        except BaseException:
+            self._finish(conn, commit=False)
+            raise
+        self._finish(conn, commit=False)
+
+    def ping(self) -> None:
+        """One round trip; StoreUnavailableError if the database cannot be reached."""
+        with self.read() as tx:
+            tx.generation()
+
+    def close(self) -> None:
+        if self._advertised is not None:
+            with contextlib.suppress(Exception), self.write() as tx:  # closing seals nothing
+                tx._run("DELETE FROM key_holders WHERE holder = %s", (self.holder,))
+            self._advertised = None
+        self._pool.close()
+
+    # -- schema ----------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        # Under the write lock: nodes starting together migrate once, one after another.
+        with self._write(wait=True, advertise=False) as tx:
+            exists = tx._one("SELECT to_regclass('sls_schema') IS NOT NULL")[0]
+            version = int(tx._one("SELECT version FROM sls_schema")[0]) if exists else 0
+            if version > SCHEMA_VERSION:
+                raise InvalidInputError(
+                    "store",
+                    f"schema version {version} is newer than this sls_core ({SCHEMA_VERSION})",
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in POSTGRES_MIGRATIONS.get(target, ()):
+                    tx._run(statement)
+                if target in POSTGRES_MIGRATIONS and target > min(POSTGRES_MIGRATIONS):
+                    tx._run("UPDATE sls_schema SET version = %s", (target,))
+
+    @property
+    def schema_version(self) -> int:
+        with self.read() as tx:
+            return int(tx._one("SELECT version FROM sls_schema")[0])
+
+    # -- keys --------------------------------------------------------------------------
+    def _key_file_stamp(self) -> tuple[int, int, int] | None:
+        if self._key_file is None:
+            return None
+        try:
+            st = self._key_file.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _follow_key_file(self) -> None:
+        stamp = self._key_file_stamp()
+        if stamp is not None and stamp != self._key_file_seen:
+            assert self._key_file is not None
+            self._keyring = MasterKeyRing.from_file(self._key_file)
+            self._key_file_seen = stamp
+
+    def follow_keys(self) -> bool:
+        """See :meth:`sls_core.store.SqliteStore.follow_keys`."""
+        stamp = self._key_file_stamp()
+        if stamp is None or stamp == self._key_file_seen:
+            return False
+        try:
+            with self.write(wait=False):
+                pass
+        except WriterBusyError:
+            return False
+        return True
+
+    def _advertise(self, conn: psycopg.Connection[Any]) -> None:
+        key_id, now = self._keyring.active_key_id, time.time()
+        advertised = self._advertised
+        if advertised is not None:
+            last_key, last_time = advertised
+            if last_key == key_id and now - last_time < _ADVERTISE_EVERY:
+                return
+        conn.execute(
+            "INSERT INTO key_holders (holder, host, pid, key_id, seen_at)"
+            " VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (holder) DO UPDATE SET key_id = excluded.key_id,"
+            " seen_at = excluded.seen_at",
+            (self.holder, socket.gethostname(), os.getpid(), key_id, now),
+        )
+        self._advertised = (key_id, now)
+
+    def key_holders(self) -> list[tuple[str, str, int, str, float]]:
+        """(holder, host, pid, key id, last seen) of every store that may still seal: on
+        this host, the processes still alive; elsewhere, those seen in the last hour."""
+        from sls_core.store.sqlite import _process_alive
+
+        with self.read() as tx:
+            rows = tx._all("SELECT holder, host, pid, key_id, seen_at FROM key_holders")
+        here, live = socket.gethostname(), []
+        for holder, host, pid, key_id, seen_at in rows:
+            if host == here:
+                if not _process_alive(int(pid)):
+                    continue
+            elif time.time() - float(seen_at) > 3600:
+                continue
+            live.append((str(holder), str(host), int(pid), str(key_id), float(seen_at)))
+        return live
+
+    def key_ids_in_use(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self.read() as tx:
+            for (blob,) in tx._all(_SEALED_VALUES):
+                if blob is not None:
+                    key_id = MasterKeyRing.key_id_of(bytes(blob))
+                    counts[key_id] = counts.get(key_id, 0) + 1
+        return counts
+
+    def row_counts(self) -> dict[str, int]:
+        with self.read() as tx:
+            return {
+                table: int(tx._one(f"SELECT count(*) FROM {table}")[0])  # noqa: S608
+                for table in _COUNTED_TABLES
+            }
+
+    def rotate_master_key(
+        self,
+        keyring: MasterKeyRing,
+        *,
+        chunk: int = 500,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """See :meth:`sls_core.store.SqliteStore.rotate_master_key`."""
+        self._keyring = keyring
+        active = keyring.active_key_id
+        with self.read() as tx:
+            todo = [
+                int(device_id)
+                for device_id, secret, pin_hash in tx._all(
+                    "SELECT id, secret, pin_hash FROM devices ORDER BY id"
+                )
+                if any(
+                    blob is not None and MasterKeyRing.key_id_of(bytes(blob)) != active
+                    for blob in (secret, pin_hash)
+                )
+            ]
+        total, done = len(todo), 0
+        for start in range(0, total, chunk):
+            with self.write() as tx:
+                for row in tx.devices(todo[start : start + chunk]):
+                    tx._run(
+                        "UPDATE devices SET secret = %s, pin_hash = %s WHERE id = %s",
+                        (
+                            tx._seal(row.id, "secret", row.secret),
+                            tx._seal(row.id, "pin_hash", row.pin_hash),
+                            row.id,
+                        ),
+                    )
+                    done += 1
+            if progress is not None:
+                progress(done, total)
+        with self.write() as tx:
+            for name, sealed in tx._all("SELECT name, sealed FROM server_secrets"):
+                if MasterKeyRing.key_id_of(bytes(sealed)) != active:
+                    aad = f"server:{name}".encode()
+                    value = keyring.open(bytes(sealed), aad=aad)
+                    tx._run(
+                        "UPDATE server_secrets SET sealed = %s WHERE name = %s",
+                        (keyring.seal(value, aad=aad), name),
+                    )
+                    done += 1
+            tx._run(
+                "DELETE FROM activations WHERE used_at IS NOT NULL OR expires_at < %s",
+                (time.time(),),
+            )
+            for session, private in tx._all("SELECT session_id, server_private FROM activations"):
+                if MasterKeyRing.key_id_of(bytes(private)) != active:
+                    aad = b"activation:" + bytes(session)
+                    tx._run(
+                        "UPDATE activations SET server_private = %s WHERE session_id = %s",
+                        (keyring.seal(keyring.open(bytes(private), aad=aad), aad=aad), session),
+                    )
+                    done += 1
+        return done
+
+    @staticmethod
+    def holds_sealed_data(url: str, connect_timeout: float = 5.0) -> bool:
+        """Whether the database at ``url`` already holds secrets sealed under some master
+        key (then a missing key file must never be replaced by a new key)."""
+        psycopg, _ = _psycopg()
+        try:
+            with psycopg.connect(
+                url, autocommit=True, connect_timeout=max(1, int(connect_timeout))
+            ) as conn:
+                exists = conn.execute("SELECT to_regclass('server_secrets') IS NOT NULL").fetchone()
+                if not (exists and exists[0]):
+                    return False
+                row = conn.execute("SELECT count(*) FROM server_secrets").fetchone()
+                return bool(row and row[0])
+        except psycopg.OperationalError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise StoreUnavailableError(first) from None

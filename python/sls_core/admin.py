@@ -1,4 +1,4 @@
-"""Operator commands for the embedded store: ``python -m sls_core.admin COMMAND``.
+"""Operator commands: ``python -m sls_core.admin [--store URL] COMMAND`` (SQLite or PostgreSQL).
 
 ``rotate-master-key``
     Adds a new master key to the key file and makes it active (the old keys stay, so every
@@ -31,6 +31,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import uuid
 from collections.abc import Sequence
@@ -42,20 +43,36 @@ from sls_core.errors import InvalidInputError
 from sls_core.hsm import DEFAULT_PIN_ENV, Pkcs11Custody
 from sls_core.sealing import MasterKeyRing
 from sls_core.store import SqliteStore
+from sls_core.store.postgres import PostgresStore
 
 __all__ = ["main"]
+
+
+def _store_url(args: argparse.Namespace) -> str | None:
+    """``--store``, else ``$SLS_CORE_STORE``: a PostgreSQL store; None: SQLite."""
+    url: str | None = args.store or os.environ.get("SLS_CORE_STORE") or None
+    return url
 
 
 def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
     data = Path(args.data_dir)
     key_file = Path(args.key_file) if args.key_file else data / "master-key.json"
-    if not (data / "sls.db").exists():
+    if _store_url(args) is None and not (data / "sls.db").exists():
         raise SystemExit(f"no store at {data / 'sls.db'}")
     return data, key_file
 
 
+def _open_store(
+    args: argparse.Namespace, ring: MasterKeyRing, key_file: Path | None = None
+) -> SqliteStore | PostgresStore:
+    url = _store_url(args)
+    if url is not None:
+        return PostgresStore(url, keyring=ring, key_file=key_file, pool_size=2)
+    return SqliteStore(Path(args.data_dir) / "sls.db", keyring=ring, key_file=key_file)
+
+
 def rotate(args: argparse.Namespace) -> int:
-    data, key_file = _paths(args)
+    _data, key_file = _paths(args)
     ring = MasterKeyRing.from_file(key_file)
     if ring.active_key_id != args.new_key_id:
         if args.new_key_id in ring.key_ids:
@@ -66,7 +83,7 @@ def rotate(args: argparse.Namespace) -> int:
         print(f"key file {key_file}: new active key {args.new_key_id!r}", file=sys.stderr)
     else:
         print(f"resuming: {args.new_key_id!r} is already active", file=sys.stderr)
-    store = SqliteStore(data / "sls.db", keyring=ring, key_file=key_file)
+    store = _open_store(args, ring, key_file)
     with tqdm(desc="re-sealing devices", unit="device", disable=args.quiet) as bar:
 
         def progress(done: int, total: int) -> None:
@@ -82,7 +99,7 @@ def rotate(args: argparse.Namespace) -> int:
     # A key goes only when no record and no live process uses it any more: a running
     # server moves to the new key at its next write (it follows the key file). Decided
     # under the store's write lock, so that no write slips in between the scan and the save.
-    gate = SqliteStore(data / "sls.db", keyring=ring)
+    gate = _open_store(args, ring)
     try:
         with gate.write():
             in_use = gate.key_ids_in_use()
@@ -112,11 +129,11 @@ def rotate(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    data, key_file = _paths(args)
+    _data, key_file = _paths(args)
     ring = MasterKeyRing.from_file(key_file)
-    store = SqliteStore(data / "sls.db", keyring=ring)
+    store = _open_store(args, ring)
     try:
-        print(f"store: {data / 'sls.db'} (schema version {store.schema_version})")
+        print(f"store: {store!r} (schema version {store.schema_version})")
         print(
             f"master keys: active {ring.active_key_id!r}, in file {sorted(ring.key_ids)}, "
             f"kept by {ring.provider}"
@@ -134,7 +151,7 @@ def unlock(args: argparse.Namespace) -> int:
     from sls_core.server.audit import AuditTrail
 
     data, key_file = _paths(args)
-    sls = SecureLogin.open(data, key_file=key_file)
+    sls = SecureLogin.open(data, key_file=key_file, store=_store_url(args))
     status_ = sls.unlock(args.username, by=args.by)
     trail = AuditTrail(Path(args.audit_log) if args.audit_log else data / "audit.jsonl")
     try:
@@ -202,6 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sls_core.admin", description=__doc__)
     parser.add_argument("--data-dir", default="data", help="the store's folder (default: data)")
     parser.add_argument("--key-file", help="master key file (default: DATA_DIR/master-key.json)")
+    parser.add_argument(
+        "--store",
+        help="postgresql:// URL of a shared store (default: $SLS_CORE_STORE, else SQLite "
+        "in DATA_DIR)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     r = commands.add_parser("rotate-master-key", help="re-seal everything under a new key")
     r.add_argument("--new-key-id", required=True, help="id of the new key, e.g. k2")

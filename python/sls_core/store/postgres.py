@@ -65,6 +65,10 @@ LOCK_TIMEOUT_MS: Final = 30_000
 #: A transaction left idle this long (a node stopped mid-transaction) is ended by the
 #: server, so that its lock is released (milliseconds).
 IDLE_IN_TRANSACTION_MS: Final = 60_000
+#: How long a call waits for a connection while the database is known to be down.
+DOWN_WAIT_SECONDS: Final = 0.5
+#: How long the pool retries a lost connection before leaving it to the next call.
+RECONNECT_SECONDS: Final = 2.0
 _SEALED_VALUES: Final = (
     "SELECT secret FROM devices UNION ALL SELECT pin_hash FROM devices"
     " UNION ALL SELECT sealed FROM server_secrets"
@@ -621,6 +625,7 @@ class PostgresStore:
         self._advertised: tuple[str, float] | None = None
         self._advertise_lock = threading.Lock()
         self._timeout = connect_timeout
+        self._reachable = True
         size = pool_size or (2 + (os.cpu_count() or 1))
         self._size = size
 
@@ -635,6 +640,11 @@ class PostgresStore:
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
             configure=configure,
             timeout=connect_timeout,
+            # The pool's reconnection backs off exponentially until it gives up (5 min by
+            # default): after a long outage it would come back minutes late. Giving up
+            # after 2 s instead lets the next call (or the server's 1 s ping) start a fresh
+            # attempt at once, so a node serves again within seconds of the database.
+            reconnect_timeout=RECONNECT_SECONDS,
             open=False,
             name="sls-store",
         )
@@ -656,6 +666,7 @@ class PostgresStore:
 
     # -- connections and transactions -----------------------------------------------------
     def _unavailable(self, error: BaseException) -> StoreUnavailableError:
+        self._reachable = False  # until a transaction starts again: fail fast meanwhile
         # The driver's message names the host and the cause, never a parameter: safe.
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return StoreUnavailableError(first)
@@ -668,7 +679,12 @@ class PostgresStore:
         last: BaseException | None = None
         for _ in range(self._size + 1):
             try:
-                conn: psycopg.Connection[Any] = self._pool.getconn(timeout=self._timeout)
+                # While the database is known to be down, a call waits for a connection
+                # only briefly: the gateway hears UNAVAILABLE at once and goes elsewhere.
+                patience = (
+                    self._timeout if self._reachable else min(DOWN_WAIT_SECONDS, self._timeout)
+                )
+                conn: psycopg.Connection[Any] = self._pool.getconn(timeout=patience)
             except self._pool_errors as e:
                 raise self._unavailable(e) from None
             try:
@@ -676,6 +692,9 @@ class PostgresStore:
             except pg.OperationalError as e:
                 last = e
                 self._pool.putconn(conn)  # broken: the pool discards it
+                # A dead connection: the database restarted (a new one comes in
+                # milliseconds) or is down (then waiting longer helps nobody).
+                self._reachable = False
                 continue
             try:
                 if lock:
@@ -696,6 +715,7 @@ class PostgresStore:
                 if isinstance(e, pg.OperationalError):
                     raise self._unavailable(e) from None
                 raise
+            self._reachable = True
             return conn
         assert last is not None
         raise self._unavailable(last)

@@ -1,0 +1,328 @@
+"""Issue 12: the store interface on both backends, SQLite and PostgreSQL.
+
+The same schema from one place, exactness between several stores open at once on the same
+data (what several processes or nodes are), failures that are never verdicts, and the
+bounded purge. Multi-node tests with real server processes are in ``test_cluster.py``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from sls_core import ocra
+from sls_core.clock import ManualClock
+from sls_core.devices import DeviceType
+from sls_core.errors import InvalidInputError
+from sls_core.login import LOCKOUT_FAILURES, SecureLogin
+from sls_core.outcome import LoginOutcome
+from sls_core.server.config import ConfigError, ServerConfig
+from sls_core.store import SCHEMA_VERSION, StoreUnavailableError
+from sls_core.store.postgres import PostgresStore, _redacted, is_postgres_url
+
+if TYPE_CHECKING:  # imported by pytest as a plugin, never directly (assertion rewriting)
+    from pg_fixtures import PgCluster
+
+pytest_plugins = ["pg_fixtures"]
+
+SUITE = "OCRA-1:HOTP-SHA1-8:QN06-PSHA1"
+SECRET = bytes(range(20))
+PIN = "4711"
+NOW = 1_800_000_000.0
+
+
+def _answer(challenge: str | None) -> str:
+    assert challenge is not None
+    return ocra.compute(SUITE, SECRET, question=challenge, pin=PIN)
+
+
+@pytest.fixture
+def two(tmp_path: Path, store_url: str | None) -> Iterator[tuple[SecureLogin, SecureLogin]]:
+    """Two stores open on the same data at once (two processes, or two nodes), with alice
+    and her DSC+ enrolled."""
+    first = SecureLogin.open(tmp_path / "data", clock=ManualClock(NOW), store=store_url)
+    first.create_user("alice")
+    first.enroll_device("alice", DeviceType.DSC_PLUS, secret=SECRET, pin=PIN)
+    second = SecureLogin.open(tmp_path / "data", clock=ManualClock(NOW), store=store_url)
+    yield first, second
+    first.store.close()
+    second.store.close()
+
+
+# -- one schema ------------------------------------------------------------------------------
+
+
+def _sqlite_columns(path: Path) -> set[tuple[str, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        tables = [
+            name
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if not name.startswith("sqlite_")
+        ]
+        return {
+            (table, row[1])
+            for table in tables
+            for row in conn.execute(f"PRAGMA table_info({table})")
+        }
+    finally:
+        conn.close()
+
+
+def test_both_backends_end_with_the_same_tables_and_columns(tmp_path: Path, pg_url: str) -> None:
+    import psycopg
+
+    SecureLogin.open(tmp_path / "sqlite").store.close()
+    pg = SecureLogin.open(tmp_path / "pg", store=pg_url)
+    assert pg.store.schema_version == SCHEMA_VERSION
+    pg.store.close()
+    with psycopg.connect(pg_url) as conn:
+        postgres = {
+            (table, column)
+            for table, column in conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema()"
+            )
+            if table != "sls_schema"  # PostgreSQL's user_version
+        }
+    assert postgres == _sqlite_columns(tmp_path / "sqlite" / "sls.db")
+
+
+def test_a_newer_postgres_schema_is_refused(tmp_path: Path, pg_url: str) -> None:
+    import psycopg
+
+    SecureLogin.open(tmp_path / "a", store=pg_url).store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE sls_schema SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(InvalidInputError, match="newer than this sls_core"):
+        SecureLogin.open(tmp_path / "a", store=pg_url)
+
+
+# -- exact between stores ----------------------------------------------------------------------
+
+
+def test_a_right_answer_sent_to_two_stores_at_once_verifies_once(
+    two: tuple[SecureLogin, SecureLogin],
+) -> None:
+    first, second = two
+    for _ in range(20):
+        challenge = first.issue_challenge("alice")
+        answer = _answer(challenge.challenge)
+        outcomes: list[LoginOutcome] = []
+        barrier = threading.Barrier(4)
+        threads = [
+            threading.Thread(
+                target=_send_together,
+                args=(sls, challenge.token, answer, barrier, outcomes),
+            )
+            for sls in (first, second) * 2
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcomes) == [LoginOutcome.OK] + [LoginOutcome.REPLAYED] * 3
+
+
+def _send_together(
+    sls: SecureLogin,
+    token: str,
+    response: str,
+    barrier: threading.Barrier,
+    outcomes: list[LoginOutcome],
+) -> None:
+    barrier.wait()  # all at once: the stores race for the same challenge
+    outcomes.append(sls.verify("alice", token, response).outcome)
+
+
+def test_wrong_answers_spread_over_two_stores_count_exactly(
+    two: tuple[SecureLogin, SecureLogin],
+) -> None:
+    """No lost update: 2 * LOCKOUT_FAILURES wrong answers from 4 threads on two stores
+    count exactly LOCKOUT_FAILURES times, then the user is locked for every store."""
+    first, second = two
+    challenges = [first.issue_challenge("alice") for _ in range(2 * LOCKOUT_FAILURES)]
+    outcomes: list[LoginOutcome] = []
+    lock = threading.Lock()
+
+    def send(sls: SecureLogin, mine: list[str]) -> None:
+        for token in mine:
+            outcome = sls.verify("alice", token, "00000000").outcome
+            with lock:
+                outcomes.append(outcome)
+
+    tokens = [c.token for c in challenges]
+    threads = [
+        threading.Thread(target=send, args=(sls, tokens[i::4]))
+        for i, sls in enumerate((first, second, first, second))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count(LoginOutcome.WRONG) == LOCKOUT_FAILURES
+    assert outcomes.count(LoginOutcome.LOCKED) == LOCKOUT_FAILURES
+    right = first.issue_challenge("alice")
+    for sls in (first, second):
+        assert sls.lockout_status("alice").consecutive_failures == LOCKOUT_FAILURES
+        verdict = sls.verify("alice", right.token, _answer(right.challenge))
+        assert verdict.outcome is LoginOutcome.LOCKED
+
+
+def test_a_revocation_on_one_store_is_seen_by_the_other_at_its_next_attempt(
+    two: tuple[SecureLogin, SecureLogin],
+) -> None:
+    first, second = two
+    device = first.devices("alice")[0]
+    warm = second.issue_challenge("alice")  # the second store has loaded alice's device
+    assert second.verify("alice", warm.token, _answer(warm.challenge)).ok
+    challenge = second.issue_challenge("alice")
+    first.revoke_device("alice", device.id)
+    verdict = second.verify("alice", challenge.token, _answer(challenge.challenge))
+    assert not verdict.ok
+
+
+# -- the purge ---------------------------------------------------------------------------------
+
+
+def test_the_purge_of_expired_challenges_is_bounded(tmp_path: Path, store_url: str | None) -> None:
+    sls = SecureLogin.open(tmp_path / "data", store=store_url)
+    try:
+        with sls.store.write() as tx:
+            tx.consume(list(range(1, 251)), 100.0)
+            tx.consume(list(range(251, 301)), 10_000.0)
+        with sls.store.write() as tx:
+            assert tx.purge_consumed(1_000.0, 100) == 100  # a slice at a time
+            assert tx.purge_consumed(1_000.0, 100) == 100
+            assert tx.purge_consumed(1_000.0, 100) == 50
+            assert tx.purge_consumed(1_000.0, 100) == 0
+            assert tx.consumed(list(range(1, 301))) == set(range(251, 301))
+    finally:
+        sls.store.close()
+
+
+# -- failures are never verdicts -----------------------------------------------------------------
+
+
+def test_postgres_down_is_unavailable_and_the_store_recovers_by_itself(
+    tmp_path: Path, pg_url: str, pg_cluster: PgCluster
+) -> None:
+    """A PostgreSQL restart under a running store: calls raise StoreUnavailableError (a
+    server answers UNAVAILABLE), never a verdict; once it is back the same store serves
+    again (the pool replaces its dead connections), and nothing committed is lost."""
+    sls = SecureLogin.open(tmp_path / "data", clock=ManualClock(NOW), store=pg_url)
+    try:
+        sls.create_user("alice")
+        sls.enroll_device("alice", DeviceType.DSC_PLUS, secret=SECRET, pin=PIN)
+        used = sls.issue_challenge("alice")
+        assert sls.verify("alice", used.token, _answer(used.challenge)).ok
+        pending = sls.issue_challenge("alice")
+        pg_cluster.stop()
+        try:
+            with pytest.raises(StoreUnavailableError) as down:
+                sls.verify("alice", pending.token, _answer(pending.challenge))
+            assert "store: unavailable" in str(down.value)
+            assert PIN not in str(down.value)
+            with pytest.raises(StoreUnavailableError):
+                sls.issue_challenge("alice")
+        finally:
+            pg_cluster.start()
+        # The same store, no restart: the right answer was never applied, so it verifies.
+        assert sls.verify("alice", pending.token, _answer(pending.challenge)).ok
+        assert sls.verify("alice", used.token, _answer(used.challenge)).outcome is (
+            LoginOutcome.REPLAYED
+        )
+    finally:
+        sls.store.close()
+
+
+def test_a_store_that_cannot_be_reached_at_start_says_so(tmp_path: Path) -> None:
+    from sls_core.sealing import MasterKeyRing
+
+    ring = MasterKeyRing({"k1": bytes(32)}, "k1")
+    with pytest.raises(StoreUnavailableError) as refused:
+        PostgresStore(
+            "postgresql://sls:secret-password@127.0.0.1:1/sls", keyring=ring, connect_timeout=1
+        )
+    assert "secret-password" not in str(refused.value)
+
+
+def test_a_missing_key_file_is_never_replaced_over_a_postgres_store_with_sealed_data(
+    tmp_path: Path, pg_url: str
+) -> None:
+    first = SecureLogin.open(tmp_path / "node1", store=pg_url)
+    first.create_user("alice")
+    first.enroll_device("alice", DeviceType.DSC_PLUS, secret=SECRET, pin=PIN)
+    first.store.close()
+    # A second node without the cluster's key file: it must not make a key of its own.
+    with pytest.raises(InvalidInputError) as refused:
+        SecureLogin.open(tmp_path / "node2", store=pg_url)
+    assert refused.value.field == "key_file"
+    assert "the PostgreSQL store holds secrets sealed with it" in str(refused.value)
+    assert not (tmp_path / "node2" / "master-key.json").exists()
+
+
+# -- choosing the store ---------------------------------------------------------------------------
+
+
+def test_the_store_is_chosen_by_a_postgresql_url_and_anything_else_is_refused(
+    tmp_path: Path,
+) -> None:
+    assert is_postgres_url("postgresql://u@h:5432/db")
+    assert is_postgres_url("postgres://u@h/db")
+    assert not is_postgres_url("sqlite:///x.db")
+    with pytest.raises(InvalidInputError) as refused:
+        SecureLogin.open(tmp_path / "data", store="mysql://u@h/db")
+    assert refused.value.field == "store"
+    with pytest.raises(ConfigError) as config:
+        ServerConfig(store="sqlite:///x.db").validated()
+    assert "store" in str(config.value)
+    assert ServerConfig(store="postgresql://u@h/db").validated().store == "postgresql://u@h/db"
+
+
+def test_a_password_in_the_url_never_shows() -> None:
+    url = "postgresql://sls:hunter2@db.internal:5432/sls"
+    assert "hunter2" not in _redacted(url)
+    assert _redacted(url) == "postgresql://sls:***@db.internal:5432/sls"
+
+
+def test_the_operator_commands_work_on_a_postgres_store(
+    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rotate-master-key (and --retire), status and unlock with ``--store``."""
+    from sls_core import admin
+    from sls_core.sealing import MasterKeyRing
+
+    data = tmp_path / "data"
+    sls = SecureLogin.open(data, clock=ManualClock(NOW), store=pg_url)
+    for name in ("alice", "bob", "carol"):
+        sls.create_user(name)
+        sls.enroll_device(name, DeviceType.DSC_PLUS, secret=SECRET, pin=PIN)
+    for _ in range(LOCKOUT_FAILURES):
+        challenge = sls.issue_challenge("carol")
+        sls.verify("carol", challenge.token, "00000000")
+    sls.store.close()
+    base = ["--data-dir", str(data), "--store", pg_url]
+
+    assert (
+        admin.main([*base, "rotate-master-key", "--new-key-id", "k2", "--retire", "--quiet"]) == 0
+    )
+    assert MasterKeyRing.from_file(data / "master-key.json").key_ids == {"k2"}
+    assert admin.main([*base, "status"]) == 0
+    printed = capsys.readouterr().out
+    assert "records per key id: {'k2': 9}" in printed  # 3 secrets, 3 PIN hashes, 3 server
+    assert "devices: 3" in printed
+    assert "sls:***" not in printed  # no password in this URL, and none invented
+    assert admin.main([*base, "unlock", "carol", "--by", "ops-1"]) == 0
+    reopened = SecureLogin.open(data, clock=ManualClock(NOW), store=pg_url)
+    try:
+        for name in ("alice", "bob", "carol"):
+            challenge = reopened.issue_challenge(name)
+            assert reopened.verify(name, challenge.token, _answer(challenge.challenge)).ok
+    finally:
+        reopened.store.close()

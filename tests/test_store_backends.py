@@ -326,3 +326,58 @@ def test_the_operator_commands_work_on_a_postgres_store(
             assert reopened.verify(name, challenge.token, _answer(challenge.challenge)).ok
     finally:
         reopened.store.close()
+
+
+def test_a_rollback_that_fails_still_releases_the_process_write_lock(tmp_path: Path) -> None:
+    """A connection lost while a transaction starts (the directory refresh fails) whose
+    rollback fails too (the database is gone): the process's write lock is released all the
+    same. Kept held, every later write of the node hung after a PostgreSQL restart."""
+    import contextlib
+    from typing import Any
+
+    sls = SecureLogin.open(tmp_path / "data", clock=ManualClock(NOW))
+    sls.create_user("alice")
+    sls.enroll_device("alice", DeviceType.DSC_PLUS, secret=SECRET, pin=PIN)
+    real = sls.store
+
+    class LostConnection:
+        """Writes whose change feed read fails, and whose rollback fails after it."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        @contextlib.contextmanager
+        def write(self, *, wait: bool = True) -> Iterator[Any]:
+            with real.write(wait=wait) as tx:
+
+                class Broken:
+                    def __getattr__(self, name: str) -> Any:
+                        if name in ("generation", "changes_since"):
+                            raise StoreUnavailableError("connection lost")
+                        return getattr(tx, name)
+
+                try:
+                    yield Broken()
+                except StoreUnavailableError:
+                    raise StoreUnavailableError("rollback failed: connection lost") from None
+
+    sls.context.directory.generation = -2  # the next write must read the change feed
+    sls.context.store = LostConnection()  # type: ignore[assignment]
+    with pytest.raises(StoreUnavailableError):
+        sls.issue_challenge("alice")
+    # Released, not held forever (an RLock: ask from another thread, as a call would).
+    acquired: list[bool] = []
+
+    def probe() -> None:
+        got = sls.context.lock.acquire(blocking=False)
+        acquired.append(got)
+        if got:
+            sls.context.lock.release()
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    prober.join()
+    assert acquired == [True]
+    sls.context.store = real
+    assert sls.issue_challenge("alice").token  # and the process writes again
+    real.close()

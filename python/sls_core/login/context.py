@@ -258,11 +258,15 @@ class WriteTx:
                 raise WriterBusyError
             context.directory.refresh(self.store)
         except BaseException:
-            if self._cm is not None and self.store is not None:
-                # Roll back (not commit) what was opened, and reload the directory next time.
-                self._cm.__exit__(*sys.exc_info())
-                context.directory.generation = -1
-            context.lock.release()
+            try:
+                if self._cm is not None and self.store is not None:
+                    # Roll back (not commit) what was opened; reload the directory next time.
+                    context.directory.generation = -1
+                    self._cm.__exit__(*sys.exc_info())
+            finally:
+                # Even when the rollback itself fails (a connection lost with the database):
+                # a lock left held here would hang every later write of this process.
+                context.lock.release()
             raise
         return self
 

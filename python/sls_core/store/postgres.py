@@ -629,16 +629,14 @@ class PostgresStore:
         size = pool_size or (2 + (os.cpu_count() or 1))
         self._size = size
 
-        def configure(conn: Any) -> None:
-            conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
-            conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
+        self._unpooled: set[int] = set()
 
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
             max_size=size,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
-            configure=configure,
+            configure=self._configure,
             timeout=connect_timeout,
             # The pool's reconnection backs off exponentially until it gives up (5 min by
             # default): after a long outage it would come back minutes late. Giving up
@@ -664,6 +662,13 @@ class PostgresStore:
     def __repr__(self) -> str:
         return f"PostgresStore({_redacted(self.url)!r})"
 
+    @staticmethod
+    def _configure(conn: Any) -> None:
+        """Every connection: how long to wait for the write lock, and how long the
+        database lets a transaction sit idle (a stopped node's lock is released then)."""
+        conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+        conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
+
     # -- connections and transactions -----------------------------------------------------
     def _unavailable(self, error: BaseException) -> StoreUnavailableError:
         self._reachable = False  # until a transaction starts again: fail fast meanwhile
@@ -686,12 +691,16 @@ class PostgresStore:
                 )
                 conn: psycopg.Connection[Any] = self._pool.getconn(timeout=patience)
             except self._pool_errors as e:
-                raise self._unavailable(e) from None
+                if self._reachable:
+                    raise self._unavailable(e) from None
+                # The pool may be sleeping in its reconnection backoff while the database
+                # is back already: one direct attempt tells (and serves this call).
+                conn = self._connect_directly(e)
             try:
                 conn.execute("BEGIN")
             except pg.OperationalError as e:
                 last = e
-                self._pool.putconn(conn)  # broken: the pool discards it
+                self._release(conn)  # broken: the pool discards it
                 # A dead connection: the database restarted (a new one comes in
                 # milliseconds) or is down (then waiting longer helps nobody).
                 self._reachable = False
@@ -725,16 +734,38 @@ class PostgresStore:
         try:
             conn.execute("COMMIT" if commit else "ROLLBACK")
         except self._psycopg.OperationalError as e:
-            self._pool.putconn(conn)
+            self._release(conn)
             if commit:  # the outcome is unknown: never answer as if it landed
                 raise self._unavailable(e) from None
             return
         except self._psycopg.Error:
-            self._pool.putconn(conn)
+            self._release(conn)
             if commit:
                 raise
             return
-        self._pool.putconn(conn)
+        self._release(conn)
+
+    def _connect_directly(self, pool_error: BaseException) -> psycopg.Connection[Any]:
+        """A connection made now, outside the pool (closed after its transaction), or the
+        pool's error as StoreUnavailableError if the database still does not answer."""
+        pg = self._psycopg
+        try:
+            conn: psycopg.Connection[Any] = pg.connect(
+                self.url, autocommit=True, connect_timeout=max(1, int(self._timeout))
+            )
+            self._configure(conn)
+        except pg.Error:
+            raise self._unavailable(pool_error) from None
+        self._unpooled.add(id(conn))
+        return conn
+
+    def _release(self, conn: psycopg.Connection[Any]) -> None:
+        """Back to the pool (which discards a broken one), or closed if made outside it."""
+        if id(conn) in self._unpooled:
+            self._unpooled.discard(id(conn))
+            conn.close()
+        else:
+            self._pool.putconn(conn)
 
     def write(self, *, wait: bool = True) -> contextlib.AbstractContextManager[_PostgresTx]:
         return self._write(wait=wait, advertise=True)

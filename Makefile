@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: proto system setup build serve bench loadtest bench-pytest check lint rust-check rust-test fuzz-smoke fuzz wheel pytest typecheck clean
+.PHONY: proto system setup build serve bench bench-cluster loadtest bench-pytest check lint rust-check rust-test fuzz-smoke fuzz wheel pytest typecheck clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench: build
 	$(PY) benches/login_report.py --out bench-results
 	$(PY) benches/ibkey_report.py --out bench-results
 	$(PY) benches/failing_requests.py --out bench-results
+
+# Several nodes on one private PostgreSQL (durable: fsync and synchronous commit on).
+bench-cluster: build system
+	$(PY) benches/cluster_report.py --out bench-results
 
 # Gateways against `sls-core serve` on 127.0.0.1 (bounded in time).
 loadtest: build

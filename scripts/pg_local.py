@@ -66,8 +66,19 @@ def _owner() -> str | None:
     return "postgres"
 
 
-def _run(command: list[str], owner: str | None, **kw: object) -> None:
-    subprocess.run(_as_owner(command, owner), check=True, capture_output=True, **kw)  # type: ignore[call-overload]  # noqa: S603
+def _run(command: list[str], owner: str | None) -> None:
+    done = subprocess.run(_as_owner(command, owner), capture_output=True, text=True)  # noqa: S603
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).strip().splitlines()
+        raise SystemExit(f"{Path(command[0]).name} failed: {said[-1] if said else done.returncode}")
+
+
+def _running(bin_dir: Path, cluster: Path, owner: str | None) -> bool:
+    status = subprocess.run(  # noqa: S603
+        _as_owner([str(bin_dir / "pg_ctl"), "-D", str(cluster), "status"], owner),
+        capture_output=True,
+    )
+    return status.returncode == 0
 
 
 def _cluster(directory: Path) -> Path:
@@ -99,6 +110,10 @@ def start(directory: str | os.PathLike[str], *, fast: bool = False, port: int | 
             owner,
         )
     port_file = directory / "port"
+    if _running(bin_dir, cluster, owner) and port_file.exists():
+        port = int(port_file.read_text())  # already up (started before): the same cluster
+        _ensure_database(bin_dir, port, owner)
+        return f"postgresql://{ROLE}@127.0.0.1:{port}/{DATABASE}"
     if port is None:
         port = int(port_file.read_text()) if port_file.exists() else _free_port()
     settings = [

@@ -51,3 +51,25 @@ def test_the_failing_requests_benchmark_runs_and_reports_both_runs(tmp_path: Pat
     assert report["alone"]["logins"] > 0
     assert report["with_failing_requests"]["logins"] > 0
     assert report["p99_ratio"] > 0
+
+
+def test_the_cluster_benchmark_runs_on_a_private_postgres_and_reports_every_part(
+    tmp_path: Path,
+) -> None:
+    """benches/cluster_report.py --smoke: the raw consume-once rates, 1 to 3 nodes on one
+    PostgreSQL, and the cold start on both stores, at tiny sizes."""
+    import cluster_report
+
+    out = tmp_path / "out"
+    assert cluster_report.main(["--smoke", "--out", str(out)]) == 0
+    report = json.loads((out / "cluster.json").read_text())
+    assert report["raw"]["rows"]
+    for row in report["raw"]["rows"]:
+        assert row["copy_ids_per_s"] > 0, row
+        assert row["unnest_ids_per_s"] > 0, row
+    assert {row["nodes"] for row in report["store_backed"]} >= {1}
+    for row in report["store_backed"]:
+        assert row["attempts_per_s"] > 0, row
+        assert row["ok_share"] == 1.0, row  # right answers, each verified once
+    assert {row["store"] for row in report["cold_start"]} == {"PostgreSQL", "SQLite"}
+    assert "attempts/s" in (out / "cluster.md").read_text()

@@ -160,7 +160,9 @@ class SlsServer:
             audit=self.audit,
             metrics=self.metrics,
             max_batch_items=config.max_batch_items,
-            inline_max_items=config.inline_max_items,
+            # On PostgreSQL a write is network round trips: never on the event loop (a
+            # database that stops answering would stall every call of the process).
+            inline_max_items=0 if config.store else config.inline_max_items,
             default_deadline=config.default_deadline_seconds,
             max_push_wait=config.max_push_wait_seconds,
             stopping=self._stopping,

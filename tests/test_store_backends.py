@@ -281,8 +281,22 @@ def test_the_store_is_chosen_by_a_postgresql_url_and_anything_else_is_refused(
     assert refused.value.field == "store"
     with pytest.raises(ConfigError) as config:
         ServerConfig(store="sqlite:///x.db").validated()
-    assert "store" in str(config.value)
+    assert "store.url" in str(config.value)
     assert ServerConfig(store="postgresql://u@h/db").validated().store == "postgresql://u@h/db"
+    # In the TOML config: a [store] table with its url.
+    from sls_core.server.config import config_from_mapping
+
+    chosen = config_from_mapping({"store": {"url": "postgresql://sls@db:5432/sls"}})
+    assert chosen.store == "postgresql://sls@db:5432/sls"
+    for wrong, field in (
+        ({"store": "postgresql://sls@db/sls"}, "store"),
+        ({"store": {"url": 5}}, "store.url"),
+        ({"store": {"url": "postgresql://x/y", "pool": 3}}, "store"),
+        ({"store": {"url": "mysql://x/y"}}, "store.url"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            config_from_mapping(wrong)
+        assert str(refused.value).startswith(f"{field}:"), str(refused.value)
 
 
 def test_a_password_in_the_url_never_shows() -> None:
@@ -381,3 +395,22 @@ def test_a_rollback_that_fails_still_releases_the_process_write_lock(tmp_path: P
     sls.context.store = real
     assert sls.issue_challenge("alice").token  # and the process writes again
     real.close()
+
+
+def test_serve_takes_the_store_from_the_flag_then_the_environment_then_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sls_core.server import main
+
+    config = tmp_path / "sls.toml"
+    config.write_text('[store]\nurl = "postgresql://sls@from-config/sls"\n')
+
+    def chosen(*flags: str) -> str | None:
+        args = main._parser().parse_args(["serve", "--config", str(config), *flags])
+        return main._config(args).store
+
+    monkeypatch.delenv("SLS_CORE_STORE", raising=False)
+    assert chosen() == "postgresql://sls@from-config/sls"
+    monkeypatch.setenv("SLS_CORE_STORE", "postgresql://sls@from-env/sls")
+    assert chosen() == "postgresql://sls@from-env/sls"
+    assert chosen("--store", "postgresql://sls@from-flag/sls") == "postgresql://sls@from-flag/sls"

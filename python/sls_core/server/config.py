@@ -10,7 +10,6 @@ Example::
 
     listen = "0.0.0.0:50051"
     data_dir = "/var/lib/sls"
-    store = "postgresql://sls@db.internal:5432/sls"   # omit: SQLite in data_dir
     workers = 2
     metrics_port = 9464
     audit_log = "/var/log/sls/audit.jsonl"
@@ -20,6 +19,9 @@ Example::
     key = "server.key"
     client_ca = "gateways-ca.pem"
     require_client_auth = true
+
+    [store]            # omit: SQLite in data_dir
+    url = "postgresql://sls@db.internal:5432/sls"
 
     [roles]            # client certificate subject CN -> role
     "portal-gateway" = "gateway"
@@ -180,7 +182,7 @@ class ServerConfig:
                 )
             _int_range(f"quotas.{method}", per_minute, 0, 10_000_000)
         if self.store is not None and not re.match(r"postgres(ql)?://", self.store, re.I):
-            raise ConfigError("store", "must be a postgresql:// URL (omit it for SQLite)")
+            raise ConfigError("store.url", "must be a postgresql:// URL (omit it for SQLite)")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         for cn, role in self.roles.items():
@@ -253,7 +255,6 @@ def _seconds(key: str, value: object) -> None:
 _TYPES: dict[str, tuple[type, ...]] = {
     "listen": (str,),
     "data_dir": (str,),
-    "store": (str,),
     "workers": (int,),
     "threads": (int,),
     "inline_max_items": (int,),
@@ -284,6 +285,12 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: Path | None = None) -
     for key, value in data.items():
         if key == "tls":
             values["tls"] = _tls(value, path)
+        elif key == "store":
+            if not isinstance(value, Mapping) or set(value) != {"url"}:
+                raise ConfigError("store", 'must be a table with url = "postgresql://..."')
+            if not isinstance(value["url"], str):
+                raise ConfigError("store.url", "must be a string")
+            values["store"] = value["url"]
         elif key == "roles":
             if not isinstance(value, Mapping):
                 raise ConfigError("roles", "must be a table of CN = role")

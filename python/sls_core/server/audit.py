@@ -104,12 +104,15 @@ class AuditTrail:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 try:
-                    prev = self._chain_head(fd)
+                    prev, inode, size = self._chain_head(fd)
                     if data:
-                        _write_all(fd, data, _seal_line(prev, digest, lines, recovered=False))
-                        prev = _chained(prev, digest)
-                    st = os.fstat(fd)
-                    self._known = ((st.st_ino, st.st_size), prev)
+                        chained = _chained(prev, digest)
+                        seal = _seal_line(prev, chained, lines, recovered=False)
+                        _write_all(fd, data, seal)
+                        # Appended under the lock: the file now ends where this write did
+                        # (no second fstat on the hot path).
+                        prev, size = chained, size + len(data) + len(seal)
+                    self._known = ((inode, size), prev)
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
             except OSError:
@@ -137,25 +140,26 @@ class AuditTrail:
         self._rfd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         return self._rfd
 
-    def _chain_head(self, fd: int) -> str:
-        """The hash the next block chains to (under the lock). Another process's writes
-        are read from the file's end; unsealed bytes there (a write cut short) are ended
-        with a newline and sealed as recovered first."""
+    def _chain_head(self, fd: int) -> tuple[str, int, int]:
+        """The hash the next block chains to, with the file's inode and size (under the
+        lock). Another process's writes are read from the file's end; unsealed bytes there
+        (a write cut short) are ended with a newline and sealed as recovered first."""
         st = os.fstat(fd)
         size = st.st_size
         if self._known is not None and self._known[0] == (st.st_ino, size):
-            return self._known[1]
+            return self._known[1], st.st_ino, size
         prev, tail = _last_seal(self._reader(fd), size)
         if not tail:
-            return prev
+            return prev, st.st_ino, size
         if not tail.endswith(b"\n"):
             # Ends the torn line so that it can never read as a record or a seal (a seal
             # cut just before its newline would otherwise parse).
             tail += _TORN
             _write_all(fd, _TORN)
         digest = hashlib.sha256(tail).hexdigest()
-        _write_all(fd, _seal_line(prev, digest, tail.count(b"\n"), recovered=True))
-        return _chained(prev, digest)
+        chained = _chained(prev, digest)
+        _write_all(fd, _seal_line(prev, chained, tail.count(b"\n"), recovered=True))
+        return chained, st.st_ino, os.fstat(fd).st_size
 
     def record(
         self,
@@ -284,17 +288,15 @@ def _chained(prev: str, digest: str) -> str:
     return hashlib.sha256((prev + digest).encode()).hexdigest()
 
 
-def _seal_line(prev: str, digest: str, lines: int, *, recovered: bool) -> bytes:
-    seal: dict[str, Any] = {
-        "time": _now_iso(),
-        "event": SEAL_EVENT,
-        "lines": lines,
-        "prev": prev,
-        "hash": _chained(prev, digest),
-    }
-    if recovered:
-        seal["recovered"] = True
-    return (json.dumps(seal, separators=(",", ":")) + "\n").encode()
+def _seal_line(prev: str, chained: str, lines: int, *, recovered: bool) -> bytes:
+    """The seal of a block: what ``json.dumps({...}, separators=(",", ":"))`` writes, built
+    directly (every value is a number, a fixed word or a hex digest: nothing to escape),
+    since a seal follows every write."""
+    extra = ',"recovered":true' if recovered else ""
+    return (
+        f'{{"time":"{_now_iso()}","event":"{SEAL_EVENT}","lines":{int(lines)},'
+        f'"prev":"{prev}","hash":"{chained}"{extra}}}\n'
+    ).encode()
 
 
 def _last_seal(rfd: int, size: int) -> tuple[str, bytes]:

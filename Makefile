@@ -21,6 +21,7 @@ $(VENV)/.deps: pyproject.toml
 		"segno>=1.6" "zxing-cpp>=2.2" \
 		"grpcio>=1.85.1" "grpcio-health-checking>=1.85.1" "grpcio-reflection>=1.85.1" \
 		"protobuf>=7.35.1" "prometheus-client>=0.20" "types-protobuf" "types-grpcio" \
+		"aiohttp>=3.10" \
 		"grpcio-tools==1.85.1" "mypy-protobuf==5.1.0"  # pinned: they write the committed code
 	$(PIP) install -q "python-pkcs11>=0.10" "psycopg[binary,pool]>=3.2"
 	touch $@
@@ -92,8 +93,8 @@ pytest: system
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check python tests benches
-	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/ruff check python tests benches scripts
+	$(VENV)/bin/ruff format --check python tests benches scripts
 
 typecheck: setup
 	$(VENV)/bin/mypy

@@ -62,19 +62,21 @@ def _owner() -> str | None:
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        raise SystemExit("running as root needs a 'postgres' user (Debian's package makes it")
+        raise SystemExit(
+            "running as root needs a 'postgres' user (Debian's package makes it)"
+        ) from None
     return "postgres"
 
 
 def _run(command: list[str], owner: str | None) -> None:
-    done = subprocess.run(_as_owner(command, owner), capture_output=True, text=True)  # noqa: S603
+    done = subprocess.run(_as_owner(command, owner), capture_output=True, text=True)
     if done.returncode != 0:
         said = (done.stderr or done.stdout).strip().splitlines()
         raise SystemExit(f"{Path(command[0]).name} failed: {said[-1] if said else done.returncode}")
 
 
 def _running(bin_dir: Path, cluster: Path, owner: str | None) -> bool:
-    status = subprocess.run(  # noqa: S603
+    status = subprocess.run(
         _as_owner([str(bin_dir / "pg_ctl"), "-D", str(cluster), "status"], owner),
         capture_output=True,
     )
@@ -151,7 +153,7 @@ def start(directory: str | os.PathLike[str], *, fast: bool = False, port: int | 
 def _ensure_database(bin_dir: Path, port: int, owner: str | None) -> None:
     deadline = time.monotonic() + 30
     while True:
-        done = subprocess.run(  # noqa: S603
+        done = subprocess.run(
             _as_owner(
                 [
                     str(bin_dir / "psql"),
@@ -164,7 +166,7 @@ def _ensure_database(bin_dir: Path, port: int, owner: str | None) -> None:
                     "-d",
                     "postgres",
                     "-tAc",
-                    f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'",
+                    f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'",  # noqa: S608 - a constant
                 ],
                 owner,
             ),
@@ -177,7 +179,8 @@ def _ensure_database(bin_dir: Path, port: int, owner: str | None) -> None:
             raise SystemExit(f"PostgreSQL on port {port} does not answer: {done.stderr.strip()}")
         time.sleep(0.2)
     if done.stdout.strip() != "1":
-        _run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", ROLE, DATABASE], owner)
+        createdb = [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port)]
+        _run([*createdb, "-U", ROLE, DATABASE], owner)
 
 
 def stop(directory: str | os.PathLike[str], *, mode: str = "fast") -> None:

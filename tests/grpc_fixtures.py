@@ -278,6 +278,9 @@ def spawn_server(
                 address,
                 "--data-dir",
                 str(data_dir),
+                # No HTTP/JSON API unless a test asks (never the development 8080).
+                "--http-listen",
+                "off",
                 *args,
             ],
             stdout=log,

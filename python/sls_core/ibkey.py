@@ -35,12 +35,13 @@ import numpy as np
 import numpy.typing as npt
 
 from sls_core import activation, qr
+from sls_core.challenge import TokenStatus
 from sls_core.clock import MINUTE
 from sls_core.devices import Device, DeviceState, DeviceType
 from sls_core.errors import InvalidInputError, InvalidInputTypeError
 from sls_core.login.context import LoginContext
 from sls_core.login.directory import DeviceEntry
-from sls_core.login.pipeline import OfferPlan, PushPlan, RecoveryPlan
+from sls_core.login.pipeline import OfferPlan, PushPlan, PushRedemptionPlan, RecoveryPlan
 from sls_core.outcome import LoginOutcome
 from sls_core.rules import quotas
 from sls_core.store import ActivationRow, DeviceRow, PushRow, StoreTx
@@ -49,6 +50,7 @@ from sls_core.values import (
     DECLINE,
     Activated,
     ActivationError,
+    Purpose,
     PushChallenge,
     PushDecision,
     PushStatus,
@@ -356,15 +358,32 @@ class IbKey:
         )
 
     # -- push ----------------------------------------------------------------------------
-    def create_push(self, username: str, *, device_id: int | None = None) -> PushChallenge:
+    def create_push(
+        self, username: str, *, device_id: int | None = None, for_token: str | None = None
+    ) -> PushChallenge:
         """A push challenge for the user's IB Key: the gateway's ``device_id``, else the
         user's chosen device, else their only IB Key. None for a closed account or a
-        locked user (the answer would be refused anyway)."""
+        locked user (the answer would be refused anyway).
+
+        ``for_token``: the login challenge token of the same login (its device is the
+        push's): the push then takes the token's challenge id, so the approval and the
+        offline answer of that login use up one replay key (whichever comes first wins),
+        and :meth:`redeem_push` can find the push from the token alone."""
         ctx = self._ctx
         now = ctx.clock.now()
         with ctx.write() as tx:
             user = ctx.user(username)
             ctx.refuse_issue(tx.store, user, "push")
+            login: _LoginToken | None = None
+            if for_token is not None:
+                login = self._login_token(for_token, now)
+                if login is None or login.user_id != user.id:
+                    raise InvalidInputError("token", "not a valid login challenge of this user")
+                if device_id is not None and device_id != login.device_id:
+                    raise InvalidInputError("device_id", "must be the device of the token")
+                device_id = login.device_id
+                if tx.store.push(login.challenge_id) is not None:
+                    raise InvalidInputError("token", "this login already has a push")
             if device_id is None:
                 device_id = ctx.choose(
                     user,
@@ -380,12 +399,28 @@ class IbKey:
                 raise InvalidInputError("device_id", "push approval needs an activated IB Key")
             if ctx.effective_state(entry, now) is not DeviceState.ACTIVE:
                 raise InvalidInputError("device_id", "the device is not active")
-            challenge_id = ctx.next_challenge_id(tx.store)
+            if login is not None:
+                challenge_id = login.challenge_id
+            else:
+                challenge_id = ctx.next_challenge_id(tx.store)
             expires_at = int(now + PUSH_TTL) + 1
             tx.store.insert_push(
                 PushRow(challenge_id, user.id, entry.row.id, now, float(expires_at))
             )
         return PushChallenge(challenge_id, user.id, entry.row.id, expires_at)
+
+    def _login_token(self, token: object, now: float) -> _LoginToken | None:
+        """A valid, unexpired login challenge token's ids, or None."""
+        if not isinstance(token, str):
+            return None
+        opened = self._ctx.tokens.open_batch([token], int(now), threads=1)
+        if int(opened["status"][0]) != TokenStatus.VALID:
+            return None
+        if int(opened["purpose"][0]) != int(Purpose.LOGIN):
+            return None
+        return _LoginToken(
+            int(opened["challenge_id"][0]), int(opened["user_id"][0]), int(opened["device_id"][0])
+        )
 
     def pending_pushes(self, push_public: bytes) -> list[PushChallenge]:
         """The undecided, unexpired pushes for the app holding ``push_public`` (what the
@@ -452,6 +487,54 @@ class IbKey:
                 before_commit(plan.out)
         return plan.out
 
+    def redeem_push(
+        self,
+        username: str,
+        token: str,
+        *,
+        before_commit: Callable[[LoginOutcome, int | None], None] | None = None,
+    ) -> LoginOutcome | None:
+        """A login redeems the push made for it with :meth:`create_push` ``for_token``
+        (see :class:`PushRedemptionPlan`): OK once per approval, for the user and device
+        of the login's challenge ``token``; DECLINED, REPLAYED, EXPIRED, CHALLENGE_INVALID
+        (no push for this login, another user's token), LOCKED, ACCOUNT_CLOSED,
+        DEVICE_NOT_ACTIVE; None while the push is still unanswered (nothing is used up).
+        ``before_commit(outcome, device_id)`` runs before the commit (the audit line)."""
+        if not isinstance(token, str):
+            raise InvalidInputTypeError("token", "must be a str")
+        ctx = self._ctx
+        with ctx.write() as tx:
+            now = ctx.clock.now()
+            login = self._login_token(token, now)
+            row = tx.store.push(login.challenge_id) if login is not None else None
+            user = ctx.directory.user_by_name.get(username) if isinstance(username, str) else None
+            if (
+                row is not None
+                and user is not None
+                and row.user_id == user.id
+                and row.decision is None
+                and now < row.expires_at
+            ):
+                return None
+            plan = PushRedemptionPlan(ctx, username, token, row, now)
+            plan.decide(tx.store)
+            outcome = LoginOutcome(int(plan.out[0]))
+            if before_commit is not None:
+                before_commit(outcome, int(plan.device_ids[0]) or None)
+        return outcome
+
+    def login_push_status(self, token: str) -> str:
+        """The status of the push made for the login of challenge ``token`` ("pending",
+        "approved", "declined", "expired"); "expired" too for a token that is no longer
+        valid; InvalidInputError when that login has no push."""
+        login = self._login_token(token, self._ctx.clock.now())
+        if login is None:
+            return str(PushStatus.EXPIRED)
+        try:
+            return self.push_status(login.challenge_id)
+        except InvalidInputError:
+            raise InvalidInputError("transaction_id", "this login has no push") from None
+
     def push_status(self, challenge_id: int) -> str:
         """For the gateway: "pending", "approved", "declined" or "expired"."""
         ctx = self._ctx
@@ -483,6 +566,15 @@ def _check_keys(app_public: object, push_public: object) -> None:
     for name, key in (("app_public", app_public), ("push_public", push_public)):
         if not isinstance(key, bytes) or len(key) != 32:
             raise InvalidInputError(name, "must be 32 bytes")
+
+
+@dataclass(frozen=True)
+class _LoginToken:
+    """The ids a valid login challenge token carries."""
+
+    challenge_id: int
+    user_id: int
+    device_id: int
 
 
 def _push_id(value: object) -> int | None:

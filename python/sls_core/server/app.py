@@ -1,6 +1,7 @@
 """The grpc.aio server: the six sls.v1 services, health checking (grpc.health.v1), server
 reflection, TLS / mutual TLS, interceptors (access log, metrics, authorization), the audit
-trail, and a graceful shutdown.
+trail, and a graceful shutdown; beside it, in the same event loop, the HTTP/JSON API on the
+same servicers (``http_listen``, :mod:`sls_core.server.http_api`).
 
 Shutdown (SIGTERM, SIGINT, or :meth:`SlsServer.stop`): health goes NOT_SERVING for every
 service, ``drain_seconds`` pass so load balancers notice, the port stops accepting calls,
@@ -29,6 +30,7 @@ from grpc_reflection.v1alpha import (  # type: ignore[import-untyped]
     reflection_pb2_grpc,
 )
 
+from sls_core import __version__
 from sls_core.api.v1 import (
     activation_pb2,
     activation_pb2_grpc,
@@ -46,6 +48,7 @@ from sls_core.login import SecureLogin
 from sls_core.server.audit import AuditTrail
 from sls_core.server.config import ServerConfig
 from sls_core.server.domain import Domain
+from sls_core.server.http_api import HttpApi, api_routes
 from sls_core.server.interceptors import (
     AccessLogInterceptor,
     AuthorizationInterceptor,
@@ -53,6 +56,7 @@ from sls_core.server.interceptors import (
     QuotaInterceptor,
 )
 from sls_core.server.metrics import Metrics, serve_metrics
+from sls_core.server.privacyidea import PrivacyIdeaApi
 from sls_core.server.servicers import (
     ActivationServicer,
     AdminServicer,
@@ -128,6 +132,10 @@ class SlsServer:
         self._stopping: asyncio.Event | None = None
         self._stopped: asyncio.Event | None = None
         self._metrics_http: Any = None
+        #: The HTTP/JSON API, when ``http_listen`` is served.
+        self.http: HttpApi | None = None
+        #: What /readyz reports: the gRPC health of every service (see _publish_health).
+        self.serving = False
 
     def __repr__(self) -> str:
         return f"SlsServer(listen={self.config.listen!r}, port={self.port!r})"
@@ -174,30 +182,33 @@ class SlsServer:
             # sets SO_REUSEPORT by default, which would let a second server bind silently).
             ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
         ]
+        quotas = QuotaInterceptor(config.quotas, self.metrics)
         server = grpc.aio.server(
             interceptors=[
                 AccessLogInterceptor(),
                 MetricsInterceptor(self.metrics),
                 AuthorizationInterceptor(config.roles, tls=config.tls is not None),
-                QuotaInterceptor(config.quotas, self.metrics),
+                quotas,
             ],
             options=options,
         )
         # The generated registrars take a server; the guard acts as one for them.
         checked = cast(grpc.aio.Server, MalformedRequestGuard(server))
-        verification_pb2_grpc.add_VerificationServiceServicer_to_server(
-            VerificationServicer(domain), checked
-        )
-        activation_pb2_grpc.add_ActivationServiceServicer_to_server(
-            ActivationServicer(domain), checked
-        )
-        push_pb2_grpc.add_PushServiceServicer_to_server(PushServicer(domain), checked)
+        verification = VerificationServicer(domain)
+        activation = ActivationServicer(domain)
+        push = PushServicer(domain)
+        verification_pb2_grpc.add_VerificationServiceServicer_to_server(verification, checked)
+        activation_pb2_grpc.add_ActivationServiceServicer_to_server(activation, checked)
+        push_pb2_grpc.add_PushServiceServicer_to_server(push, checked)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(domain), checked)
         admin_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(domain), checked)
         portal_pb2_grpc.add_PortalServiceServicer_to_server(PortalServicer(domain), checked)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         _enable_reflection(server)
+        api = None
+        if config.http_listen is not None:  # built first: a bad route never leaves gRPC up
+            api = self._http_api(domain, verification, activation, push, quotas)
         try:
             self.port = self._bind(server)
         except OSError:
@@ -207,6 +218,9 @@ class SlsServer:
         self._server = server
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.serving = True
+        if api is not None:
+            await self._start_http(api)
         if config.metrics_port and config.workers == 1:
             self._metrics_http = serve_metrics(config.metrics_port, self.metrics.registry)
         self._key_follower = asyncio.ensure_future(self._follow_keys())
@@ -219,6 +233,8 @@ class SlsServer:
             "mutual_tls": bool(config.tls and config.tls.require_client_auth),
             "threads": config.threads,
             "audit_log": str(config.audit_path) if config.audit_path else None,
+            "http_listen": config.http_listen if self.http is not None else None,
+            "http_port": self.http.port if self.http is not None else None,
         }
         log.info("serving", extra={"fields": fields})
         if config.tls is None:
@@ -229,6 +245,58 @@ class SlsServer:
         if config.audit_path is None:
             log.warning('the audit trail is off (audit_log = "")')
         return self.port
+
+    def _http_api(
+        self,
+        domain: Domain,
+        verification: VerificationServicer,
+        activation: ActivationServicer,
+        push: PushServicer,
+        quotas: QuotaInterceptor,
+    ) -> HttpApi:
+        """The HTTP/JSON API (:mod:`sls_core.server.http_api`) on the same servicers."""
+        config = self.config
+        schemas: dict[str, Any] = {}
+        routes = [
+            *api_routes(verification, activation, push, schemas),
+            *PrivacyIdeaApi(domain, verification, quotas).routes(schemas),
+        ]
+        return HttpApi(
+            config,
+            routes=routes,
+            schemas=schemas,
+            quotas=quotas,
+            metrics=self.metrics,
+            ready=lambda: self.serving,
+            version=__version__,
+        )
+
+    async def _start_http(self, api: HttpApi) -> None:
+        """Binds the HTTP/JSON API. The development default's port already taken is a
+        warning (gRPC still serves); an address asked for that cannot be bound fails the
+        start."""
+        config = self.config
+        try:
+            await api.start()
+        except OSError as e:
+            if not config.http_listen_implicit:
+                await self._abandon_start()
+                raise
+            log.warning(
+                "HTTP/JSON API not served: its port is taken",
+                extra={"fields": {"http_listen": config.http_listen, "error": str(e)}},
+            )
+            return
+        except BaseException:
+            await self._abandon_start()
+            raise
+        self.http = api
+
+    async def _abandon_start(self) -> None:
+        """A start that fails after the gRPC port opened: close it and everything else."""
+        if self._server is not None:
+            await self._server.stop(None)
+        await self._close_resources()
 
     def _bind(self, server: grpc.aio.Server) -> int:
         config = self.config
@@ -283,9 +351,10 @@ class SlsServer:
         if self.stopping:
             return
         audit_ok = self.audit is None or self.audit.healthy
+        self.serving = audit_ok and self._store_healthy
         status = (
             health_pb2.HealthCheckResponse.SERVING
-            if audit_ok and self._store_healthy
+            if self.serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in ("", *SERVICE_NAMES):
@@ -366,11 +435,14 @@ class SlsServer:
         config = self.config
         grace = config.grace_seconds if grace is None else grace
         log.info("shutting down", extra={"fields": {"grace_seconds": grace}})
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         if config.drain_seconds:
             await asyncio.sleep(config.drain_seconds)
-        if self._server is not None:
-            await self._server.stop(grace)
+        stopping = [self._server.stop(grace)] if self._server is not None else []
+        if self.http is not None:
+            stopping.append(self.http.stop())
+        await asyncio.gather(*stopping)
         await self._close_resources()
         log.info("stopped")
         self._stopped.set()

@@ -9,6 +9,7 @@ key or certificate's contents; the files are only checked to exist.
 Example::
 
     listen = "0.0.0.0:50051"
+    http_listen = "0.0.0.0:8443"                      # the HTTP/JSON API; omit: none
     data_dir = "/var/lib/sls"
     workers = 2
     metrics_port = 9464
@@ -47,6 +48,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "DEFAULT_HTTP_LISTEN",
     "DEFAULT_LISTEN",
     "ROLES",
     "ConfigError",
@@ -57,6 +59,8 @@ __all__ = [
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+#: The HTTP/JSON API of the development server (``sls-core serve`` with no config file).
+DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 #: Gateways verify, report wrong passwords, issue challenges and activations, push, read
 #: policy and act for the portal's user (PortalService); admins also call AdminService
 #: (client services).
@@ -101,6 +105,12 @@ class TlsConfig:
 @dataclass(frozen=True)
 class ServerConfig:
     listen: str = DEFAULT_LISTEN
+    #: HOST:PORT of the HTTP/JSON API (``sls_core.server.http_api``), served by the same
+    #: processes with the same TLS and roles; None: not served.
+    http_listen: str | None = None
+    #: True when ``http_listen`` is the development default nobody asked for: a port
+    #: already taken is then a warning (gRPC still serves), not a failed start.
+    http_listen_implicit: bool = False
     data_dir: Path = Path("data")
     #: A ``postgresql://`` URL: the store shared by several nodes; None: SQLite in
     #: ``data_dir``. Also ``SLS_CORE_STORE`` and ``sls-core serve --store``.
@@ -161,6 +171,12 @@ class ServerConfig:
 
     def validated(self) -> ServerConfig:
         split_host_port(self.listen, "listen")
+        if (
+            self.http_listen is not None
+            and split_host_port(self.http_listen, "http_listen") == split_host_port(self.listen)
+            and not self.http_listen.endswith(":0")
+        ):
+            raise ConfigError("http_listen", "must differ from listen (the gRPC port)")
         _int_range("workers", self.workers, 1, 256)
         _int_range("threads", self.threads, 1, 256)
         _int_range("inline_max_items", self.inline_max_items, 0, 10_000)
@@ -206,13 +222,18 @@ class ServerConfig:
                     "only when it requires them); drop client_ca for server-only TLS",
                 )
         else:
-            host, _ = split_host_port(self.listen, "listen")
-            if not _is_loopback(host) and not self.allow_insecure:
-                raise ConfigError(
-                    "tls",
-                    "required when listening on a non-loopback address "
-                    "(set allow_insecure = true to serve plaintext anyway)",
-                )
+            for key in ("listen", "http_listen"):
+                address = getattr(self, key)
+                if address is None:
+                    continue
+                host, _ = split_host_port(address, key)
+                if not _is_loopback(host) and not self.allow_insecure:
+                    which = "" if key == "listen" else f" ({key})"
+                    raise ConfigError(
+                        "tls",
+                        f"required when listening on a non-loopback address{which} "
+                        "(set allow_insecure = true to serve plaintext anyway)",
+                    )
         return self
 
 
@@ -254,6 +275,7 @@ def _seconds(key: str, value: object) -> None:
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "listen": (str,),
+    "http_listen": (str,),
     "data_dir": (str,),
     "workers": (int,),
     "threads": (int,),
@@ -314,6 +336,8 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: Path | None = None) -
                 value = path(str(value))
             elif key == "log_level":
                 value = str(value).upper()
+            elif key == "http_listen" and value == "":
+                continue  # "": not served, as when the key is absent
             values[key] = value
         else:
             raise ConfigError(key, "unknown key")

@@ -29,12 +29,16 @@ import grpc.aio
 from sls_core.server.metrics import Metrics
 
 __all__ = [
+    "ADMIN",
     "CALLER",
+    "GATEWAY",
     "AccessLogInterceptor",
     "AuthorizationInterceptor",
     "Caller",
     "MetricsInterceptor",
+    "QuotaInterceptor",
     "current_caller",
+    "refusal",
     "required_role",
 ]
 
@@ -78,6 +82,15 @@ def required_role(method: str) -> str | None:
     if service in _GATEWAY_SERVICES or method in _GATEWAY_METHODS:
         return GATEWAY
     return ADMIN
+
+
+def refusal(role: str | None, method: str, needed: str | None) -> str | None:
+    """Why a caller with ``role`` may not call ``method`` that needs ``needed`` (see
+    :func:`required_role`), or None when it may. gRPC and HTTP refuse with these words."""
+    if needed is None or role in (ADMIN, needed):
+        return None
+    what = "no role" if role is None else f"role {role}"
+    return f"{what} may not call {method} (needs {needed})"
 
 
 @dataclass(frozen=True)
@@ -240,12 +253,10 @@ class AuthorizationInterceptor(_Wrapping):
             needed = self._required[method]
         except KeyError:
             needed = self._required[method] = required_role(method)
-        if needed is None or caller.role == ADMIN or caller.role == needed:
-            return None
-        what = "no role" if caller.role is None else f"role {caller.role}"
-        raise _RefusedError(
-            grpc.StatusCode.PERMISSION_DENIED, f"{what} may not call {method} (needs {needed})"
-        )
+        refused = refusal(caller.role, method, needed)
+        if refused is not None:
+            raise _RefusedError(grpc.StatusCode.PERMISSION_DENIED, refused)
+        return None
 
 
 class QuotaInterceptor(_Wrapping):
@@ -263,22 +274,35 @@ class QuotaInterceptor(_Wrapping):
         self._metrics = metrics
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
 
+    def _wrap(self, handler: Any, method: str) -> grpc.RpcMethodHandler[Any, Any]:
+        # Most calls (every verification) have no quota: their handler is left as it is,
+        # so they pay nothing for this interceptor beyond one dictionary lookup.
+        if method.rpartition("/")[2] not in self._rates:
+            return handler  # type: ignore[no-any-return]
+        return super()._wrap(handler, method)
+
     def before(self, method: str, context: Any) -> Any:
-        name = method.rpartition("/")[2]
+        refused = self.charge(current_caller().identity, method.rpartition("/")[2])
+        if refused is not None:
+            raise _RefusedError(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+        return None
+
+    def charge(self, identity: str, name: str) -> str | None:
+        """Takes one call of method ``name`` from ``identity``'s bucket; the refusal (with
+        when to retry) when the bucket is empty. The HTTP API charges the same buckets."""
         rate = self._rates.get(name)
         if rate is None:
             return None
         now = time.monotonic()
-        key = (current_caller().identity, name)
+        key = (identity, name)
         tokens, last = self._buckets.get(key, (rate, now))
         tokens = min(rate, tokens + (now - last) * rate / 60.0)
         if tokens < 1.0:
             self._metrics.quota_refused(name)
             wait = (1.0 - tokens) * 60.0 / rate
-            raise _RefusedError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            return (
                 f"quota: at most {rate:.0f} {name} calls a minute per caller; "
-                f"retry in {max(1, round(wait))} s",
+                f"retry in {max(1, round(wait))} s"
             )
         if len(self._buckets) >= self.MAX_BUCKETS:
             self._buckets.clear()

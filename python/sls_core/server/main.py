@@ -3,6 +3,7 @@
 ::
 
     sls-core serve                                   # 127.0.0.1:50051, ./data, development
+                                                     # (and HTTP/JSON on 127.0.0.1:8080)
     sls-core serve --config sls.toml --workers 2     # production: TLS, roles, metrics, audit
     python -m sls_core.server serve --listen 127.0.0.1:50052 --data-dir /tmp/sls
 
@@ -19,6 +20,7 @@ restarts one that dies, and serves their summed Prometheus metrics.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -32,7 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sls_core.errors import SlsError
-from sls_core.server.config import ConfigError, ServerConfig, load_config
+from sls_core.server.config import DEFAULT_HTTP_LISTEN, ConfigError, ServerConfig, load_config
 from sls_core.server.logs import setup_logging
 
 __all__ = ["main"]
@@ -46,9 +48,14 @@ _MIN_UPTIME = 5.0
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sls-core", description="sls_core gRPC server")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="start the gRPC server")
+    serve = commands.add_parser("serve", help="start the gRPC server (and the HTTP/JSON API)")
     serve.add_argument("--config", help="TOML config file (see sls_core.server.config)")
     serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--http-listen",
+        help="HOST:PORT of the HTTP/JSON API, or 'off' (default: the config's http_listen; "
+        f"with no config file {DEFAULT_HTTP_LISTEN}, skipped with a warning when taken)",
+    )
     serve.add_argument("--data-dir", help="embedded store and keys (default ./data)")
     serve.add_argument(
         "--store",
@@ -62,7 +69,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
-    config = load_config(args.config) if args.config else ServerConfig()
+    if args.config:
+        config = load_config(args.config)
+    else:
+        config = ServerConfig(http_listen=DEFAULT_HTTP_LISTEN, http_listen_implicit=True)
+    if args.http_listen is not None:
+        off = args.http_listen.strip().lower() in ("", "off")
+        config = dataclasses.replace(
+            config, http_listen=None if off else args.http_listen, http_listen_implicit=False
+        )
     return config.with_overrides(
         listen=args.listen,
         data_dir=args.data_dir,
@@ -199,7 +214,13 @@ def _serve_workers(config: ServerConfig) -> int:
             http = serve_metrics(config.metrics_port)
         log.info(
             "supervising",
-            extra={"fields": {"workers": config.workers, "listen": config.listen}},
+            extra={
+                "fields": {
+                    "workers": config.workers,
+                    "listen": config.listen,
+                    "http_listen": config.http_listen,
+                }
+            },
         )
         return supervisor.run()
     finally:

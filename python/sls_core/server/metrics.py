@@ -1,8 +1,9 @@
-"""Prometheus metrics of the gRPC server: requests and items by method and outcome, latency,
-batch sizes and lockouts.
+"""Prometheus metrics of the gRPC server and its HTTP/JSON API: requests and items by method
+(or route) and outcome, latency, batch sizes and lockouts.
 
-Labels are method names, status codes and outcome names only: never a username, a device
-or anything a caller typed. With several worker processes the metrics go through
+Labels are method names, route templates (``POST /v1/verify``, ``GET
+/v1/pushes/{challenge_id}``), status codes and outcome names only: never a username, a
+device or anything a caller typed. With several worker processes the metrics go through
 prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor
 before it starts the workers) and the supervisor serves the sum of them.
 """
@@ -94,6 +95,26 @@ class Metrics:
             ["method"],
             registry=r,
         )
+        self.http_requests = Counter(
+            "sls_http_requests",
+            "HTTP/JSON calls by route and HTTP status.",
+            ["route", "status"],
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "sls_http_request_seconds",
+            "Server time of an HTTP/JSON call, by route.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.http_in_progress = Gauge(
+            "sls_http_requests_in_progress",
+            "HTTP/JSON calls being served, by route.",
+            ["route"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -113,6 +134,14 @@ class Metrics:
         self._child(self.in_progress, method).dec()
         self._child(self.requests, method, code).inc()
         self._child(self.latency, method).observe(seconds)
+
+    def http_started(self, route: str) -> None:
+        self._child(self.http_in_progress, route).inc()
+
+    def http_finished(self, route: str, status: int, seconds: float) -> None:
+        self._child(self.http_in_progress, route).dec()
+        self._child(self.http_requests, route, str(status)).inc()
+        self._child(self.http_latency, route).observe(seconds)
 
     def outcomes(self, method: str, outcomes: npt.NDArray[np.uint8], *, batch: bool) -> None:
         """Counts a batch's outcomes with one ``bincount``, not a Python step per item."""

@@ -69,6 +69,7 @@ __all__ = [
     "PortalServicer",
     "PushServicer",
     "VerificationServicer",
+    "audit_or_unavailable",
 ]
 
 T = TypeVar("T")
@@ -89,7 +90,7 @@ _VERIFY_EVENTS = {
 
 
 @contextlib.contextmanager
-def _audit_or_unavailable() -> Iterator[None]:
+def audit_or_unavailable() -> Iterator[None]:
     """An audit write inside a store transaction: if the trail cannot be written, the call
     is UNAVAILABLE and the transaction rolls back (nothing applied, a retry is safe)."""
     try:
@@ -163,7 +164,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
         def audit(result: BatchResult) -> None:
             # Inside the store transaction, before it commits: a verdict the trail cannot
             # hold is never applied (the transaction rolls back, the caller may retry).
-            with _audit_or_unavailable():
+            with audit_or_unavailable():
                 if isinstance(caller, Caller):
                     self.d.audit.verdicts(
                         event,
@@ -284,7 +285,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
         caller = current_caller()
 
         def audit(outcome: LoginOutcome, status: LockoutStatus) -> None:
-            with _audit_or_unavailable():  # before the commit: nothing unaudited counts
+            with audit_or_unavailable():  # before the commit: nothing unaudited counts
                 self.d.audit.record(
                     "password_failure",
                     caller.identity,
@@ -328,7 +329,7 @@ class ActivationServicer(activation_pb2_grpc.ActivationServiceServicer):
         caller = current_caller()
 
         def audit_enrolled(username: str, device_id: int) -> None:
-            with _audit_or_unavailable():  # before the commit: no unaudited enrollment
+            with audit_or_unavailable():  # before the commit: no unaudited enrollment
                 self.d.audit.record(
                     "activation",
                     caller.identity,
@@ -341,7 +342,7 @@ class ActivationServicer(activation_pb2_grpc.ActivationServiceServicer):
         audited_refusal: list[ActivationError] = []
 
         def audit_refused(refusal: ActivationError) -> None:
-            with _audit_or_unavailable():  # before the commit: no unaudited used-up offer
+            with audit_or_unavailable():  # before the commit: no unaudited used-up offer
                 self.d.audit.record(
                     "activation", caller.identity, caller.request_id, outcome=refusal.reason
                 )
@@ -362,7 +363,7 @@ class ActivationServicer(activation_pb2_grpc.ActivationServiceServicer):
                 if e not in audited_refusal:
                     # Refused before any transaction (a bad or expired payload): nothing
                     # was committed, so its line follows the refusal.
-                    with _audit_or_unavailable():
+                    with audit_or_unavailable():
                         self.d.audit.record(
                             "activation", caller.identity, caller.request_id, outcome=e.reason
                         )
@@ -379,7 +380,7 @@ class ActivationServicer(activation_pb2_grpc.ActivationServiceServicer):
 
         def audit(outcome: LoginOutcome, device_id: int | None) -> None:
             # Before the commit: a re-keyed app or a counted wrong PIN is always audited.
-            with _audit_or_unavailable():
+            with audit_or_unavailable():
                 self.d.audit.record(
                     "recovery",
                     caller.identity,
@@ -449,7 +450,7 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
 
         def audit(outcome: LoginOutcome) -> None:
             # Inside the transaction, before it commits: no decision the trail lacks.
-            with _audit_or_unavailable():
+            with audit_or_unavailable():
                 self.d.audit.record(
                     "push_answer",
                     caller.identity,
@@ -551,7 +552,7 @@ class _ActionAudit:
     def _write(
         self, username: str | None, device_id: int | None, outcome: str, **details: Any
     ) -> None:
-        with _audit_or_unavailable():
+        with audit_or_unavailable():
             self._trail.record(
                 self._event,
                 self._caller.identity,

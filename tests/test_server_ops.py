@@ -713,3 +713,18 @@ def test_activations_and_password_failures_the_trail_cannot_hold_are_not_applied
         stubs.verification.RecordPasswordFailure(failure, timeout=CALL_TIMEOUT)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
     assert server.sls.lockout_status("bob").consecutive_failures == 0  # nothing counted
+
+
+def test_sls_core_says_its_version() -> None:
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    done = subprocess.run(
+        [sys.executable, "-m", "sls_core.server", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == f"sls-core {metadata.version('sls_core')}"

@@ -45,8 +45,21 @@ log = logging.getLogger("sls_core.server")
 _MIN_UPTIME = 5.0
 
 
+def _version() -> str:
+    """The installed package's version (the wheel's metadata), else the extension's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("sls_core")
+    except metadata.PackageNotFoundError:
+        from sls_core import __version__
+
+        return str(__version__)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sls-core", description="sls_core gRPC server")
+    parser.add_argument("--version", action="version", version=f"sls-core {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the gRPC server (and the HTTP/JSON API)")
     serve.add_argument("--config", help="TOML config file (see sls_core.server.config)")

@@ -2,7 +2,8 @@
 # Installs the Debian packages sls_core's tests need, when they are missing:
 #   softhsm2    - a PKCS#11 token in software, for the HSM key provider's tests;
 #   postgresql  - the server binaries (initdb, pg_ctl, postgres) for the PostgreSQL store's
-#                 tests and benchmarks; scripts/pg_local.py runs a private cluster with them.
+#                 tests and benchmarks; scripts/pg_local.py runs a private cluster with them;
+#   systemd     - systemd-analyze, which verifies deploy/systemd/sls-core.service offline.
 # Uses apt-get (as root, or through sudo when it is there); does nothing when all are present.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ missing=()
 command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1 \
     || missing+=(postgresql)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -221,8 +221,8 @@ class SlsServer:
         self.serving = True
         if api is not None:
             await self._start_http(api)
-        if config.metrics_port and config.workers == 1:
-            self._metrics_http = serve_metrics(config.metrics_port, self.metrics.registry)
+        if config.metrics_address and config.workers == 1:
+            self._metrics_http = serve_metrics(config.metrics_address, self.metrics.registry)
         self._key_follower = asyncio.ensure_future(self._follow_keys())
         self._store_watcher = asyncio.ensure_future(self._watch_store())
         fields = {
@@ -472,11 +472,14 @@ class SlsServer:
 
 async def _serve(config: ServerConfig) -> None:
     server = SlsServer(config)
-    await server.start()
     loop = asyncio.get_running_loop()
+    # Before the start: a SIGHUP (logrotate) that arrives while the server starts must not
+    # be lost between opening the audit file and saying "serving" (reopen_logs does
+    # nothing until the file is open, and the start opens the path as it is then).
+    loop.add_signal_handler(signal.SIGHUP, server.reopen_logs)
+    await server.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop()))
-    loop.add_signal_handler(signal.SIGHUP, server.reopen_logs)
     await server.wait()
 
 

@@ -1,10 +1,18 @@
-"""The server's configuration: a TOML file, command-line overrides, and the defaults that make
-``sls-core serve`` work with no file at all (embedded SQLite in ``./data``, loopback only).
+"""The server's configuration: a TOML file, ``SLS_CORE_*`` environment variables,
+command-line overrides, and the defaults that make ``sls-core serve`` work with no file at
+all (embedded SQLite in ``./data``, loopback only). Precedence: command-line flag >
+environment > config file > default.
 
 Every problem is a :class:`ConfigError` naming the key and the rule it breaks
 (``tls.cert: file not found``); unknown keys are errors too, so a typo never silently falls
 back to a default. Paths in a file are relative to the file's directory. Nothing here reads a
-key or certificate's contents; the files are only checked to exist.
+key or certificate's contents; the files are only checked to exist, and an error never echoes
+a key's value (a store URL may carry a password).
+
+Environment variables: ``SLS_CORE_`` + the key's TOML path upper-cased, dots as underscores
+(``SLS_CORE_LISTEN``, ``SLS_CORE_TLS_CERT``, ``SLS_CORE_STORE_URL``,
+``SLS_CORE_QUOTAS_SENDSMSACTIVATION``), parsed as TOML would type the value; see
+:func:`apply_environment` for the exceptions.
 
 Example::
 
@@ -12,7 +20,7 @@ Example::
     http_listen = "0.0.0.0:8443"                      # the HTTP/JSON API; omit: none
     data_dir = "/var/lib/sls"
     workers = 2
-    metrics_port = 9464
+    metrics_listen = "0.0.0.0:9464"                   # or metrics_port = 9464 (127.0.0.1)
     audit_log = "/var/log/sls/audit.jsonl"
 
     [tls]
@@ -32,7 +40,10 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
+import logging
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -50,10 +61,12 @@ else:  # pragma: no cover - Python 3.10
 __all__ = [
     "DEFAULT_HTTP_LISTEN",
     "DEFAULT_LISTEN",
+    "ENVIRONMENT_VARIABLES",
     "ROLES",
     "ConfigError",
     "ServerConfig",
     "TlsConfig",
+    "apply_environment",
     "load_config",
     "split_host_port",
 ]
@@ -88,6 +101,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: gRPC message sizes are C ints.
 MAX_MESSAGE_LIMIT = 2**31 - 1
 
+log = logging.getLogger("sls_core.server.config")
+
 
 class ConfigError(InvalidInputError):
     """A configuration value breaks a rule; ``field`` is the key (``tls.cert``)."""
@@ -113,7 +128,8 @@ class ServerConfig:
     http_listen_implicit: bool = False
     data_dir: Path = Path("data")
     #: A ``postgresql://`` URL: the store shared by several nodes; None: SQLite in
-    #: ``data_dir``. Also ``SLS_CORE_STORE`` and ``sls-core serve --store``.
+    #: ``data_dir``. Also ``SLS_CORE_STORE_URL`` (or ``SLS_CORE_STORE``) and
+    #: ``sls-core serve --store``.
     store: str | None = None
     #: Server processes sharing the port (SO_REUSEPORT).
     workers: int = 1
@@ -140,8 +156,13 @@ class ServerConfig:
     #: Plaintext on a non-loopback address: refused unless this is set.
     allow_insecure: bool = False
     log_level: str = "INFO"
-    #: Prometheus metrics over HTTP on 127.0.0.1 (0: off).
+    #: Prometheus metrics over HTTP on 127.0.0.1 (0: off); ``metrics_listen`` instead for
+    #: another address. Setting one of the two in a later layer replaces the other.
     metrics_port: int = 0
+    #: HOST:PORT of the Prometheus endpoint (None: ``metrics_port``). Plaintext HTTP on any
+    #: address without ``allow_insecure``: the metrics carry no secret, user or device, and
+    #: writing a non-loopback address here is the opt-in (firewall it to the scraper).
+    metrics_listen: str | None = None
     #: One JSON line per decision; default ``data_dir/audit.jsonl``; "" turns it off.
     audit_log: Path | None = None
     audit_enabled: bool = True
@@ -162,11 +183,22 @@ class ServerConfig:
     def insecure(self) -> bool:
         return self.tls is None
 
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of the Prometheus endpoint; None: not served."""
+        if self.metrics_listen is not None:
+            return split_host_port(self.metrics_listen, "metrics_listen")
+        return ("127.0.0.1", self.metrics_port) if self.metrics_port else None
+
     def with_overrides(self, **values: Any) -> ServerConfig:
         """A copy with the given (non-None) fields replaced, validated again."""
         changed = {k: v for k, v in values.items() if v is not None}
         if "data_dir" in changed:
             changed["data_dir"] = Path(changed["data_dir"])
+        if "metrics_port" in changed:  # the later layer's choice of metrics address wins
+            changed.setdefault("metrics_listen", None)
+        elif "metrics_listen" in changed:
+            changed["metrics_port"] = 0
         return dataclasses.replace(self, **changed).validated()
 
     def validated(self) -> ServerConfig:
@@ -190,6 +222,10 @@ class ServerConfig:
         ):
             _seconds(name, getattr(self, name))
         _int_range("metrics_port", self.metrics_port, 0, 65535)
+        if self.metrics_listen is not None:
+            split_host_port(self.metrics_listen, "metrics_listen")
+            if self.metrics_port:
+                raise ConfigError("metrics_listen", "set either metrics_listen or metrics_port")
         _int_range("auto_activation_days", self.auto_activation_days, 14, 21)
         for method, per_minute in self.quotas.items():
             if method not in _QUOTA_METHODS:
@@ -289,6 +325,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "allow_insecure": (bool,),
     "log_level": (str,),
     "metrics_port": (int,),
+    "metrics_listen": (str,),
     "audit_log": (str,),
     "auto_activation_days": (int,),
 }
@@ -297,6 +334,11 @@ _TLS_KEYS = {"cert", "key", "client_ca", "require_client_auth"}
 
 def config_from_mapping(data: Mapping[str, Any], base_dir: Path | None = None) -> ServerConfig:
     """A validated config from parsed TOML; relative paths are taken from ``base_dir``."""
+    return ServerConfig(**_field_values(data, base_dir)).validated()
+
+
+def _field_values(data: Mapping[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    """ServerConfig fields from parsed TOML (types checked, paths resolved, not validated)."""
     base = base_dir or Path.cwd()
 
     def path(value: str) -> Path:
@@ -336,12 +378,12 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: Path | None = None) -
                 value = path(str(value))
             elif key == "log_level":
                 value = str(value).upper()
-            elif key == "http_listen" and value == "":
+            elif key in ("http_listen", "metrics_listen") and value == "":
                 continue  # "": not served, as when the key is absent
             values[key] = value
         else:
             raise ConfigError(key, "unknown key")
-    return ServerConfig(**values).validated()
+    return values
 
 
 def _tls(value: object, path: Any) -> TlsConfig:
@@ -384,3 +426,165 @@ def load_config(path: str | Path) -> ServerConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("config", f"not valid TOML: {e}") from None
     return config_from_mapping(data, path.resolve().parent)
+
+
+_ENV_PREFIX = "SLS_CORE_"
+#: ``SLS_CORE_*`` variables that are not config keys, read elsewhere: never warned about and
+#: never echoed (the key ring and the PIN are secrets).
+_OTHER_VARIABLES = frozenset(
+    {
+        "SLS_CORE_THREADS",  # the kernel's batch thread count (sls_core._native)
+        "SLS_CORE_MASTER_KEYS",  # the master key ring (sls_core.sealing)
+        "SLS_CORE_PKCS11_PIN",  # the HSM token's PIN (sls_core.hsm)
+    }
+)
+#: The store URL's older name, still read (also by ``sls-core admin``).
+_STORE_ALIAS = "SLS_CORE_STORE"
+_REQUIRE = "require_client_auth"
+
+
+def _environment_names() -> dict[str, tuple[str, ...]]:
+    """Variable name -> the key's TOML path, e.g. SLS_CORE_TLS_CERT -> ("tls", "cert")."""
+    names: dict[str, tuple[str, ...]] = {
+        f"{_ENV_PREFIX}{key.upper()}": (key,) for key in _TYPES if key != "threads"
+    }
+    # SLS_CORE_THREADS already means the kernel's batch threads in every process.
+    names[f"{_ENV_PREFIX}SERVER_THREADS"] = ("threads",)
+    names.update({f"{_ENV_PREFIX}TLS_{key.upper()}": ("tls", key) for key in _TLS_KEYS})
+    names[f"{_ENV_PREFIX}STORE_URL"] = ("store", "url")
+    names[f"{_ENV_PREFIX}ROLES"] = ("roles",)  # CNs are no variable names: a TOML inline table
+    names.update({f"{_ENV_PREFIX}QUOTAS_{m.upper()}": ("quotas", m) for m in _QUOTA_METHODS})
+    return names
+
+
+ENVIRONMENT_VARIABLES = _environment_names()
+
+
+def apply_environment(
+    config: ServerConfig, environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """``config`` with the ``SLS_CORE_*`` variables of ``environ`` (default ``os.environ``)
+    applied over it, validated again.
+
+    The name is ``SLS_CORE_`` + the key's TOML path upper-cased with underscores
+    (``SLS_CORE_WORKERS``, ``SLS_CORE_TLS_CLIENT_CA``, ``SLS_CORE_QUOTAS_CREATEPUSH``), with
+    these exceptions: ``threads`` is ``SLS_CORE_SERVER_THREADS`` (``SLS_CORE_THREADS`` is the
+    kernel's), the store URL is ``SLS_CORE_STORE_URL`` or ``SLS_CORE_STORE``, and ``[roles]``
+    is one ``SLS_CORE_ROLES`` holding a TOML inline table. Strings are taken as written;
+    other values are parsed as TOML values (``30``, ``2.5``, ``true``) and checked with the
+    same rules as the file; relative paths are taken from the working directory. An empty
+    ``SLS_CORE_HTTP_LISTEN`` / ``SLS_CORE_METRICS_LISTEN`` (or ``off``) turns the listener
+    off; an empty store URL is ignored. An error names the variable and the rule, never the
+    value. An unknown ``SLS_CORE_*`` variable is logged as a warning (its name only) and
+    ignored: the namespace is shared with variables read elsewhere (``SLS_CORE_THREADS``,
+    ``SLS_CORE_MASTER_KEYS``, ``SLS_CORE_PKCS11_PIN``, a key file's ``pin_env``), so it does
+    not stop a start. No config key is a secret today, but a store URL may carry a password:
+    values are never logged or echoed.
+    """
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    variables: dict[str, str] = {}  # key path ("tls.cert") -> the variable that set it
+    cleared: dict[str, None] = {}
+    store = _store_url(environ)
+    if store is not None:
+        data["store"] = {"url": store[1]}
+        variables["store.url"] = store[0]
+    for variable in sorted(environ):
+        if not variable.startswith(_ENV_PREFIX) or variable in _OTHER_VARIABLES:
+            continue
+        if variable in (_STORE_ALIAS, f"{_ENV_PREFIX}STORE_URL"):
+            continue
+        path = ENVIRONMENT_VARIABLES.get(variable)
+        if path is None:
+            _warn_unknown(variable)
+            continue
+        text = environ[variable]
+        key = ".".join(path)
+        variables[key] = variable
+        if path[0] in ("http_listen", "metrics_listen") and text.strip().lower() in ("", "off"):
+            cleared[path[0]] = None
+        elif path[0] == "tls":
+            tls = data.setdefault("tls", _tls_table(config.tls))
+            tls[path[1]] = _env_value(variable, text, bool if path[1] == _REQUIRE else str)
+        elif path[0] == "quotas":
+            quotas = data.setdefault("quotas", dict(config.quotas))
+            quotas[path[1]] = _env_value(variable, text, int)
+        elif path[0] == "roles":
+            data["roles"] = _env_value(variable, text, dict)
+        else:
+            types = _TYPES[path[0]]
+            data[path[0]] = text if types == (str,) else _env_value(variable, text, *types)
+    try:
+        values = _field_values(data, Path.cwd())
+        values.update(cleared)
+        if "audit_log" in values:
+            values.setdefault("audit_enabled", True)
+        if "http_listen" in values or "http_listen" in cleared:
+            values["http_listen_implicit"] = False
+        if "metrics_port" in values:  # one variable replaces the file's other metrics key
+            values.setdefault("metrics_listen", None)
+        elif "metrics_listen" in values:
+            values["metrics_port"] = 0
+        return dataclasses.replace(config, **values).validated()
+    except ConfigError as e:
+        culprit = variables.get(e.field, variables.get(e.field.partition(".")[0]))
+        if culprit is None and e.field.startswith("tls.") and "tls" in data:
+            culprit = f"{_ENV_PREFIX}{e.field.replace('.', '_').upper()}"  # e.g. one missing
+        if culprit is None:
+            raise  # a rule between keys that no variable alone breaks names the key
+        raise ConfigError(culprit, e.rule) from None
+
+
+def _store_url(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """(variable, URL) from SLS_CORE_STORE_URL or its older name SLS_CORE_STORE."""
+    new, old = environ.get(f"{_ENV_PREFIX}STORE_URL") or "", environ.get(_STORE_ALIAS) or ""
+    if new and old and new != old:
+        raise ConfigError(
+            f"{_ENV_PREFIX}STORE_URL", f"differs from {_STORE_ALIAS} (the same setting): set one"
+        )
+    if new:
+        return f"{_ENV_PREFIX}STORE_URL", new
+    return (_STORE_ALIAS, old) if old else None
+
+
+def _tls_table(tls: TlsConfig | None) -> dict[str, Any]:
+    if tls is None:
+        return {}
+    table: dict[str, Any] = {"cert": str(tls.cert), "key": str(tls.key)}
+    if tls.client_ca is not None:
+        table["client_ca"] = str(tls.client_ca)
+    table[_REQUIRE] = tls.require_client_auth
+    return table
+
+
+def _env_value(variable: str, text: str, *types: type) -> Any:
+    """``text`` parsed as one TOML value of one of ``types`` (``dict``: an inline table)."""
+    if types == (str,):
+        return text
+    try:
+        parsed = tomllib.loads(f"value = {text}")
+    except tomllib.TOMLDecodeError:
+        parsed = {}
+    value = parsed.get("value")
+    if (
+        len(parsed) == 1
+        and isinstance(value, types)
+        and (bool in types or not isinstance(value, bool))
+    ):
+        return value
+    if types == (dict,):
+        rule = 'must be a TOML inline table, e.g. {"portal-gateway" = "gateway"}'
+    else:
+        rule = f"must be {_type_words(types)}"
+    raise ConfigError(variable, rule)
+
+
+def _warn_unknown(variable: str) -> None:
+    near = difflib.get_close_matches(variable, ENVIRONMENT_VARIABLES, n=1, cutoff=0.8)
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    log.warning(
+        "%s is not a config variable%s; ignored",
+        variable,
+        hint,
+        extra={"fields": {"variable": variable}},
+    )

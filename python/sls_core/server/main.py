@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -34,7 +36,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from sls_core.errors import SlsError
-from sls_core.server.config import DEFAULT_HTTP_LISTEN, ConfigError, ServerConfig, load_config
+from sls_core.server.config import (
+    DEFAULT_HTTP_LISTEN,
+    ConfigError,
+    ServerConfig,
+    apply_environment,
+    load_config,
+    split_host_port,
+)
 from sls_core.server.logs import setup_logging
 
 __all__ = ["main"]
@@ -86,6 +95,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         config = load_config(args.config)
     else:
         config = ServerConfig(http_listen=DEFAULT_HTTP_LISTEN, http_listen_implicit=True)
+    config = apply_environment(config)  # SLS_CORE_*: over the file, under the flags
     if args.http_listen is not None:
         off = args.http_listen.strip().lower() in ("", "off")
         config = dataclasses.replace(
@@ -94,11 +104,60 @@ def _config(args: argparse.Namespace) -> ServerConfig:
     return config.with_overrides(
         listen=args.listen,
         data_dir=args.data_dir,
-        store=args.store or os.environ.get("SLS_CORE_STORE") or None,
+        store=args.store,
         workers=args.workers,
         metrics_port=args.metrics_port,
         log_level=args.log_level.upper() if args.log_level else None,
     )
+
+
+def _refuse_taken_port(address: str, key: str, host: str, port: int) -> None:
+    """OSError naming ``address`` when something already listens there. Checked before the
+    store is opened, so a second ``sls-core serve`` fails in one line (gRPC's core would log
+    its own bind failure first); a race with another process is still caught by the bind."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return  # an unknown host: the server's own bind says so
+    for family, kind, proto, _, sockaddr in addresses:
+        try:
+            probe = socket.socket(family, kind, proto)
+        except OSError:
+            continue  # e.g. no IPv6 on this machine: the server binds what it can
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            try:
+                probe.bind(sockaddr)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise OSError(
+                        f"cannot listen on {address} ({key}): address already in use"
+                    ) from None
+
+
+def _check_ports(config: ServerConfig) -> None:
+    _refuse_taken_port(config.listen, "listen", *split_host_port(config.listen))
+    # The development default's HTTP port taken is only a warning (see SlsServer).
+    if config.http_listen is not None and not config.http_listen_implicit:
+        http = config.http_listen
+        _refuse_taken_port(http, "http_listen", *split_host_port(http, "http_listen"))
+    metrics = config.metrics_address
+    if metrics is not None:
+        key = "metrics_listen" if config.metrics_listen is not None else "metrics_port"
+        host, port = metrics
+        _refuse_taken_port(config.metrics_listen or f"{host}:{port}", key, host, port)
+
+
+def _cannot_start(error: BaseException, code: int) -> int:
+    """The one line a failed start prints (stderr; the journal under systemd)."""
+    if isinstance(error, OSError) and error.strerror:  # not "[Errno 13] ..."
+        reason = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    else:
+        reason = str(error) or type(error).__name__
+    print(f"sls-core: cannot start: {reason}", file=sys.stderr)
+    return code
 
 
 def _prepare(config: ServerConfig, *, announce: bool) -> None:
@@ -211,7 +270,7 @@ class _Supervisor:
 
 def _serve_workers(config: ServerConfig) -> int:
     metrics_dir: str | None = None
-    if config.metrics_port:
+    if config.metrics_address:
         # Set before any worker imports prometheus_client, so they write to shared files.
         metrics_dir = tempfile.mkdtemp(prefix="sls-core-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -221,10 +280,13 @@ def _serve_workers(config: ServerConfig) -> int:
     signal.signal(signal.SIGHUP, supervisor.reopen)
     http = None
     try:
-        if config.metrics_port:
+        if config.metrics_address:
             from sls_core.server.metrics import serve_metrics
 
-            http = serve_metrics(config.metrics_port)
+            def pids() -> dict[str, int | str]:  # per-worker process metrics, label = index
+                return {str(i): p.pid for i, (p, _) in list(supervisor.workers.items()) if p.pid}
+
+            http = serve_metrics(config.metrics_address, workers=pids)
         log.info(
             "supervising",
             extra={
@@ -256,22 +318,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(config.log_level)
     try:
+        _check_ports(config)
+    except OSError as e:
+        return _cannot_start(e, 3)
+    try:
         _prepare(config, announce=True)
-    except SlsError as e:
+    except (SlsError, OSError) as e:
         # A start that cannot open the store (a missing or wrong master key, a file of a
-        # newer version) is one line that says what to do, not a traceback.
-        print(f"sls-core: cannot start: {e}", file=sys.stderr)
-        return 2
+        # newer version, a data directory it may not write) is one line that says what to
+        # do, not a traceback.
+        return _cannot_start(e, 2)
     if config.workers == 1:
         from sls_core.server.app import run
 
         try:
             run(config)
         except OSError as e:
-            log.error("cannot start", extra={"fields": {"error": str(e)}})
-            return 3
+            return _cannot_start(e, 3)
         return 0
-    return _serve_workers(config)
+    try:
+        return _serve_workers(config)
+    except OSError as e:  # the supervisor's metrics port, taken since the check
+        return _cannot_start(e, 3)
 
 
 if __name__ == "__main__":

@@ -6,20 +6,38 @@ Labels are method names, route templates (``POST /v1/verify``, ``GET
 device or anything a caller typed. With several worker processes the metrics go through
 prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor
 before it starts the workers) and the supervisor serves the sum of them.
+
+Process and runtime metrics: ``process_*`` (CPU seconds, resident and virtual memory, open
+and maximum file descriptors, start time; read from ``/proc``, so Linux only) per process
+with a ``worker`` label (``"0"``, ``"1"``, ...; the supervisor's own as ``"supervisor"``),
+never summed; ``python_info``; and ``python_gc_*`` with one worker only (the garbage
+collector can only be asked in-process, and the supervisor's own would mislead).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from sls_core.outcome import LoginOutcome
 
-__all__ = ["Metrics", "serve_metrics"]
+__all__ = ["Metrics", "WorkerProcessCollector", "serve_metrics"]
 
 _LATENCY_BUCKETS = (
     0.0001,
@@ -161,14 +179,55 @@ class Metrics:
             self.lockouts.inc()
 
 
-def serve_metrics(port: int, registry: CollectorRegistry | None = None) -> Any:
-    """Serves ``/metrics`` on 127.0.0.1:``port`` from a daemon thread. Without a registry,
-    the sum of every worker's files in ``PROMETHEUS_MULTIPROC_DIR`` (the supervisor)."""
+class WorkerProcessCollector(Collector):
+    """``process_*`` of several processes, one series each with a ``worker`` label.
+
+    ``workers`` is called at each scrape: worker label -> pid (or ``"self"``), so a restarted
+    worker shows up with its new pid (and a new ``process_start_time_seconds``).
+    """
+
+    def __init__(self, workers: Callable[[], Mapping[str, int | str]]) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        for worker, pid in self._workers().items():
+            one = ProcessCollector(pid=lambda pid=pid: pid, registry=None)  # type: ignore[misc]
+            for metric in one.collect():
+                family = families.get(metric.name)
+                if family is None:
+                    family = Metric(metric.name, metric.documentation, metric.type)
+                    families[metric.name] = family
+                for sample in metric.samples:
+                    labels = {**sample.labels, "worker": worker}
+                    family.add_sample(sample.name, labels, sample.value)
+        return list(families.values())
+
+
+def serve_metrics(
+    address: tuple[str, int],
+    registry: CollectorRegistry | None = None,
+    workers: Callable[[], Mapping[str, int | str]] | None = None,
+) -> Any:
+    """Serves ``/metrics`` on ``address`` (host, port) from a daemon thread, with the process
+    and runtime metrics. With ``registry``: that one process (``worker="0"``). Without: the
+    sum of every worker's files in ``PROMETHEUS_MULTIPROC_DIR`` (the supervisor), and the
+    ``process_*`` of ``workers()`` (label -> pid) and of the supervisor itself."""
+    host, port = address
     if registry is None:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
         multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
-    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+
+        def processes() -> dict[str, int | str]:
+            return {**(workers() if workers is not None else {}), "supervisor": "self"}
+
+        registry.register(WorkerProcessCollector(processes))
+    else:
+        registry.register(WorkerProcessCollector(lambda: {"0": "self"}))
+        registry.register(GC_COLLECTOR)
+    registry.register(PLATFORM_COLLECTOR)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
     return server

@@ -20,6 +20,7 @@ $(VENV)/.deps: pyproject.toml
 		"pillow>=11.3" "reportlab>=4.0" "pypdf>=4" "tqdm>=4.66" "types-tqdm" \
 		"segno>=1.6" "zxing-cpp>=2.2" \
 		"grpcio>=1.85.1" "grpcio-health-checking>=1.85.1" "grpcio-reflection>=1.85.1" \
+		"grpcio-status>=1.85.1" "types-grpcio-status" \
 		"protobuf>=7.35.1" "prometheus-client>=0.20" "types-protobuf" "types-grpcio" \
 		"aiohttp>=3.10" \
 		"grpcio-tools==1.85.1" "mypy-protobuf==5.1.0"  # pinned: they write the committed code

@@ -35,8 +35,10 @@ PostgreSQL logs every statement's duration (``log_min_duration_statement = 0``, 
 not logged; reset afterwards), and a directory load (``warm()``) under cProfile; its
 figures are not in the table. It writes the statements' summed durations and the top
 functions to ``DIR/cluster-profile-<batch>.txt`` and ``DIR/cluster-profile-warm.txt``.
-``--smoke`` runs everything at tiny sizes (seconds; for a test). Writes ``DIR/cluster.md``
-and ``DIR/cluster.json``; never logs a secret (secrets are derived from the device number).
+``--smoke`` runs everything at tiny sizes (seconds; for a test). Writes ``DIR/cluster.md``,
+``DIR/cluster.json`` and ``DIR/cluster.png`` (attempts/s against node count and batch size,
+the raw consume-once rates as reference lines); never logs a secret (secrets are derived
+from the device number).
 """
 
 from __future__ import annotations
@@ -668,6 +670,90 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(result: dict[str, Any], path: Path) -> bool:
+    """Store-backed attempts/s against node count (one line per batch size) and against
+    batch size (one line per node count), with PostgreSQL's raw consume-once rates as
+    reference lines: how far the whole store path is from what the store itself allows.
+    False (and no file) when nothing was measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    rows, raw = result["store_backed"], {r["batch"]: r for r in result["raw"]["rows"]}
+    if not rows or not raw:
+        return False
+    batches = sorted({r["batch"] for r in rows})
+    node_counts = sorted({r["nodes"] for r in rows})
+    rate = {(r["batch"], r["nodes"]): r["attempts_per_s"] for r in rows}
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    thousands = FuncFormatter(lambda y, _pos: f"{y / 1e3:,.0f}k")
+    figure, (by_nodes, by_batch) = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
+
+    for k, batch in enumerate(batches):
+        color = colors[k % len(colors)]
+        points = [(n, rate[batch, n]) for n in node_counts if (batch, n) in rate]
+        xs, ys = zip(*points, strict=True)
+        by_nodes.plot(
+            xs, ys, "-o", color=color, label=f"store-backed, batches of {size_label(batch)}"
+        )
+        if batch in raw:
+            for key, style, method in (("copy", "--", "COPY + INSERT"), ("unnest", ":", "unnest")):
+                by_nodes.axhline(
+                    raw[batch][f"{key}_ids_per_s"],
+                    color=color,
+                    linestyle=style,
+                    linewidth=1.2,
+                    label=f"raw consume-once, {method}, batches of {size_label(batch)}",
+                )
+    by_nodes.set_xticks(node_counts)
+    by_nodes.set_xlabel("nodes (processes, each its own SecureLogin on the same PostgreSQL)")
+    by_nodes.set_ylabel("attempts (or ids) per second")
+    by_nodes.set_title("against node count")
+
+    for k, nodes in enumerate(node_counts):
+        points = [(b, rate[b, nodes]) for b in batches if (b, nodes) in rate]
+        xs, ys = zip(*points, strict=True)
+        by_batch.plot(
+            xs,
+            ys,
+            "-o",
+            color=colors[(k + len(batches)) % len(colors)],
+            label=f"store-backed, {nodes} node{'s' if nodes > 1 else ''}",
+        )
+    raw_batches = sorted(raw)
+    for key, style, method in (("copy", "--", "COPY + INSERT"), ("unnest", ":", "unnest")):
+        by_batch.plot(
+            raw_batches,
+            [raw[b][f"{key}_ids_per_s"] for b in raw_batches],
+            style,
+            marker="x",
+            color="grey",
+            label=f"raw consume-once, {method} (one connection)",
+        )
+    by_batch.set_xscale("log")
+    by_batch.set_xticks(raw_batches, [size_label(b) for b in raw_batches])
+    by_batch.minorticks_off()
+    by_batch.set_xlabel("batch size (attempts per verify_batch call)")
+    by_batch.set_title("against batch size")
+
+    for axis in (by_nodes, by_batch):
+        axis.yaxis.set_major_formatter(thousands)
+        axis.set_ylim(bottom=0)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8, loc="lower left")
+    m = result["machine"]
+    figure.suptitle(
+        f"SecureLogin.verify_batch on one PostgreSQL ({size_label(result['devices'])} devices,"
+        f" durable commits), {m['nproc']} CPUs shared by nodes and PostgreSQL"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
 @contextlib.contextmanager
 def private_postgres() -> Iterator[tuple[str, Path]]:
     """A durable private PostgreSQL (no ``--fast``): its URL and cluster directory."""
@@ -823,6 +909,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     (args.out / "cluster.md").write_text(text)
     (args.out / "cluster.json").write_text(json.dumps(result, indent=2, default=str))
+    if plot(result, args.out / "cluster.png"):
+        progress(f"wrote {args.out / 'cluster.png'}")
     return 0
 
 

@@ -3,31 +3,37 @@
 Run it from the project root with the virtualenv's Python (``make loadtest``)::
 
     python benches/loadtest.py [--seconds 10] [--workers 2] [--users 10k]
-        [--modes open,threads,async,batch] [--rate 5000] [--open-connections 2]
+        [--modes open,threads,async,http,batch] [--rate 5000] [--open-connections 2]
         [--max-in-flight 1] [--gateways 64] [--async-gateways 4,8,16] [--async-connections 1]
+        [--http-clients 4,8,16]
         [--linger 0.0005]
         [--batch 10k] [--batches 48] [--rounds 3] [--connections 2] [--in-flight 1]
         [--out DIR]
 
 It enrolls ``--users`` DSC+ users in a fresh data dir, starts the server (``--workers``
-processes sharing the port), pre-issues login challenges through the embedded store (so
-the timed phase measures verification only), computes the right answers as the device
-simulator would, spoils 1% (wrong) and 1% (malformed, a space inside) so that lockout
-counting and the malformed path run, then for a bounded time:
+processes sharing the gRPC port and the HTTP/JSON one), pre-issues login challenges
+through the embedded store (so the timed phase measures verification only), computes the
+right answers as the device simulator would, spoils 1% (wrong) and 1% (malformed, a
+space inside) so that lockout counting and the malformed path run, then for a bounded time:
 
-* **open**: logins arrive at ``--rate`` per second (Poisson), answered or not, spread
-  over ``--open-connections`` gateways (``AsyncSlsClient`` each, micro-batching with
-  ``--max-in-flight``); latency percentiles, the cores each process kept busy, and the
-  worst latency of every 100 ms (in the JSON) show where a tail comes from;
+* **open**: logins arrive at ``--rate`` per second (Poisson; a comma-separated list runs
+  one open loop per rate), answered or not, spread over ``--open-connections`` gateways
+  (``AsyncSlsClient`` each, micro-batching with ``--max-in-flight``); latency
+  percentiles, the cores each process kept busy, and the worst latency of every 100 ms
+  (in the JSON) show where a tail comes from;
 * **threads** / **async**: closed loops, ``--gateways`` threads (``SlsClient``) or
   ``--async-gateways`` tasks, each calling ``verify`` one attempt at a time;
+* **http**: closed loops over HTTP/JSON, ``--http-clients`` asyncio tasks (aiohttp), each
+  on a keep-alive connection of its own, posting ``/v1/verify`` one attempt at a time (no
+  client micro-batching: one request per attempt), beside the gRPC rows;
 * **batch**: ``--connections`` gateways send VerifyBatch calls of ``--batch`` attempts
   (``--in-flight`` outstanding each), alternating in ``--rounds`` with the same
   store-backed work through ``SecureLogin.verify_batch`` in this process: the in-process
   rate VerifyBatch is compared with, measured side by side.
 
-Traffic goes to 127.0.0.1 only, bounded in count and time. Writes ``DIR/loadtest.md`` and
-``DIR/loadtest.json``.
+Traffic goes to 127.0.0.1 only, bounded in count and time. Progress lines go to stderr.
+Writes ``DIR/loadtest.md``, ``DIR/loadtest.json`` and ``DIR/loadtest.png`` (latency
+percentiles against load, gRPC and HTTP side by side).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from sls_core.devices import DeviceType
 from sls_core.login import SecureLogin
 from sls_core.outcome import LoginOutcome
 
+STARTED = time.perf_counter()
 SUITE = "OCRA-1:HOTP-SHA1-8:QN06-PSHA1"
 SUITE_NO_PIN = "OCRA-1:HOTP-SHA1-8:QN06"
 #: Gateways send their micro-batches as messages of one VerifyStream per client
@@ -157,7 +164,14 @@ def _uses_pin(device_type: DeviceType) -> bool:
     return device_type in (DeviceType.DSC_PLUS, DeviceType.IB_KEY)
 
 
-def start_server(data: Path, port: int, workers: int, log: Path) -> subprocess.Popen[bytes]:
+def progress(text: str) -> None:
+    """One line on stderr, with the seconds since the start: long steps show they move."""
+    print(f"[{time.perf_counter() - STARTED:6.1f} s] {text}", file=sys.stderr, flush=True)
+
+
+def start_server(
+    data: Path, port: int, http_port: int, workers: int, log: Path
+) -> subprocess.Popen[bytes]:
     command = [
         sys.executable,
         "-m",
@@ -167,6 +181,8 @@ def start_server(data: Path, port: int, workers: int, log: Path) -> subprocess.P
         str(data),
         "--listen",
         f"127.0.0.1:{port}",
+        "--http-listen",
+        f"127.0.0.1:{http_port}",
         "--workers",
         str(workers),
         "--log-level",
@@ -176,13 +192,16 @@ def start_server(data: Path, port: int, workers: int, log: Path) -> subprocess.P
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
 
 
-def wait_ready(port: int, timeout: float = 60.0) -> None:
+def wait_ready(port: int, http_port: int, timeout: float = 60.0) -> None:
+    import urllib.request
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with SlsClient(f"127.0.0.1:{port}", timeout=2.0, linger=0) as client:
                 client.wait_ready(timeout=2.0)
                 client.session_length("pin")
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2.0):
                 return
         except Exception:  # not up yet
             time.sleep(0.2)
@@ -303,6 +322,9 @@ def run_single(
         elapsed = time.perf_counter() - began
     return {
         "mode": f"single Verify, {gateways} gateway threads (client micro-batching)",
+        "transport": "gRPC",
+        "loop": "closed",
+        "concurrency": gateways,
         "requests": len(latencies),
         "rate": len(latencies) / elapsed,
         **percentiles(latencies),
@@ -359,10 +381,83 @@ def run_single_async(
     return {
         "mode": f"single Verify, {gateways} asyncio gateways over {connections} connections"
         f" (closed loop, client micro-batching, max_in_flight {max_in_flight})",
+        "transport": "gRPC",
+        "loop": "closed",
+        "concurrency": gateways,
         "requests": len(latencies),
         "rate": len(latencies) / elapsed,
         **percentiles(latencies),
         "ok_share": outcomes.count(LoginOutcome.OK) / max(1, len(outcomes)),
+        "cores_busy": cores,
+    }
+
+
+def run_http(
+    server_pid: int,
+    http_port: int,
+    load: tuple[list[str], list[str], list[str]],
+    clients: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """Closed loop over HTTP/JSON: ``clients`` asyncio tasks on one event loop, each
+    posting ``/v1/verify`` one attempt at a time over a keep-alive connection of its own
+    (one aiohttp session whose pool holds ``clients`` connections; SO_REUSEPORT spreads
+    them over the server processes). HTTP/1.1 has one request in flight a connection and
+    nothing batches them: the rate a gateway speaking HTTP gets, beside the gRPC rows."""
+    import aiohttp
+
+    users, tokens, responses = load
+    latencies: list[float] = []
+    outcomes: list[str] = []
+    statuses: dict[int, int] = {}
+    cores: dict[str, str] = {}
+    url = f"http://127.0.0.1:{http_port}/v1/verify"
+
+    async def drive() -> float:
+        cursor = iter(range(len(users)))
+        connector = aiohttp.TCPConnector(limit=clients)
+        timeout = aiohttp.ClientTimeout(total=10.0)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            # Every connection opened before the clock starts, as a gateway's pool would be.
+            async def ready() -> None:
+                async with session.get(f"http://127.0.0.1:{http_port}/readyz") as reply:
+                    await reply.read()
+
+            await asyncio.gather(*(ready() for _ in range(clients)))
+            stop = time.monotonic() + seconds
+
+            async def gateway() -> None:
+                while time.monotonic() < stop:
+                    i = next(cursor, None)
+                    if i is None:
+                        return
+                    body = {"username": users[i], "token": tokens[i], "response": responses[i]}
+                    started = time.perf_counter()
+                    async with session.post(url, json=body) as reply:
+                        verdict = await reply.json()
+                    latencies.append(time.perf_counter() - started)
+                    statuses[reply.status] = statuses.get(reply.status, 0) + 1
+                    outcomes.append(str(verdict.get("outcome")))
+
+            used_before = cpu_seconds(server_pid)
+            began = time.perf_counter()
+            await asyncio.gather(*(gateway() for _ in range(clients)))
+            elapsed = time.perf_counter() - began
+            cores.update(cpu_share(used_before, cpu_seconds(server_pid), elapsed))
+        return elapsed
+
+    elapsed = asyncio.run(drive())
+    return {
+        "mode": f"HTTP POST /v1/verify, {clients} aiohttp clients, a keep-alive connection"
+        " each (closed loop, one request per attempt)",
+        "transport": "HTTP",
+        "loop": "closed",
+        "concurrency": clients,
+        "requests": len(latencies),
+        "rate": len(latencies) / elapsed,
+        **percentiles(latencies),
+        "ok_share": outcomes.count("OK") / max(1, len(outcomes)),
+        "http_statuses": {str(k): v for k, v in sorted(statuses.items())},
         "cores_busy": cores,
     }
 
@@ -510,6 +605,8 @@ def run_open_loop(
     return {
         "mode": f"single Verify, open loop at {rate:,.0f}/s offered, {connections} gateway"
         f" connections (client micro-batching, max_in_flight {max_in_flight})",
+        "transport": "gRPC",
+        "loop": "open",
         "requests": len(latencies),
         "offered": rate,
         "rate": len(latencies) / elapsed,
@@ -630,12 +727,14 @@ def run_side_by_side(
 
 def render(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
-        "## gRPC load test (127.0.0.1)",
+        "## Load test, gRPC and HTTP/JSON (127.0.0.1)",
         "",
-        f"{args.workers} server processes; {args.users:,} DSC+ users; 1% wrong and 1%"
-        f" malformed answers; client micro-batching over {args.transport_name} with"
+        f"{args.workers} server processes; {args.users:,} users (device mix); 1% wrong and 1%"
+        f" malformed answers; gRPC clients micro-batch over {args.transport_name} with"
         f" max_in_flight {args.max_in_flight}"
-        f" (threads: linger {args.linger * 1e3:g} ms); VerifyBatch of {args.batch:,}.",
+        f" (threads: linger {args.linger * 1e3:g} ms); HTTP clients send one request per"
+        f" attempt; VerifyBatch of {args.batch:,}. Load average {args.load_before} before,"
+        f" {args.load_after} after (1/5/15 min). Plot: `loadtest.png`.",
         "",
         "| mode | requests | attempts/s | p50 ms | p95 ms | p99 ms | cores busy |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -653,8 +752,9 @@ def render(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
         )
     batch = next((r for r in rows if r["mode"].startswith("VerifyBatch")), None)
     local = next((r for r in rows if r["mode"].startswith("in-process")), None)
-    opened = next((r for r in rows if "open loop" in r["mode"]), None)
+    opened_runs = [r for r in rows if r.get("loop") == "open"]
     closed_runs = [r for r in rows if "asyncio gateways" in r["mode"]]
+    http_runs = [r for r in rows if r.get("transport") == "HTTP"]
     lines.append("")
     if batch and local:
         lines.append(
@@ -668,13 +768,118 @@ def render(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
             f" asyncio gateways: {closed['rate']:,.0f} requests/s with p99 {closed['p99']:.2f} ms"
             f" (target ≥ 5,000/s with p99 ≤ 2 ms: {'met' if met else 'not met'})."
         )
-    if opened:
+    grpc_at = {r["concurrency"]: r for r in closed_runs}
+    for http in http_runs:
+        same = grpc_at.get(http["concurrency"])
+        beside = (
+            f" (gRPC with as many asyncio gateways: {same['rate']:,.0f}/s, p99"
+            f" {same['p99']:.2f} ms)"
+            if same
+            else ""
+        )
+        lines.append(
+            f"Single verify over HTTP/JSON, closed loop, {http['concurrency']} clients:"
+            f" {http['rate']:,.0f} requests/s with p99 {http['p99']:.2f} ms{beside}."
+        )
+    for opened in opened_runs:
         lines.append(
             f"Single Verify, open loop at {opened['offered']:,.0f} logins/s offered: answered"
             f" {opened['rate']:,.0f}/s with p99 {opened['p99']:.2f} ms; the generator itself"
             f" ran p99 {opened['generator_late_p99']:.2f} ms behind its schedule."
         )
     return "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[dict[str, Any]], args: argparse.Namespace, path: Path) -> bool:
+    """Latency percentiles against load, one line per transport and percentile: closed-loop
+    runs at the rate their clients reached (labelled with their count), open-loop runs at
+    the rate offered. False (and no file) when no run fits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {
+        "gRPC, asyncio gateways (closed loop)": (
+            [r for r in rows if "asyncio gateways" in r["mode"]],
+            "tab:blue",
+            "rate",
+        ),
+        "HTTP/JSON, aiohttp clients (closed loop)": (
+            [r for r in rows if r.get("transport") == "HTTP"],
+            "tab:orange",
+            "rate",
+        ),
+        "gRPC, Poisson arrivals (open loop)": (
+            [r for r in rows if r.get("loop") == "open"],
+            "tab:green",
+            "offered",
+        ),
+    }
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FormatStrFormatter
+
+    styles: tuple[tuple[str, Any, str], ...] = (
+        ("p50", "-", "o"),
+        ("p95", "--", "s"),
+        ("p99", ":", "^"),
+    )
+    figure, axis = plt.subplots(figsize=(11, 6))
+    drawn: list[Line2D] = []
+    for name, (runs, color, x_key) in series.items():
+        runs = sorted(runs, key=lambda r: float(r[x_key]))
+        if not runs:
+            continue
+        xs = [float(r[x_key]) for r in runs]
+        for key, style, marker in styles:
+            axis.plot(xs, [r[key] for r in runs], style, marker=marker, color=color)
+        drawn.append(Line2D([], [], color=color, linewidth=3, label=name))
+        for r, x in zip(runs, xs, strict=True):
+            note = f"{r['concurrency']} clients" if "concurrency" in r else "offered"
+            axis.annotate(
+                note,
+                (x, r["p99"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+                color=color,
+            )
+    if not drawn:
+        plt.close(figure)
+        return False
+    axis.set_yscale("log")
+    # Plain milliseconds (1, 2, 5, 10) on the log axis rather than powers of ten.
+    axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    axis.set_xlim(left=0)
+    axis.set_xlabel(
+        "load, single verifications per second (closed loop: reached by N clients, labelled;"
+        " open loop: offered)"
+    )
+    axis.set_ylabel("latency, ms (log scale)")
+    axis.grid(True, which="both", alpha=0.3)
+    # Colour says which run, line style which percentile: two short legends beside the axes.
+    runs_legend = axis.legend(
+        handles=drawn, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="runs"
+    )
+    axis.add_artist(runs_legend)
+    axis.legend(
+        handles=[
+            Line2D([], [], color="black", linestyle=style, marker=marker, label=key)
+            for key, style, marker in styles
+        ],
+        fontsize=9,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 0.6),
+        title="latency",
+    )
+    axis.set_title(
+        f"sls-core serve on 127.0.0.1, {args.workers} server processes, {os.cpu_count()} CPUs"
+        " shared with the load generator"
+    )
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -701,7 +906,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[4, 8, 16],
         help="asyncio gateways, one closed-loop run for each count in the list",
     )
-    parser.add_argument("--rate", type=float, default=5000.0, help="open loop: logins/s")
+    parser.add_argument(
+        "--rate",
+        type=lambda text: [float(n) for n in text.split(",")],
+        default=[5000.0],
+        help="open loop: logins/s, one open-loop run for each rate in the list",
+    )
+    parser.add_argument(
+        "--http-clients",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[4, 8, 16],
+        help="HTTP clients (keep-alive connections), one closed-loop run for each count",
+    )
     parser.add_argument(
         "--open-connections",
         type=int,
@@ -723,24 +939,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--modes",
-        default="open,threads,async,batch",
-        help="which of open, threads, async, batch (with its in-process rate) to run",
+        default="open,threads,async,http,batch",
+        help="which of open, threads, async, http, batch (with its in-process rate) to run",
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
     global STREAM
     STREAM = args.transport == "stream"
     args.transport_name = "one VerifyStream per client" if STREAM else "VerifyBatch calls"
+    args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="sls-load-") as tmp:
         data = Path(tmp) / "data"
+        progress(f"enrolling {args.users:,} users (load average {args.load_before}) ...")
         work = Workload(data, args.users)
         modes = set(args.modes.split(","))
+        unknown = modes - {"open", "threads", "async", "http", "batch"}
+        if unknown:
+            parser.error(f"--modes: unknown {', '.join(sorted(unknown))}")
+        progress("issuing challenges and computing the answers ...")
         none: tuple[list[str], list[str], list[str]] = ([], [], [])
         single_load = work.attempts(int(args.seconds * 10_000)) if "threads" in modes else none
         sweep = args.async_gateways if "async" in modes else []
         async_loads = [work.attempts(int(args.seconds * 8_000)) for _ in sweep]
         args.async_gateways = sweep
-        open_load = work.attempts(int(args.seconds * args.rate) + 1) if "open" in modes else none
+        args.http_clients = args.http_clients if "http" in modes else []
+        # HTTP answers one request per attempt: fewer a second than gRPC's micro-batches.
+        http_loads = [work.attempts(int(args.seconds * 4_000)) for _ in args.http_clients]
+        args.rate = args.rate if "open" in modes else []
+        open_loads = [work.attempts(int(args.seconds * rate) + 1) for rate in args.rate]
         batches = args.batches if "batch" in modes else 0
         batch_loads = [work.attempts(args.batch) for _ in range(batches)]
         local_loads = [work.attempts(args.batch) for _ in range(batches)]
@@ -748,24 +974,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         # of the collector's sight, so that a full collection does not stall the gateways
         # for tens of milliseconds in the middle of a measurement.
         gc.freeze()
-        port = free_port()
-        server = start_server(data, port, args.workers, Path(tmp) / "server.log")
+        port, http_port = free_port(), free_port()
+        progress(f"starting sls-core serve ({args.workers} processes) ...")
+        server = start_server(data, port, http_port, args.workers, Path(tmp) / "server.log")
         try:
-            wait_ready(port)
+            wait_ready(port, http_port)
             # Warm-up, untimed: each server process loads its directory on first use.
             with SlsClient(f"127.0.0.1:{port}", timeout=60.0, linger=0) as client:
                 for users, tokens, responses in [work.attempts(500) for _ in range(4)]:
                     client.verify_batch(users, tokens, responses)
             work.sls.verify_batch(*work.attempts(500))
             rows = []
-            if "open" in modes:
+            for rate, load in zip(args.rate, open_loads, strict=True):
+                progress(f"open loop, {rate:,.0f} logins/s offered, {args.seconds:g} s ...")
                 rows.append(
                     run_open_loop(
                         server.pid,
                         args.workers,
                         port,
-                        open_load,
-                        args.rate,
+                        load,
+                        rate,
                         args.seconds,
                         args.linger,
                         args.max_in_flight,
@@ -773,6 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 )
             if "threads" in modes:
+                progress(f"closed loop, {args.gateways} gateway threads ...")
                 rows.append(
                     run_single(
                         port,
@@ -783,6 +1012,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 )
             for gateways, load in zip(args.async_gateways, async_loads, strict=True):
+                progress(f"closed loop, {gateways} asyncio gRPC gateways ...")
                 rows.append(
                     run_single_async(
                         server.pid,
@@ -796,7 +1026,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         args.async_connections,
                     )
                 )
+            for clients, load in zip(args.http_clients, http_loads, strict=True):
+                progress(f"closed loop, {clients} HTTP clients ...")
+                rows.append(run_http(server.pid, http_port, load, clients, args.seconds / 2))
             if "batch" in modes:
+                progress(f"VerifyBatch and in-process verify_batch, {args.rounds} rounds ...")
                 rows += run_side_by_side(server.pid, port, work, batch_loads, local_loads, args)
         finally:
             server.terminate()
@@ -804,10 +1038,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
+    args.load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     text = render(rows, args)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "loadtest.md").write_text(text)
+    if plot(rows, args, args.out / "loadtest.png"):
+        progress(f"wrote {args.out / 'loadtest.png'}")
     (args.out / "loadtest.json").write_text(
         json.dumps(
             {

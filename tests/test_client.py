@@ -31,6 +31,7 @@ from client_fakes import (
 )
 from sls_core.api.v1 import common_pb2
 from sls_core.client import (
+    AlreadyExistsError,
     ClientClosedError,
     ClientRefusedError,
     DeadlineExceededError,
@@ -692,6 +693,7 @@ EXPECTED_ERRORS: dict[grpc.StatusCode, type[Exception]] = {
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,

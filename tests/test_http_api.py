@@ -148,7 +148,8 @@ def test_password_failures_push_status_and_activation_in_the_same_style(
     status, answer = http.post("/v1/pushes", {"username": "alice"})
     assert status == 400  # a DSC+ takes no pushes
     status, answer = http.get("/v1/pushes/99?wait_seconds=0")
-    assert (status, answer["error"]["field"]) == (400, "challenge_id")
+    assert (status, answer["error"]["field"]) == (404, "challenge_id")
+    assert (answer["error"]["code"], answer["error"]["reason"]) == ("NOT_FOUND", "PUSH_NOT_FOUND")
     assert http.get("/v1/pushes/99?wait_seconds=soon")[1]["error"]["field"] == "wait_seconds"
     assert http.get("/v1/pushes/99?colour=red")[1]["error"]["field"] == "colour"
 

@@ -1,5 +1,6 @@
 """The gateway load test (benches/loadtest.py) still runs end to end, briefly, on a tiny
-workload: every mode answers every attempt with the outcomes its answers deserve."""
+workload: every mode (gRPC and HTTP/JSON) answers every attempt with the outcomes its
+answers deserve, and the reports write their plots."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ def test_the_load_test_runs_every_mode_and_reports_them(tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = [
         "--seconds", "1", "--users", "300", "--rate", "400", "--gateways", "4",
-        "--async-gateways", "4", "--batch", "400", "--batches", "6", "--rounds", "2",
-        "--out", str(out),
+        "--async-gateways", "4", "--http-clients", "4", "--batch", "400", "--batches", "6",
+        "--rounds", "2", "--out", str(out),
     ]  # fmt: skip
     assert loadtest.main(args) == 0
     report = json.loads((out / "loadtest.json").read_text())
@@ -26,6 +27,7 @@ def test_the_load_test_runs_every_mode_and_reports_them(tmp_path: Path) -> None:
         "single Verify",
         "single Verify",
         "single Verify",
+        "HTTP POST /v1/verify",
         "VerifyBatch",
         "in-process SecureLogin.verify_batch",
     ]
@@ -36,9 +38,14 @@ def test_the_load_test_runs_every_mode_and_reports_them(tmp_path: Path) -> None:
     opened = report["rows"][0]
     assert opened["requests"] == 400  # every offered login was answered
     assert set(opened["cores_busy"]) >= {"load generator", "server process 0"}
+    (http,) = [row for row in report["rows"] if row.get("transport") == "HTTP"]
+    assert http["concurrency"] == 4
+    assert http["http_statuses"] == {"200": http["requests"]}  # wrong answers are 200 too
     text = (out / "loadtest.md").read_text()
     assert "VerifyBatch end to end is" in text
     assert "Single Verify, open loop at 400 logins/s offered" in text
+    assert "Single verify over HTTP/JSON, closed loop, 4 clients" in text
+    assert (out / "loadtest.png").stat().st_size > 0
 
 
 def test_the_failing_requests_benchmark_runs_and_reports_both_runs(tmp_path: Path) -> None:
@@ -73,3 +80,4 @@ def test_the_cluster_benchmark_runs_on_a_private_postgres_and_reports_every_part
         assert row["ok_share"] == 1.0, row  # right answers, each verified once
     assert {row["store"] for row in report["cold_start"]} == {"PostgreSQL", "SQLite"}
     assert "attempts/s" in (out / "cluster.md").read_text()
+    assert (out / "cluster.png").stat().st_size > 0

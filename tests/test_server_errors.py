@@ -92,7 +92,7 @@ def test_a_taken_username(stubs: Stubs) -> None:
     stubs.admin.CreateUser(admin_pb2.CreateUserRequest(username="bob"))
     error = refused(stubs.admin.CreateUser, admin_pb2.CreateUserRequest(username="bob"))
     assert (error.code(), error.details()) == (
-        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.ALREADY_EXISTS,
         "username: already taken",
     )
 
@@ -143,7 +143,10 @@ def test_bad_enrollments_are_refused_and_enroll_nothing(
     error = refused(
         stubs.admin.EnrollDevice, admin_pb2.EnrollDeviceRequest(username="carol", **fields)
     )
-    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    unknown = details is not None and "no such" in details
+    assert error.code() is (
+        grpc.StatusCode.NOT_FOUND if unknown else grpc.StatusCode.INVALID_ARGUMENT
+    )
     if details is not None:
         assert error.details() == details
     else:
@@ -156,7 +159,7 @@ def test_bad_enrollments_are_refused_and_enroll_nothing(
 def test_challenges_refused_for_unknown_users_bad_purposes_and_passcodes(stubs: Stubs) -> None:
     error = refused(stubs.verification.IssueChallenge, V.IssueChallengeRequest(username="zed"))
     assert (error.code(), error.details()) == (
-        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
         "username: no such user",
     )
     with_dsc(stubs)
@@ -285,7 +288,7 @@ def test_activation_bad_input_leaves_the_offer_usable(stubs: Stubs) -> None:
     error = refused(
         stubs.activation.CreateActivation, activation_pb2.CreateActivationRequest(username="Dan")
     )
-    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.code(), error.details()) == (grpc.StatusCode.NOT_FOUND, "username: no such user")
 
 
 def test_push_bad_input(stubs: Stubs) -> None:
@@ -303,7 +306,7 @@ def test_push_bad_input(stubs: Stubs) -> None:
     assert error.details() == "wait_seconds: must be 0 or more"
     error = refused(stubs.push.GetPushStatus, push_pb2.GetPushStatusRequest(challenge_id=12345))
     assert (error.code(), error.details()) == (
-        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
         "challenge_id: no such push",
     )
     error = refused(
@@ -347,7 +350,7 @@ def test_policy_and_admin_bad_input(stubs: Stubs) -> None:
     ]:
         error = refused(call, request_)
         assert (error.code(), error.details()) == (
-            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.NOT_FOUND,
             "device_id: the user has no such device",
         )
 

@@ -21,12 +21,18 @@ OUT_OF_RANGE                :class:`~sls_core.errors.InvalidInputError`
 FAILED_PRECONDITION         :class:`ClientRefusedError` (``reason``)
 PERMISSION_DENIED           :class:`PermissionDeniedError`
 UNAUTHENTICATED             :class:`UnauthenticatedError` (a :class:`PermissionDeniedError`)
-NOT_FOUND                   :class:`NotFoundError`
+NOT_FOUND                   :class:`NotFoundError` (``username: no such user``)
+ALREADY_EXISTS              :class:`AlreadyExistsError` (``username: already taken``)
 RESOURCE_EXHAUSTED          :class:`ResourceExhaustedError`
 DEADLINE_EXCEEDED           :class:`DeadlineExceededError` (also a ``TimeoutError``)
 UNAVAILABLE                 :class:`UnavailableError` (also a ``ConnectionError``)
 anything else               :class:`SlsRpcError`
 ==========================  =========================================================
+
+Every :class:`SlsRpcError` carries what the server's ``google.rpc.Status`` details say:
+``error_reason``, the stable machine-readable ``ErrorInfo.reason`` ("USER_NOT_FOUND",
+"USERNAME_TAKEN", "QUOTA_EXCEEDED", "STORE_UNAVAILABLE", ...), and ``retry_after``, the
+seconds its ``RetryInfo`` asks a caller to wait before trying again (None: no retry helps).
 
 Retries. Only read-only calls are retried, on UNAVAILABLE, by gRPC's own retry machinery
 (the ``grpc.service_config`` channel option: exponential backoff with jitter, at most
@@ -93,7 +99,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
+from google.rpc import error_details_pb2, status_pb2
 
 from sls_core import wire
 from sls_core.api.v1 import (
@@ -147,6 +154,7 @@ __all__ = [
     "HEALTH_SERVICE_NAME",
     "RETRIED_METHODS",
     "ActivationOffer",
+    "AlreadyExistsError",
     "AsyncSlsClient",
     "ClientClosedError",
     "ClientRefusedError",
@@ -198,24 +206,50 @@ RETRIED_METHODS: frozenset[str] = frozenset(
 
 class SlsRpcError(SlsError):
     """A call failed with a gRPC status. ``method`` is the RPC ("Verify"), ``code`` the
-    ``grpc.StatusCode`` and ``details`` the server's text (never a secret or a code)."""
+    ``grpc.StatusCode`` and ``details`` the server's text (never a secret or a code).
+    From the status details: ``error_reason`` is the server's stable machine-readable
+    ``ErrorInfo.reason`` ("USER_NOT_FOUND", "QUOTA_EXCEEDED", ...; None when the server
+    sent none) and ``retry_after`` the seconds its ``RetryInfo`` asks to wait (None: no
+    retry advised)."""
 
-    def __init__(self, method: str, code: grpc.StatusCode, details: str) -> None:
+    def __init__(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        details: str,
+        error_reason: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"{method}: {code.name}" + (f": {details}" if details else ""))
         self.method = method
         self.code = code
         self.details = details
+        self.error_reason = error_reason
+        self.retry_after = retry_after
 
-    def __reduce__(self) -> tuple[type[SlsRpcError], tuple[str, grpc.StatusCode, str]]:
-        return (type(self), (self.method, self.code, self.details))
+    def __reduce__(
+        self,
+    ) -> tuple[type[SlsRpcError], tuple[str, grpc.StatusCode, str, str | None, float | None]]:
+        return (
+            type(self),
+            (self.method, self.code, self.details, self.error_reason, self.retry_after),
+        )
 
 
 class ClientRefusedError(SlsRpcError):
     """FAILED_PRECONDITION: the server refused the request for a domain reason, e.g.
-    "already used or expired" (activation) or "less secure device" (sharing)."""
+    "already used or expired" (activation) or "less secure device" (sharing): ``reason``
+    is that text (``error_reason`` its stable name, "ACTIVATION_USED_OR_EXPIRED")."""
 
-    def __init__(self, method: str, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(method, code, details)
+    def __init__(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        details: str,
+        error_reason: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(method, code, details, error_reason, retry_after)
         self.reason = details
 
 
@@ -228,7 +262,11 @@ class UnauthenticatedError(PermissionDeniedError):
 
 
 class NotFoundError(SlsRpcError, LookupError):
-    """NOT_FOUND: no such user, device, push or activation."""
+    """NOT_FOUND: no such user, device or push (``details`` "username: no such user")."""
+
+
+class AlreadyExistsError(SlsRpcError):
+    """ALREADY_EXISTS: what the call would create exists ("username: already taken")."""
 
 
 class ResourceExhaustedError(SlsRpcError):
@@ -260,6 +298,7 @@ _STATUS_ERRORS: dict[grpc.StatusCode, type[SlsRpcError]] = {
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
@@ -267,6 +306,36 @@ _STATUS_ERRORS: dict[grpc.StatusCode, type[SlsRpcError]] = {
 
 
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\[\]]*")
+
+
+#: The trailer that carries a ``google.rpc.Status`` (as grpcio-status reads it).
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def _status_details(err: grpc.RpcError) -> tuple[str | None, float | None]:
+    """The ``ErrorInfo.reason`` and ``RetryInfo`` delay (seconds) a failed call carries."""
+    metadata_of = getattr(err, "trailing_metadata", None)
+    try:
+        metadata = metadata_of() if callable(metadata_of) else None
+    except Exception:  # a call object without trailers
+        metadata = None
+    reason: str | None = None
+    retry_after: float | None = None
+    for key, value in metadata or ():
+        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            continue
+        for packed in status.details:
+            info = error_details_pb2.ErrorInfo()
+            retry = error_details_pb2.RetryInfo()
+            if packed.Unpack(info):
+                reason = info.reason or None
+            elif packed.Unpack(retry):
+                retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+    return reason, retry_after
 
 
 def _rpc_error(err: grpc.RpcError, method: str) -> SlsError:
@@ -282,7 +351,8 @@ def _rpc_error(err: grpc.RpcError, method: str) -> SlsError:
         if sep and rule and _FIELD.fullmatch(name):
             return InvalidInputError(name, rule)
         return InvalidInputError("request", details or code.name.lower())
-    return _STATUS_ERRORS.get(code, SlsRpcError)(method, code, details)
+    reason, retry_after = _status_details(err)
+    return _STATUS_ERRORS.get(code, SlsRpcError)(method, code, details, reason, retry_after)
 
 
 # --- settings -----------------------------------------------------------------------------

@@ -7,7 +7,14 @@ catch one hierarchy whichever layer found the problem.
 
 from __future__ import annotations
 
-__all__ = ["InvalidInputError", "InvalidInputTypeError", "InvalidSuiteError", "SlsError"]
+__all__ = [
+    "AlreadyExistsError",
+    "InvalidInputError",
+    "InvalidInputTypeError",
+    "InvalidSuiteError",
+    "NoSuchItemError",
+    "SlsError",
+]
 
 
 class SlsError(Exception):
@@ -22,7 +29,7 @@ class InvalidInputError(SlsError, ValueError):
         self.field = field
         self.rule = rule
 
-    def __reduce__(self) -> tuple[type[InvalidInputError], tuple[str, str]]:
+    def __reduce__(self) -> tuple[type[InvalidInputError], tuple[str, ...]]:
         return (type(self), (self.field, self.rule))
 
 
@@ -33,3 +40,27 @@ class InvalidInputTypeError(InvalidInputError, TypeError):
 
 class InvalidSuiteError(InvalidInputError):
     """The OCRA suite string does not follow RFC 6287 section 6."""
+
+
+class NoSuchItemError(InvalidInputError):
+    """The input names something that does not exist ("username: no such user"): NOT_FOUND
+    over gRPC. ``reason`` is the stable machine name ("USER_NOT_FOUND")."""
+
+    def __init__(self, field: str, rule: str, reason: str = "NOT_FOUND") -> None:
+        super().__init__(field, rule)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[InvalidInputError], tuple[str, ...]]:
+        return (type(self), (self.field, self.rule, self.reason))
+
+
+class AlreadyExistsError(InvalidInputError):
+    """The input names something that must be new but exists ("username: already taken"):
+    ALREADY_EXISTS over gRPC. ``reason`` is the stable machine name ("USERNAME_TAKEN")."""
+
+    def __init__(self, field: str, rule: str, reason: str = "ALREADY_EXISTS") -> None:
+        super().__init__(field, rule)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[InvalidInputError], tuple[str, ...]]:
+        return (type(self), (self.field, self.rule, self.reason))

@@ -38,7 +38,7 @@ from sls_core import activation, qr
 from sls_core.challenge import TokenStatus
 from sls_core.clock import MINUTE
 from sls_core.devices import Device, DeviceState, DeviceType
-from sls_core.errors import InvalidInputError, InvalidInputTypeError
+from sls_core.errors import InvalidInputError, InvalidInputTypeError, NoSuchItemError
 from sls_core.login.context import LoginContext
 from sls_core.login.directory import DeviceEntry
 from sls_core.login.pipeline import OfferPlan, PushPlan, PushRedemptionPlan, RecoveryPlan
@@ -539,12 +539,12 @@ class IbKey:
         """For the gateway: "pending", "approved", "declined" or "expired"."""
         ctx = self._ctx
         key = _push_id(challenge_id)
-        if key is None:
+        if key is None:  # beyond the store's ids: bad input, as AnswerPush says
             raise InvalidInputError("challenge_id", "no such push")
         with ctx.write() as tx:
             row = tx.store.push(key)
         if row is None:
-            raise InvalidInputError("challenge_id", "no such push")
+            raise NoSuchItemError("challenge_id", "no such push", "PUSH_NOT_FOUND")
         if row.decision is not None:
             return str(PushStatus(row.decision))
         if ctx.clock.now() >= row.expires_at:

@@ -21,7 +21,7 @@ from typing import Any
 from sls_core.challenge import TokenKeys
 from sls_core.clock import Clock
 from sls_core.devices import Device, DeviceState, DeviceType
-from sls_core.errors import InvalidInputError
+from sls_core.errors import InvalidInputError, NoSuchItemError
 from sls_core.login.directory import DeviceEntry, Directory
 from sls_core.rules import access, lifecycle, lockout, quotas
 from sls_core.rules.usernames import validate_username
@@ -131,13 +131,13 @@ class LoginContext:
             raise type(e)(field, e.rule) from None
         user = self.directory.user_by_name.get(name)
         if user is None:
-            raise InvalidInputError(field, "no such user")
+            raise NoSuchItemError(field, "no such user", "USER_NOT_FOUND")
         return user
 
     def device_of(self, user: UserRow, device_id: int) -> DeviceEntry:
         entry = self.directory.devices.get(device_id)
         if entry is None or user.id not in entry.owners:
-            raise InvalidInputError("device_id", "the user has no such device")
+            raise NoSuchItemError("device_id", "the user has no such device", "DEVICE_NOT_FOUND")
         return entry
 
     def devices_of(self, user_id: int) -> list[DeviceEntry]:

@@ -37,6 +37,7 @@ import grpc.aio
 from aiohttp import web
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
 
 from sls_core import wire
 from sls_core.api.v1 import activation_pb2, push_pb2, verification_pb2
@@ -89,9 +90,17 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 _JSON = "application/json"
 
 
+#: The ``reason`` of an error raised here, not by the servicers, by its code.
+_REASONS = {
+    grpc.StatusCode.INVALID_ARGUMENT: "INVALID_INPUT",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "RATE_LIMITED",
+}
+
+
 class ApiError(grpc.aio.AbortError):
-    """A call that ends with an error status; ``field`` and ``rule`` for bad input. A
-    subclass of grpc's AbortError so the servicers' error mapping passes it through."""
+    """A call that ends with an error status; ``field`` and ``rule`` for bad input,
+    ``reason`` the stable machine name (gRPC's ``ErrorInfo.reason``). A subclass of grpc's
+    AbortError so the servicers' error mapping passes it through."""
 
     def __init__(
         self,
@@ -100,23 +109,50 @@ class ApiError(grpc.aio.AbortError):
         *,
         field: str | None = None,
         rule: str | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
         self.rule = rule
+        self.reason = reason or _REASONS.get(code, code.name)
 
     @classmethod
     def invalid(cls, field: str, rule: str) -> ApiError:
         return cls(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {rule}", field=field, rule=rule)
+
+    @classmethod
+    def from_status(cls, status: grpc.Status) -> ApiError:
+        """The error of a status built by :func:`~sls_core.server.status.error_status`."""
+        reason = field = rule = None
+        for key, value in status.trailing_metadata or ():
+            if key != "grpc-status-details-bin":
+                continue
+            for packed in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.ErrorInfo()
+                bad = error_details_pb2.BadRequest()
+                if packed.Unpack(info):
+                    reason = info.reason
+                    field = info.metadata.get("field", field)
+                elif packed.Unpack(bad) and bad.field_violations:
+                    field = bad.field_violations[0].field
+                    rule = bad.field_violations[0].description
+        if field is not None and rule is None:  # "username: no such user"
+            name, _, rule = status.details.partition(": ")
+            rule = rule if name == field else None
+        return cls(status.code, status.details, field=field, rule=rule, reason=reason)
 
     @property
     def http_status(self) -> int:
         return HTTP_STATUS.get(self.code, 500)
 
     def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code.name, "message": self.message}
+        error: dict[str, Any] = {
+            "code": self.code.name,
+            "reason": self.reason,
+            "message": self.message,
+        }
         if self.field is not None:
             error["field"] = self.field
             error["rule"] = self.rule
@@ -135,6 +171,9 @@ class HttpContext:
             name, _, rule = details.partition(": ")
             raise ApiError(code, details, field=name, rule=rule)
         raise ApiError(code, details)
+
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        raise ApiError.from_status(status)
 
 
 def http_context() -> Context:
@@ -581,11 +620,12 @@ _ERROR_SCHEMA = {
             "type": "object",
             "properties": {
                 "code": {"type": "string"},
+                "reason": {"type": "string"},
                 "message": {"type": "string"},
                 "field": {"type": "string"},
                 "rule": {"type": "string"},
             },
-            "required": ["code", "message"],
+            "required": ["code", "reason", "message"],
         }
     },
     "required": ["error"],

@@ -27,6 +27,7 @@ import grpc
 import grpc.aio
 
 from sls_core.server.metrics import Metrics
+from sls_core.server.status import abort_with
 
 __all__ = [
     "ADMIN",
@@ -111,10 +112,25 @@ def current_caller() -> Caller:
 
 
 class _RefusedError(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    """An interceptor's refusal: its code, text, ``ErrorInfo`` reason and retry delay."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        reason: str,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
+        self.reason = reason
+        self.retry_after = retry_after
+
+    async def abort(self, context: Any) -> None:
+        await abort_with(
+            context, self.code, self.details, self.reason, retry_after=self.retry_after
+        )
 
 
 def _status_of(error: BaseException | None, context: Any) -> grpc.StatusCode:
@@ -167,7 +183,7 @@ class _Wrapping(grpc.aio.ServerInterceptor):
                 state = before(method, context)
             except _RefusedError as refused:
                 after(method, context, None, refused.code)
-                await context.abort(refused.code, refused.details)
+                await refused.abort(context)
             error: BaseException | None = None
             try:
                 return await behavior(request, context)
@@ -182,7 +198,7 @@ class _Wrapping(grpc.aio.ServerInterceptor):
                 state = before(method, context)
             except _RefusedError as refused:
                 after(method, context, None, refused.code)
-                await context.abort(refused.code, refused.details)
+                await refused.abort(context)
             error: BaseException | None = None
             try:
                 async for item in behavior(request, context):
@@ -255,7 +271,7 @@ class AuthorizationInterceptor(_Wrapping):
             needed = self._required[method] = required_role(method)
         refused = refusal(caller.role, method, needed)
         if refused is not None:
-            raise _RefusedError(grpc.StatusCode.PERMISSION_DENIED, refused)
+            raise _RefusedError(grpc.StatusCode.PERMISSION_DENIED, refused, "PERMISSION_DENIED")
         return None
 
 
@@ -282,14 +298,22 @@ class QuotaInterceptor(_Wrapping):
         return super()._wrap(handler, method)
 
     def before(self, method: str, context: Any) -> Any:
-        refused = self.charge(current_caller().identity, method.rpartition("/")[2])
+        refused = self.charge_or_wait(current_caller().identity, method.rpartition("/")[2])
         if refused is not None:
-            raise _RefusedError(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+            details, wait = refused
+            raise _RefusedError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, details, "RATE_LIMITED", retry_after=wait
+            )
         return None
 
     def charge(self, identity: str, name: str) -> str | None:
         """Takes one call of method ``name`` from ``identity``'s bucket; the refusal (with
         when to retry) when the bucket is empty. The HTTP API charges the same buckets."""
+        refused = self.charge_or_wait(identity, name)
+        return None if refused is None else refused[0]
+
+    def charge_or_wait(self, identity: str, name: str) -> tuple[str, float] | None:
+        """As :meth:`charge`, the refusal with the seconds it tells the caller to wait."""
         rate = self._rates.get(name)
         if rate is None:
             return None
@@ -299,10 +323,10 @@ class QuotaInterceptor(_Wrapping):
         tokens = min(rate, tokens + (now - last) * rate / 60.0)
         if tokens < 1.0:
             self._metrics.quota_refused(name)
-            wait = (1.0 - tokens) * 60.0 / rate
+            wait = max(1, round((1.0 - tokens) * 60.0 / rate))
             return (
-                f"quota: at most {rate:.0f} {name} calls a minute per caller; "
-                f"retry in {max(1, round(wait))} s"
+                f"quota: at most {rate:.0f} {name} calls a minute per caller; retry in {wait} s",
+                float(wait),
             )
         if len(self._buckets) >= self.MAX_BUCKETS:
             self._buckets.clear()

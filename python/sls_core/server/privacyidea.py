@@ -32,9 +32,9 @@ import grpc
 from sls_core import __version__, wire
 from sls_core.api.v1 import verification_pb2
 from sls_core.devices import DeviceType
-from sls_core.errors import InvalidInputError
+from sls_core.errors import AlreadyExistsError, InvalidInputError, NoSuchItemError
 from sls_core.server.domain import Domain
-from sls_core.server.http_api import ApiError, Route
+from sls_core.server.http_api import ApiError, Handler, Route
 from sls_core.server.interceptors import QuotaInterceptor, current_caller
 from sls_core.server.servicers import VerificationServicer, audit_or_unavailable
 from sls_core.server.status import Context
@@ -175,7 +175,7 @@ class PrivacyIdeaApi:
                 "/validate/check",
                 _VERIFY,
                 "privacyIDEA: authenticate (answer a challenge, redeem a push, passcode)",
-                self._check,
+                _parameter_errors(self._check),
                 form(_FIELDS["check"], ["user"]),
                 answer,
                 form=True,
@@ -186,7 +186,7 @@ class PrivacyIdeaApi:
                 "/validate/triggerchallenge",
                 _VERIFY,
                 "privacyIDEA: start challenge-response for the user's chosen device",
-                self._trigger,
+                _parameter_errors(self._trigger),
                 form(_FIELDS["triggerchallenge"], ["user"]),
                 answer,
                 form=True,
@@ -197,7 +197,7 @@ class PrivacyIdeaApi:
                 "/validate/polltransaction",
                 _VERIFY,
                 "privacyIDEA: has the push of this transaction been approved?",
-                self._poll,
+                _parameter_errors(self._poll),
                 None,
                 answer,
                 parameters={"transaction_id": ("query", {"type": "string"})},
@@ -306,6 +306,26 @@ class PrivacyIdeaApi:
             detail = {"message": "the push has not been answered yet", "transaction_id": token}
             return _envelope({"status": True, "value": False, "authentication": "REJECT"}, detail)
         return _verdict(outcome, None)
+
+
+def _parameter_errors(handler: Handler) -> Handler:
+    """privacyIDEA answers a user or item that does not exist (or exists already) as a
+    parameter error (HTTP 400, ERR905), as it did before NOT_FOUND / ALREADY_EXISTS: the
+    gRPC codes stay inside sls_core's own API."""
+
+    @functools.wraps(handler)
+    async def handle(data: dict[str, Any], context: Context) -> Any:
+        try:
+            return await handler(data, context)
+        except (NoSuchItemError, AlreadyExistsError) as e:
+            raise ApiError.invalid(e.field, e.rule) from None
+        except ApiError as e:
+            if e.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS):
+                raise
+            name, _, rule = e.message.partition(": ")
+            raise ApiError.invalid(e.field or name, e.rule or rule) from None
+
+    return handle
 
 
 def _params(data: dict[str, Any], endpoint: str) -> dict[str, str]:

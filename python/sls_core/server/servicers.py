@@ -48,7 +48,14 @@ from sls_core.server.audit import AuditTrail
 from sls_core.server.coalescing import Attempt, SingleVerifier
 from sls_core.server.domain import Domain
 from sls_core.server.interceptors import Caller, current_caller
-from sls_core.server.status import Context, RefusedError, abort_for, check_request, rpc
+from sls_core.server.status import (
+    UNAVAILABLE_RETRY,
+    Context,
+    RefusedError,
+    abort_for,
+    check_request,
+    rpc,
+)
 from sls_core.values import (
     Access,
     ActivationError,
@@ -97,7 +104,10 @@ def audit_or_unavailable() -> Iterator[None]:
         yield
     except OSError:
         raise RefusedError(
-            grpc.StatusCode.UNAVAILABLE, "the audit trail cannot be written: nothing was applied"
+            grpc.StatusCode.UNAVAILABLE,
+            "the audit trail cannot be written: nothing was applied",
+            "AUDIT_UNAVAILABLE",
+            retry_after=UNAVAILABLE_RETRY,
         ) from None
 
 
@@ -225,6 +235,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
             raise RefusedError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"usernames: at most {self.d.max_batch_items} items per batch (got {n})",
+                "BATCH_TOO_LARGE",
             )
         if len(request.tokens) != n or len(request.responses) != n:
             raise InvalidInputError(

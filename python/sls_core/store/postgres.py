@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from sls_core.errors import InvalidInputError
+from sls_core.errors import AlreadyExistsError, InvalidInputError
 from sls_core.sealing import MasterKeyRing
 from sls_core.store.base import (
     ActivationRow,
@@ -339,7 +339,7 @@ class _PostgresTx:
             (username, json.dumps(identity, sort_keys=True), now),
         )
         if row is None:
-            raise InvalidInputError("username", "already taken")
+            raise AlreadyExistsError("username", "already taken", "USERNAME_TAKEN")
         user_id = int(row[0])
         self._changed(user_id=user_id)
         return user_id
@@ -482,7 +482,7 @@ class _PostgresTx:
             "SELECT count(*) FROM users WHERE username = ANY(%b)", ([u for u, _ in users],)
         )
         if int(taken[0]) or len({u for u, _ in users}) != len(users):
-            raise InvalidInputError("username", "already taken")
+            raise AlreadyExistsError("username", "already taken", "USERNAME_TAKEN")
         cur = self._conn.cursor()
         with cur.copy("COPY users (id, username, identity, created_at) FROM STDIN") as copy:
             for i, (name, identity) in enumerate(users):

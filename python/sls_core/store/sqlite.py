@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sls_core.errors import InvalidInputError
+from sls_core.errors import AlreadyExistsError, InvalidInputError
 from sls_core.sealing import MasterKeyRing
 from sls_core.store.base import (
     ActivationRow,
@@ -251,7 +251,7 @@ class _SqliteTx:
                 (username, json.dumps(identity, sort_keys=True), now),
             )
         except sqlite3.IntegrityError:
-            raise InvalidInputError("username", "already taken") from None
+            raise AlreadyExistsError("username", "already taken", "USERNAME_TAKEN") from None
         user_id = int(cur.lastrowid or 0)
         self._changed(user_id=user_id)
         return user_id
@@ -423,7 +423,7 @@ class _SqliteTx:
                 ),
             )
         except sqlite3.IntegrityError:
-            raise InvalidInputError("username", "already taken") from None
+            raise AlreadyExistsError("username", "already taken", "USERNAME_TAKEN") from None
         self._conn.executemany(
             "INSERT INTO devices (id, type, state, serial, suite, secret, pin_hash, phone,"
             " issued_at, shipped_at, activated_at, expires_at, replaces)"

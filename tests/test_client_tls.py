@@ -149,7 +149,7 @@ def mtls_server(pki: Pki) -> Iterator[str]:
 def test_tls_with_the_test_ca(pki: Pki, tls_server: str) -> None:
     tls = TlsSettings(pki.ca.cert, server_name_override=SERVER_NAME)
     with SlsClient(tls_server, tls=tls, timeout=5) as client:
-        assert client.session_length("pin") == 3600.0
+        assert client.session_length("pin") == datetime.timedelta(hours=1)
 
 
 def test_tls_refuses_a_server_from_another_ca(pki: Pki, tls_server: str) -> None:

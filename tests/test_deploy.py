@@ -351,3 +351,51 @@ def test_the_server_serves_and_reloads_under_memory_deny_write_execute(tmp_path:
         reader.join(timeout=10)
         stderr.close()
     assert code == 0
+
+
+# -- a runtime-only install --------------------------------------------------------------
+
+#: What a server never needs: test, lint, type-check, benchmark and code-generation tools.
+_DEVELOPMENT_TOOLS = {
+    "pytest",
+    "hypothesis",
+    "ruff",
+    "mypy",
+    "pytest-benchmark",
+    "matplotlib",
+    "oath",
+    "pyotp",
+    "pypdf",
+    "grpcio-tools",
+    "mypy-protobuf",
+    "maturin",
+    "openapi-python-client",
+}
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_a_runtime_install_brings_no_development_tool() -> None:
+    """``pip install .`` installs the runtime dependencies only: none of them is a test,
+    lint or benchmark tool, the development extras hold those, and no module of the
+    package imports one (it would fail on a runtime-only install)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {_requirement_name(r) for r in project["dependencies"]}
+    assert runtime & _DEVELOPMENT_TOOLS == set()
+    extras = {
+        _requirement_name(r)
+        for name in ("test", "bench", "dev")
+        for r in project["optional-dependencies"][name]
+    }
+    assert {"pytest", "ruff", "mypy", "pytest-benchmark"} <= extras
+    modules = {name.replace("-", "_") for name in _DEVELOPMENT_TOOLS}
+    imports = re.compile(r"^\s*(?:from|import)\s+([A-Za-z_][A-Za-z0-9_]*)", re.MULTILINE)
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in sorted((ROOT / "python" / "sls_core").rglob("*.py"))
+        for module in imports.findall(path.read_text())
+        if module in modules
+    ]
+    assert offenders == []

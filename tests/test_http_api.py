@@ -5,10 +5,13 @@ the gRPC health."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import urllib.error
+import urllib.parse
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -16,9 +19,10 @@ from grpc_health.v1 import health_pb2
 
 from grpc_fixtures import InProcessServer, Pki
 from http_fixtures import HttpClient, http_client, serve_http
-from sls_core.api.v1 import activation_pb2
+from sls_core.api.v1 import activation_pb2, admin_pb2, verification_pb2
 from sls_core.devices import DeviceType
 from sls_core.server.config import ConfigError, ServerConfig, TlsConfig
+from sls_core.server.http_api import ApiError, json_to_message, message_to_json
 from sls_core.simulator import dsc_response
 
 pytest_plugins = ["grpc_fixtures"]
@@ -147,10 +151,9 @@ def test_password_failures_push_status_and_activation_in_the_same_style(
     assert answer["error"]["rule"] == "give only one of manual_code and payload"
     status, answer = http.post("/v1/pushes", {"username": "alice"})
     assert status == 400  # a DSC+ takes no pushes
-    status, answer = http.get("/v1/pushes/99?wait_seconds=0")
+    status, answer = http.get("/v1/pushes/99?wait=0s")
     assert (status, answer["error"]["field"]) == (404, "challenge_id")
     assert (answer["error"]["code"], answer["error"]["reason"]) == ("NOT_FOUND", "PUSH_NOT_FOUND")
-    assert http.get("/v1/pushes/99?wait_seconds=soon")[1]["error"]["field"] == "wait_seconds"
     assert http.get("/v1/pushes/99?colour=red")[1]["error"]["field"] == "colour"
 
 
@@ -300,3 +303,99 @@ def test_a_taken_port_fails_the_start_unless_it_is_the_development_default(
         assert server.server.http is None  # a warning; gRPC serves all the same
         health = server.stubs().health.Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# -- times: the proto3 JSON mapping -----------------------------------------------------------
+
+
+def test_times_travel_as_rfc_3339_strings_and_an_unset_one_is_left_out(
+    api: tuple[InProcessServer, HttpClient],
+) -> None:
+    server, http = api
+    server.clock.advance(0.5)  # 2027-01-15T08:00:00.5Z: the half second travels
+    status, c = http.post("/v1/challenges", {"username": "alice"})
+    assert status == 200
+    assert c["expires_at"].endswith("Z")
+    assert datetime.fromisoformat(c["expires_at"]) > datetime.fromtimestamp(server.clock.now(), UTC)
+    # The same instant the gRPC answer carries, to the nanosecond.
+    over_grpc = server.stubs().verification.IssueChallenge(
+        verification_pb2.IssueChallengeRequest(username="alice")
+    )
+    assert over_grpc.expires_at.ToJsonString() == c["expires_at"]
+    status, lockout = http.post("/v1/password-failures", {"username": "alice"})
+    assert status == 200
+    assert "locked_until" not in lockout  # unset: not locked
+    for _ in range(9):
+        status, lockout = http.post("/v1/password-failures", {"username": "alice"})
+    assert lockout["consecutive_failures"] == 10
+    assert lockout["locked_until"] == "2027-01-16T08:00:00.500Z"
+
+
+@pytest.mark.parametrize("wait", ["soon", "2.5", "1m", "-", "2.5 s"])
+def test_a_bad_duration_in_the_query_is_400_naming_the_field(
+    api: tuple[InProcessServer, HttpClient], wait: str
+) -> None:
+    _, http = api
+    status, answer = http.get(f"/v1/pushes/99?wait={urllib.parse.quote(wait)}")
+    assert status == 400
+    assert (answer["error"]["field"], answer["error"]["rule"]) == (
+        "wait",
+        'must be seconds with an "s", like "2.5s"',
+    )
+
+
+def test_a_negative_wait_is_refused_by_the_servicer_rule(
+    api: tuple[InProcessServer, HttpClient],
+) -> None:
+    _, http = api
+    status, answer = http.get("/v1/pushes/99?wait=-1.5s")
+    assert (status, answer["error"]["field"], answer["error"]["rule"]) == (
+        400,
+        "wait",
+        "must be 0 or more",
+    )
+
+
+def test_json_times_parse_both_ways_and_a_bad_timestamp_names_its_field() -> None:
+    message = json_to_message(
+        {"expires_at": "2026-12-05T02:02:03.5+01:00", "token": "t"},
+        verification_pb2.IssueChallengeResponse,
+    )
+    assert isinstance(message, verification_pb2.IssueChallengeResponse)
+    assert message.expires_at.ToNanoseconds() == 1_796_432_523_500_000_000
+    assert message_to_json(message)["expires_at"] == "2026-12-05T01:02:03.500Z"
+    for bad in ("yesterday", "12/05/2031", 1931432523.5, "2031-01-01T00:00:00"):
+        with pytest.raises(ApiError) as caught:
+            json_to_message({"expires_at": bad}, verification_pb2.IssueChallengeResponse)
+        assert (caught.value.field, caught.value.http_status) == ("expires_at", 400)
+        assert caught.value.rule == 'must be an RFC 3339 time like "2026-12-05T01:02:03.500Z"'
+        assert str(bad) not in json.dumps(caught.value.body())
+    nested = {"device": {"issued_at": "not a time"}}
+    with pytest.raises(ApiError) as caught:
+        json_to_message(nested, activation_pb2.CompleteActivationResponse)
+    assert caught.value.field == "device.issued_at"
+    session = json_to_message({"session_length": "108000s"}, admin_pb2.GetSessionLengthResponse)
+    assert message_to_json(session) == {"session_length": "108000s"}
+
+
+def test_the_openapi_document_types_times_as_strings(
+    api: tuple[InProcessServer, HttpClient],
+) -> None:
+    _, http = api
+    _, document = http.get("/openapi.json")
+    schemas = document["components"]["schemas"]
+    challenge = schemas["IssueChallengeResponse"]
+    assert challenge["properties"]["expires_at"] == {"type": "string", "format": "date-time"}
+    assert "expires_at" not in challenge["required"]  # unset: left out
+    assert "token" in challenge["required"]
+    device = schemas["Device"]["properties"]
+    assert device["activated_at"] == {"type": "string", "format": "date-time"}
+    (wait,) = [
+        p
+        for p in document["paths"]["/v1/pushes/{challenge_id}"]["get"]["parameters"]
+        if p["name"] == "wait"
+    ]
+    pattern = re.compile(wait["schema"]["pattern"])
+    assert wait["schema"]["type"] == "string"
+    assert all(pattern.match(s) for s in ("0s", "2.5s", "-1.000000001s", "30s"))
+    assert not any(pattern.match(s) for s in ("2.5", "1m", "s", "1.0000000001s"))

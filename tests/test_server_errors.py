@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -296,14 +297,15 @@ def test_push_bad_input(stubs: Stubs) -> None:
     error = refused(stubs.push.CreatePush, push_pb2.CreatePushRequest(username="alice"))
     assert error.details() == "device_id: the user has no active IB Key"
     error = refused(
-        stubs.push.GetPushStatus, push_pb2.GetPushStatusRequest(challenge_id=1, wait_seconds=-1)
+        stubs.push.GetPushStatus,
+        push_pb2.GetPushStatusRequest(challenge_id=1, wait=Duration(seconds=-1)),
     )
-    assert error.details() == "wait_seconds: must be 0 or more"
+    assert error.details() == "wait: must be 0 or more"
     error = refused(
         stubs.push.GetPushStatus,
-        push_pb2.GetPushStatusRequest(challenge_id=1, wait_seconds=float("nan")),
+        push_pb2.GetPushStatusRequest(challenge_id=1, wait=Duration(seconds=1, nanos=-1)),
     )
-    assert error.details() == "wait_seconds: must be 0 or more"
+    assert error.details().startswith("wait: must be a Duration")
     error = refused(stubs.push.GetPushStatus, push_pb2.GetPushStatusRequest(challenge_id=12345))
     assert (error.code(), error.details()) == (
         grpc.StatusCode.NOT_FOUND,

@@ -8,9 +8,11 @@ from __future__ import annotations
 import io
 import json
 import re
+from datetime import timedelta
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from pypdf import PdfReader
 
 from grpc_fixtures import CALL_TIMEOUT, GrpcIbKey, InProcessServer, Stubs
@@ -122,7 +124,8 @@ def test_ib_key_activated_from_the_qr_code_over_grpc_then_offline_login(stubs: S
 def test_ib_key_app_on_the_same_data_dir_then_login_over_grpc(server: InProcessServer) -> None:
     stubs = server.stubs()
     create_user(stubs, "carl")
-    # The device simulator talks to the store in the data dir, as the CLI simulator does.
+    # Another process on the same data dir activates the app (the CLI simulator goes through
+    # the server instead: tests/test_simulator_remote.py).
     other = SecureLogin.open(server.data_dir, clock=server.clock)
     try:
         app = SimulatedApp(server.data_dir / "app.json")
@@ -162,7 +165,7 @@ def test_push_approval_wakes_the_waiting_gateway_and_decline_and_fallback(
     push = stubs.push.CreatePush(push_pb2.CreatePushRequest(username="erin")).push
     # The gateway waits for the decision while the app approves it.
     waiting = stubs.push.GetPushStatus.future(
-        push_pb2.GetPushStatusRequest(challenge_id=push.challenge_id, wait_seconds=5),
+        push_pb2.GetPushStatusRequest(challenge_id=push.challenge_id, wait=Duration(seconds=5)),
         timeout=CALL_TIMEOUT,
     )
     assert app.answer_pushes(GrpcIbKey(stubs)) == [(push.challenge_id, 0)]  # LoginOutcome.OK
@@ -185,7 +188,9 @@ def test_push_approval_wakes_the_waiting_gateway_and_decline_and_fallback(
     # The push never arrives: the gateway stops waiting and falls back to challenge/response.
     push = stubs.push.CreatePush(push_pb2.CreatePushRequest(username="erin")).push
     status = stubs.push.GetPushStatus(
-        push_pb2.GetPushStatusRequest(challenge_id=push.challenge_id, wait_seconds=0.3),
+        push_pb2.GetPushStatusRequest(
+            challenge_id=push.challenge_id, wait=Duration(nanos=300_000_000)
+        ),
         timeout=CALL_TIMEOUT,
     )
     assert status.status == push_pb2.PUSH_STATUS_PENDING
@@ -210,7 +215,9 @@ def test_push_approval_wakes_the_waiting_gateway_and_decline_and_fallback(
 
 def _push_message(push: push_pb2.Push, decision: int) -> bytes:
     return bytes(
-        approval_message(push.challenge_id, push.user_id, push.device_id, push.expires_at, decision)
+        approval_message(
+            push.challenge_id, push.user_id, push.device_id, push.expires_at.seconds, decision
+        )
     )
 
 
@@ -250,7 +257,7 @@ def test_sms_activation_token_activates_an_ib_key(server: InProcessServer) -> No
     sent = stubs.activation.SendSmsActivation(
         activation_pb2.SendSmsActivationRequest(username="hal")
     )
-    assert sent.expires_at > server.clock.now()
+    assert sent.expires_at.ToNanoseconds() / 1e9 > server.clock.now()
     (message,) = read_outbox(server.data_dir / "sms-outbox.jsonl")
     token = re.search(r"[2-9A-Z]{4}-[2-9A-Z]{4}-[2-9A-Z]{4}-[2-9A-Z]{2}", message.text)
     assert token is not None
@@ -361,7 +368,8 @@ def test_ten_wrong_answers_lock_the_user_even_against_a_right_one(
     assert list(batch.outcomes) == [common_pb2.OUTCOME_WRONG] * 10 + [common_pb2.OUTCOME_LOCKED]
     status = stubs.policy.GetLockoutStatus(admin_pb2.GetLockoutStatusRequest(username="lea"))
     assert status.consecutive_failures == 10
-    assert status.locked_until == pytest.approx(server.clock.now() + DAY)
+    locked_until = status.locked_until.ToNanoseconds() / 1e9
+    assert locked_until == pytest.approx(server.clock.now() + DAY)
     # The locked attempt did not use its challenge up; after 24 hours it verifies.
     server.clock.advance(DAY)
     c = challenge(stubs, "lea")
@@ -430,7 +438,7 @@ def test_policy_answers(stubs: Stubs) -> None:
         == 0
     )
     session = stubs.policy.GetSessionLength(admin_pb2.GetSessionLengthRequest(unlock="face"))
-    assert session.seconds == 30 * 3600
+    assert session.session_length.ToTimedelta() == timedelta(hours=30)
 
 
 def test_m2fs_choose_device_and_share_refused_with_the_reason(server: InProcessServer) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import descriptor_pool
+from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -230,7 +231,9 @@ def test_sls_core_serve_sigterm_health_and_waiting_calls_end_then_exit_0(tmp_pat
         SimulatedApp(None).activate(GrpcIbKey(stubs), qr_png=offer.qr_png)
         push = stubs.push.CreatePush(push_pb2.CreatePushRequest(username="bob")).push
         waiting = stubs.push.GetPushStatus.future(
-            push_pb2.GetPushStatusRequest(challenge_id=push.challenge_id, wait_seconds=30),
+            push_pb2.GetPushStatusRequest(
+                challenge_id=push.challenge_id, wait=Duration(seconds=30)
+            ),
             timeout=CALL_TIMEOUT,
         )
         watch = stubs.health.Watch(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT)
@@ -556,7 +559,7 @@ def test_sighup_while_the_workers_start_kills_none_of_them(tmp_path: Path) -> No
         answer = stubs.policy.GetSessionLength(
             admin_pb2.GetSessionLengthRequest(unlock="pin"), timeout=CALL_TIMEOUT
         )
-        assert answer.seconds > 0
+        assert answer.session_length.ToNanoseconds() > 0
         stubs.channel.close()
         assert supervisor.terminate() == 0
         assert "worker exited" not in supervisor.log()

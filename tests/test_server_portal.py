@@ -141,7 +141,7 @@ def test_a_gateway_gets_an_online_card_only_within_the_temporary_passcodes_windo
     issued = gateway.portal.IssueOnlineCard(request, timeout=CALL_TIMEOUT)
     assert issued.device.type == common_pb2.DEVICE_TYPE_ONLINE_CARD
     assert issued.device.state == common_pb2.DEVICE_STATE_PENDING
-    assert issued.device.expires_at > mtls.clock.now()
+    assert issued.device.expires_at.ToNanoseconds() / 1e9 > mtls.clock.now()
     assert issued.card_png.startswith(b"\x89PNG")
     assert issued.card_pdf.startswith(b"%PDF")
     devices = own_devices(gateway, "ann")

@@ -414,3 +414,31 @@ def test_serve_takes_the_store_from_the_flag_then_the_environment_then_the_confi
     monkeypatch.setenv("SLS_CORE_STORE", "postgresql://sls@from-env/sls")
     assert chosen() == "postgresql://sls@from-env/sls"
     assert chosen("--store", "postgresql://sls@from-flag/sls") == "postgresql://sls@from-flag/sls"
+
+
+def test_the_admin_commands_read_the_store_url_as_the_server_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``python -m sls_core.admin`` takes ``--store``, else ``SLS_CORE_STORE_URL``, else the
+    older ``SLS_CORE_STORE``; both set and different is an error naming the variable."""
+    import argparse
+
+    from sls_core import admin
+
+    def chosen(flag: str | None = None) -> str | None:
+        return admin._store_url(argparse.Namespace(store=flag))
+
+    monkeypatch.delenv("SLS_CORE_STORE", raising=False)
+    monkeypatch.delenv("SLS_CORE_STORE_URL", raising=False)
+    assert chosen() is None
+    monkeypatch.setenv("SLS_CORE_STORE", "postgresql://sls@old-name/sls")
+    assert chosen() == "postgresql://sls@old-name/sls"
+    monkeypatch.delenv("SLS_CORE_STORE")
+    monkeypatch.setenv("SLS_CORE_STORE_URL", "postgresql://sls@new-name/sls")
+    assert chosen() == "postgresql://sls@new-name/sls"
+    assert chosen("postgresql://sls@flag/sls") == "postgresql://sls@flag/sls"
+    monkeypatch.setenv("SLS_CORE_STORE", "postgresql://sls:hunter2@other/sls")
+    with pytest.raises(SystemExit) as refused:
+        chosen()
+    assert "SLS_CORE_STORE_URL" in str(refused.value)
+    assert "hunter2" not in str(refused.value)

@@ -1,15 +1,18 @@
 """sls_core.wire, the one protobuf <-> value converter of the server and the client: every
 ``to_*`` / ``from_*`` pair round-trips, the wire's conventions (the outcome offset, "0 means
-none", unspecified access and purpose) hold, every enum member has a wire value, and a
-value that cannot be mapped is refused by field name without being quoted."""
+none", unset times, unspecified access and purpose) hold, every enum member has a wire
+value, and a value that cannot be mapped is refused by field name without being quoted."""
 
 from __future__ import annotations
 
 import traceback
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pytest
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -43,7 +46,7 @@ DSC = Device(
     state=DeviceState.ACTIVE,
     serial="DSC-0007",
     issued_at=100.0,
-    activated_at=200.0,
+    activated_at=200.125,
 )
 
 
@@ -186,7 +189,9 @@ def test_a_push_decision_the_domain_cannot_take_is_passed_on_as_none() -> None:
 def test_none_travels_as_the_empty_value() -> None:
     assert (wire.to_text(None), wire.from_text(""), wire.from_text("x")) == ("", None, "x")
     assert (wire.to_id(None), wire.from_id(0), wire.from_id(5)) == (0, None, 5)
-    assert (wire.to_time(None), wire.from_time(0.0), wire.from_time(1.5)) == (0.0, None, 1.5)
+    assert (wire.to_time(None), wire.to_time(0.0)) == (None, None)
+    unset = verification_pb2.RecordPasswordFailureResponse()
+    assert wire.from_time(unset, "locked_until") is None
     assert wire.from_tokens(["t1", "", "t3"]) == ["t1", None, "t3"]
     assert wire.from_tokens(["t1"]) == ["t1"]
 
@@ -194,10 +199,120 @@ def test_none_travels_as_the_empty_value() -> None:
 # -- messages --------------------------------------------------------------------------------
 
 
+# -- times and spans -------------------------------------------------------------------------
+
+
+@given(st.floats(min_value=1e9, max_value=4e9))  # 2001 to 2096
+def test_unix_seconds_round_trip_through_a_timestamp_exactly(seconds: float) -> None:
+    """A float's resolution there (about 0.2 microseconds) is coarser than a nanosecond."""
+    stamp = wire.to_time(seconds)
+    assert stamp is not None
+    assert 0 <= stamp.nanos < 1_000_000_000
+    message = verification_pb2.RecordPasswordFailureResponse(locked_until=stamp)
+    assert wire.from_time(message, "locked_until") == seconds
+
+
+@given(st.floats(min_value=1e-3, max_value=1e9))
+def test_any_time_travels_to_the_nearest_nanosecond(seconds: float) -> None:
+    message = verification_pb2.RecordPasswordFailureResponse(locked_until=wire.to_time(seconds))
+    assert wire.from_time(message, "locked_until") == pytest.approx(seconds, rel=0, abs=1e-9)
+
+
+def test_a_timestamp_keeps_the_sub_second_and_reads_as_utc() -> None:
+    stamp = wire.to_time(1_796_432_523.5)
+    assert stamp == Timestamp(seconds=1_796_432_523, nanos=500_000_000)
+    assert stamp.ToJsonString() == "2026-12-05T01:02:03.500Z"
+    message = activation_pb2.SendSmsActivationResponse(expires_at=stamp)
+    when = wire.from_datetime(message, "expires_at")
+    assert when == datetime(2026, 12, 5, 1, 2, 3, 500_000, tzinfo=UTC)
+    assert when.utcoffset() == timedelta(0)
+    assert wire.to_time(2.9999999999) == Timestamp(seconds=3)  # rounding carries the second
+
+
+def test_an_unset_timestamp_is_none_or_refused_where_one_is_required() -> None:
+    assert wire.from_lockout_status(admin_pb2.UnlockResponse()) == LockoutStatus(0, None)
+    with pytest.raises(InvalidInputError, match="expires_at: must be set"):
+        wire.from_datetime(activation_pb2.SendSmsActivationResponse(), "expires_at")
+    no_expiry = verification_pb2.IssueChallengeResponse(device_type=common_pb2.DEVICE_TYPE_SMS)
+    with pytest.raises(InvalidInputError, match="expires_at: must be set"):
+        wire.from_challenge(no_expiry)
+
+
+def test_a_timestamp_out_of_range_is_refused_by_field_name() -> None:
+    bad = common_pb2.Device(
+        device_id=1,
+        type=common_pb2.DEVICE_TYPE_SMS,
+        state=common_pb2.DEVICE_STATE_ACTIVE,
+        expires_at=Timestamp(seconds=1, nanos=-5),
+    )
+    with pytest.raises(InvalidInputError, match=r"device\.expires_at: must be a Timestamp"):
+        wire.from_device(bad)
+    far = admin_pb2.UnlockResponse(locked_until=Timestamp(seconds=10**12))
+    with pytest.raises(InvalidInputError, match="locked_until: must be a Timestamp"):
+        wire.from_lockout_status(far)
+
+
+def test_a_push_expires_on_a_whole_second() -> None:
+    message = push_pb2.Push(challenge_id=1, expires_at=Timestamp(seconds=1900, nanos=1))
+    with pytest.raises(InvalidInputError, match=r"push\.expires_at: must be set, on a whole"):
+        wire.from_push(message)
+    with pytest.raises(InvalidInputError, match=r"push\.expires_at"):
+        wire.from_push(push_pb2.Push(challenge_id=1))
+
+
+@pytest.mark.parametrize(
+    ("span", "nanos"),
+    [(0.5, 500_000_000), (2, 2_000_000_000), (timedelta(milliseconds=1500), 1_500_000_000),
+     (-1.25, -1_250_000_000), (0, 0)],
+)  # fmt: skip
+def test_a_span_travels_as_a_duration_from_timedelta_or_seconds(
+    span: timedelta | float, nanos: int
+) -> None:
+    duration = wire.to_duration(span, field_name="wait")
+    assert duration.ToNanoseconds() == nanos
+    assert wire.seconds_of(duration, field_name="wait") == nanos / 1e9
+    assert wire.from_duration(duration, field_name="wait") == timedelta(microseconds=nanos / 1000)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), True, "2s", None])
+def test_a_span_that_is_not_a_finite_number_or_timedelta_is_refused(bad: Any) -> None:
+    with pytest.raises(InvalidInputTypeError, match="wait: must be a timedelta"):
+        wire.to_duration(bad, field_name="wait")
+    for too_long in (1e12, timedelta(days=4_000_000)):
+        with pytest.raises(InvalidInputError, match="wait: must be within 10,000 years"):
+            wire.to_duration(too_long, field_name="wait")
+
+
+def test_a_duration_with_mixed_signs_is_refused() -> None:
+    with pytest.raises(InvalidInputError, match="uptime: must be a Duration"):
+        wire.from_duration(Duration(seconds=1, nanos=-1), field_name="uptime")
+
+
+def test_a_server_status_round_trips_with_its_times() -> None:
+    status = wire.ServerStatus(
+        version="1.2.3",
+        store_backend="postgresql",
+        schema_version=9,
+        active_key_id="k2",
+        key_ids_in_use={"k1": 1, "k2": 20},
+        users=3,
+        devices=4,
+        consumed_challenges=5,
+        started_at=datetime(2026, 12, 5, 1, 2, 3, 500_000, tzinfo=UTC),
+        uptime=timedelta(hours=2, microseconds=7),
+        serving=False,
+    )
+    message = wire.to_server_status(status)
+    assert message.started_at.ToJsonString() == "2026-12-05T01:02:03.500Z"
+    assert message.uptime.ToJsonString() == "7200.000007s"
+    assert wire.from_server_status(message) == status
+
+
 def test_a_device_round_trips_and_carries_its_security_level() -> None:
     message = wire.to_device(DSC)
     assert message.security_level == 1
-    assert message.expires_at == 0.0
+    assert not message.HasField("expires_at")  # None: unset, it does not expire
+    assert message.activated_at == Timestamp(seconds=200, nanos=125_000_000)
     assert wire.from_device(message) == DSC
     suspended = Device(8, DeviceType.ALPINE, DeviceState.SUSPENDED, "ALP-8", expires_at=9.0)
     assert wire.from_device(wire.to_device(suspended)) == suspended
@@ -272,7 +387,7 @@ def test_a_lockout_status_round_trips_in_each_message_that_carries_one(
         message = wire.to_lockout_status(status, message_type)
         assert isinstance(message, message_type)
         assert wire.from_lockout_status(message) == status
-    assert wire.to_lockout_status(LockoutStatus(0, None), message_type).locked_until == 0.0
+    assert not wire.to_lockout_status(LockoutStatus(0, None), message_type).HasField("locked_until")
 
 
 def test_withdrawal_limits_round_trip_and_unlimited_is_a_flag() -> None:
@@ -305,8 +420,9 @@ def test_the_results_only_the_wire_has_round_trip_and_keep_secrets_out_of_repr()
             return "<svg/>"
 
     offer = wire.from_activation_offer(wire.to_activation_offer(Offer()))
+    expires = datetime.fromtimestamp(1600.0, UTC)
     assert offer == wire.ActivationOffer(
-        "SLS1:PAYLOAD", "K7QM-4TZ9-HX3P-AB", 1600.0, b"\x89PNG", "<svg/>"
+        "SLS1:PAYLOAD", "K7QM-4TZ9-HX3P-AB", expires, b"\x89PNG", "<svg/>"
     )
     assert "PAYLOAD" not in repr(offer)
     assert "K7QM" not in repr(offer)

@@ -42,6 +42,7 @@ from tqdm import tqdm
 from sls_core.errors import InvalidInputError
 from sls_core.hsm import DEFAULT_PIN_ENV, Pkcs11Custody
 from sls_core.sealing import MasterKeyRing
+from sls_core.server.config import ConfigError, store_url_from_environment
 from sls_core.store import SqliteStore
 from sls_core.store.postgres import PostgresStore
 
@@ -49,9 +50,15 @@ __all__ = ["main"]
 
 
 def _store_url(args: argparse.Namespace) -> str | None:
-    """``--store``, else ``$SLS_CORE_STORE``: a PostgreSQL store; None: SQLite."""
-    url: str | None = args.store or os.environ.get("SLS_CORE_STORE") or None
-    return url
+    """``--store``, else ``$SLS_CORE_STORE_URL`` (or its older name ``$SLS_CORE_STORE``),
+    as the server reads them: a PostgreSQL store; None: SQLite."""
+    if args.store:
+        return str(args.store)
+    try:
+        found = store_url_from_environment(os.environ)
+    except ConfigError as err:
+        raise SystemExit(f"sls-core-admin: {err}") from None
+    return None if found is None else found[1]
 
 
 def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -221,8 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--key-file", help="master key file (default: DATA_DIR/master-key.json)")
     parser.add_argument(
         "--store",
-        help="postgresql:// URL of a shared store (default: $SLS_CORE_STORE, else SQLite "
-        "in DATA_DIR)",
+        help="postgresql:// URL of a shared store (default: $SLS_CORE_STORE_URL or "
+        "$SLS_CORE_STORE, else SQLite in DATA_DIR)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     r = commands.add_parser("rotate-master-key", help="re-seal everything under a new key")

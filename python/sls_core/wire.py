@@ -4,8 +4,12 @@ value, ``from_*`` reads the Python value of a message. The gRPC servicers and th
 client both convert here, so each convention of the wire is written once:
 
 * ``LoginOutcome`` value ``v`` travels as ``v + 1`` (0 is protobuf's "unspecified");
-* proto3 has no null: ``""``, ``0`` and ``0.0`` stand for ``None`` (no token, no device,
-  not locked, never expires);
+* proto3 has no null: ``""`` and ``0`` stand for ``None`` (no token, no device);
+* a time is a ``google.protobuf.Timestamp`` and a span a ``google.protobuf.Duration``. The
+  domain counts Unix seconds (floats): they travel to the nanosecond, and an unset
+  Timestamp is ``None`` (not locked, never expires). What only the wire returns
+  (:class:`ActivationOffer`, :class:`ServerStatus`, an SMS activation's expiry, a session
+  length) reads as a timezone-aware UTC ``datetime`` or a ``timedelta``;
 * an unspecified ``Access`` is trading; an unspecified ``Purpose`` is a login, or a
   step-up when the message names a task;
 * ``Decision`` and ``PushDecision``, ``DeviceType``/``DeviceState``/``SharingState`` and
@@ -25,13 +29,17 @@ extension nor the store, PIL or reportlab through it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypedDict, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from sls_core.api.v1 import activation_pb2, admin_pb2, common_pb2, push_pb2, verification_pb2
 from sls_core.errors import InvalidInputError, InvalidInputTypeError
@@ -63,16 +71,19 @@ __all__ = [
     "EnrollmentMessage",
     "OnlineCard",
     "SecurityLevel",
+    "ServerStatus",
     "build_message",
     "from_access",
     "from_activated",
     "from_activation_offer",
     "from_batch_result",
     "from_challenge",
+    "from_datetime",
     "from_decision",
     "from_device",
     "from_device_state",
     "from_device_type",
+    "from_duration",
     "from_enrollment",
     "from_id",
     "from_identity",
@@ -85,6 +96,7 @@ __all__ = [
     "from_push",
     "from_push_status",
     "from_security_level",
+    "from_server_status",
     "from_sharing_request",
     "from_sharing_state",
     "from_text",
@@ -93,6 +105,7 @@ __all__ = [
     "from_verdict",
     "from_withdrawal_limits",
     "purpose_of_batch",
+    "seconds_of",
     "to_access",
     "to_activated",
     "to_activation_offer",
@@ -102,6 +115,7 @@ __all__ = [
     "to_device",
     "to_device_state",
     "to_device_type",
+    "to_duration",
     "to_enrollment",
     "to_id",
     "to_identity",
@@ -114,6 +128,7 @@ __all__ = [
     "to_push",
     "to_push_status",
     "to_security_level",
+    "to_server_status",
     "to_sharing_request",
     "to_sharing_state",
     "to_text",
@@ -185,13 +200,102 @@ def from_id(value: int) -> int | None:
     return value or None
 
 
-def to_time(value: float | None) -> float:
-    """Unix seconds; "not set" (``None``) travels as ``0.0``."""
-    return value or 0.0
+# -- times and spans -------------------------------------------------------------------------
+
+#: google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)
+#: google.protobuf.Duration's range: about +-10,000 years.
+_DURATION_SECONDS = 315_576_000_000
+_NANOS = 1_000_000_000
 
 
-def from_time(value: float) -> float | None:
-    return value or None
+def to_time(seconds: float | None) -> Timestamp | None:
+    """Unix seconds (the domain's times) as a Timestamp, to the nanosecond; "not set"
+    (``None``, or the domain's ``0.0``) is None: the field stays unset."""
+    if not seconds:
+        return None
+    whole = math.floor(seconds)
+    nanos = round((seconds - whole) * _NANOS)  # the subtraction is exact
+    if nanos == _NANOS:
+        whole, nanos = whole + 1, 0
+    return Timestamp(seconds=whole, nanos=nanos)
+
+
+def _timestamp(message: Message, name: str, field_name: str | None) -> Timestamp | None:
+    """``message.<name>``, checked; None when unset."""
+    if not message.HasField(name):
+        return None
+    stamp: Timestamp = getattr(message, name)
+    low, high = _TIMESTAMP_SECONDS
+    if not (low <= stamp.seconds <= high and 0 <= stamp.nanos < _NANOS):
+        raise InvalidInputError(
+            field_name or name, "must be a Timestamp from year 1 to 9999 (nanos 0 to 999999999)"
+        )
+    return stamp
+
+
+def from_time(message: Message, name: str, *, field_name: str | None = None) -> float | None:
+    """The Unix seconds of ``message.<name>`` (a Timestamp); None when unset."""
+    stamp = _timestamp(message, name, field_name)
+    return None if stamp is None else stamp.seconds + stamp.nanos / _NANOS
+
+
+def _required_time(message: Message, name: str, field_name: str | None = None) -> float:
+    seconds = from_time(message, name, field_name=field_name)
+    if seconds is None:
+        raise InvalidInputError(field_name or name, "must be set")
+    return seconds
+
+
+def from_datetime(message: Message, name: str, *, field_name: str | None = None) -> datetime:
+    """``message.<name>`` (a Timestamp that must be set) as a timezone-aware UTC
+    ``datetime`` (to the microsecond, as far as ``datetime`` goes)."""
+    stamp = _timestamp(message, name, field_name)
+    if stamp is None:
+        raise InvalidInputError(field_name or name, "must be set")
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def to_duration(span: timedelta | float, *, field_name: str) -> Duration:
+    """A span (a ``timedelta``, or seconds) as a Duration, to the nanosecond."""
+    if isinstance(span, timedelta):
+        seconds = span.total_seconds()
+    elif isinstance(span, bool) or not isinstance(span, int | float) or not math.isfinite(span):
+        raise InvalidInputTypeError(field_name, "must be a timedelta or a finite number of seconds")
+    else:
+        seconds = span
+    if abs(seconds) > _DURATION_SECONDS:
+        raise InvalidInputError(field_name, "must be within 10,000 years")
+    duration = Duration()
+    if isinstance(span, timedelta):
+        duration.FromTimedelta(span)  # exact, to the microsecond
+    else:
+        duration.FromNanoseconds(round(span * _NANOS))
+    return duration
+
+
+def _checked_duration(duration: Duration, field_name: str) -> Duration:
+    seconds, nanos = duration.seconds, duration.nanos
+    if not (
+        abs(seconds) <= _DURATION_SECONDS
+        and abs(nanos) < _NANOS
+        and (seconds == 0 or nanos == 0 or (seconds > 0) == (nanos > 0))
+    ):
+        raise InvalidInputError(
+            field_name, "must be a Duration within 10,000 years (seconds and nanos of one sign)"
+        )
+    return duration
+
+
+def from_duration(duration: Duration, *, field_name: str) -> timedelta:
+    """A Duration as a ``timedelta`` (to the microsecond); unset is zero."""
+    return _checked_duration(duration, field_name).ToTimedelta()
+
+
+def seconds_of(duration: Duration, *, field_name: str) -> float:
+    """A Duration in seconds, to the nanosecond (what the domain takes); unset is zero."""
+    checked = _checked_duration(duration, field_name)
+    return checked.seconds + checked.nanos / _NANOS
 
 
 def from_tokens(values: Iterable[str]) -> list[str | None]:
@@ -436,9 +540,9 @@ def from_device(message: common_pb2.Device) -> Device:
         type=from_device_type(message.type, field_name="device.type"),
         state=from_device_state(message.state, field_name="device.state"),
         serial=message.serial,
-        issued_at=message.issued_at,
-        activated_at=from_time(message.activated_at),
-        expires_at=from_time(message.expires_at),
+        issued_at=from_time(message, "issued_at", field_name="device.issued_at") or 0.0,
+        activated_at=from_time(message, "activated_at", field_name="device.activated_at"),
+        expires_at=from_time(message, "expires_at", field_name="device.expires_at"),
     )
 
 
@@ -542,7 +646,7 @@ def to_challenge(challenge: Challenge) -> verification_pb2.IssueChallengeRespons
         token=challenge.token,
         device_id=challenge.device_id,
         device_type=to_device_type(challenge.device_type),
-        expires_at=challenge.expires_at,
+        expires_at=to_time(challenge.expires_at),
         challenge=to_text(challenge.challenge),
         card_indices=challenge.card_indices or (),
         purpose=to_purpose(challenge.purpose),
@@ -558,7 +662,7 @@ def from_challenge(message: verification_pb2.IssueChallengeResponse) -> Challeng
         device_id=message.device_id,
         device_type=from_device_type(message.device_type, field_name="device_type"),
         purpose=from_purpose(message.purpose, task=task),
-        expires_at=message.expires_at,
+        expires_at=_required_time(message, "expires_at"),
         challenge=from_text(message.challenge),
         card_indices=(indices[0], indices[1]) if len(indices) == 2 else None,
         task=task,
@@ -613,7 +717,8 @@ def to_lockout_status(status: LockoutStatus, message_type: type[LockoutMessage])
 
 
 def from_lockout_status(message: LockoutMessage) -> LockoutStatus:
-    return LockoutStatus(message.consecutive_failures, from_time(message.locked_until))
+    """An unset ``locked_until``: not locked."""
+    return LockoutStatus(message.consecutive_failures, from_time(message, "locked_until"))
 
 
 def to_withdrawal_limits(limits: WithdrawalLimits) -> admin_pb2.GetWithdrawalLimitsResponse:
@@ -634,18 +739,20 @@ def from_withdrawal_limits(message: admin_pb2.GetWithdrawalLimitsResponse) -> Wi
 
 
 def to_push(push: PushChallenge) -> push_pb2.Push:
+    """A push expires on a whole second: the app signs that second in its approval."""
     return push_pb2.Push(
         challenge_id=push.challenge_id,
         user_id=push.user_id,
         device_id=push.device_id,
-        expires_at=push.expires_at,
+        expires_at=Timestamp(seconds=push.expires_at),
     )
 
 
 def from_push(message: push_pb2.Push) -> PushChallenge:
-    return PushChallenge(
-        message.challenge_id, message.user_id, message.device_id, message.expires_at
-    )
+    stamp = _timestamp(message, "expires_at", "push.expires_at")
+    if stamp is None or stamp.nanos:
+        raise InvalidInputError("push.expires_at", "must be set, on a whole second")
+    return PushChallenge(message.challenge_id, message.user_id, message.device_id, stamp.seconds)
 
 
 def to_activated(done: Activated) -> activation_pb2.CompleteActivationResponse:
@@ -678,7 +785,8 @@ class ActivationOffer:
 
     payload: str = field(repr=False)
     manual_code: str = field(repr=False)
-    expires_at: float
+    #: When the offer stops being accepted (UTC).
+    expires_at: datetime
     qr_png: bytes = field(repr=False)
     qr_svg: str = field(repr=False)
 
@@ -701,7 +809,7 @@ def to_activation_offer(offer: ActivationOfferSource) -> activation_pb2.CreateAc
     return activation_pb2.CreateActivationResponse(
         payload=offer.payload,
         manual_code=offer.manual_code,
-        expires_at=offer.expires_at,
+        expires_at=to_time(offer.expires_at),
         qr_png=offer.qr_png(),
         qr_svg=offer.qr_svg(),
     )
@@ -709,7 +817,11 @@ def to_activation_offer(offer: ActivationOfferSource) -> activation_pb2.CreateAc
 
 def from_activation_offer(message: activation_pb2.CreateActivationResponse) -> ActivationOffer:
     return ActivationOffer(
-        message.payload, message.manual_code, message.expires_at, message.qr_png, message.qr_svg
+        message.payload,
+        message.manual_code,
+        from_datetime(message, "expires_at"),
+        message.qr_png,
+        message.qr_svg,
     )
 
 
@@ -751,3 +863,61 @@ def to_security_level(level: SecurityLevel) -> admin_pb2.GetSecurityLevelRespons
 def from_security_level(message: admin_pb2.GetSecurityLevelResponse) -> SecurityLevel:
     strongest = from_optional_device_type(message.strongest_device, field_name="strongest_device")
     return SecurityLevel(message.security_level, strongest)
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """A running server as an operator sees it (AdminService.GetServerStatus): the same
+    store figures ``python -m sls_core.admin status`` prints, and the process's health."""
+
+    #: sls_core's version (``sls-core --version``).
+    version: str
+    #: "sqlite" or "postgresql".
+    store_backend: str
+    schema_version: int
+    #: The master key id new values are sealed under.
+    active_key_id: str
+    #: Sealed values per master key id.
+    key_ids_in_use: Mapping[str, int]
+    users: int
+    devices: int
+    consumed_challenges: int
+    #: When the process started serving (UTC), and for how long it has.
+    started_at: datetime
+    uptime: timedelta
+    #: What grpc.health.v1 reports (False: store or audit trail unreachable, shutting down).
+    serving: bool
+
+
+def to_server_status(status: ServerStatus) -> admin_pb2.GetServerStatusResponse:
+    started_at = Timestamp()
+    started_at.FromDatetime(status.started_at)
+    return admin_pb2.GetServerStatusResponse(
+        version=status.version,
+        store_backend=status.store_backend,
+        schema_version=status.schema_version,
+        active_key_id=status.active_key_id,
+        key_ids_in_use=dict(status.key_ids_in_use),
+        users=status.users,
+        devices=status.devices,
+        consumed_challenges=status.consumed_challenges,
+        started_at=started_at,
+        uptime=to_duration(status.uptime, field_name="uptime"),
+        serving=status.serving,
+    )
+
+
+def from_server_status(message: admin_pb2.GetServerStatusResponse) -> ServerStatus:
+    return ServerStatus(
+        version=message.version,
+        store_backend=message.store_backend,
+        schema_version=message.schema_version,
+        active_key_id=message.active_key_id,
+        key_ids_in_use=dict(message.key_ids_in_use),
+        users=message.users,
+        devices=message.devices,
+        consumed_challenges=message.consumed_challenges,
+        started_at=from_datetime(message, "started_at"),
+        uptime=from_duration(message.uptime, field_name="uptime"),
+        serving=message.serving,
+    )

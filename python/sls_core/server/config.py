@@ -22,6 +22,7 @@ Example::
     workers = 2
     metrics_listen = "0.0.0.0:9464"                   # or metrics_port = 9464 (127.0.0.1)
     audit_log = "/var/log/sls/audit.jsonl"
+    tracing = "otlp"                                  # traces to $OTEL_EXPORTER_OTLP_ENDPOINT
 
     [tls]
     cert = "server.pem"
@@ -63,6 +64,7 @@ __all__ = [
     "DEFAULT_LISTEN",
     "ENVIRONMENT_VARIABLES",
     "ROLES",
+    "TRACING_MODES",
     "ConfigError",
     "ServerConfig",
     "TlsConfig",
@@ -98,6 +100,9 @@ _QUOTA_METHODS = frozenset(
     }
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: OpenTelemetry traces (sls_core.server.telemetry): none, printed on stdout, or sent to an
+#: OTLP collector named by the standard OTEL_* variables.
+TRACING_MODES = ("off", "console", "otlp")
 #: gRPC message sizes are C ints.
 MAX_MESSAGE_LIMIT = 2**31 - 1
 
@@ -172,6 +177,10 @@ class ServerConfig:
     #: Per-caller quotas, calls a minute, on the RPCs that cost money or create state
     #: (``[quotas]`` in TOML: method name = per minute, 0 = none).
     quotas: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_QUOTAS))
+    #: OpenTelemetry traces, one of TRACING_MODES: "otlp" sends them to the collector of
+    #: ``OTEL_EXPORTER_OTLP_ENDPOINT``, "console" prints them on stdout; needs the ``otel``
+    #: extra. "off": nothing of OpenTelemetry is imported.
+    tracing: str = "off"
 
     @property
     def audit_path(self) -> Path | None:
@@ -237,6 +246,8 @@ class ServerConfig:
             raise ConfigError("store.url", "must be a postgresql:// URL (omit it for SQLite)")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        if self.tracing not in TRACING_MODES:
+            raise ConfigError("tracing", f"must be one of {', '.join(TRACING_MODES)}")
         for cn, role in self.roles.items():
             if not isinstance(cn, str) or not cn:
                 raise ConfigError("roles", "keys are certificate subject CNs (non-empty)")
@@ -328,6 +339,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "metrics_listen": (str,),
     "audit_log": (str,),
     "auto_activation_days": (int,),
+    "tracing": (str,),
 }
 _TLS_KEYS = {"cert", "key", "client_ca", "require_client_auth"}
 
@@ -378,6 +390,8 @@ def _field_values(data: Mapping[str, Any], base_dir: Path | None) -> dict[str, A
                 value = path(str(value))
             elif key == "log_level":
                 value = str(value).upper()
+            elif key == "tracing":
+                value = str(value).strip().lower()
             elif key in ("http_listen", "metrics_listen") and value == "":
                 continue  # "": not served, as when the key is absent
             values[key] = value
@@ -485,7 +499,7 @@ def apply_environment(
     data: dict[str, Any] = {}
     variables: dict[str, str] = {}  # key path ("tls.cert") -> the variable that set it
     cleared: dict[str, None] = {}
-    store = _store_url(environ)
+    store = store_url_from_environment(environ)
     if store is not None:
         data["store"] = {"url": store[1]}
         variables["store.url"] = store[0]
@@ -535,7 +549,7 @@ def apply_environment(
         raise ConfigError(culprit, e.rule) from None
 
 
-def _store_url(environ: Mapping[str, str]) -> tuple[str, str] | None:
+def store_url_from_environment(environ: Mapping[str, str]) -> tuple[str, str] | None:
     """(variable, URL) from SLS_CORE_STORE_URL or its older name SLS_CORE_STORE."""
     new, old = environ.get(f"{_ENV_PREFIX}STORE_URL") or "", environ.get(_STORE_ALIAS) or ""
     if new and old and new != old:

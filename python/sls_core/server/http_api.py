@@ -10,7 +10,11 @@ of :mod:`sls_core.server.status` to an HTTP status here, in one table. The route
 ``/healthz`` (live) and ``/readyz`` (serving: the same health as gRPC).
 
 JSON mapping: enums by their short name (``"OK"``, ``"LOGIN"``, ``"DSC_PLUS"``), 64-bit
-integers as JSON numbers, bytes as base64, every field of an answer present.
+integers as JSON numbers, bytes as base64, every field of an answer present but an unset
+time. Times and spans follow the proto3 JSON mapping: a Timestamp is an RFC 3339 string in
+UTC (``"2026-12-05T01:02:03.500Z"``; any offset is accepted on input), a Duration a number
+of seconds with an ``s`` (``"2.5s"``); an unset Timestamp (not locked, never expires) is
+left out of an answer.
 
 Never logs or echoes a request body: no secret, PIN, code, response or token reaches a log
 line, an error or an exception (aiohttp's own access log, which would print the query
@@ -25,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -36,7 +41,9 @@ import grpc
 import grpc.aio
 from aiohttp import web
 from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
 from sls_core import wire
@@ -207,6 +214,39 @@ def _is_repeated(fd: Any) -> bool:
     return bool(fd.is_repeated)
 
 
+#: The well-known types that travel as JSON strings: name -> (the rule an input breaks,
+#: its JSON Schema).
+_TIME_TYPES: dict[str, tuple[str, dict[str, Any]]] = {
+    Timestamp.DESCRIPTOR.full_name: (
+        'must be an RFC 3339 time like "2026-12-05T01:02:03.500Z"',
+        {"type": "string", "format": "date-time"},
+    ),
+    Duration.DESCRIPTOR.full_name: (
+        'must be seconds with an "s", like "2.5s"',
+        {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$"},
+    ),
+}
+
+
+def _is_time(fd: Any) -> bool:
+    """A Timestamp or Duration field (a JSON string, not an object)."""
+    return fd.type == FieldDescriptor.TYPE_MESSAGE and fd.message_type.full_name in _TIME_TYPES
+
+
+def _time_from_json(fd: Any, value: object, where: str) -> Timestamp | Duration:
+    rule, schema = _TIME_TYPES[fd.message_type.full_name]
+    parsed: Timestamp | Duration = fd.message_type._concrete_class()
+    pattern = schema.get("pattern")  # protobuf's parser takes "2.5 s" too
+    if isinstance(value, str) and (pattern is None or re.fullmatch(pattern, value)):
+        try:
+            parsed.FromJsonString(value)
+        except ValueError:
+            pass  # protobuf's message quotes the value: refused below, without it
+        else:
+            return parsed
+    raise ApiError.invalid(where, rule)
+
+
 def _scalar_from_json(fd: Any, value: object, where: str) -> Any:
     kind = fd.type
     if kind == FieldDescriptor.TYPE_STRING:
@@ -262,7 +302,15 @@ def json_to_message(data: object, message_type: type[Message], prefix: str = "")
             chosen = message.WhichOneof(fd.containing_oneof.name)
             if chosen is not None:
                 raise ApiError.invalid(where, f"give only one of {chosen} and {name}")
-        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        if _is_time(fd) and _is_repeated(fd):
+            if not isinstance(value, list):
+                raise ApiError.invalid(where, "must be a list")
+            getattr(message, name).extend(
+                _time_from_json(fd, v, f"{where}[{i}]") for i, v in enumerate(value)
+            )
+        elif _is_time(fd):
+            getattr(message, name).CopyFrom(_time_from_json(fd, value, where))
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
             sub = fd.message_type._concrete_class
             if _is_repeated(fd):
                 if not isinstance(value, list):
@@ -294,13 +342,19 @@ def _scalar_to_json(fd: Any, value: Any) -> Any:
 
 
 def message_to_json(message: Message) -> dict[str, Any]:
-    """Every field of ``message`` (defaults included; an unset oneof member left out)."""
+    """Every field of ``message`` (defaults included; an unset oneof member and an unset
+    Timestamp or Duration left out)."""
     out: dict[str, Any] = {}
     for fd in message.DESCRIPTOR.fields:
         if fd.containing_oneof is not None and not message.HasField(fd.name):
             continue
         value = getattr(message, fd.name)
-        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        if _is_time(fd) and _is_repeated(fd):
+            out[fd.name] = [v.ToJsonString() for v in value]
+        elif _is_time(fd):
+            if message.HasField(fd.name):
+                out[fd.name] = value.ToJsonString()
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
             if _is_repeated(fd):
                 out[fd.name] = [message_to_json(v) for v in value]
             else:
@@ -327,6 +381,8 @@ def _scalar_schema(fd: Any) -> dict[str, Any]:
         return {"type": "string", "enum": _enum_names(fd.enum_type)}
     if kind == FieldDescriptor.TYPE_BYTES:
         return {"type": "string", "contentEncoding": "base64"}
+    if _is_time(fd):
+        return dict(_TIME_TYPES[fd.message_type.full_name][1])
     return {"$ref": _schema_ref(fd.message_type)}
 
 
@@ -339,7 +395,11 @@ def message_schema(descriptor: Any, schemas: dict[str, Any], *, answer: bool) ->
     messages added to ``schemas``."""
     properties: dict[str, Any] = {}
     for fd in descriptor.fields:
-        if fd.type == FieldDescriptor.TYPE_MESSAGE and fd.message_type.name not in schemas:
+        if (
+            fd.type == FieldDescriptor.TYPE_MESSAGE
+            and not _is_time(fd)
+            and fd.message_type.name not in schemas
+        ):
             schemas[fd.message_type.name] = {}
             schemas[fd.message_type.name] = message_schema(fd.message_type, schemas, answer=answer)
         item = _scalar_schema(fd)
@@ -349,8 +409,12 @@ def message_schema(descriptor: Any, schemas: dict[str, Any], *, answer: bool) ->
         "properties": properties,
         "additionalProperties": False,
     }
-    if answer:
-        schema["required"] = [fd.name for fd in descriptor.fields if fd.containing_oneof is None]
+    if answer:  # an unset time is left out
+        schema["required"] = [
+            fd.name
+            for fd in descriptor.fields
+            if fd.containing_oneof is None and (_is_repeated(fd) or not _is_time(fd))
+        ]
     return schema
 
 
@@ -376,6 +440,8 @@ class Route:
     request_schema: dict[str, Any] | None = None
     response_schema: dict[str, Any] = field(default_factory=dict)
     parameters: Mapping[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    #: Query parameters the route refuses to go without (path parameters always are).
+    required_parameters: frozenset[str] = frozenset()
     #: Form-encoded bodies are accepted too (privacyIDEA's endpoints).
     form: bool = False
     #: The body of an error answer (privacyIDEA's own shape); None: ``ApiError.body``.
@@ -529,11 +595,15 @@ def api_routes(
     push: PushServicer,
     schemas: dict[str, Any],
 ) -> list[Route]:
-    """The ``/v1`` routes: what a login gateway needs of the gRPC services."""
+    """The ``/v1`` routes: what a login gateway (and the IB Key app behind the mobile
+    gateway) needs of the gRPC services."""
     v, a, p = "/sls.v1.VerificationService/", "/sls.v1.ActivationService/", "/sls.v1.PushService/"
     challenge_id = {
         "challenge_id": ("path", {"type": "integer", "minimum": 0}),
-        "wait_seconds": ("query", {"type": "number", "minimum": 0}),
+        "wait": (
+            "query",
+            _scalar_schema(push_pb2.GetPushStatusRequest.DESCRIPTOR.fields_by_name["wait"]),
+        ),
     }
     return [
         rpc_route(
@@ -581,7 +651,7 @@ def api_routes(
             "GET",
             "/v1/pushes/{challenge_id}",
             p + "GetPushStatus",
-            "A push's status, waiting up to wait_seconds for the answer",
+            'A push\'s status, waiting up to `wait` (e.g. "2.5s") for the answer',
             push.GetPushStatus,
             push_pb2.GetPushStatusRequest,
             push_pb2.GetPushStatusResponse,
@@ -608,6 +678,38 @@ def api_routes(
             activation_pb2.CompleteActivationResponse,
             schemas=schemas,
         ),
+        # The app's side (the IB Key app through the mobile gateway, the device simulator):
+        # the key-bearing bodies go in POSTs, never in a URL.
+        rpc_route(
+            "POST",
+            "/v1/activations:recover",
+            a + "Recover",
+            "A reinstalled app re-enables its user with the IB Key PIN (new keys)",
+            activation.Recover,
+            activation_pb2.RecoverRequest,
+            activation_pb2.CompleteActivationResponse,
+            schemas=schemas,
+        ),
+        rpc_route(
+            "POST",
+            "/v1/pushes:pending",
+            p + "ListPendingPushes",
+            "The app: the pushes waiting for its push key",
+            push.ListPendingPushes,
+            push_pb2.ListPendingPushesRequest,
+            push_pb2.ListPendingPushesResponse,
+            schemas=schemas,
+        ),
+        rpc_route(
+            "POST",
+            "/v1/pushes:answer",
+            p + "AnswerPush",
+            "The app: approve or decline a push, signed with its push key",
+            push.AnswerPush,
+            push_pb2.AnswerPushRequest,
+            push_pb2.AnswerPushResponse,
+            schemas=schemas,
+        ),
     ]
 
 
@@ -632,13 +734,34 @@ _ERROR_SCHEMA = {
 }
 
 
+def _operation_id(route: Route, named_rpcs: set[str]) -> str:
+    """What a generated client names the call: the gRPC method's name for its first route
+    (``VerifyBatch`` -> ``verify_batch``), else the HTTP method and the path's words
+    (privacyIDEA's ``POST /validate/check``, on Verify's role -> ``post_validate_check``)."""
+    if route.rpc is not None and route.rpc not in named_rpcs:
+        named_rpcs.add(route.rpc)
+        name = route.rpc.rpartition("/")[2]
+        return "".join(
+            f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name)
+        )
+    words = "".join(c if c.isalnum() else " " for c in route.path.lower()).split()
+    return "_".join([route.method.lower(), *words])
+
+
 def openapi(routes: Sequence[Route], schemas: Mapping[str, Any], version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``routes``."""
     paths: dict[str, Any] = {}
+    named_rpcs: set[str] = set()
     for route in routes:
+        # privacyIDEA's routes answer errors in their own envelope (Route.error_body).
+        error = (
+            route.response_schema
+            if route.error_body is not None
+            else {"$ref": "#/components/schemas/Error"}
+        )
         operation: dict[str, Any] = {
             "summary": route.summary,
-            "operationId": route.label.replace(" ", "_"),
+            "operationId": _operation_id(route, named_rpcs),
             "responses": {
                 "200": {
                     "description": "OK",
@@ -646,11 +769,11 @@ def openapi(routes: Sequence[Route], schemas: Mapping[str, Any], version: str) -
                 },
                 "4XX": {
                     "description": "refused: bad input (the field and the rule), role, quota",
-                    "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    "content": {_JSON: {"schema": error}},
                 },
                 "5XX": {
                     "description": "unavailable (retry here or on another node) or internal",
-                    "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    "content": {_JSON: {"schema": error}},
                 },
             },
         }
@@ -658,7 +781,12 @@ def openapi(routes: Sequence[Route], schemas: Mapping[str, Any], version: str) -
             operation["description"] = f"gRPC {route.rpc}; role: {required_role(route.rpc)}"
         if route.parameters:
             operation["parameters"] = [
-                {"name": name, "in": where, "required": where == "path", "schema": schema}
+                {
+                    "name": name,
+                    "in": where,
+                    "required": where == "path" or name in route.required_parameters,
+                    "schema": schema,
+                }
                 for name, (where, schema) in route.parameters.items()
             ]
         if route.request_schema is not None:
@@ -904,14 +1032,20 @@ def _json_response(body: Any, status: int) -> web.Response:
     )
 
 
+#: aiohttp's own refusals: (the stable reason, as in ErrorInfo, and the words for people).
+_HTTP_REFUSALS = {
+    404: ("NO_SUCH_ROUTE", "no such route"),
+    405: ("METHOD_NOT_ALLOWED", "method not allowed on this route"),
+    413: ("BODY_TOO_LARGE", "the body is too large"),
+}
+
+
 def _http_error_body(error: web.HTTPException) -> dict[str, Any]:
-    reasons = {
-        404: "no such route",
-        405: "method not allowed on this route",
-        413: "the body is too large",
-    }
-    rule = reasons.get(error.status, error.reason)
-    return {"error": {"code": error.reason.upper().replace(" ", "_"), "message": rule}}
+    """The ``Error`` model of the OpenAPI document for a refusal aiohttp made itself (no
+    route, wrong method, a body over the limit): ``code``, ``reason`` and ``message``."""
+    code = error.reason.upper().replace(" ", "_")
+    reason, message = _HTTP_REFUSALS.get(error.status, (code, error.reason))
+    return {"error": {"code": code, "reason": reason, "message": message}}
 
 
 @web.middleware

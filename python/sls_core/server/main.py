@@ -38,6 +38,7 @@ from typing import Any
 from sls_core.errors import SlsError
 from sls_core.server.config import (
     DEFAULT_HTTP_LISTEN,
+    TRACING_MODES,
     ConfigError,
     ServerConfig,
     apply_environment,
@@ -70,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sls-core", description="sls_core gRPC server")
     parser.add_argument("--version", action="version", version=f"sls-core {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
+    # Listed for --help only: main() hands `admin ...` to sls_core.remote_admin unparsed.
+    commands.add_parser("admin", help="client services over gRPC: sls-core admin --help")
     serve = commands.add_parser("serve", help="start the gRPC server (and the HTTP/JSON API)")
     serve.add_argument("--config", help="TOML config file (see sls_core.server.config)")
     serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50051)")
@@ -82,11 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--store",
         help="postgresql://USER@HOST:PORT/DB, shared by several nodes "
-        "(default: $SLS_CORE_STORE, the config's store, else SQLite in the data dir)",
+        "(default: $SLS_CORE_STORE_URL or $SLS_CORE_STORE, the config's store, else SQLite "
+        "in the data dir)",
     )
     serve.add_argument("--workers", type=int, help="server processes sharing the port")
     serve.add_argument("--metrics-port", type=int, help="Prometheus on 127.0.0.1:PORT")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    serve.add_argument(
+        "--tracing",
+        choices=TRACING_MODES,
+        help="OpenTelemetry traces: otlp (to $OTEL_EXPORTER_OTLP_ENDPOINT), console (stdout) "
+        "or off (default: the config's tracing); needs the otel extra",
+    )
     return parser
 
 
@@ -108,6 +118,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         workers=args.workers,
         metrics_port=args.metrics_port,
         log_level=args.log_level.upper() if args.log_level else None,
+        tracing=args.tracing,
     )
 
 
@@ -310,9 +321,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A log rotation (SIGHUP) must not end the server while it starts; the supervisor or
     # the server sets its own handler once it has something to reopen.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["admin"]:
+        # A client of a running server: it loads neither the store nor the engine.
+        from sls_core import remote_admin
+
+        return remote_admin.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         config = _config(args)
+        if config.tracing != "off":  # the packages, before any worker starts
+            from sls_core.server.telemetry import require_tracing
+
+            require_tracing(config.tracing)
     except ConfigError as e:
         print(f"sls-core: config error: {e}", file=sys.stderr)
         return 2
@@ -335,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run(config)
         except OSError as e:
             return _cannot_start(e, 3)
+        except ConfigError as e:  # tracing's packages installed but broken
+            return _cannot_start(e, 2)
         return 0
     try:
         return _serve_workers(config)

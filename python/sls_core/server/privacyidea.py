@@ -201,6 +201,7 @@ class PrivacyIdeaApi:
                 None,
                 answer,
                 parameters={"transaction_id": ("query", {"type": "string"})},
+                required_parameters=frozenset({"transaction_id"}),
                 error_body=error_body,
             ),
         ]

@@ -20,15 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 
-from sls_core import cardprint, wire
+from sls_core import __version__, cardprint, wire
 from sls_core.api.v1 import (
     activation_pb2,
     activation_pb2_grpc,
@@ -56,6 +56,8 @@ from sls_core.server.status import (
     check_request,
     rpc,
 )
+from sls_core.store import SqliteStore
+from sls_core.store.postgres import PostgresStore
 from sls_core.values import (
     Access,
     ActivationError,
@@ -418,7 +420,7 @@ class ActivationServicer(activation_pb2_grpc.ActivationServiceServicer):
         self, request: activation_pb2.SendSmsActivationRequest, context: Context
     ) -> activation_pb2.SendSmsActivationResponse:
         expires = await self.d.run(context, self.d.sls.ibkey.send_sms_activation, request.username)
-        return activation_pb2.SendSmsActivationResponse(expires_at=expires)
+        return activation_pb2.SendSmsActivationResponse(expires_at=wire.to_time(expires))
 
 
 # -- push ---------------------------------------------------------------------------------
@@ -490,9 +492,9 @@ class PushServicer(push_pb2_grpc.PushServiceServicer):
     async def GetPushStatus(
         self, request: push_pb2.GetPushStatusRequest, context: Context
     ) -> push_pb2.GetPushStatusResponse:
-        wait = request.wait_seconds
-        if not (wait >= 0 and math.isfinite(wait)):
-            raise InvalidInputError("wait_seconds", "must be 0 or more")
+        wait = wire.seconds_of(request.wait, field_name="wait")
+        if wait < 0:
+            raise InvalidInputError("wait", "must be 0 or more")
         wait = min(wait, self.d.max_push_wait)
         deadline = self.d.deadline(context)
         if deadline is not None:  # answer before the caller gives up
@@ -663,9 +665,17 @@ def _sharing_details(sharing: SharingRequest) -> dict[str, Any]:
 
 
 class AdminServicer(_AuditedActions, admin_pb2_grpc.AdminServiceServicer):
-    """Client services (admin role), audited as ``admin.<Method>``."""
+    """Client services (admin role), audited as ``admin.<Method>``; GetServerStatus for
+    operators (a read: not audited). ``serving`` is the server's health (SlsServer's);
+    without it, serving means not shutting down and the audit trail writable."""
 
     audit_prefix = "admin"
+
+    def __init__(self, domain: Domain, *, serving: Callable[[], bool] | None = None) -> None:
+        super().__init__(domain)
+        self._serving = serving
+        self._started_at = datetime.now(UTC)
+        self._started = time.monotonic()
 
     @rpc
     async def CreateUser(
@@ -822,6 +832,37 @@ class AdminServicer(_AuditedActions, admin_pb2_grpc.AdminServiceServicer):
         )
         return wire.to_lockout_status(status, admin_pb2.UnlockResponse)
 
+    @rpc
+    async def GetServerStatus(
+        self, request: admin_pb2.GetServerStatusRequest, context: Context
+    ) -> admin_pb2.GetServerStatusResponse:
+        store = self.d.sls.store
+        if not isinstance(store, SqliteStore | PostgresStore):  # pragma: no cover
+            raise TypeError(f"no operator status for {type(store).__name__}")
+
+        def read() -> wire.ServerStatus:
+            counts = store.row_counts()  # what `python -m sls_core.admin status` prints
+            return wire.ServerStatus(
+                version=__version__,
+                store_backend="sqlite" if isinstance(store, SqliteStore) else "postgresql",
+                schema_version=store.schema_version,
+                active_key_id=store.active_key_id,
+                key_ids_in_use=store.key_ids_in_use(),
+                users=counts["users"],
+                devices=counts["devices"],
+                consumed_challenges=counts["consumed"],
+                started_at=self._started_at,
+                uptime=timedelta(seconds=time.monotonic() - self._started),
+                serving=self._is_serving(),
+            )
+
+        return wire.to_server_status(await self.d.run(context, read))
+
+    def _is_serving(self) -> bool:
+        if self._serving is not None:
+            return self._serving()
+        return not self.d.stopping.is_set() and self.d.audit.healthy
+
 
 class PortalServicer(_AuditedActions, portal_pb2_grpc.PortalServiceServicer):
     """The Client Portal's self-service (gateway role), audited as ``portal.<Method>``."""
@@ -919,7 +960,9 @@ class PolicyServicer(admin_pb2_grpc.PolicyServiceServicer):
         self, request: admin_pb2.GetSessionLengthRequest, context: Context
     ) -> admin_pb2.GetSessionLengthResponse:
         return admin_pb2.GetSessionLengthResponse(
-            seconds=self.d.sls.trading_session_length(request.unlock)
+            session_length=wire.to_duration(
+                self.d.sls.trading_session_length(request.unlock), field_name="session_length"
+            )
         )
 
     @rpc

@@ -79,6 +79,11 @@ class KeyFollower:
     def write(self, *, wait: bool = True) -> contextlib.AbstractContextManager[Any]:
         raise NotImplementedError
 
+    @property
+    def active_key_id(self) -> str:
+        """The master key id new values are sealed under (operators' status)."""
+        return self._keyring.active_key_id
+
     def _key_file_stamp(self) -> tuple[int, int, int] | None:
         if self._key_file is None:
             return None

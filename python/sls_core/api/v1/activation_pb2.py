@@ -23,30 +23,31 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from sls_core.api.v1 import common_pb2 as sls_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sls/v1/activation.proto\x12\x06sls.v1\x1a\x13sls/v1/common.proto\"+\n\x17\x43reateActivationRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"t\n\x18\x43reateActivationResponse\x12\x0f\n\x07payload\x18\x01 \x01(\t\x12\x13\n\x0bmanual_code\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\x0e\n\x06qr_png\x18\x04 \x01(\x0c\x12\x0e\n\x06qr_svg\x18\x05 \x01(\t\"\x83\x01\n\x19\x43ompleteActivationRequest\x12\x11\n\x07payload\x18\x01 \x01(\tH\x00\x12\x15\n\x0bmanual_code\x18\x02 \x01(\tH\x00\x12\x12\n\napp_public\x18\x03 \x01(\x0c\x12\x13\n\x0bpush_public\x18\x04 \x01(\x0c\x12\x0b\n\x03pin\x18\x05 \x01(\tB\x06\n\x04\x63ode\"\x88\x01\n\x1a\x43ompleteActivationResponse\x12\x1e\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x0e.sls.v1.Device\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x15\n\rserver_public\x18\x03 \x01(\x0c\x12\x12\n\nsession_id\x18\x04 \x01(\x0c\x12\r\n\x05suite\x18\x05 \x01(\t\"a\n\x0eRecoverRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x14\n\x0crecovery_pin\x18\x02 \x01(\t\x12\x12\n\napp_public\x18\x03 \x01(\x0c\x12\x13\n\x0bpush_public\x18\x04 \x01(\x0c\",\n\x18SendSmsActivationRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"/\n\x19SendSmsActivationResponse\x12\x12\n\nexpires_at\x18\x01 \x01(\x01\x32\xe8\x02\n\x11\x41\x63tivationService\x12U\n\x10\x43reateActivation\x12\x1f.sls.v1.CreateActivationRequest\x1a .sls.v1.CreateActivationResponse\x12[\n\x12\x43ompleteActivation\x12!.sls.v1.CompleteActivationRequest\x1a\".sls.v1.CompleteActivationResponse\x12X\n\x11SendSmsActivation\x12 .sls.v1.SendSmsActivationRequest\x1a!.sls.v1.SendSmsActivationResponse\x12\x45\n\x07Recover\x12\x16.sls.v1.RecoverRequest\x1a\".sls.v1.CompleteActivationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sls/v1/activation.proto\x12\x06sls.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13sls/v1/common.proto\"+\n\x17\x43reateActivationRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"\x90\x01\n\x18\x43reateActivationResponse\x12\x0f\n\x07payload\x18\x01 \x01(\t\x12\x13\n\x0bmanual_code\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06qr_png\x18\x04 \x01(\x0c\x12\x0e\n\x06qr_svg\x18\x05 \x01(\t\"\x83\x01\n\x19\x43ompleteActivationRequest\x12\x11\n\x07payload\x18\x01 \x01(\tH\x00\x12\x15\n\x0bmanual_code\x18\x02 \x01(\tH\x00\x12\x12\n\napp_public\x18\x03 \x01(\x0c\x12\x13\n\x0bpush_public\x18\x04 \x01(\x0c\x12\x0b\n\x03pin\x18\x05 \x01(\tB\x06\n\x04\x63ode\"\x88\x01\n\x1a\x43ompleteActivationResponse\x12\x1e\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x0e.sls.v1.Device\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x15\n\rserver_public\x18\x03 \x01(\x0c\x12\x12\n\nsession_id\x18\x04 \x01(\x0c\x12\r\n\x05suite\x18\x05 \x01(\t\"a\n\x0eRecoverRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x14\n\x0crecovery_pin\x18\x02 \x01(\t\x12\x12\n\napp_public\x18\x03 \x01(\x0c\x12\x13\n\x0bpush_public\x18\x04 \x01(\x0c\",\n\x18SendSmsActivationRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"K\n\x19SendSmsActivationResponse\x12.\n\nexpires_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xe8\x02\n\x11\x41\x63tivationService\x12U\n\x10\x43reateActivation\x12\x1f.sls.v1.CreateActivationRequest\x1a .sls.v1.CreateActivationResponse\x12[\n\x12\x43ompleteActivation\x12!.sls.v1.CompleteActivationRequest\x1a\".sls.v1.CompleteActivationResponse\x12X\n\x11SendSmsActivation\x12 .sls.v1.SendSmsActivationRequest\x1a!.sls.v1.SendSmsActivationResponse\x12\x45\n\x07Recover\x12\x16.sls.v1.RecoverRequest\x1a\".sls.v1.CompleteActivationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sls.v1.activation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATEACTIVATIONREQUEST']._serialized_start=56
-  _globals['_CREATEACTIVATIONREQUEST']._serialized_end=99
-  _globals['_CREATEACTIVATIONRESPONSE']._serialized_start=101
-  _globals['_CREATEACTIVATIONRESPONSE']._serialized_end=217
-  _globals['_COMPLETEACTIVATIONREQUEST']._serialized_start=220
-  _globals['_COMPLETEACTIVATIONREQUEST']._serialized_end=351
-  _globals['_COMPLETEACTIVATIONRESPONSE']._serialized_start=354
-  _globals['_COMPLETEACTIVATIONRESPONSE']._serialized_end=490
-  _globals['_RECOVERREQUEST']._serialized_start=492
-  _globals['_RECOVERREQUEST']._serialized_end=589
-  _globals['_SENDSMSACTIVATIONREQUEST']._serialized_start=591
-  _globals['_SENDSMSACTIVATIONREQUEST']._serialized_end=635
-  _globals['_SENDSMSACTIVATIONRESPONSE']._serialized_start=637
-  _globals['_SENDSMSACTIVATIONRESPONSE']._serialized_end=684
-  _globals['_ACTIVATIONSERVICE']._serialized_start=687
-  _globals['_ACTIVATIONSERVICE']._serialized_end=1047
+  _globals['_CREATEACTIVATIONREQUEST']._serialized_start=89
+  _globals['_CREATEACTIVATIONREQUEST']._serialized_end=132
+  _globals['_CREATEACTIVATIONRESPONSE']._serialized_start=135
+  _globals['_CREATEACTIVATIONRESPONSE']._serialized_end=279
+  _globals['_COMPLETEACTIVATIONREQUEST']._serialized_start=282
+  _globals['_COMPLETEACTIVATIONREQUEST']._serialized_end=413
+  _globals['_COMPLETEACTIVATIONRESPONSE']._serialized_start=416
+  _globals['_COMPLETEACTIVATIONRESPONSE']._serialized_end=552
+  _globals['_RECOVERREQUEST']._serialized_start=554
+  _globals['_RECOVERREQUEST']._serialized_end=651
+  _globals['_SENDSMSACTIVATIONREQUEST']._serialized_start=653
+  _globals['_SENDSMSACTIVATIONREQUEST']._serialized_end=697
+  _globals['_SENDSMSACTIVATIONRESPONSE']._serialized_start=699
+  _globals['_SENDSMSACTIVATIONRESPONSE']._serialized_end=774
+  _globals['_ACTIVATIONSERVICE']._serialized_start=777
+  _globals['_ACTIVATIONSERVICE']._serialized_end=1137
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ completes it. See SLS-RULES "IB Key activation by QR code".
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from sls_core.api.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -52,19 +53,22 @@ class CreateActivationResponse(_message.Message):
     """The QR code's text: "SLS1:" + base32."""
     manual_code: _builtins.str
     """The string printed under the QR code, e.g. "K7QM-4TZ9-HX3P-AB"."""
-    expires_at: _builtins.float
     qr_png: _builtins.bytes
     qr_svg: _builtins.str
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """After this the offer is refused ("already used or expired")."""
+
     def __init__(
         self,
         *,
         payload: _builtins.str = ...,
         manual_code: _builtins.str = ...,
-        expires_at: _builtins.float = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
         qr_png: _builtins.bytes = ...,
         qr_svg: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "manual_code", b"manual_code", "payload", b"payload", "qr_png", b"qr_png", "qr_svg", b"qr_svg"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
@@ -197,13 +201,16 @@ class SendSmsActivationResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
-    expires_at: _builtins.float
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the texted activation token stops being accepted."""
+
     def __init__(
         self,
         *,
-        expires_at: _builtins.float = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...

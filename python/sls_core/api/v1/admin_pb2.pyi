@@ -9,7 +9,9 @@ Client Portal are PortalService's (portal.proto), which takes some of these mess
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from sls_core.api.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
@@ -700,16 +702,19 @@ Global___GetSessionLengthRequest: _TypeAlias = GetSessionLengthRequest  # noqa: 
 class GetSessionLengthResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    SECONDS_FIELD_NUMBER: _builtins.int
-    seconds: _builtins.float
+    SESSION_LENGTH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session_length(self) -> _duration_pb2.Duration:
+        """How long a trading session opened with this unlock lasts."""
+
     def __init__(
         self,
         *,
-        seconds: _builtins.float = ...,
+        session_length: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session_length", b"session_length"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["seconds", b"seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_length", b"session_length"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -741,15 +746,17 @@ class GetLockoutStatusResponse(_message.Message):
     CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
     LOCKED_UNTIL_FIELD_NUMBER: _builtins.int
     consecutive_failures: _builtins.int
-    locked_until: _builtins.float
-    """Unix seconds; 0 when not locked."""
+    @_builtins.property
+    def locked_until(self) -> _timestamp_pb2.Timestamp:
+        """When the lock ends; unset when not locked."""
+
     def __init__(
         self,
         *,
         consecutive_failures: _builtins.int = ...,
-        locked_until: _builtins.float = ...,
+        locked_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["locked_until", b"locked_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "locked_until", b"locked_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
@@ -783,18 +790,118 @@ class UnlockResponse(_message.Message):
     CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
     LOCKED_UNTIL_FIELD_NUMBER: _builtins.int
     consecutive_failures: _builtins.int
-    locked_until: _builtins.float
-    """Unix seconds; 0 when not locked."""
+    @_builtins.property
+    def locked_until(self) -> _timestamp_pb2.Timestamp:
+        """When the lock ends; unset when not locked."""
+
     def __init__(
         self,
         *,
         consecutive_failures: _builtins.int = ...,
-        locked_until: _builtins.float = ...,
+        locked_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["locked_until", b"locked_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "locked_until", b"locked_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnlockResponse: _TypeAlias = UnlockResponse  # noqa: Y015
+
+@_typing.final
+class GetServerStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerStatusRequest: _TypeAlias = GetServerStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetServerStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class KeyIdsInUseEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    STORE_BACKEND_FIELD_NUMBER: _builtins.int
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    ACTIVE_KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_IDS_IN_USE_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    CONSUMED_CHALLENGES_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    UPTIME_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """sls_core's version (what `sls-core --version` prints)."""
+    store_backend: _builtins.str
+    """"sqlite" or "postgresql"."""
+    schema_version: _builtins.int
+    active_key_id: _builtins.str
+    """The master key id this server seals new values under."""
+    users: _builtins.int
+    devices: _builtins.int
+    consumed_challenges: _builtins.int
+    """Challenges answered (kept until they expire, so that none is answered twice)."""
+    serving: _builtins.bool
+    """What grpc.health.v1 reports: false while the store or the audit trail cannot be
+    reached, or once shutdown began.
+    """
+    @_builtins.property
+    def key_ids_in_use(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Sealed values per master key id (a key id missing here seals nothing)."""
+
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When this server process started serving, and for how long it has."""
+
+    @_builtins.property
+    def uptime(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        store_backend: _builtins.str = ...,
+        schema_version: _builtins.int = ...,
+        active_key_id: _builtins.str = ...,
+        key_ids_in_use: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        users: _builtins.int = ...,
+        devices: _builtins.int = ...,
+        consumed_challenges: _builtins.int = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        uptime: _duration_pb2.Duration | None = ...,
+        serving: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at", "uptime", b"uptime"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_key_id", b"active_key_id", "consumed_challenges", b"consumed_challenges", "devices", b"devices", "key_ids_in_use", b"key_ids_in_use", "schema_version", b"schema_version", "serving", b"serving", "started_at", b"started_at", "store_backend", b"store_backend", "uptime", b"uptime", "users", b"users", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerStatusResponse: _TypeAlias = GetServerStatusResponse  # noqa: Y015

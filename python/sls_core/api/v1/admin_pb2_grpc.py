@@ -100,6 +100,11 @@ class AdminServiceStub:
                 request_serializer=sls_dot_v1_dot_admin__pb2.UnlockRequest.SerializeToString,
                 response_deserializer=sls_dot_v1_dot_admin__pb2.UnlockResponse.FromString,
                 _registered_method=True)
+        self.GetServerStatus = channel.unary_unary(
+                '/sls.v1.AdminService/GetServerStatus',
+                request_serializer=sls_dot_v1_dot_admin__pb2.GetServerStatusRequest.SerializeToString,
+                response_deserializer=sls_dot_v1_dot_admin__pb2.GetServerStatusResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -194,6 +199,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerStatus(self, request, context):
+        """For operators: this server's version, store, master keys, what the store holds, and
+        its health (what `python -m sls_core.admin status` prints, from a running server).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -261,6 +274,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Unlock,
                     request_deserializer=sls_dot_v1_dot_admin__pb2.UnlockRequest.FromString,
                     response_serializer=sls_dot_v1_dot_admin__pb2.UnlockResponse.SerializeToString,
+            ),
+            'GetServerStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerStatus,
+                    request_deserializer=sls_dot_v1_dot_admin__pb2.GetServerStatusRequest.FromString,
+                    response_serializer=sls_dot_v1_dot_admin__pb2.GetServerStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -614,6 +632,33 @@ class AdminService:
             '/sls.v1.AdminService/Unlock',
             sls_dot_v1_dot_admin__pb2.UnlockRequest.SerializeToString,
             sls_dot_v1_dot_admin__pb2.UnlockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sls.v1.AdminService/GetServerStatus',
+            sls_dot_v1_dot_admin__pb2.GetServerStatusRequest.SerializeToString,
+            sls_dot_v1_dot_admin__pb2.GetServerStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

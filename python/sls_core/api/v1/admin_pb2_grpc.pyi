@@ -63,6 +63,10 @@ class AdminServiceStub:
     """After verifying the user's identity by phone: ends the lock and the run of failures.
     Audited with the caller's identity.
     """
+    GetServerStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetServerStatusRequest, _admin_pb2.GetServerStatusResponse]
+    """For operators: this server's version, store, master keys, what the store holds, and
+    its health (what `python -m sls_core.admin status` prints, from a running server).
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -94,6 +98,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     Unlock: _aio.UnaryUnaryMultiCallable[_admin_pb2.UnlockRequest, _admin_pb2.UnlockResponse]  # type: ignore[assignment]
     """After verifying the user's identity by phone: ends the lock and the run of failures.
     Audited with the caller's identity.
+    """
+    GetServerStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetServerStatusRequest, _admin_pb2.GetServerStatusResponse]  # type: ignore[assignment]
+    """For operators: this server's version, store, master keys, what the store holds, and
+    its health (what `python -m sls_core.admin status` prints, from a running server).
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -201,6 +209,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.UnlockResponse, _abc.Awaitable[_admin_pb2.UnlockResponse]]:
         """After verifying the user's identity by phone: ends the lock and the run of failures.
         Audited with the caller's identity.
+        """
+
+    @_abc_1.abstractmethod
+    def GetServerStatus(
+        self,
+        request: _admin_pb2.GetServerStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetServerStatusResponse, _abc.Awaitable[_admin_pb2.GetServerStatusResponse]]:
+        """For operators: this server's version, store, master keys, what the store holds, and
+        its health (what `python -m sls_core.admin status` prints, from a running server).
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,9 +23,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13sls/v1/common.proto\x12\x06sls.v1\"\xc6\x01\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\x04\x12 \n\x04type\x18\x02 \x01(\x0e\x32\x12.sls.v1.DeviceType\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.sls.v1.DeviceState\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12\x11\n\tissued_at\x18\x05 \x01(\x01\x12\x14\n\x0c\x61\x63tivated_at\x18\x06 \x01(\x01\x12\x12\n\nexpires_at\x18\x07 \x01(\x01\x12\x16\n\x0esecurity_level\x18\x08 \x01(\x05\"\x9c\x01\n\x0eSharingRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x11\n\trequester\x18\x03 \x01(\t\x12\x11\n\tdevice_id\x18\x04 \x01(\x04\x12#\n\x05state\x18\x05 \x01(\x0e\x32\x14.sls.v1.SharingState\x12\x1c\n\x14set_aside_device_ids\x18\x06 \x03(\x04*\xfa\x02\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x11\n\rOUTCOME_WRONG\x10\x02\x12\x15\n\x11OUTCOME_MALFORMED\x10\x03\x12\x13\n\x0fOUTCOME_EXPIRED\x10\x04\x12\x14\n\x10OUTCOME_REPLAYED\x10\x05\x12\x12\n\x0eOUTCOME_LOCKED\x10\x06\x12\x18\n\x14OUTCOME_UNKNOWN_USER\x10\x07\x12\x1a\n\x16OUTCOME_NO_SUCH_DEVICE\x10\x08\x12\x1d\n\x19OUTCOME_DEVICE_NOT_ACTIVE\x10\t\x12\x19\n\x15OUTCOME_SCOPE_LIMITED\x10\n\x12\x1c\n\x18OUTCOME_INVALID_USERNAME\x10\x0b\x12\x1d\n\x19OUTCOME_CHALLENGE_INVALID\x10\x0c\x12\x1a\n\x16OUTCOME_ACCOUNT_CLOSED\x10\r\x12\x14\n\x10OUTCOME_DECLINED\x10\x0e*\xc4\x02\n\nDeviceType\x12\x1b\n\x17\x44\x45VICE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45VICE_TYPE_DSC_PLUS\x10\x01\x12\x16\n\x12\x44\x45VICE_TYPE_IB_KEY\x10\x02\x12\x18\n\x14\x44\x45VICE_TYPE_PLATINUM\x10\x03\x12\x14\n\x10\x44\x45VICE_TYPE_GOLD\x10\x04\x12%\n!DEVICE_TYPE_DIGITAL_SECURITY_CARD\x10\x05\x12\"\n\x1e\x44\x45VICE_TYPE_SECURITY_CODE_CARD\x10\x06\x12\x13\n\x0f\x44\x45VICE_TYPE_SMS\x10\x07\x12\"\n\x1e\x44\x45VICE_TYPE_TEMPORARY_PASSCODE\x10\x08\x12\x1b\n\x17\x44\x45VICE_TYPE_ONLINE_CARD\x10\t\x12\x16\n\x12\x44\x45VICE_TYPE_ALPINE\x10\n*\xaf\x01\n\x0b\x44\x65viceState\x12\x1c\n\x18\x44\x45VICE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45VICE_STATE_PENDING\x10\x01\x12\x17\n\x13\x44\x45VICE_STATE_ACTIVE\x10\x02\x12\x18\n\x14\x44\x45VICE_STATE_REVOKED\x10\x03\x12\x19\n\x15\x44\x45VICE_STATE_REPLACED\x10\x04\x12\x1a\n\x16\x44\x45VICE_STATE_SUSPENDED\x10\x05*_\n\x06\x41\x63\x63\x65ss\x12\x16\n\x12\x41\x43\x43\x45SS_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x43\x43\x45SS_TRADING\x10\x01\x12\x11\n\rACCESS_PORTAL\x10\x02\x12\x16\n\x12\x41\x43\x43\x45SS_ONLINE_CARD\x10\x03*\x91\x01\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x11\n\rPURPOSE_LOGIN\x10\x01\x12\x16\n\x12PURPOSE_ACTIVATION\x10\x02\x12\x18\n\x14PURPOSE_REACTIVATION\x10\x03\x12\x13\n\x0fPURPOSE_STEP_UP\x10\x04\x12\x13\n\x0fPURPOSE_SHARING\x10\x05*\x7f\n\x0cSharingState\x12\x1d\n\x19SHARING_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SHARING_STATE_PENDING\x10\x01\x12\x18\n\x14SHARING_STATE_ACTIVE\x10\x02\x12\x1b\n\x17SHARING_STATE_CANCELLED\x10\x03\x42\x02P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13sls/v1/common.proto\x12\x06sls.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x02\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\x04\x12 \n\x04type\x18\x02 \x01(\x0e\x32\x12.sls.v1.DeviceType\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.sls.v1.DeviceState\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12-\n\tissued_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x61\x63tivated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0esecurity_level\x18\x08 \x01(\x05\"\x9c\x01\n\x0eSharingRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x11\n\trequester\x18\x03 \x01(\t\x12\x11\n\tdevice_id\x18\x04 \x01(\x04\x12#\n\x05state\x18\x05 \x01(\x0e\x32\x14.sls.v1.SharingState\x12\x1c\n\x14set_aside_device_ids\x18\x06 \x03(\x04*\xfa\x02\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x11\n\rOUTCOME_WRONG\x10\x02\x12\x15\n\x11OUTCOME_MALFORMED\x10\x03\x12\x13\n\x0fOUTCOME_EXPIRED\x10\x04\x12\x14\n\x10OUTCOME_REPLAYED\x10\x05\x12\x12\n\x0eOUTCOME_LOCKED\x10\x06\x12\x18\n\x14OUTCOME_UNKNOWN_USER\x10\x07\x12\x1a\n\x16OUTCOME_NO_SUCH_DEVICE\x10\x08\x12\x1d\n\x19OUTCOME_DEVICE_NOT_ACTIVE\x10\t\x12\x19\n\x15OUTCOME_SCOPE_LIMITED\x10\n\x12\x1c\n\x18OUTCOME_INVALID_USERNAME\x10\x0b\x12\x1d\n\x19OUTCOME_CHALLENGE_INVALID\x10\x0c\x12\x1a\n\x16OUTCOME_ACCOUNT_CLOSED\x10\r\x12\x14\n\x10OUTCOME_DECLINED\x10\x0e*\xc4\x02\n\nDeviceType\x12\x1b\n\x17\x44\x45VICE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45VICE_TYPE_DSC_PLUS\x10\x01\x12\x16\n\x12\x44\x45VICE_TYPE_IB_KEY\x10\x02\x12\x18\n\x14\x44\x45VICE_TYPE_PLATINUM\x10\x03\x12\x14\n\x10\x44\x45VICE_TYPE_GOLD\x10\x04\x12%\n!DEVICE_TYPE_DIGITAL_SECURITY_CARD\x10\x05\x12\"\n\x1e\x44\x45VICE_TYPE_SECURITY_CODE_CARD\x10\x06\x12\x13\n\x0f\x44\x45VICE_TYPE_SMS\x10\x07\x12\"\n\x1e\x44\x45VICE_TYPE_TEMPORARY_PASSCODE\x10\x08\x12\x1b\n\x17\x44\x45VICE_TYPE_ONLINE_CARD\x10\t\x12\x16\n\x12\x44\x45VICE_TYPE_ALPINE\x10\n*\xaf\x01\n\x0b\x44\x65viceState\x12\x1c\n\x18\x44\x45VICE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45VICE_STATE_PENDING\x10\x01\x12\x17\n\x13\x44\x45VICE_STATE_ACTIVE\x10\x02\x12\x18\n\x14\x44\x45VICE_STATE_REVOKED\x10\x03\x12\x19\n\x15\x44\x45VICE_STATE_REPLACED\x10\x04\x12\x1a\n\x16\x44\x45VICE_STATE_SUSPENDED\x10\x05*_\n\x06\x41\x63\x63\x65ss\x12\x16\n\x12\x41\x43\x43\x45SS_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x43\x43\x45SS_TRADING\x10\x01\x12\x11\n\rACCESS_PORTAL\x10\x02\x12\x16\n\x12\x41\x43\x43\x45SS_ONLINE_CARD\x10\x03*\x91\x01\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x11\n\rPURPOSE_LOGIN\x10\x01\x12\x16\n\x12PURPOSE_ACTIVATION\x10\x02\x12\x18\n\x14PURPOSE_REACTIVATION\x10\x03\x12\x13\n\x0fPURPOSE_STEP_UP\x10\x04\x12\x13\n\x0fPURPOSE_SHARING\x10\x05*\x7f\n\x0cSharingState\x12\x1d\n\x19SHARING_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SHARING_STATE_PENDING\x10\x01\x12\x18\n\x14SHARING_STATE_ACTIVE\x10\x02\x12\x1b\n\x17SHARING_STATE_CANCELLED\x10\x03\x42\x02P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,20 +34,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sls.v1.common_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'P\001'
-  _globals['_OUTCOME']._serialized_start=392
-  _globals['_OUTCOME']._serialized_end=770
-  _globals['_DEVICETYPE']._serialized_start=773
-  _globals['_DEVICETYPE']._serialized_end=1097
-  _globals['_DEVICESTATE']._serialized_start=1100
-  _globals['_DEVICESTATE']._serialized_end=1275
-  _globals['_ACCESS']._serialized_start=1277
-  _globals['_ACCESS']._serialized_end=1372
-  _globals['_PURPOSE']._serialized_start=1375
-  _globals['_PURPOSE']._serialized_end=1520
-  _globals['_SHARINGSTATE']._serialized_start=1522
-  _globals['_SHARINGSTATE']._serialized_end=1649
-  _globals['_DEVICE']._serialized_start=32
-  _globals['_DEVICE']._serialized_end=230
-  _globals['_SHARINGREQUEST']._serialized_start=233
-  _globals['_SHARINGREQUEST']._serialized_end=389
+  _globals['_OUTCOME']._serialized_start=509
+  _globals['_OUTCOME']._serialized_end=887
+  _globals['_DEVICETYPE']._serialized_start=890
+  _globals['_DEVICETYPE']._serialized_end=1214
+  _globals['_DEVICESTATE']._serialized_start=1217
+  _globals['_DEVICESTATE']._serialized_end=1392
+  _globals['_ACCESS']._serialized_start=1394
+  _globals['_ACCESS']._serialized_end=1489
+  _globals['_PURPOSE']._serialized_start=1492
+  _globals['_PURPOSE']._serialized_end=1637
+  _globals['_SHARINGSTATE']._serialized_start=1639
+  _globals['_SHARINGSTATE']._serialized_end=1766
+  _globals['_DEVICE']._serialized_start=65
+  _globals['_DEVICE']._serialized_end=347
+  _globals['_SHARINGREQUEST']._serialized_start=350
+  _globals['_SHARINGREQUEST']._serialized_end=506
 # @@protoc_insertion_point(module_scope)

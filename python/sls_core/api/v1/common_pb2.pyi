@@ -7,6 +7,7 @@ Types shared by every sls_core service."""
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -230,11 +231,19 @@ class Device(_message.Message):
     type: Global___DeviceType.ValueType
     state: Global___DeviceState.ValueType
     serial: _builtins.str
-    issued_at: _builtins.float
-    """Unix seconds; 0 when not set."""
-    activated_at: _builtins.float
-    expires_at: _builtins.float
     security_level: _builtins.int
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp:
+        """When the device was issued; unset when not recorded."""
+
+    @_builtins.property
+    def activated_at(self) -> _timestamp_pb2.Timestamp:
+        """When it became active; unset while it never was (pending)."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When it stops answering (temporary passcodes, online cards); unset: it does not expire."""
+
     def __init__(
         self,
         *,
@@ -242,12 +251,12 @@ class Device(_message.Message):
         type: Global___DeviceType.ValueType = ...,
         state: Global___DeviceState.ValueType = ...,
         serial: _builtins.str = ...,
-        issued_at: _builtins.float = ...,
-        activated_at: _builtins.float = ...,
-        expires_at: _builtins.float = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+        activated_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
         security_level: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at", "expires_at", b"expires_at", "issued_at", b"issued_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at", "device_id", b"device_id", "expires_at", b"expires_at", "issued_at", b"issued_at", "security_level", b"security_level", "serial", b"serial", "state", b"state", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...

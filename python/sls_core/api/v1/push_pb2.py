@@ -23,38 +23,40 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from sls_core.api.v1 import common_pb2 as sls_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11sls/v1/push.proto\x12\x06sls.v1\x1a\x13sls/v1/common.proto\"T\n\x04Push\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\x04\x12\x0f\n\x07user_id\x18\x02 \x01(\x04\x12\x11\n\tdevice_id\x18\x03 \x01(\x04\x12\x12\n\nexpires_at\x18\x04 \x01(\x04\"8\n\x11\x43reatePushRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\x04\"0\n\x12\x43reatePushResponse\x12\x1a\n\x04push\x18\x01 \x01(\x0b\x32\x0c.sls.v1.Push\"/\n\x18ListPendingPushesRequest\x12\x13\n\x0bpush_public\x18\x01 \x01(\x0c\"9\n\x19ListPendingPushesResponse\x12\x1c\n\x06pushes\x18\x01 \x03(\x0b\x32\x0c.sls.v1.Push\"`\n\x11\x41nswerPushRequest\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\x04\x12\"\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x10.sls.v1.Decision\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"6\n\x12\x41nswerPushResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.sls.v1.Outcome\"B\n\x14GetPushStatusRequest\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\x04\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\";\n\x15GetPushStatusResponse\x12\"\n\x06status\x18\x01 \x01(\x0e\x32\x12.sls.v1.PushStatus*\x8f\x01\n\nPushStatus\x12\x1b\n\x17PUSH_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13PUSH_STATUS_PENDING\x10\x01\x12\x18\n\x14PUSH_STATUS_APPROVED\x10\x02\x12\x18\n\x14PUSH_STATUS_DECLINED\x10\x03\x12\x17\n\x13PUSH_STATUS_EXPIRED\x10\x04*P\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_APPROVE\x10\x01\x12\x14\n\x10\x44\x45\x43ISION_DECLINE\x10\x02\x32\xbf\x02\n\x0bPushService\x12\x43\n\nCreatePush\x12\x19.sls.v1.CreatePushRequest\x1a\x1a.sls.v1.CreatePushResponse\x12X\n\x11ListPendingPushes\x12 .sls.v1.ListPendingPushesRequest\x1a!.sls.v1.ListPendingPushesResponse\x12\x43\n\nAnswerPush\x12\x19.sls.v1.AnswerPushRequest\x1a\x1a.sls.v1.AnswerPushResponse\x12L\n\rGetPushStatus\x12\x1c.sls.v1.GetPushStatusRequest\x1a\x1d.sls.v1.GetPushStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11sls/v1/push.proto\x12\x06sls.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13sls/v1/common.proto\"p\n\x04Push\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\x04\x12\x0f\n\x07user_id\x18\x02 \x01(\x04\x12\x11\n\tdevice_id\x18\x03 \x01(\x04\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\x11\x43reatePushRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\x04\"0\n\x12\x43reatePushResponse\x12\x1a\n\x04push\x18\x01 \x01(\x0b\x32\x0c.sls.v1.Push\"/\n\x18ListPendingPushesRequest\x12\x13\n\x0bpush_public\x18\x01 \x01(\x0c\"9\n\x19ListPendingPushesResponse\x12\x1c\n\x06pushes\x18\x01 \x03(\x0b\x32\x0c.sls.v1.Push\"`\n\x11\x41nswerPushRequest\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\x04\x12\"\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x10.sls.v1.Decision\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"6\n\x12\x41nswerPushResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.sls.v1.Outcome\"U\n\x14GetPushStatusRequest\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\x04\x12\'\n\x04wait\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\";\n\x15GetPushStatusResponse\x12\"\n\x06status\x18\x01 \x01(\x0e\x32\x12.sls.v1.PushStatus*\x8f\x01\n\nPushStatus\x12\x1b\n\x17PUSH_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13PUSH_STATUS_PENDING\x10\x01\x12\x18\n\x14PUSH_STATUS_APPROVED\x10\x02\x12\x18\n\x14PUSH_STATUS_DECLINED\x10\x03\x12\x17\n\x13PUSH_STATUS_EXPIRED\x10\x04*P\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_APPROVE\x10\x01\x12\x14\n\x10\x44\x45\x43ISION_DECLINE\x10\x02\x32\xbf\x02\n\x0bPushService\x12\x43\n\nCreatePush\x12\x19.sls.v1.CreatePushRequest\x1a\x1a.sls.v1.CreatePushResponse\x12X\n\x11ListPendingPushes\x12 .sls.v1.ListPendingPushesRequest\x1a!.sls.v1.ListPendingPushesResponse\x12\x43\n\nAnswerPush\x12\x19.sls.v1.AnswerPushRequest\x1a\x1a.sls.v1.AnswerPushResponse\x12L\n\rGetPushStatus\x12\x1c.sls.v1.GetPushStatusRequest\x1a\x1d.sls.v1.GetPushStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sls.v1.push_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PUSHSTATUS']._serialized_start=636
-  _globals['_PUSHSTATUS']._serialized_end=779
-  _globals['_DECISION']._serialized_start=781
-  _globals['_DECISION']._serialized_end=861
-  _globals['_PUSH']._serialized_start=50
-  _globals['_PUSH']._serialized_end=134
-  _globals['_CREATEPUSHREQUEST']._serialized_start=136
-  _globals['_CREATEPUSHREQUEST']._serialized_end=192
-  _globals['_CREATEPUSHRESPONSE']._serialized_start=194
-  _globals['_CREATEPUSHRESPONSE']._serialized_end=242
-  _globals['_LISTPENDINGPUSHESREQUEST']._serialized_start=244
-  _globals['_LISTPENDINGPUSHESREQUEST']._serialized_end=291
-  _globals['_LISTPENDINGPUSHESRESPONSE']._serialized_start=293
-  _globals['_LISTPENDINGPUSHESRESPONSE']._serialized_end=350
-  _globals['_ANSWERPUSHREQUEST']._serialized_start=352
-  _globals['_ANSWERPUSHREQUEST']._serialized_end=448
-  _globals['_ANSWERPUSHRESPONSE']._serialized_start=450
-  _globals['_ANSWERPUSHRESPONSE']._serialized_end=504
-  _globals['_GETPUSHSTATUSREQUEST']._serialized_start=506
-  _globals['_GETPUSHSTATUSREQUEST']._serialized_end=572
-  _globals['_GETPUSHSTATUSRESPONSE']._serialized_start=574
-  _globals['_GETPUSHSTATUSRESPONSE']._serialized_end=633
-  _globals['_PUSHSERVICE']._serialized_start=864
-  _globals['_PUSHSERVICE']._serialized_end=1183
+  _globals['_PUSHSTATUS']._serialized_start=748
+  _globals['_PUSHSTATUS']._serialized_end=891
+  _globals['_DECISION']._serialized_start=893
+  _globals['_DECISION']._serialized_end=973
+  _globals['_PUSH']._serialized_start=115
+  _globals['_PUSH']._serialized_end=227
+  _globals['_CREATEPUSHREQUEST']._serialized_start=229
+  _globals['_CREATEPUSHREQUEST']._serialized_end=285
+  _globals['_CREATEPUSHRESPONSE']._serialized_start=287
+  _globals['_CREATEPUSHRESPONSE']._serialized_end=335
+  _globals['_LISTPENDINGPUSHESREQUEST']._serialized_start=337
+  _globals['_LISTPENDINGPUSHESREQUEST']._serialized_end=384
+  _globals['_LISTPENDINGPUSHESRESPONSE']._serialized_start=386
+  _globals['_LISTPENDINGPUSHESRESPONSE']._serialized_end=443
+  _globals['_ANSWERPUSHREQUEST']._serialized_start=445
+  _globals['_ANSWERPUSHREQUEST']._serialized_end=541
+  _globals['_ANSWERPUSHRESPONSE']._serialized_start=543
+  _globals['_ANSWERPUSHRESPONSE']._serialized_end=597
+  _globals['_GETPUSHSTATUSREQUEST']._serialized_start=599
+  _globals['_GETPUSHSTATUSREQUEST']._serialized_end=684
+  _globals['_GETPUSHSTATUSRESPONSE']._serialized_start=686
+  _globals['_GETPUSHSTATUSRESPONSE']._serialized_end=745
+  _globals['_PUSHSERVICE']._serialized_start=976
+  _globals['_PUSHSERVICE']._serialized_end=1295
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,9 @@ declines it with its Ed25519 key, the gateway polls or waits for the decision.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from sls_core.api.v1 import common_pb2 as _common_pb2
@@ -72,16 +74,21 @@ class Push(_message.Message):
     challenge_id: _builtins.int
     user_id: _builtins.int
     device_id: _builtins.int
-    expires_at: _builtins.int
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the push expires: whole seconds (nanos 0), since the app signs them in its
+        approval (sls_core.values.PushChallenge.message).
+        """
+
     def __init__(
         self,
         *,
         challenge_id: _builtins.int = ...,
         user_id: _builtins.int = ...,
         device_id: _builtins.int = ...,
-        expires_at: _builtins.int = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_id", b"challenge_id", "device_id", b"device_id", "expires_at", b"expires_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
@@ -221,18 +228,23 @@ class GetPushStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHALLENGE_ID_FIELD_NUMBER: _builtins.int
-    WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
     challenge_id: _builtins.int
-    wait_seconds: _builtins.float
+    @_builtins.property
+    def wait(self) -> _duration_pb2.Duration:
+        """How long to wait for a decision (capped by the server's max_push_wait_seconds and
+        the call's deadline); unset or zero: answer at once. Negative is INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
         challenge_id: _builtins.int = ...,
-        wait_seconds: _builtins.float = ...,
+        wait: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_id", b"challenge_id", "wait_seconds", b"wait_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_id", b"challenge_id", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -82,7 +82,7 @@ class PushServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPushStatus(self, request, context):
-        """From the gateway: the state now, or after waiting up to `wait_seconds` for a decision.
+        """From the gateway: the state now, or after waiting up to `wait` for a decision.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

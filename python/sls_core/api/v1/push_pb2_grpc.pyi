@@ -42,7 +42,7 @@ class PushServiceStub:
     does not verify), REPLAYED, EXPIRED.
     """
     GetPushStatus: _grpc.UnaryUnaryMultiCallable[_push_pb2.GetPushStatusRequest, _push_pb2.GetPushStatusResponse]
-    """From the gateway: the state now, or after waiting up to `wait_seconds` for a decision."""
+    """From the gateway: the state now, or after waiting up to `wait` for a decision."""
 
 @_typing.type_check_only
 class PushServiceAsyncStub(PushServiceStub):
@@ -55,7 +55,7 @@ class PushServiceAsyncStub(PushServiceStub):
     does not verify), REPLAYED, EXPIRED.
     """
     GetPushStatus: _aio.UnaryUnaryMultiCallable[_push_pb2.GetPushStatusRequest, _push_pb2.GetPushStatusResponse]  # type: ignore[assignment]
-    """From the gateway: the state now, or after waiting up to `wait_seconds` for a decision."""
+    """From the gateway: the state now, or after waiting up to `wait` for a decision."""
 
 class PushServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -89,6 +89,6 @@ class PushServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _push_pb2.GetPushStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_push_pb2.GetPushStatusResponse, _abc.Awaitable[_push_pb2.GetPushStatusResponse]]:
-        """From the gateway: the state now, or after waiting up to `wait_seconds` for a decision."""
+        """From the gateway: the state now, or after waiting up to `wait` for a decision."""
 
 def add_PushServiceServicer_to_server(servicer: PushServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,32 +23,33 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from sls_core.api.v1 import common_pb2 as sls_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sls/v1/verification.proto\x12\x06sls.v1\x1a\x13sls/v1/common.proto\"l\n\x15IssueChallengeRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\x04\x12 \n\x07purpose\x18\x03 \x01(\x0e\x32\x0f.sls.v1.Purpose\x12\x0c\n\x04task\x18\x04 \x01(\t\"\xd0\x01\n\x16IssueChallengeResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\x04\x12\'\n\x0b\x64\x65vice_type\x18\x03 \x01(\x0e\x32\x12.sls.v1.DeviceType\x12\x12\n\nexpires_at\x18\x04 \x01(\x01\x12\x11\n\tchallenge\x18\x05 \x01(\t\x12\x14\n\x0c\x63\x61rd_indices\x18\x06 \x03(\r\x12 \n\x07purpose\x18\x07 \x01(\x0e\x32\x0f.sls.v1.Purpose\x12\x0c\n\x04task\x18\x08 \x01(\t\"\x92\x01\n\rVerifyRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\t\x12\x1e\n\x06\x61\x63\x63\x65ss\x18\x04 \x01(\x0e\x32\x0e.sls.v1.Access\x12 \n\x07purpose\x18\x05 \x01(\x0e\x32\x0f.sls.v1.Purpose\x12\x0c\n\x04task\x18\x06 \x01(\t\"V\n\x0eVerifyResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.sls.v1.Outcome\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\x04\"x\n\x12VerifyBatchRequest\x12\x11\n\tusernames\x18\x01 \x03(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12\x11\n\tresponses\x18\x03 \x03(\t\x12\x1e\n\x06\x61\x63\x63\x65ss\x18\x04 \x01(\x0e\x32\x0e.sls.v1.Access\x12\x0c\n\x04task\x18\x05 \x01(\t\"L\n\x13VerifyBatchResponse\x12!\n\x08outcomes\x18\x01 \x03(\x0e\x32\x0f.sls.v1.Outcome\x12\x12\n\ndevice_ids\x18\x02 \x03(\x04\"0\n\x1cRecordPasswordFailureRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"S\n\x1dRecordPasswordFailureResponse\x12\x1c\n\x14\x63onsecutive_failures\x18\x01 \x01(\r\x12\x14\n\x0clocked_until\x18\x02 \x01(\x01\x32\x9a\x03\n\x13VerificationService\x12O\n\x0eIssueChallenge\x12\x1d.sls.v1.IssueChallengeRequest\x1a\x1e.sls.v1.IssueChallengeResponse\x12\x37\n\x06Verify\x12\x15.sls.v1.VerifyRequest\x1a\x16.sls.v1.VerifyResponse\x12\x46\n\x0bVerifyBatch\x12\x1a.sls.v1.VerifyBatchRequest\x1a\x1b.sls.v1.VerifyBatchResponse\x12K\n\x0cVerifyStream\x12\x1a.sls.v1.VerifyBatchRequest\x1a\x1b.sls.v1.VerifyBatchResponse(\x01\x30\x01\x12\x64\n\x15RecordPasswordFailure\x12$.sls.v1.RecordPasswordFailureRequest\x1a%.sls.v1.RecordPasswordFailureResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sls/v1/verification.proto\x12\x06sls.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13sls/v1/common.proto\"l\n\x15IssueChallengeRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\x04\x12 \n\x07purpose\x18\x03 \x01(\x0e\x32\x0f.sls.v1.Purpose\x12\x0c\n\x04task\x18\x04 \x01(\t\"\xec\x01\n\x16IssueChallengeResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\x04\x12\'\n\x0b\x64\x65vice_type\x18\x03 \x01(\x0e\x32\x12.sls.v1.DeviceType\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tchallenge\x18\x05 \x01(\t\x12\x14\n\x0c\x63\x61rd_indices\x18\x06 \x03(\r\x12 \n\x07purpose\x18\x07 \x01(\x0e\x32\x0f.sls.v1.Purpose\x12\x0c\n\x04task\x18\x08 \x01(\t\"\x92\x01\n\rVerifyRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\t\x12\x1e\n\x06\x61\x63\x63\x65ss\x18\x04 \x01(\x0e\x32\x0e.sls.v1.Access\x12 \n\x07purpose\x18\x05 \x01(\x0e\x32\x0f.sls.v1.Purpose\x12\x0c\n\x04task\x18\x06 \x01(\t\"V\n\x0eVerifyResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.sls.v1.Outcome\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\x04\"x\n\x12VerifyBatchRequest\x12\x11\n\tusernames\x18\x01 \x03(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12\x11\n\tresponses\x18\x03 \x03(\t\x12\x1e\n\x06\x61\x63\x63\x65ss\x18\x04 \x01(\x0e\x32\x0e.sls.v1.Access\x12\x0c\n\x04task\x18\x05 \x01(\t\"L\n\x13VerifyBatchResponse\x12!\n\x08outcomes\x18\x01 \x03(\x0e\x32\x0f.sls.v1.Outcome\x12\x12\n\ndevice_ids\x18\x02 \x03(\x04\"0\n\x1cRecordPasswordFailureRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"o\n\x1dRecordPasswordFailureResponse\x12\x1c\n\x14\x63onsecutive_failures\x18\x01 \x01(\r\x12\x30\n\x0clocked_until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x9a\x03\n\x13VerificationService\x12O\n\x0eIssueChallenge\x12\x1d.sls.v1.IssueChallengeRequest\x1a\x1e.sls.v1.IssueChallengeResponse\x12\x37\n\x06Verify\x12\x15.sls.v1.VerifyRequest\x1a\x16.sls.v1.VerifyResponse\x12\x46\n\x0bVerifyBatch\x12\x1a.sls.v1.VerifyBatchRequest\x1a\x1b.sls.v1.VerifyBatchResponse\x12K\n\x0cVerifyStream\x12\x1a.sls.v1.VerifyBatchRequest\x1a\x1b.sls.v1.VerifyBatchResponse(\x01\x30\x01\x12\x64\n\x15RecordPasswordFailure\x12$.sls.v1.RecordPasswordFailureRequest\x1a%.sls.v1.RecordPasswordFailureResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sls.v1.verification_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ISSUECHALLENGEREQUEST']._serialized_start=58
-  _globals['_ISSUECHALLENGEREQUEST']._serialized_end=166
-  _globals['_ISSUECHALLENGERESPONSE']._serialized_start=169
-  _globals['_ISSUECHALLENGERESPONSE']._serialized_end=377
-  _globals['_VERIFYREQUEST']._serialized_start=380
-  _globals['_VERIFYREQUEST']._serialized_end=526
-  _globals['_VERIFYRESPONSE']._serialized_start=528
-  _globals['_VERIFYRESPONSE']._serialized_end=614
-  _globals['_VERIFYBATCHREQUEST']._serialized_start=616
-  _globals['_VERIFYBATCHREQUEST']._serialized_end=736
-  _globals['_VERIFYBATCHRESPONSE']._serialized_start=738
-  _globals['_VERIFYBATCHRESPONSE']._serialized_end=814
-  _globals['_RECORDPASSWORDFAILUREREQUEST']._serialized_start=816
-  _globals['_RECORDPASSWORDFAILUREREQUEST']._serialized_end=864
-  _globals['_RECORDPASSWORDFAILURERESPONSE']._serialized_start=866
-  _globals['_RECORDPASSWORDFAILURERESPONSE']._serialized_end=949
-  _globals['_VERIFICATIONSERVICE']._serialized_start=952
-  _globals['_VERIFICATIONSERVICE']._serialized_end=1362
+  _globals['_ISSUECHALLENGEREQUEST']._serialized_start=91
+  _globals['_ISSUECHALLENGEREQUEST']._serialized_end=199
+  _globals['_ISSUECHALLENGERESPONSE']._serialized_start=202
+  _globals['_ISSUECHALLENGERESPONSE']._serialized_end=438
+  _globals['_VERIFYREQUEST']._serialized_start=441
+  _globals['_VERIFYREQUEST']._serialized_end=587
+  _globals['_VERIFYRESPONSE']._serialized_start=589
+  _globals['_VERIFYRESPONSE']._serialized_end=675
+  _globals['_VERIFYBATCHREQUEST']._serialized_start=677
+  _globals['_VERIFYBATCHREQUEST']._serialized_end=797
+  _globals['_VERIFYBATCHRESPONSE']._serialized_start=799
+  _globals['_VERIFYBATCHRESPONSE']._serialized_end=875
+  _globals['_RECORDPASSWORDFAILUREREQUEST']._serialized_start=877
+  _globals['_RECORDPASSWORDFAILUREREQUEST']._serialized_end=925
+  _globals['_RECORDPASSWORDFAILURERESPONSE']._serialized_start=927
+  _globals['_RECORDPASSWORDFAILURERESPONSE']._serialized_end=1038
+  _globals['_VERIFICATIONSERVICE']._serialized_start=1041
+  _globals['_VERIFICATIONSERVICE']._serialized_end=1451
 # @@protoc_insertion_point(module_scope)

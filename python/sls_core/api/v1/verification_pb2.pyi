@@ -9,6 +9,7 @@ or over a stream.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from sls_core.api.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
@@ -69,12 +70,15 @@ class IssueChallengeResponse(_message.Message):
     token: _builtins.str
     device_id: _builtins.int
     device_type: _common_pb2.DeviceType.ValueType
-    expires_at: _builtins.float
     challenge: _builtins.str
     """The 6 digits to show (challenge/response devices), else empty."""
     purpose: _common_pb2.Purpose.ValueType
     task: _builtins.str
     """The step-up task the answer is valid for, else empty."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """After this the answer is EXPIRED."""
+
     @_builtins.property
     def card_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The two index numbers to show (code cards), else empty."""
@@ -85,13 +89,13 @@ class IssueChallengeResponse(_message.Message):
         token: _builtins.str = ...,
         device_id: _builtins.int = ...,
         device_type: _common_pb2.DeviceType.ValueType = ...,
-        expires_at: _builtins.float = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
         challenge: _builtins.str = ...,
         card_indices: _abc.Iterable[_builtins.int] | None = ...,
         purpose: _common_pb2.Purpose.ValueType = ...,
         task: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["card_indices", b"card_indices", "challenge", b"challenge", "device_id", b"device_id", "device_type", b"device_type", "expires_at", b"expires_at", "purpose", b"purpose", "task", b"task", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
@@ -256,15 +260,17 @@ class RecordPasswordFailureResponse(_message.Message):
     CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
     LOCKED_UNTIL_FIELD_NUMBER: _builtins.int
     consecutive_failures: _builtins.int
-    locked_until: _builtins.float
-    """Unix seconds; 0 when not locked."""
+    @_builtins.property
+    def locked_until(self) -> _timestamp_pb2.Timestamp:
+        """When the lock ends; unset when not locked."""
+
     def __init__(
         self,
         *,
         consecutive_failures: _builtins.int = ...,
-        locked_until: _builtins.float = ...,
+        locked_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["locked_until", b"locked_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "locked_until", b"locked_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...

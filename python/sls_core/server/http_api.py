@@ -162,7 +162,8 @@ class ApiError(grpc.aio.AbortError):
         }
         if self.field is not None:
             error["field"] = self.field
-            error["rule"] = self.rule
+            if self.rule is not None:
+                error["rule"] = self.rule
         return {"error": error}
 
 
@@ -366,7 +367,7 @@ def message_to_json(message: Message) -> dict[str, Any]:
     return out
 
 
-def _scalar_schema(fd: Any) -> dict[str, Any]:
+def _scalar_schema(fd: Any, *, answer: bool = False) -> dict[str, Any]:
     kind = fd.type
     if kind == FieldDescriptor.TYPE_STRING:
         return {"type": "string"}
@@ -378,7 +379,9 @@ def _scalar_schema(fd: Any) -> dict[str, Any]:
     if kind in _FLOATS:
         return {"type": "number"}
     if kind == FieldDescriptor.TYPE_ENUM:
-        return {"type": "string", "enum": _enum_names(fd.enum_type)}
+        names = _enum_names(fd.enum_type)
+        # An answer may carry the zero value ("no strongest device"); a request may not.
+        return {"type": "string", "enum": [*names, "UNSPECIFIED"] if answer else names}
     if kind == FieldDescriptor.TYPE_BYTES:
         return {"type": "string", "contentEncoding": "base64"}
     if _is_time(fd):
@@ -402,7 +405,7 @@ def message_schema(descriptor: Any, schemas: dict[str, Any], *, answer: bool) ->
         ):
             schemas[fd.message_type.name] = {}
             schemas[fd.message_type.name] = message_schema(fd.message_type, schemas, answer=answer)
-        item = _scalar_schema(fd)
+        item = _scalar_schema(fd, answer=answer)
         properties[fd.name] = {"type": "array", "items": item} if _is_repeated(fd) else item
     schema: dict[str, Any] = {
         "type": "object",
@@ -837,12 +840,24 @@ class HttpApi:
         self._ready = ready
         self._prefix = f"{os.getpid():x}-h"
         self._ids = 0
-        health = {"type": "object", "properties": {"status": {"type": "string"}}}
+        health = {
+            "type": "object",
+            "properties": {"status": {"type": "string"}},
+            "required": ["status"],
+        }
         self.routes: list[Route] = [
             *routes,
             Route("GET", "/healthz", None, "Live: the process answers", self._live, None, health),
             Route("GET", "/readyz", None, "Serving (503 when not)", self._readiness, None, health),
-            Route("GET", "/openapi.json", None, "This document", self._openapi, None, {}),
+            Route(
+                "GET",
+                "/openapi.json",
+                None,
+                "This document",
+                self._openapi,
+                None,
+                {"type": "object"},
+            ),
         ]
         self.document = openapi(self.routes, schemas, version)
         self.app = web.Application(client_max_size=config.max_message_bytes)

@@ -2,7 +2,8 @@
 //!
 //! A prepared key holds the HMAC state after the inner and outer key pads were absorbed, so
 //! each further MAC costs only the message's compressions. The states are key-equivalent
-//! secrets: they are zeroized on drop and never printed.
+//! secrets: they are zeroized on drop and never printed. A [`PaddedMessage`] does the same
+//! for the message side of a batch: laid out and padded once, refilled in place per item.
 
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};

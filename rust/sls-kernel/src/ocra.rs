@@ -462,7 +462,7 @@ impl OcraSuite {
 
     /// A MAC message laid out for this suite: the suite text, its 0x00 separator and the
     /// hash padding written once; [`OcraSuite::write_inputs`] fills in each item.
-    pub fn new_message(&self) -> PaddedMessage {
+    pub(crate) fn new_message(&self) -> PaddedMessage {
         let mut message = PaddedMessage::new(self.algorithm, self.layout.len);
         message.message_mut()[..self.text.len()].copy_from_slice(self.text.as_bytes());
         message
@@ -472,7 +472,7 @@ impl OcraSuite {
     /// [`OcraSuite::new_message`]). Every field the suite has is overwritten in full, so
     /// nothing of an earlier item survives into this one's MAC.
     #[inline]
-    pub fn write_inputs(
+    pub(crate) fn write_inputs(
         &self,
         message: &mut PaddedMessage,
         input: &OcraInput<'_>,

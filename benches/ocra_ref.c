@@ -34,9 +34,9 @@
  *             and prepared keys as 2 x 20 bytes of state: the least work this CPU allows.
  * Output: one JSON object on stdout with items per second for each mode timed.
  *
- * With --serve it prepares both modes, then reads one word a line on stdin ("fresh",
- * "prepared" or "verdicts") and answers each with one line: the seconds of one pass in
- * that mode, or the counts of the last pass's verdicts. The caller can so interleave
+ * With --serve it prepares every mode, then reads one word a line on stdin (a mode, or
+ * "verdicts") and answers each with one line: the wall-clock and the thread's CPU seconds
+ * of one pass in that mode, or the counts of the last pass's verdicts. The caller can so interleave
  * single passes of C and of sls_core, and noise on a shared machine hits both alike.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -306,11 +306,16 @@ static void block_verify_prepared(const struct input *in, const struct compact_k
         verdicts[row] = block_verify_item(in, row, &table[in->key_index[row]], &m);
 }
 
-static double now(void) {
+static double clock_seconds(clockid_t clock) {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(clock, &t);
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
+
+static double now(void) { return clock_seconds(CLOCK_MONOTONIC); }
+
+/* CPU time of this thread: on a shared machine, the time it was not running is left out. */
+static double cpu_now(void) { return clock_seconds(CLOCK_THREAD_CPUTIME_ID); }
 
 /* Each item's key in its own row, as a numpy keys column is. */
 static uint8_t *gather_keys(const struct input *in) {
@@ -344,16 +349,18 @@ static struct compact_key *compact_table(const struct input *in) {
     return table;
 }
 
-/* One pass of `mode` over every item; its seconds, or a negative number for a bad mode. */
+/* One pass of `mode` over every item: its wall-clock seconds (and, in *cpu, the thread's CPU
+ * seconds), or a negative number for a bad mode. */
 static double timed_pass(const struct input *in, const char *mode, const uint8_t *key_column,
                          const struct prepared_key *table, const struct compact_key *compact,
-                         uint8_t *verdicts) {
-    double t = now();
+                         uint8_t *verdicts, double *cpu) {
+    double t = now(), c = cpu_now();
     if (!strcmp(mode, "fresh")) verify_fresh(in, key_column, verdicts);
     else if (!strcmp(mode, "prepared")) verify_prepared(in, table, verdicts);
     else if (!strcmp(mode, "fresh-block")) block_verify_fresh(in, key_column, verdicts);
     else if (!strcmp(mode, "prepared-block")) block_verify_prepared(in, compact, verdicts);
     else return -1;
+    *cpu = cpu_now() - c;
     return now() - t;
 }
 
@@ -371,9 +378,9 @@ static int serve(const struct input *in, uint8_t *verdicts) {
                    (unsigned long long)counts[0], (unsigned long long)counts[1],
                    (unsigned long long)counts[2]);
         } else {
-            double t = timed_pass(in, line, key_column, table, compact, verdicts);
+            double cpu = 0, t = timed_pass(in, line, key_column, table, compact, verdicts, &cpu);
             if (t < 0) printf("error: unknown command\n");
-            else printf("%.9f\n", t);
+            else printf("%.9f %.9f\n", t, cpu);
         }
         fflush(stdout);
     }
@@ -422,7 +429,9 @@ int main(int argc, char **argv) {
     for (int k = 0; k < n_modes; k++) {
         best[k] = 1e300;
         for (int r = 0; r < repeats; r++) {
-            double t = timed_pass(&in, modes[k], key_column, table, compact, k ? other : verdicts);
+            double cpu;
+            double t =
+                timed_pass(&in, modes[k], key_column, table, compact, k ? other : verdicts, &cpu);
             if (t < best[k]) best[k] = t;
         }
         if (k && memcmp(verdicts, other, in.items) != 0) die("the modes' verdicts differ");

@@ -31,13 +31,16 @@
  *             programmer would write it;
  *   block     (modes "fresh-block", "prepared-block"): SHA1_Transform, the bare block
  *             function, on a message padded once with only the item's fields rewritten,
- *             and prepared keys as 2 x 20 bytes of state: the least work this CPU allows.
- * Output: one JSON object on stdout with items per second for each mode timed.
+ *             and prepared keys as 2 x 20 bytes of state: the kernel's own shortcuts.
+ * Output: one JSON object on stdout with items per second for each mode timed (--mode
+ * fresh times "fresh" and "fresh-block", and so on), after checking that every mode gave
+ * the same verdicts.
  *
  * With --serve it prepares every mode, then reads one word a line on stdin (a mode, or
  * "verdicts") and answers each with one line: the wall-clock and the thread's CPU seconds
- * of one pass in that mode, or the counts of the last pass's verdicts. The caller can so interleave
- * single passes of C and of sls_core, and noise on a shared machine hits both alike.
+ * of one pass in that mode, or the counts of the last pass's verdicts. The caller can so
+ * interleave single passes of C and of sls_core, and noise on a shared machine hits both
+ * alike.
  */
 #define _POSIX_C_SOURCE 200809L
 /* SHA1_Init/Update/Final/Transform are deprecated in OpenSSL 3 but still exported; they

@@ -268,8 +268,34 @@ impl<S: ChainingState> Pads<S> {
     /// HMAC of the concatenated `parts`.
     #[inline]
     fn mac(&self, parts: &[&[u8]], out: &mut DigestOutput) {
+        let mut outer = self.with_padded(parts, |padded| self.outer_state(padded));
+        outer.write_digest(&mut out.bytes);
+        out.len = S::OUTPUT;
+        outer.zeroize();
+    }
+
+    /// RFC 4226 section 5.3's dynamic truncation of the HMAC of the concatenated `parts`.
+    #[inline]
+    fn truncated_mac_of_parts(&self, parts: &[&[u8]]) -> u32 {
+        self.with_padded(parts, |padded| self.truncated_mac(padded))
+    }
+
+    /// HMAC of a message already padded for the inner hash (see [`PaddedMessage`]),
+    /// dynamically truncated: no byte of the message is copied or padded here, and the
+    /// digest stays in the state words.
+    #[inline]
+    fn truncated_mac(&self, padded: &[u8]) -> u32 {
+        let mut outer = self.outer_state(padded);
+        let value = outer.dynamic_truncation();
+        outer.zeroize();
+        value
+    }
+
+    /// Runs `f` on the concatenated `parts` padded for the inner hash: message, 0x80,
+    /// zeros, then the bit length of (ipad block + message).
+    #[inline]
+    fn with_padded<R>(&self, parts: &[&[u8]], f: impl FnOnce(&[u8]) -> R) -> R {
         let length: usize = parts.iter().map(|p| p.len()).sum();
-        // Message, 0x80, zeros, then the bit length of (ipad block + message).
         let padded = (length + 1 + S::LENGTH_FIELD).div_ceil(S::BLOCK) * S::BLOCK;
         let mut stack = [0u8; STACK_MESSAGE];
         let mut heap = Vec::new();
@@ -288,41 +314,21 @@ impl<S: ChainingState> Pads<S> {
         let bits = ((S::BLOCK + length) as u128) * 8;
         buffer[padded - S::LENGTH_FIELD..]
             .copy_from_slice(&bits.to_be_bytes()[16 - S::LENGTH_FIELD..]);
-        let mut inner = self.inner;
-        inner.compress(buffer);
-
-        // Outer hash: one block holding the inner digest.
-        let mut block = [0u8; 128];
-        inner.write_digest(&mut block);
-        block[S::OUTPUT] = 0x80;
-        let bits = ((S::BLOCK + S::OUTPUT) as u128) * 8;
-        block[S::BLOCK - S::LENGTH_FIELD..S::BLOCK]
-            .copy_from_slice(&bits.to_be_bytes()[16 - S::LENGTH_FIELD..]);
-        let mut outer = self.outer;
-        outer.compress(&block[..S::BLOCK]);
-        outer.write_digest(&mut out.bytes);
-        out.len = S::OUTPUT;
-        inner.zeroize();
-        outer.zeroize();
+        f(buffer)
     }
-}
 
-impl<S: ChainingState> Pads<S> {
-    /// HMAC of a message already padded for the inner hash (see [`PaddedMessage`]),
-    /// dynamically truncated. Unlike [`Pads::mac`], no byte of the message is copied or
-    /// padded here, and the digest stays in the state words.
+    /// The outer hash's final state for a message padded for the inner hash.
     #[inline]
-    fn truncated_mac(&self, padded: &[u8]) -> u32 {
+    fn outer_state(&self, padded: &[u8]) -> S {
         let mut inner = self.inner;
         inner.compress(padded);
+        // Outer hash: one block holding the inner digest.
         let mut block = S::OUTER_PADDING;
         inner.write_digest(&mut block);
+        inner.zeroize();
         let mut outer = self.outer;
         outer.compress(&block[..S::BLOCK]);
-        let value = outer.dynamic_truncation();
-        inner.zeroize();
-        outer.zeroize();
-        value
+        outer
     }
 }
 
@@ -393,6 +399,17 @@ impl HmacKeyRef<'_> {
             PadsRef::Sha512(pads) => pads.mac(parts, &mut out),
         }
         out
+    }
+
+    /// RFC 4226 section 5.3's dynamic truncation of the HMAC of the concatenation of
+    /// `parts`: the 31-bit value of an HOTP code, without writing the digest out.
+    #[inline]
+    pub fn truncated_mac(self, parts: &[&[u8]]) -> u32 {
+        match self.0 {
+            PadsRef::Sha1(pads) => pads.truncated_mac_of_parts(parts),
+            PadsRef::Sha256(pads) => pads.truncated_mac_of_parts(parts),
+            PadsRef::Sha512(pads) => pads.truncated_mac_of_parts(parts),
+        }
     }
 }
 
@@ -759,6 +776,10 @@ mod tests {
                         Some(expected),
                         "{label}"
                     );
+                    let split = msg_len / 2;
+                    let parts: [&[u8]; 2] = [&msg[..split], &msg[split..]];
+                    let by_parts = HmacKeyRef::from(&prepared).truncated_mac(&parts);
+                    assert_eq!(by_parts, expected, "{label}");
                 }
             }
         }

@@ -47,9 +47,11 @@ SERVE_ARGS ?=
 serve: build
 	$(PY) -m sls_core.server serve $(SERVE_ARGS)
 
-# The side-by-side benchmark tables and the throughput plot.
-bench: build
+# The side-by-side benchmark tables and the throughput plot; kernel_report.py builds a C
+# reference loop (cc and libcrypto from `system`) and sets the kernel beside it.
+bench: build system
 	$(PY) benches/report.py --out bench-results
+	$(PY) benches/kernel_report.py --out bench-results
 	$(PY) benches/login_report.py --out bench-results
 	$(PY) benches/ibkey_report.py --out bench-results
 	$(PY) benches/failing_requests.py --out bench-results

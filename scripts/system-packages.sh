@@ -3,7 +3,9 @@
 #   softhsm2    - a PKCS#11 token in software, for the HSM key provider's tests;
 #   postgresql  - the server binaries (initdb, pg_ctl, postgres) for the PostgreSQL store's
 #                 tests and benchmarks; scripts/pg_local.py runs a private cluster with them;
-#   systemd     - systemd-analyze, which verifies deploy/systemd/sls-core.service offline.
+#   systemd     - systemd-analyze, which verifies deploy/systemd/sls-core.service offline;
+#   gcc, libssl-dev - a C compiler and OpenSSL's headers, for the C reference loop that
+#                 benches/kernel_report.py builds (benches/ocra_ref.c, linked with -lcrypto).
 # Uses apt-get (as root, or through sudo when it is there); does nothing when all are present.
 set -euo pipefail
 
@@ -12,6 +14,8 @@ command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1 \
     || missing+=(postgresql)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
+[ -e /usr/include/openssl/sha.h ] || missing+=(libssl-dev)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -6,8 +6,9 @@
 
 use rayon::prelude::*;
 
+use crate::code::same_code;
 use crate::error::Error;
-use crate::mac::{HashAlgorithm, HmacKey, HmacKeyRef, PreparedKeys};
+use crate::mac::{HashAlgorithm, HmacKey, HmacKeyRef, PaddedMessage, PreparedKeys};
 use crate::ocra::{OcraInput, OcraSuite};
 use crate::otp::{OtpParams, TotpParams, WindowMatch};
 use crate::types::{ByteColumn, Execution, Outcome};
@@ -159,6 +160,20 @@ impl<'a> KeyColumn<'a> {
 }
 
 impl KeyColumn<'_> {
+    /// The dynamically truncated HMAC of `message` under the key of `row` (see
+    /// [`PaddedMessage::truncated_mac`]); `None` when a raw key is empty. A raw key's pads
+    /// are absorbed on the stack and wiped, never moved into an owned [`HmacKey`].
+    #[inline]
+    fn truncated_mac(&self, row: usize, message: &PaddedMessage) -> Option<u32> {
+        match self {
+            KeyColumn::Raw(column) => message.truncated_mac_with_key(column.get(row)),
+            KeyColumn::Prepared { table, index } => {
+                let at = index.map_or(row, |index| index[row] as usize);
+                message.truncated_mac(table.get(at)?)
+            }
+        }
+    }
+
     /// Readies the keys of `rows` before a chunk's work starts.
     ///
     /// Prepared keys addressed through an index are loaded into the cache first (see
@@ -280,19 +295,23 @@ impl OcraSuite {
         batch.validate(self)?;
         check_len("responses", responses.len(), batch.len())?;
         check_len("outcomes", outcomes.len(), batch.len())?;
-        let algorithm = self.algorithm();
+        let format = self.code_format();
         each_chunk(execution, outcomes, 1, |chunk, slots| {
             let base = chunk * CHUNK;
             batch.keys.warm(base..base + slots.len());
+            // Laid out once per chunk: each item only overwrites its own fields.
+            let mut message = self.new_message();
             for (offset, slot) in slots.iter_mut().enumerate() {
                 let row = base + offset;
-                let outcome = match batch.keys.key(algorithm, row) {
-                    Some(key) => self
-                        .verify(key.get(), responses.get(row), &batch.input(row))
-                        .unwrap_or(Outcome::Malformed),
-                    None => Outcome::Malformed,
-                };
-                *slot = outcome as u8;
+                let verdict = self
+                    .write_inputs(&mut message, &batch.input(row))
+                    .ok()
+                    .and_then(|()| format.parse(responses.get(row)))
+                    .and_then(|typed| {
+                        let truncated = batch.keys.truncated_mac(row, &message)?;
+                        Some(same_code(typed, format.value_of_truncated(truncated)))
+                    });
+                *slot = verdict.map_or(Outcome::Malformed, Outcome::from_match) as u8;
             }
             Ok::<(), Error>(())
         })
@@ -310,24 +329,23 @@ impl OcraSuite {
         batch.validate(self)?;
         let width = code_width(self.digits());
         check_len("codes", codes.len() / width, batch.len())?;
-        let algorithm = self.algorithm();
         let format = self.code_format();
         each_chunk(execution, codes, width, |chunk, cells| {
             let base = chunk * CHUNK;
             batch.keys.warm(base..base + cells.len() / width);
+            let mut message = self.new_message();
             for (offset, cell) in cells.chunks_mut(width).enumerate() {
                 let row = base + offset;
-                let key = batch
-                    .keys
-                    .key(algorithm, row)
-                    .ok_or_else(|| Error::input("keys", format!("row {row}: must not be empty")))?;
-                let value = self
-                    .compute_value(key.get(), &batch.input(row))
+                self.write_inputs(&mut message, &batch.input(row))
                     .map_err(|e| {
                         let field = e.field();
                         Error::input(field, format!("row {row}: {}", rule_of(&e)))
                     })?;
-                write_code(format, value, cell);
+                let truncated = batch
+                    .keys
+                    .truncated_mac(row, &message)
+                    .ok_or_else(|| Error::input("keys", format!("row {row}: must not be empty")))?;
+                write_code(format, format.value_of_truncated(truncated), cell);
             }
             Ok(())
         })

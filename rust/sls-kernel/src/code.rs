@@ -42,11 +42,26 @@ impl CodeFormat {
     /// The code value of a MAC.
     #[inline]
     pub fn value(self, mac: &[u8]) -> u64 {
-        let truncated = u64::from(dynamic_truncation(mac));
-        match self.digits {
-            0 => truncated,
-            d => truncated % 10u64.pow(u32::from(d)),
-        }
+        self.value_of_truncated(dynamic_truncation(mac))
+    }
+
+    /// The code value of a dynamically truncated MAC: its last `digits` decimal digits.
+    #[inline]
+    pub fn value_of_truncated(self, truncated: u32) -> u64 {
+        // One arm per length, so each remainder is by a constant (a multiply, not a divide).
+        u64::from(match self.digits {
+            1 => truncated % 10,
+            2 => truncated % 100,
+            3 => truncated % 1_000,
+            4 => truncated % 10_000,
+            5 => truncated % 100_000,
+            6 => truncated % 1_000_000,
+            7 => truncated % 10_000_000,
+            8 => truncated % 100_000_000,
+            9 => truncated % 1_000_000_000,
+            // 0 (untruncated) and 10: a 31-bit value has at most 10 digits.
+            _ => truncated,
+        })
     }
 
     /// Writes a code value as the user types it.
@@ -138,6 +153,20 @@ mod tests {
         assert_eq!(full.parse(b"2147483648"), None);
         assert_eq!(full.parse(b"0123"), None);
         assert_eq!(full.format(123), "123");
+    }
+
+    #[test]
+    fn every_length_keeps_the_last_digits() {
+        for truncated in [0u32, 7, 1_234_567_890, 0x7fff_ffff, 999_999_999] {
+            for digits in 0..=MAX_DIGITS {
+                let expected = match digits {
+                    0 => u64::from(truncated),
+                    d => u64::from(truncated) % 10u64.pow(u32::from(d)),
+                };
+                let got = CodeFormat::new(digits).value_of_truncated(truncated);
+                assert_eq!(got, expected, "{truncated} {digits}");
+            }
+        }
     }
 
     #[test]

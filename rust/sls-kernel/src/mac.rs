@@ -2,7 +2,8 @@
 //!
 //! A prepared key holds the HMAC state after the inner and outer key pads were absorbed, so
 //! each further MAC costs only the message's compressions. The states are key-equivalent
-//! secrets: they are zeroized on drop and never printed.
+//! secrets: they are zeroized on drop and never printed. A [`PaddedMessage`] does the same
+//! for the message side of a batch: laid out and padded once, refilled in place per item.
 
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
@@ -126,6 +127,35 @@ trait ChainingState: Copy + Zeroize {
     /// The first and last words folded together: reading them touches every cache line
     /// the state lies on.
     fn edge_words(&self) -> u64;
+    /// RFC 4226 section 5.3 dynamic truncation of the digest, read from the state words:
+    /// the digest never needs to be written out as bytes.
+    fn dynamic_truncation(&self) -> u32;
+    /// The outer hash's only block: room for the inner digest, then 0x80 and the bit
+    /// length of (opad block + digest) (FIPS 180-4 section 5.1).
+    const OUTER_PADDING: [u8; 128] = outer_padding(Self::BLOCK, Self::OUTPUT, Self::LENGTH_FIELD);
+}
+
+const fn outer_padding(block: usize, output: usize, length_field: usize) -> [u8; 128] {
+    let mut padding = [0u8; 128];
+    padding[output] = 0x80;
+    let bits = (((block + output) * 8) as u128).to_be_bytes();
+    let mut i = 0;
+    while i < length_field {
+        padding[block - length_field + i] = bits[16 - length_field + i];
+        i += 1;
+    }
+    padding
+}
+
+/// RFC 4226 section 5.3 on a digest held as big-endian 32-bit words: the low nibble of the
+/// last byte picks a byte offset (0 to 15), and the 31 bits from there are the value.
+#[inline]
+fn truncate_words32(words: &[u32]) -> u32 {
+    let last = words[words.len() - 1];
+    let offset = (last & 0x0f) as usize;
+    let (word, byte) = (offset / 4, offset % 4);
+    let pair = (u64::from(words[word]) << 32) | u64::from(words[word + 1]);
+    (pair >> (32 - 8 * byte)) as u32 & 0x7fff_ffff
 }
 
 impl ChainingState for [u32; 5] {
@@ -146,6 +176,10 @@ impl ChainingState for [u32; 5] {
     #[inline]
     fn edge_words(&self) -> u64 {
         u64::from(self[0]) ^ u64::from(self[4])
+    }
+    #[inline]
+    fn dynamic_truncation(&self) -> u32 {
+        truncate_words32(self)
     }
 }
 
@@ -168,6 +202,10 @@ impl ChainingState for [u32; 8] {
     fn edge_words(&self) -> u64 {
         u64::from(self[0]) ^ u64::from(self[7])
     }
+    #[inline]
+    fn dynamic_truncation(&self) -> u32 {
+        truncate_words32(self)
+    }
 }
 
 impl ChainingState for [u64; 8] {
@@ -188,6 +226,13 @@ impl ChainingState for [u64; 8] {
     #[inline]
     fn edge_words(&self) -> u64 {
         self[0] ^ self[7]
+    }
+    #[inline]
+    fn dynamic_truncation(&self) -> u32 {
+        let offset = (self[7] & 0x0f) as usize;
+        let (word, byte) = (offset / 8, offset % 8);
+        let pair = (u128::from(self[word]) << 64) | u128::from(self[word + 1]);
+        (pair >> (96 - 8 * byte)) as u32 & 0x7fff_ffff
     }
 }
 
@@ -223,8 +268,34 @@ impl<S: ChainingState> Pads<S> {
     /// HMAC of the concatenated `parts`.
     #[inline]
     fn mac(&self, parts: &[&[u8]], out: &mut DigestOutput) {
+        let mut outer = self.with_padded(parts, |padded| self.outer_state(padded));
+        outer.write_digest(&mut out.bytes);
+        out.len = S::OUTPUT;
+        outer.zeroize();
+    }
+
+    /// RFC 4226 section 5.3's dynamic truncation of the HMAC of the concatenated `parts`.
+    #[inline]
+    fn truncated_mac_of_parts(&self, parts: &[&[u8]]) -> u32 {
+        self.with_padded(parts, |padded| self.truncated_mac(padded))
+    }
+
+    /// HMAC of a message already padded for the inner hash (see [`PaddedMessage`]),
+    /// dynamically truncated: no byte of the message is copied or padded here, and the
+    /// digest stays in the state words.
+    #[inline]
+    fn truncated_mac(&self, padded: &[u8]) -> u32 {
+        let mut outer = self.outer_state(padded);
+        let value = outer.dynamic_truncation();
+        outer.zeroize();
+        value
+    }
+
+    /// Runs `f` on the concatenated `parts` padded for the inner hash: message, 0x80,
+    /// zeros, then the bit length of (ipad block + message).
+    #[inline]
+    fn with_padded<R>(&self, parts: &[&[u8]], f: impl FnOnce(&[u8]) -> R) -> R {
         let length: usize = parts.iter().map(|p| p.len()).sum();
-        // Message, 0x80, zeros, then the bit length of (ipad block + message).
         let padded = (length + 1 + S::LENGTH_FIELD).div_ceil(S::BLOCK) * S::BLOCK;
         let mut stack = [0u8; STACK_MESSAGE];
         let mut heap = Vec::new();
@@ -243,22 +314,21 @@ impl<S: ChainingState> Pads<S> {
         let bits = ((S::BLOCK + length) as u128) * 8;
         buffer[padded - S::LENGTH_FIELD..]
             .copy_from_slice(&bits.to_be_bytes()[16 - S::LENGTH_FIELD..]);
-        let mut inner = self.inner;
-        inner.compress(buffer);
+        f(buffer)
+    }
 
+    /// The outer hash's final state for a message padded for the inner hash.
+    #[inline]
+    fn outer_state(&self, padded: &[u8]) -> S {
+        let mut inner = self.inner;
+        inner.compress(padded);
         // Outer hash: one block holding the inner digest.
-        let mut block = [0u8; 128];
+        let mut block = S::OUTER_PADDING;
         inner.write_digest(&mut block);
-        block[S::OUTPUT] = 0x80;
-        let bits = ((S::BLOCK + S::OUTPUT) as u128) * 8;
-        block[S::BLOCK - S::LENGTH_FIELD..S::BLOCK]
-            .copy_from_slice(&bits.to_be_bytes()[16 - S::LENGTH_FIELD..]);
+        inner.zeroize();
         let mut outer = self.outer;
         outer.compress(&block[..S::BLOCK]);
-        outer.write_digest(&mut out.bytes);
-        out.len = S::OUTPUT;
-        inner.zeroize();
-        outer.zeroize();
+        outer
     }
 }
 
@@ -329,6 +399,122 @@ impl HmacKeyRef<'_> {
             PadsRef::Sha512(pads) => pads.mac(parts, &mut out),
         }
         out
+    }
+
+    /// RFC 4226 section 5.3's dynamic truncation of the HMAC of the concatenation of
+    /// `parts`: the 31-bit value of an HOTP code, without writing the digest out.
+    #[inline]
+    pub fn truncated_mac(self, parts: &[&[u8]]) -> u32 {
+        match self.0 {
+            PadsRef::Sha1(pads) => pads.truncated_mac_of_parts(parts),
+            PadsRef::Sha256(pads) => pads.truncated_mac_of_parts(parts),
+            PadsRef::Sha512(pads) => pads.truncated_mac_of_parts(parts),
+        }
+    }
+}
+
+/// A message of one length, laid out once with the padding of an HMAC's inner hash
+/// (0x80, zeros and the bit length of ipad block + message; FIPS 180-4 section 5.1), so
+/// that many messages of the same shape are MACed by overwriting their own bytes in place:
+/// a MAC then costs its compressions only, with nothing copied or padded per message.
+/// The bytes are wiped on drop (they hold whatever the caller wrote, e.g. PIN hashes).
+#[derive(Clone)]
+pub struct PaddedMessage {
+    algorithm: HashAlgorithm,
+    len: usize,
+    bytes: Vec<u8>,
+}
+
+impl core::fmt::Debug for PaddedMessage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "PaddedMessage({}, {} bytes, redacted)",
+            self.algorithm.name(),
+            self.len
+        )
+    }
+}
+
+fn inner_padding<S: ChainingState>(len: usize) -> Vec<u8> {
+    let padded = (len + 1 + S::LENGTH_FIELD).div_ceil(S::BLOCK) * S::BLOCK;
+    let mut bytes = vec![0u8; padded];
+    bytes[len] = 0x80;
+    let bits = ((S::BLOCK + len) as u128) * 8;
+    bytes[padded - S::LENGTH_FIELD..].copy_from_slice(&bits.to_be_bytes()[16 - S::LENGTH_FIELD..]);
+    bytes
+}
+
+impl PaddedMessage {
+    /// An all-zero message of `len` bytes, padded for an HMAC with `algorithm`.
+    pub fn new(algorithm: HashAlgorithm, len: usize) -> Self {
+        let bytes = match algorithm {
+            HashAlgorithm::Sha1 => inner_padding::<[u32; 5]>(len),
+            HashAlgorithm::Sha256 => inner_padding::<[u32; 8]>(len),
+            HashAlgorithm::Sha512 => inner_padding::<[u64; 8]>(len),
+        };
+        PaddedMessage {
+            algorithm,
+            len,
+            bytes,
+        }
+    }
+
+    pub fn algorithm(&self) -> HashAlgorithm {
+        self.algorithm
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The message bytes (without the padding), to fill in place.
+    #[inline]
+    pub fn message_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[..self.len]
+    }
+
+    pub fn message(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// RFC 4226 section 5.3's dynamic truncation of the HMAC of the message under a
+    /// prepared key: the 31-bit value HOTP and OCRA codes are taken from. `None` when the
+    /// key was prepared for another hash than the message was padded for.
+    #[inline]
+    pub fn truncated_mac(&self, key: HmacKeyRef<'_>) -> Option<u32> {
+        match (key.0, self.algorithm) {
+            (PadsRef::Sha1(pads), HashAlgorithm::Sha1) => Some(pads.truncated_mac(&self.bytes)),
+            (PadsRef::Sha256(pads), HashAlgorithm::Sha256) => Some(pads.truncated_mac(&self.bytes)),
+            (PadsRef::Sha512(pads), HashAlgorithm::Sha512) => Some(pads.truncated_mac(&self.bytes)),
+            _ => None,
+        }
+    }
+
+    /// As [`PaddedMessage::truncated_mac`] with a raw key, its pads absorbed here (two more
+    /// compressions) and wiped after. `None` for an empty key.
+    #[inline]
+    pub fn truncated_mac_with_key(&self, key: &[u8]) -> Option<u32> {
+        if key.is_empty() {
+            return None;
+        }
+        let algorithm = self.algorithm;
+        let hash = |k: &[u8]| algorithm.digest(k);
+        Some(match algorithm {
+            HashAlgorithm::Sha1 => Pads::<[u32; 5]>::new(key, hash).truncated_mac(&self.bytes),
+            HashAlgorithm::Sha256 => Pads::<[u32; 8]>::new(key, hash).truncated_mac(&self.bytes),
+            HashAlgorithm::Sha512 => Pads::<[u64; 8]>::new(key, hash).truncated_mac(&self.bytes),
+        })
+    }
+}
+
+impl Drop for PaddedMessage {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
     }
 }
 
@@ -551,6 +737,65 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A padded message reused for message after message gives RFC 4226's truncation of
+    /// the plain HMAC, with prepared and raw keys alike, at every length around the block
+    /// and padding boundaries, and the word-level truncation meets all 16 offsets.
+    #[test]
+    fn padded_messages_give_the_truncated_plain_hmac() {
+        use crate::code::dynamic_truncation;
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 37 + 11) as u8).collect();
+        let mut offsets = [false; 16];
+        for algorithm in [
+            HashAlgorithm::Sha1,
+            HashAlgorithm::Sha256,
+            HashAlgorithm::Sha512,
+        ] {
+            for msg_len in [0, 1, 54, 55, 56, 63, 64, 111, 112, 119, 128, 178, 300, 600] {
+                let mut message = PaddedMessage::new(algorithm, msg_len);
+                assert_eq!(message.len(), msg_len);
+                for (round, key_len) in [1, 20, 63, 64, 65, 128, 129, 200].into_iter().enumerate() {
+                    let key = &data[round..round + key_len];
+                    let msg = &data[300 + round..300 + round + msg_len];
+                    message.message_mut().copy_from_slice(msg);
+                    assert_eq!(message.message(), msg);
+                    let prepared = HmacKey::new(algorithm, key).unwrap();
+                    let plain = prepared.mac(&[msg]);
+                    let expected = dynamic_truncation(plain.as_bytes());
+                    offsets[usize::from(plain.as_bytes()[plain.as_bytes().len() - 1] & 0x0f)] =
+                        true;
+                    let label = format!("{algorithm:?} key {key_len} message {msg_len}");
+                    assert_eq!(
+                        message.truncated_mac((&prepared).into()),
+                        Some(expected),
+                        "{label}"
+                    );
+                    assert_eq!(
+                        message.truncated_mac_with_key(key),
+                        Some(expected),
+                        "{label}"
+                    );
+                    let split = msg_len / 2;
+                    let parts: [&[u8]; 2] = [&msg[..split], &msg[split..]];
+                    let by_parts = HmacKeyRef::from(&prepared).truncated_mac(&parts);
+                    assert_eq!(by_parts, expected, "{label}");
+                }
+            }
+        }
+        assert!(offsets.iter().all(|&hit| hit), "offsets met: {offsets:?}");
+    }
+
+    #[test]
+    fn a_padded_message_refuses_an_empty_key_and_a_key_of_another_hash() {
+        let message = PaddedMessage::new(HashAlgorithm::Sha1, 10);
+        assert_eq!(message.truncated_mac_with_key(b""), None);
+        let other = HmacKey::new(HashAlgorithm::Sha256, b"key").unwrap();
+        assert_eq!(message.truncated_mac((&other).into()), None);
+        assert_eq!(
+            format!("{message:?}"),
+            "PaddedMessage(sha1, 10 bytes, redacted)"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::code::{same_code, CodeFormat, MAX_DIGITS};
 use crate::error::Error;
 #[cfg(test)]
 use crate::mac::HmacKey;
-use crate::mac::{DigestOutput, HashAlgorithm, HmacKeyRef};
+use crate::mac::{DigestOutput, HashAlgorithm, HmacKeyRef, PaddedMessage};
 use crate::types::Outcome;
 
 /// The Q field is always 128 bytes in the MAC input (RFC 6287 section 5.1).
@@ -56,6 +56,45 @@ pub struct OcraSuite {
     pin: Option<HashAlgorithm>,
     session_len: Option<usize>,
     time_step: Option<u64>,
+    layout: MessageLayout,
+}
+
+/// Where each data input starts in the MAC message (section 5.1), and the message's
+/// length: `suite || 0x00 || C (8) || Q (128) || P || S || T (8)`, absent fields taking no
+/// room. Fixed by the suite, so a batch lays the message out once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MessageLayout {
+    counter: usize,
+    question: usize,
+    pin: usize,
+    session: usize,
+    time: usize,
+    len: usize,
+}
+
+impl MessageLayout {
+    fn new(
+        suite_len: usize,
+        counter: bool,
+        pin: Option<HashAlgorithm>,
+        session_len: Option<usize>,
+        time: bool,
+    ) -> Self {
+        let counter_at = suite_len + 1;
+        let question = counter_at + if counter { 8 } else { 0 };
+        let pin_at = question + QUESTION_FIELD_LEN;
+        let session = pin_at + pin.map_or(0, HashAlgorithm::output_len);
+        let time_at = session + session_len.unwrap_or(0);
+        let len = time_at + if time { 8 } else { 0 };
+        MessageLayout {
+            counter: counter_at,
+            question,
+            pin: pin_at,
+            session,
+            time: time_at,
+            len,
+        }
+    }
 }
 
 /// The data inputs of one OCRA computation. `timestamp` is Unix time in seconds; the
@@ -214,7 +253,9 @@ impl OcraSuite {
             ));
         }
 
+        let layout = MessageLayout::new(text.len(), counter, pin, session_len, time_step.is_some());
         Ok(OcraSuite {
+            layout,
             text: text.to_owned(),
             algorithm,
             format: CodeFormat::new(digits),
@@ -286,6 +327,12 @@ impl OcraSuite {
         question: &[u8],
         field: &mut [u8; QUESTION_FIELD_LEN],
     ) -> Result<(), Error> {
+        self.write_question(question, field)
+    }
+
+    /// [`OcraSuite::encode_question`] into the Q field of a message (`field` is 128 bytes).
+    #[inline]
+    fn write_question(&self, question: &[u8], field: &mut [u8]) -> Result<(), Error> {
         if !(MIN_QUESTION_LEN..=MAX_QUESTION_LEN).contains(&question.len()) {
             return Err(Error::input("question", "must be 4 to 128 characters long"));
         }
@@ -408,59 +455,65 @@ impl OcraSuite {
 
     fn check_key(&self, key: HmacKeyRef<'_>) -> Result<(), Error> {
         if key.algorithm() != self.algorithm {
-            return Err(Error::input(
-                "key",
-                format!(
-                    "prepared for {} but the suite uses HOTP-{}",
-                    key.algorithm().name(),
-                    hash_name(self.algorithm)
-                ),
-            ));
+            return Err(self.key_mismatch(key));
         }
         Ok(())
     }
 
-    /// Checks the key and inputs against the suite and encodes the question field.
-    fn prepare(
-        &self,
-        key: HmacKeyRef<'_>,
-        input: &OcraInput<'_>,
-    ) -> Result<[u8; QUESTION_FIELD_LEN], Error> {
-        self.check_key(key)?;
-        self.check_inputs(input)?;
-        let mut question = [0u8; QUESTION_FIELD_LEN];
-        self.encode_question(input.question, &mut question)?;
-        Ok(question)
+    /// A MAC message laid out for this suite: the suite text, its 0x00 separator and the
+    /// hash padding written once; [`OcraSuite::write_inputs`] fills in each item.
+    pub(crate) fn new_message(&self) -> PaddedMessage {
+        let mut message = PaddedMessage::new(self.algorithm, self.layout.len);
+        message.message_mut()[..self.text.len()].copy_from_slice(self.text.as_bytes());
+        message
     }
 
-    /// The MAC of prepared inputs, truncated to a code value.
+    /// Checks one item's inputs against the suite and writes them into `message` (from
+    /// [`OcraSuite::new_message`]). Every field the suite has is overwritten in full, so
+    /// nothing of an earlier item survives into this one's MAC.
     #[inline]
-    fn value_of(
+    pub(crate) fn write_inputs(
         &self,
-        key: HmacKeyRef<'_>,
+        message: &mut PaddedMessage,
         input: &OcraInput<'_>,
-        question: &[u8; QUESTION_FIELD_LEN],
-    ) -> u64 {
-        let counter = input.counter.unwrap_or(0).to_be_bytes();
-        let time = match (self.time_step, input.timestamp) {
-            (Some(step), Some(unix)) => unix / step,
-            _ => 0,
+    ) -> Result<(), Error> {
+        self.check_inputs(input)?;
+        let at = self.layout;
+        let bytes = message.message_mut();
+        if let Some(counter) = input.counter {
+            bytes[at.counter..at.question].copy_from_slice(&counter.to_be_bytes());
         }
-        .to_be_bytes();
-        let mut parts: [&[u8]; 7] = [self.text.as_bytes(), &[0u8], &[], question, &[], &[], &[]];
-        if self.counter {
-            parts[2] = &counter;
-        }
+        self.write_question(input.question, &mut bytes[at.question..at.pin])?;
         if let Some(hash) = input.pin_hash {
-            parts[4] = hash;
+            bytes[at.pin..at.session].copy_from_slice(hash);
         }
         if let Some(session) = input.session {
-            parts[5] = session;
+            bytes[at.session..at.time].copy_from_slice(session);
         }
-        if self.time_step.is_some() {
-            parts[6] = &time;
+        if let (Some(step), Some(unix)) = (self.time_step, input.timestamp) {
+            bytes[at.time..at.len].copy_from_slice(&(unix / step).to_be_bytes());
         }
-        self.format.value(key.mac(&parts).as_bytes())
+        Ok(())
+    }
+
+    /// The code value of a message filled by [`OcraSuite::write_inputs`].
+    #[inline]
+    fn value_in(&self, key: HmacKeyRef<'_>, message: &PaddedMessage) -> Result<u64, Error> {
+        let truncated = message
+            .truncated_mac(key)
+            .ok_or_else(|| self.key_mismatch(key))?;
+        Ok(self.format.value_of_truncated(truncated))
+    }
+
+    fn key_mismatch(&self, key: HmacKeyRef<'_>) -> Error {
+        Error::input(
+            "key",
+            format!(
+                "prepared for {} but the suite uses HOTP-{}",
+                key.algorithm().name(),
+                hash_name(self.algorithm)
+            ),
+        )
     }
 
     /// The response value (before formatting) for one set of inputs.
@@ -470,8 +523,10 @@ impl OcraSuite {
         input: &OcraInput<'_>,
     ) -> Result<u64, Error> {
         let key = key.into();
-        let question = self.prepare(key, input)?;
-        Ok(self.value_of(key, input, &question))
+        self.check_key(key)?;
+        let mut message = self.new_message();
+        self.write_inputs(&mut message, input)?;
+        self.value_in(key, &message)
     }
 
     /// The response a device shows for these inputs.
@@ -492,11 +547,13 @@ impl OcraSuite {
         input: &OcraInput<'_>,
     ) -> Result<Outcome, Error> {
         let key = key.into();
-        let question = self.prepare(key, input)?;
+        self.check_key(key)?;
+        let mut message = self.new_message();
+        self.write_inputs(&mut message, input)?;
         let Some(typed) = self.format.parse(response) else {
             return Ok(Outcome::Malformed);
         };
-        let expected = self.value_of(key, input, &question);
+        let expected = self.value_in(key, &message)?;
         Ok(Outcome::from_match(same_code(typed, expected)))
     }
 }
@@ -510,7 +567,7 @@ impl core::fmt::Display for OcraSuite {
 /// `QN` encoding: the decimal question as a hex number without leading zeros, written
 /// nibble by nibble from the start of the field (RFC 6287 Appendix A:
 /// `new BigInteger(question, 10).toString(16)`, right-padded with '0').
-fn encode_decimal_question(digits: &[u8], field: &mut [u8; QUESTION_FIELD_LEN]) {
+fn encode_decimal_question(digits: &[u8], field: &mut [u8]) {
     field.fill(0);
     if digits.len() <= 19 {
         // Fast path: every 19-digit decimal fits in a u64.
@@ -750,6 +807,72 @@ mod tests {
             err.to_string(),
             "key: prepared for sha256 but the suite uses HOTP-SHA1"
         );
+    }
+
+    /// The message laid out once and filled per item is the RFC's concatenation
+    /// `suite || 0x00 || C || Q || P || S || T` (section 5.1): every suite shape, one
+    /// message reused across items of different inputs, against the plain HMAC of the
+    /// concatenated parts.
+    #[test]
+    fn a_reused_message_is_the_concatenation_of_each_items_inputs() {
+        use crate::code::CodeFormat;
+        let suites = [
+            "OCRA-1:HOTP-SHA1-8:QN06-PSHA1",
+            "OCRA-1:HOTP-SHA1-6:QN08",
+            "OCRA-1:HOTP-SHA256-8:C-QN08-PSHA1",
+            "OCRA-1:HOTP-SHA512-8:C-QN08",
+            "OCRA-1:HOTP-SHA512-8:QN08-T1M",
+            "OCRA-1:HOTP-SHA256-10:C-QA64-PSHA256-S064-T30S",
+            "OCRA-1:HOTP-SHA512-0:QH40-PSHA512-S512-T48H",
+            "OCRA-1:HOTP-SHA1-4:QA10-S128",
+        ];
+        let questions: [&[u8]; 3] = [b"12345678", b"4D3A50FF", b"00000000000000000000022222222"];
+        for text in suites {
+            let s = suite(text);
+            let key =
+                HmacKey::new(s.algorithm(), b"3132333435363738393031323334353637383930").unwrap();
+            let mut message = s.new_message();
+            for item in 0u8..6 {
+                let question = match s.question_format() {
+                    QuestionFormat::Numeric => questions[usize::from(item % 3 / 2) * 2],
+                    QuestionFormat::Hex => questions[usize::from(item % 2)],
+                    QuestionFormat::Alphanumeric => {
+                        &b"SIG1230000Q-Z~"[..10 + usize::from(item % 3)]
+                    }
+                };
+                let pin = s.pin_algorithm().map(|a| a.digest(&[b'0' + item; 4]));
+                let session = s.session_len().map(|len| vec![item ^ 0x5a; len]);
+                let input = OcraInput {
+                    counter: s.uses_counter().then_some(u64::from(item) << 40 | 7),
+                    question,
+                    pin_hash: pin.as_ref().map(DigestOutput::as_bytes),
+                    session: session.as_deref(),
+                    timestamp: s
+                        .time_step()
+                        .map(|_| 1_700_000_000 + u64::from(item) * 7919),
+                };
+                s.write_inputs(&mut message, &input).unwrap();
+                let mut question_field = [0u8; QUESTION_FIELD_LEN];
+                s.encode_question(question, &mut question_field).unwrap();
+                let counter = input.counter.map(u64::to_be_bytes);
+                let time = s
+                    .time_step()
+                    .zip(input.timestamp)
+                    .map(|(step, unix)| (unix / step).to_be_bytes());
+                let parts: [&[u8]; 7] = [
+                    s.as_str().as_bytes(),
+                    &[0],
+                    counter.as_ref().map_or(&[][..], |c| &c[..]),
+                    &question_field,
+                    input.pin_hash.unwrap_or_default(),
+                    input.session.unwrap_or_default(),
+                    time.as_ref().map_or(&[][..], |t| &t[..]),
+                ];
+                assert_eq!(message.message(), parts.concat(), "{text} item {item}");
+                let expected = CodeFormat::new(s.digits()).value(key.mac(&parts).as_bytes());
+                assert_eq!(s.compute_value(&key, &input).unwrap(), expected, "{text}");
+            }
+        }
     }
 
     #[test]

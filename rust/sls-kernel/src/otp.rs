@@ -54,9 +54,8 @@ impl OtpParams {
     /// HOTP value for `counter` (RFC 4226 section 5.3).
     #[inline]
     pub fn value<'k>(self, key: impl Into<HmacKeyRef<'k>>, counter: u64) -> u64 {
-        let key = key.into();
-        self.format
-            .value(key.mac(&[&counter.to_be_bytes()]).as_bytes())
+        let truncated = key.into().truncated_mac(&[&counter.to_be_bytes()]);
+        self.format.value_of_truncated(truncated)
     }
 
     /// HOTP code for `counter`, zero-padded.

@@ -12,13 +12,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
 
 from sls_core.errors import SlsError
 
 __all__ = [
     "ActivationRow",
     "DeviceRow",
+    "Ids",
     "PushRow",
     "SharingRow",
     "Store",
@@ -26,6 +30,8 @@ __all__ = [
     "StoreUnavailableError",
     "UserRow",
     "WriterBusyError",
+    "ascending_ids",
+    "unique_ids",
 ]
 
 
@@ -116,6 +122,40 @@ class SharingRow:
     decided_at: float | None = None
 
 
+#: The challenge ids of a batch: a list, or an integer numpy column (no Python int per item).
+Ids: TypeAlias = Sequence[int] | npt.NDArray[np.integer[Any]]
+
+
+def ascending_ids(ids: Ids) -> npt.NDArray[np.int64]:
+    """The ids as int64, ascending (duplicates kept: a caller that inserts them wants the
+    primary key to refuse one); sorted only if they are not already."""
+    values = np.asarray(ids).astype(np.int64, copy=False)
+    if len(values) > 1 and not bool(np.all(values[1:] >= values[:-1])):
+        values = np.sort(values)
+    return values
+
+
+def unique_ids(ids: Iterable[int]) -> npt.NDArray[np.int64]:
+    """Each id once, ascending, as int64 (every store key fits). A batch of B-tree probes or
+    inserts in key order touches each page once, in order: 100k random-order inserts into
+    ``consumed`` take twice as long as the same ids sorted. Dense ids (user ids) are
+    deduplicated with a bitmap, ten times faster than a sort; ids already sorted and
+    distinct (the pipeline's) pass through."""
+    dtype = getattr(ids, "dtype", None)
+    if dtype is not None and dtype.kind in "iu":
+        values = np.asarray(ids).astype(np.int64, copy=False)
+    else:
+        values = np.fromiter((int(i) for i in ids), np.int64)
+    if len(values) < 2 or bool(np.all(values[1:] > values[:-1])):
+        return values
+    low, high = int(values.min()), int(values.max())
+    if low >= 0 and high < 4 * len(values) + 1024:
+        seen = np.zeros(high + 1, dtype=bool)
+        seen[values] = True
+        return np.flatnonzero(seen).astype(np.int64)
+    return np.unique(values)
+
+
 class StoreTx(Protocol):
     """One write transaction: everything in it lands together or not at all."""
 
@@ -124,8 +164,13 @@ class StoreTx(Protocol):
     def failures(self, user_ids: Iterable[int]) -> dict[int, list[float]]: ...
     def put_failures(self, rows: dict[int, list[float]]) -> None: ...
     def clear_failures(self, user_ids: Iterable[int]) -> None: ...
-    def consumed(self, challenge_ids: Sequence[int]) -> set[int]: ...
-    def consume(self, challenge_ids: Sequence[int], expires_at: float) -> None: ...
+    def consumed(self, challenge_ids: Ids) -> set[int]: ...
+    def consume(self, challenge_ids: Ids, expires_at: float) -> None: ...
+    def consume_unused(self, challenge_ids: Ids, expires_at: float) -> set[int]:
+        """Consumes each of the distinct ``challenge_ids`` not consumed yet; returns those
+        that were (their replays). One write when none was: the usual batch."""
+        ...
+
     def purge_consumed(self, before: float, limit: int | None = None) -> int: ...
     def metered(self, kind: str, user_id: int, since: float) -> list[float]: ...
     def meter(self, kind: str, user_id: int, at: float) -> None: ...

@@ -23,15 +23,20 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sls_core.errors import AlreadyExistsError, InvalidInputError
 from sls_core.sealing import MasterKeyRing
 from sls_core.store.base import (
     ActivationRow,
     DeviceRow,
+    Ids,
     PushRow,
     SharingRow,
     UserRow,
     WriterBusyError,
+    ascending_ids,
+    unique_ids,
 )
 from sls_core.store.keys import (
     COUNTED_TABLES,
@@ -87,9 +92,16 @@ class _SqliteTx:
 
     # -- lockout -----------------------------------------------------------------------
     def failures(self, user_ids: Iterable[int]) -> dict[int, list[float]]:
+        # The ids drive the join (CROSS JOIN keeps them the outer loop): one primary-key
+        # probe each, in key order. ``IN (SELECT ...)`` would first build a temporary index
+        # of the ids, three times slower for a batch of 100k.
+        ids = unique_ids(user_ids)
+        if not len(ids):
+            return {}
         rows = self._conn.execute(
-            "SELECT user_id, times FROM failures WHERE user_id IN (SELECT value FROM json_each(?))",
-            (_ids_json(user_ids),),
+            "SELECT f.user_id, f.times FROM json_each(?) AS j"
+            " CROSS JOIN failures AS f ON f.user_id = j.value",
+            (_ids_json(ids),),
         )
         return {uid: json.loads(times) for uid, times in rows}
 
@@ -107,24 +119,44 @@ class _SqliteTx:
         )
 
     # -- replay ------------------------------------------------------------------------
-    def consumed(self, challenge_ids: Sequence[int]) -> set[int]:
-        if not challenge_ids:
+    def consumed(self, challenge_ids: Ids) -> set[int]:
+        ids = unique_ids(challenge_ids)
+        if not len(ids):
             return set()
         rows = self._conn.execute(
-            "SELECT challenge_id FROM consumed "
-            "WHERE challenge_id IN (SELECT value FROM json_each(?))",
-            (_ids_json(challenge_ids),),
+            "SELECT c.challenge_id FROM json_each(?) AS j"
+            " CROSS JOIN consumed AS c ON c.challenge_id = j.value",
+            (_ids_json(ids),),
         )
         return {r[0] for r in rows}
 
-    def consume(self, challenge_ids: Sequence[int], expires_at: float) -> None:
+    def consume(self, challenge_ids: Ids, expires_at: float) -> None:
         # A plain INSERT: a duplicate here would be a bug upstream, and the primary key
         # turns it into an error that rolls the whole batch back. One statement over a
-        # JSON array binds once instead of once per row.
+        # JSON array binds once instead of once per row; sorted, it appends in key order.
+        if not len(challenge_ids):
+            return
+        ids = ascending_ids(challenge_ids)
         self._conn.execute(
             "INSERT INTO consumed (challenge_id, expires_at) SELECT value, ? FROM json_each(?)",
-            (expires_at, _ids_json(challenge_ids)),
+            (expires_at, _ids_json(ids)),
         )
+
+    def consume_unused(self, challenge_ids: Ids, expires_at: float) -> set[int]:
+        # Optimistic: insert them all. A challenge used already fails the primary key,
+        # and SQLite undoes that one statement (not the transaction): then look them up.
+        try:
+            self.consume(challenge_ids, expires_at)
+        except sqlite3.IntegrityError:
+            already = self.consumed(challenge_ids)
+            if not already:
+                raise  # not a replay: a bug upstream (the ids must be distinct)
+            ids = np.asarray(challenge_ids, dtype=np.int64)
+            self.consume(
+                ids[~np.isin(ids, np.fromiter(already, np.int64, len(already)))], expires_at
+            )
+            return already
+        return set()
 
     def purge_consumed(self, before: float, limit: int | None = None) -> int:
         if limit is None:

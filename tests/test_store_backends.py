@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 
 from sls_core import ocra
@@ -185,6 +186,81 @@ def test_a_revocation_on_one_store_is_seen_by_the_other_at_its_next_attempt(
     first.revoke_device("alice", device.id)
     verdict = second.verify("alice", challenge.token, _answer(challenge.challenge))
     assert not verdict.ok
+
+
+# -- consume once, optimistically ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [3, 300, 5_000])  # a lookup first; a savepoint; COPY too
+def test_try_consume_takes_all_of_a_batch_or_none_and_names_the_replays(
+    tmp_path: Path, store_url: str | None, size: int
+) -> None:
+    sls = SecureLogin.open(tmp_path / "data", store=store_url)
+    try:
+        ids = np.arange(10, 10 + size, dtype=np.uint64)
+        with sls.store.write() as tx:
+            assert tx.try_consume(ids[::-1], 500.0) == set()  # any order
+            assert tx.consumed(ids) == set(ids.tolist())
+        later = np.arange(10 + size, 10 + 2 * size, dtype=np.uint64)
+        mixed = np.concatenate((later, ids[-2:]))  # two of them were used before
+        with sls.store.write() as tx:
+            assert tx.try_consume(mixed, 600.0) == set(ids[-2:].tolist())
+            assert tx.consumed(later) == set()  # none of the batch was taken
+            tx.consume(later, 600.0)  # and the transaction still works
+        with sls.store.write() as tx:
+            assert tx.consumed(mixed) == set(mixed.tolist())
+            assert tx.try_consume([], 700.0) == set()
+    finally:
+        sls.store.close()
+
+
+def test_try_consume_refuses_a_batch_that_repeats_an_id(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    """The caller passes each id once; a repeat is a bug upstream, never a silent pass."""
+    sls = SecureLogin.open(tmp_path / "data", store=store_url)
+    try:
+        with pytest.raises(Exception, match=r"(?i)unique|duplicate"), sls.store.write() as tx:
+            tx.try_consume([*range(1, 2_000), 7], 500.0)
+        with sls.store.write() as tx:
+            assert tx.consumed(range(1, 2_000)) == set()  # rolled back whole
+    finally:
+        sls.store.close()
+
+
+def test_a_large_batch_with_replays_from_earlier_batches_decides_each_item_once(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    """Replays among users with a clean record and among users with failures on record
+    (decided item by item), in a batch large enough to take the optimistic path: the
+    replayed items are REPLAYED, every other item decided as if alone, and each challenge
+    consumed exactly once."""
+    clock = ManualClock(NOW)
+    sls = SecureLogin.open(tmp_path / "data", clock=clock, store=store_url)
+    try:
+        names = [f"u{i}" for i in range(300)]
+        sls.enroll_bulk(names, DeviceType.DSC_PLUS, [SECRET] * 300, pins=[PIN] * 300)
+        first = sls.issue_challenges(names)
+        wrong = {5, 6}  # users with a failure on record from the first batch
+        answers = ["00000000" if i in wrong else _answer(c.challenge) for i, c in enumerate(first)]
+        done = sls.verify_batch(names, [c.token for c in first], answers)
+        assert [done[i] for i in (4, 5)] == [LoginOutcome.OK, LoginOutcome.WRONG]
+        second = sls.issue_challenges(names)
+        tokens = [c.token for c in second]
+        responses = [_answer(c.challenge) for c in second]
+        # u4 (clean record) and u5 (a failure on record) send their first answers again.
+        tokens[4], responses[4] = first[4].token, answers[4]
+        tokens[5], responses[5] = first[5].token, _answer(first[5].challenge)
+        result = sls.verify_batch(names, tokens, responses)
+        assert result[4] is LoginOutcome.REPLAYED
+        assert result[5] is LoginOutcome.REPLAYED
+        assert all(result[i] is LoginOutcome.OK for i in range(300) if i not in (4, 5))
+        assert sls.lockout_status("u5").consecutive_failures == 1  # a replay never counts
+        assert sls.lockout_status("u6").consecutive_failures == 0  # a success ends the run
+        again = sls.verify_batch(names, tokens, responses)
+        assert all(again[i] is LoginOutcome.REPLAYED for i in range(300))
+    finally:
+        sls.store.close()
 
 
 # -- the purge ---------------------------------------------------------------------------------

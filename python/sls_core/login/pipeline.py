@@ -147,8 +147,11 @@ class Plan:
         A challenge id belongs to one user (the token binds it), so users are independent.
         Users with failures on record or a wrong answer now are replayed item by item in
         input order (the lock can start mid-batch); everyone else's items are decided with
-        numpy: the first use of each challenge is consumed, any later one is REPLAYED. Their
-        replay check and insert are one store call (:meth:`StoreTx.consume_unused`)."""
+        numpy: the first use of each challenge is consumed, any later one is REPLAYED.
+
+        Both groups consume optimistically (:meth:`StoreTx.try_consume`: the replay check
+        and the insert are one write when nothing is replayed, the usual batch); only when
+        the store names replays is a group decided again knowing them."""
         self._set((self.out == _OPEN) & (self.raw == _MALFORMED), LoginOutcome.MALFORMED)
         evaluated = np.flatnonzero(self.out == _OPEN)
         uids = self.user_ids[evaluated]
@@ -168,9 +171,10 @@ class Plan:
         fast_tokens = fast[self.has_token[fast]]
         cids = self.challenge_ids[fast_tokens]
         first, distinct = _first_occurrences(cids)
-        already = tx.consume_unused(distinct, expiry)
+        already = tx.try_consume(distinct, expiry)
         if already:
             first &= ~np.isin(cids, np.fromiter(already, np.uint64, len(already)))
+            tx.consume(cids[first], expiry)
         self.out[fast_tokens[~first]] = LoginOutcome.REPLAYED
         decided = fast[self.out[fast] == _OPEN]
         neutral = self.neutral[decided]
@@ -180,7 +184,13 @@ class Plan:
             np.where(self.scope_limited[decided], LoginOutcome.SCOPE_LIMITED, LoginOutcome.OK),
         )
         in_order = evaluated[in_sequence]
-        failures = self._settle_in_order(tx, in_order, on_record, expiry) if len(in_order) else {}
+        failures: dict[int, list[float]] = {}
+        if len(in_order):
+            consumed, failures = self._settle_in_order(in_order, on_record, set())
+            already = tx.try_consume(consumed, expiry)
+            if already:  # replays among them: decided again, knowing which
+                consumed, failures = self._settle_in_order(in_order, on_record, already)
+                tx.consume(consumed, expiry)
         tx.put_failures({u: t for u, t in failures.items() if t})
         tx.clear_failures([u for u, t in failures.items() if not t and u in on_record])
         for i, effect in self.effects.items():
@@ -188,13 +198,13 @@ class Plan:
 
     def _settle_in_order(
         self,
-        tx: StoreTx,
         rows: npt.NDArray[np.intp],
         on_record: dict[int, list[float]],
-        expiry: float,
-    ) -> dict[int, list[float]]:
-        """The items of users whose count matters, one at a time in input order: a lock
-        can start mid-batch. Returns each such user's failure times after the batch."""
+        seen: set[int],
+    ) -> tuple[list[int], dict[int, list[float]]]:
+        """Decides the items of users whose count matters, one at a time in input order (a
+        lock can start mid-batch), given the challenges ``seen`` consumed before. Returns
+        the challenges these items consume and each such user's failure times after."""
         # Plain Python values: indexing numpy columns one item at a time costs more than
         # the rules themselves.
         uids = self.user_ids[rows].tolist()
@@ -204,7 +214,7 @@ class Plan:
         keeps = self.keep_on_wrong[rows].tolist()
         neutrals = self.neutral[rows].tolist()
         scoped = self.scope_limited[rows].tolist()
-        seen = tx.consumed([c for c, t in zip(cids, tokened, strict=True) if t])
+        seen = set(seen)
         failures = {u: list(on_record.get(u, [])) for u in set(uids)}
         consumed: list[int] = []
         outcomes: list[int] = []
@@ -235,9 +245,7 @@ class Plan:
             elif lockout.counts_as_failure(outcome):
                 failures[uid] = lockout.with_failure(failures[uid], now)
         self.out[rows] = outcomes
-        if consumed:
-            tx.consume(consumed, expiry)
-        return failures
+        return consumed, failures
 
 
 class ResponsePlan(Plan):

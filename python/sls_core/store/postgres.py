@@ -82,7 +82,7 @@ LOCK_TIMEOUT_MS: Final = 30_000
 #: server, so that its lock is released (milliseconds).
 IDLE_IN_TRANSACTION_MS: Final = 60_000
 #: From this many ids on, a batch's challenges are inserted before any replay check
-#: (see ``consume_unused``).
+#: (see ``try_consume``).
 OPTIMISTIC_CONSUME_MIN: Final = 256
 #: From this many rows on, ``consume`` writes them by COPY rather than INSERT.
 COPY_MIN: Final = 1024
@@ -154,14 +154,6 @@ def _consumed_copy(ids: npt.NDArray[np.int64], expires_at: float) -> bytes:
     rows["at_length"] = 8
     rows["at"] = expires_at
     return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
-
-
-def _without(ids: Ids, removed: set[int]) -> npt.NDArray[np.int64]:
-    """``ids`` less those in ``removed``."""
-    values = np.asarray(ids).astype(np.int64, copy=False)
-    if not removed:
-        return values
-    return values[~np.isin(values, np.fromiter(removed, np.int64, len(removed)))]
 
 
 @functools.cache
@@ -301,27 +293,29 @@ class _PostgresTx:
         ):
             copy.write(_consumed_copy(ids, expires_at))
 
-    def consume_unused(self, challenge_ids: Ids, expires_at: float) -> set[int]:
+    def try_consume(self, challenge_ids: Ids, expires_at: float) -> set[int]:
         if len(challenge_ids) < OPTIMISTIC_CONSUME_MIN:
             # Look up, then insert: two round trips, where the optimistic insert below
             # takes three (its savepoint), for a lookup that costs little this small.
             already = self.consumed(challenge_ids)
-            self.consume(_without(challenge_ids, already), expires_at)
+            if not already:
+                self.consume(challenge_ids, expires_at)
             return already
         # Optimistic: insert them all (a replay check of 100k ids costs as much server
         # time as half their insert). A challenge used already fails the primary key and
         # aborts the transaction, so the insert runs under a savepoint to undo it alone.
         # ON CONFLICT DO NOTHING would say how many, not which, at twice the insert's cost.
-        self._run("SAVEPOINT consume_unused")
+        self._run("SAVEPOINT try_consume")
         try:
             self.consume(challenge_ids, expires_at)
         except self._unique_violation:
-            self._run("ROLLBACK TO SAVEPOINT consume_unused")
-            self._run("RELEASE SAVEPOINT consume_unused")
+            self._run("ROLLBACK TO SAVEPOINT try_consume")
+            self._run("RELEASE SAVEPOINT try_consume")
             already = self.consumed(challenge_ids)
-            self.consume(_without(challenge_ids, already), expires_at)
+            if not already:
+                raise  # not a replay: a bug upstream (the ids must be distinct)
             return already
-        self._run("RELEASE SAVEPOINT consume_unused")
+        self._run("RELEASE SAVEPOINT try_consume")
         return set()
 
     def purge_consumed(self, before: float, limit: int | None = None) -> int:

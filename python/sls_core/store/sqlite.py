@@ -23,8 +23,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sls_core.errors import AlreadyExistsError, InvalidInputError
 from sls_core.sealing import MasterKeyRing
 from sls_core.store.base import (
@@ -142,19 +140,15 @@ class _SqliteTx:
             (expires_at, _ids_json(ids)),
         )
 
-    def consume_unused(self, challenge_ids: Ids, expires_at: float) -> set[int]:
-        # Optimistic: insert them all. A challenge used already fails the primary key,
-        # and SQLite undoes that one statement (not the transaction): then look them up.
+    def try_consume(self, challenge_ids: Ids, expires_at: float) -> set[int]:
+        # Optimistic: insert them all. A challenge used already fails the primary key, and
+        # SQLite undoes that one statement (not the transaction): then look them up.
         try:
             self.consume(challenge_ids, expires_at)
         except sqlite3.IntegrityError:
             already = self.consumed(challenge_ids)
             if not already:
                 raise  # not a replay: a bug upstream (the ids must be distinct)
-            ids = np.asarray(challenge_ids, dtype=np.int64)
-            self.consume(
-                ids[~np.isin(ids, np.fromiter(already, np.int64, len(already)))], expires_at
-            )
             return already
         return set()
 

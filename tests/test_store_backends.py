@@ -94,6 +94,41 @@ def test_both_backends_end_with_the_same_tables_and_columns(tmp_path: Path, pg_u
     assert postgres == _sqlite_columns(tmp_path / "sqlite" / "sls.db")
 
 
+def test_a_version_8_postgres_store_gets_spans_for_what_it_consumed(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Version 9 replaces the per-row expiry index of ``consumed`` by spans: a store made
+    before it still purges what it had consumed, and keeps the replay check."""
+    import psycopg
+
+    from sls_core.store import schema
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for statement in schema.POSTGRES_MIGRATIONS[8]:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO consumed VALUES (7, 1.0), (8, 1.5), (9, 3.0), (%s, 1.2)", (1 << 62,)
+        )
+    sls = SecureLogin.open(tmp_path / "data", store=pg_url)
+    try:
+        assert sls.store.schema_version == SCHEMA_VERSION
+        with sls.store.write() as tx:
+            assert tx.consumed([7, 8, 9, 1 << 62]) == {7, 8, 9, 1 << 62}
+            assert tx.purge_consumed(2.0, 10) == 3
+            assert tx.consumed([7, 8, 9, 1 << 62]) == {9}
+            assert tx.purge_consumed(4.0, 10) == 1
+        with psycopg.connect(pg_url) as conn:
+            indexes = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+                )
+            }
+        assert "consumed_by_expiry" not in indexes
+    finally:
+        sls.store.close()
+
+
 def test_a_newer_postgres_schema_is_refused(tmp_path: Path, pg_url: str) -> None:
     import psycopg
 

@@ -10,6 +10,7 @@ inside one write transaction, so a process killed at any point leaves all of it 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
@@ -31,6 +32,7 @@ __all__ = [
     "UserRow",
     "WriterBusyError",
     "ascending_ids",
+    "consumed_spans",
     "unique_ids",
 ]
 
@@ -124,6 +126,23 @@ class SharingRow:
 
 #: The challenge ids of a batch: a list, or an integer numpy column (no Python int per item).
 Ids: TypeAlias = Sequence[int] | npt.NDArray[np.integer[Any]]
+
+
+#: Ids per block of ``consumed_spans`` (see the schema's version 9).
+SPAN_BLOCK_BITS = 20
+
+
+def consumed_spans(
+    ids: npt.NDArray[np.int64], expires_at: float
+) -> tuple[float, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The ``consumed_spans`` rows that cover ``ids`` (ascending) consumed with this expiry:
+    the end of its second (never earlier than the expiry itself: the purge takes a span
+    only once every row it covers may have expired), and per block of ids touched, the
+    block and the first and last id in it."""
+    blocks = ids >> SPAN_BLOCK_BITS
+    starts = np.flatnonzero(np.concatenate(([True], blocks[1:] != blocks[:-1])))
+    ends = np.concatenate((starts[1:], [len(ids)])) - 1
+    return float(math.floor(expires_at) + 1), blocks[starts], ids[starts], ids[ends]
 
 
 def ascending_ids(ids: Ids) -> npt.NDArray[np.int64]:

@@ -57,6 +57,7 @@ from sls_core.store.base import (
     UserRow,
     WriterBusyError,
     ascending_ids,
+    consumed_spans,
     unique_ids,
 )
 from sls_core.store.keys import (
@@ -134,6 +135,17 @@ class _BigintArray:
 #: PostgreSQL's type ids of bigint and bigint[].
 _INT8_OID, _INT8_ARRAY_OID = 20, 1016
 
+
+#: What the purge finds consumed challenges by: per second of expiry and block of ids,
+#: the range of ids consumed with it (parameters: that second, then the blocks, first and
+#: last ids as arrays).
+_NOTE_SPAN = (
+    "INSERT INTO consumed_spans (expires_at, id_block, first_id, last_id)"
+    " SELECT %s, b, f, l FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[]) AS t(b, f, l)"
+    " ON CONFLICT (expires_at, id_block) DO UPDATE SET"
+    " first_id = LEAST(consumed_spans.first_id, excluded.first_id),"
+    " last_id = GREATEST(consumed_spans.last_id, excluded.last_id)"
+)
 
 #: COPY's binary format: a signature, flags and header extension length, then each row as
 #: its field count and each field's length and big-endian value, then -1 (PostgreSQL's
@@ -279,10 +291,14 @@ class _PostgresTx:
             return
         # Sorted: the primary key's B-tree is filled in key order.
         ids = ascending_ids(challenge_ids)
+        second, blocks, firsts, lasts = consumed_spans(ids, expires_at)
+        span = (second, _BigintArray(blocks), _BigintArray(firsts), _BigintArray(lasts))
         if len(ids) < COPY_MIN:
+            # One round trip for the rows and their span (see _NOTE_SPAN).
             self._run(
-                "INSERT INTO consumed (challenge_id, expires_at) SELECT unnest(%b), %s",
-                (_BigintArray(ids), expires_at),
+                "WITH span AS (" + _NOTE_SPAN + ")"
+                " INSERT INTO consumed (challenge_id, expires_at) SELECT unnest(%b), %s",
+                (*span, _BigintArray(ids), expires_at),
             )
             return
         # COPY in binary, the rows built by numpy: the server skips the array and the
@@ -292,6 +308,7 @@ class _PostgresTx:
             cur.copy("COPY consumed (challenge_id, expires_at) FROM STDIN (FORMAT BINARY)") as copy,
         ):
             copy.write(_consumed_copy(ids, expires_at))
+        self._run(_NOTE_SPAN, span)
 
     def try_consume(self, challenge_ids: Ids, expires_at: float) -> set[int]:
         if len(challenge_ids) < OPTIMISTIC_CONSUME_MIN:
@@ -320,13 +337,30 @@ class _PostgresTx:
 
     def purge_consumed(self, before: float, limit: int | None = None) -> int:
         if limit is None:
-            return self._run("DELETE FROM consumed WHERE expires_at <= %s", (before,))
-        # Bounded: the purge runs inside a login transaction and must stay short.
-        return self._run(
-            "DELETE FROM consumed WHERE ctid = ANY(ARRAY("
-            "SELECT ctid FROM consumed WHERE expires_at <= %s LIMIT %s))",
-            (before, limit),
+            purged = self._run("DELETE FROM consumed WHERE expires_at <= %s", (before,))
+            self._run("DELETE FROM consumed_spans WHERE expires_at <= %s", (before,))
+            return purged
+        # Bounded: the purge runs inside a login transaction and must stay short. The
+        # oldest spans that may have expired, then the expired rows in their id ranges (a
+        # range may hold other rows, later ones: each row's own expiry decides).
+        purged = self._run(
+            "DELETE FROM consumed WHERE challenge_id = ANY(ARRAY(SELECT c.challenge_id FROM"
+            " (SELECT first_id, last_id FROM consumed_spans WHERE expires_at <= %s"
+            " ORDER BY expires_at LIMIT %s) AS s"
+            " JOIN consumed AS c ON c.challenge_id BETWEEN s.first_id AND s.last_id"
+            " WHERE c.expires_at <= %s LIMIT %s))",
+            (before, limit, before, limit),
         )
+        # A span whose range holds no expired row any more is done.
+        self._run(
+            "DELETE FROM consumed_spans WHERE (expires_at, id_block) IN (SELECT"
+            " s.expires_at, s.id_block FROM (SELECT expires_at, id_block, first_id, last_id"
+            " FROM consumed_spans WHERE expires_at <= %s ORDER BY expires_at LIMIT %s) AS s"
+            " WHERE NOT EXISTS (SELECT 1 FROM consumed AS c WHERE c.challenge_id"
+            " BETWEEN s.first_id AND s.last_id AND c.expires_at <= %s))",
+            (before, limit, before),
+        )
+        return purged
 
     # -- abuse limits ------------------------------------------------------------------
     def metered(self, kind: str, user_id: int, since: float) -> list[float]:

@@ -34,6 +34,7 @@ from sls_core.store.base import (
     UserRow,
     WriterBusyError,
     ascending_ids,
+    consumed_spans,
     unique_ids,
 )
 from sls_core.store.keys import (
@@ -139,6 +140,21 @@ class _SqliteTx:
             "INSERT INTO consumed (challenge_id, expires_at) SELECT value, ? FROM json_each(?)",
             (expires_at, _ids_json(ids)),
         )
+        # What the purge finds them by: per block of ids, the range consumed with this
+        # second of expiry.
+        second, blocks, firsts, lasts = consumed_spans(ids, expires_at)
+        self._conn.executemany(
+            "INSERT INTO consumed_spans (expires_at, id_block, first_id, last_id)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (expires_at, id_block) DO UPDATE SET"
+            " first_id = min(first_id, excluded.first_id),"
+            " last_id = max(last_id, excluded.last_id)",
+            [
+                (second, block, first, last)
+                for block, first, last in zip(
+                    blocks.tolist(), firsts.tolist(), lasts.tolist(), strict=True
+                )
+            ],
+        )
 
     def try_consume(self, challenge_ids: Ids, expires_at: float) -> set[int]:
         # Optimistic: insert them all. A challenge used already fails the primary key, and
@@ -153,17 +169,33 @@ class _SqliteTx:
         return set()
 
     def purge_consumed(self, before: float, limit: int | None = None) -> int:
+        conn = self._conn
         if limit is None:
-            return self._conn.execute(
-                "DELETE FROM consumed WHERE expires_at <= ?", (before,)
-            ).rowcount
-        # Bounded: the purge runs inside a login transaction and must stay short.
-        cur = self._conn.execute(
-            "DELETE FROM consumed WHERE rowid IN"
-            " (SELECT rowid FROM consumed WHERE expires_at <= ? LIMIT ?)",
-            (before, limit),
+            purged = conn.execute("DELETE FROM consumed WHERE expires_at <= ?", (before,)).rowcount
+            conn.execute("DELETE FROM consumed_spans WHERE expires_at <= ?", (before,))
+            return int(purged)
+        # Bounded: the purge runs inside a login transaction and must stay short. The
+        # oldest spans that may have expired, then the expired rows in their id ranges (a
+        # range may hold other rows, later ones: each row's own expiry decides).
+        spans = {"before": before, "limit": limit}
+        purged = conn.execute(
+            "DELETE FROM consumed WHERE challenge_id IN (SELECT c.challenge_id FROM"
+            " (SELECT first_id, last_id FROM consumed_spans WHERE expires_at <= :before"
+            " ORDER BY expires_at LIMIT :limit) AS s"
+            " JOIN consumed AS c ON c.challenge_id BETWEEN s.first_id AND s.last_id"
+            " WHERE c.expires_at <= :before LIMIT :limit)",
+            spans,
+        ).rowcount
+        # A span whose range holds no expired row any more is done.
+        conn.execute(
+            "WITH s AS (SELECT expires_at, id_block, first_id, last_id FROM consumed_spans"
+            " WHERE expires_at <= :before ORDER BY expires_at LIMIT :limit)"
+            " DELETE FROM consumed_spans WHERE (expires_at, id_block) IN"
+            " (SELECT s.expires_at, s.id_block FROM s WHERE NOT EXISTS (SELECT 1 FROM consumed AS c"
+            " WHERE c.challenge_id BETWEEN s.first_id AND s.last_id AND c.expires_at <= :before))",
+            spans,
         )
-        return cur.rowcount
+        return int(purged)
 
     # -- activations and pushes --------------------------------------------------------
     def metered(self, kind: str, user_id: int, since: float) -> list[float]:

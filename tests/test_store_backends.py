@@ -223,6 +223,47 @@ def test_a_revocation_on_one_store_is_seen_by_the_other_at_its_next_attempt(
     assert not verdict.ok
 
 
+# -- issuing outside the write lock ----------------------------------------------------------
+
+
+def test_a_device_revoked_while_a_large_batch_is_issued_gets_no_challenge(
+    tmp_path: Path, store_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large batch chooses its devices before it takes the write lock; a revocation
+    committed by another store in between is seen inside the lock, and the batch is
+    chosen again (here: refused whole, as if the revocation had come first)."""
+    from sls_core.login import PRECHECK_MIN_ITEMS
+
+    first = SecureLogin.open(tmp_path / "data", clock=ManualClock(NOW), store=store_url)
+    second = SecureLogin.open(tmp_path / "data", clock=ManualClock(NOW), store=store_url)
+    try:
+        names = [f"u{i}" for i in range(PRECHECK_MIN_ITEMS)]
+        first.enroll_bulk(
+            names, DeviceType.DSC_PLUS, [SECRET] * len(names), pins=[PIN] * len(names)
+        )
+        victim = second.devices("u7")[0]
+        chosen = first._login_devices
+        calls = []
+
+        def choose_then_revoke(usernames: list[str], now: float) -> object:
+            picks = chosen(usernames, now)
+            if not calls:  # between the choice outside the lock and the reservation
+                second.revoke_device("u7", victim.id)
+            calls.append(len(picks))
+            return picks
+
+        monkeypatch.setattr(first, "_login_devices", choose_then_revoke)
+        with pytest.raises(InvalidInputError, match="device_id"):
+            first.issue_challenges(names)
+        assert calls == [len(names)]  # chosen once outside; inside, the revocation refused it
+        monkeypatch.undo()
+        issued = first.issue_challenges([n for n in names if n != "u7"])
+        assert len({c.token for c in issued}) == len(names) - 1
+    finally:
+        first.store.close()
+        second.store.close()
+
+
 # -- consume once, optimistically ---------------------------------------------------------------
 
 

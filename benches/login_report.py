@@ -203,6 +203,8 @@ def run(
         "kernel_attempts_per_s": batch / min(kernel_times),
         "store_attempts_per_s_median": batch / statistics.median(store_times),
         "kernel_attempts_per_s_median": batch / statistics.median(kernel_times),
+        "store_seconds_per_round": store_times,
+        "kernel_seconds_per_round": kernel_times,
         "ratio_per_round": ratios,
         "ratio_min": min(ratios),
         "ratio_median": statistics.median(ratios),

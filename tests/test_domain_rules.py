@@ -705,7 +705,9 @@ def test_first_occurrences_keep_input_order_like_a_replay_check() -> None:
         for v in values:
             expected.append(v not in seen)
             seen.add(v)
-        assert _first_occurrences(np.array(values, dtype=np.uint64)).tolist() == expected
+        first, distinct = _first_occurrences(np.array(values, dtype=np.uint64))
+        assert first.tolist() == expected
+        assert distinct.tolist() == sorted(set(values))  # what the store inserts, in key order
 
     check()
 

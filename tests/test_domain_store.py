@@ -282,17 +282,22 @@ def test_a_version_1_store_is_migrated_on_open(tmp_path: Path) -> None:
         conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
     conn.execute("INSERT INTO consumed VALUES (7, 1.0)")
+    conn.execute("INSERT INTO consumed VALUES (8, 1.5)")
+    conn.execute("INSERT INTO consumed VALUES (9, 3.0)")
     conn.commit()
     conn.close()
     store = SqliteStore(path, keyring=keyring)
     assert store.schema_version == SCHEMA_VERSION
     with store.write() as tx:
-        assert tx.consumed([7]) == {7}
-        assert tx.purge_consumed(2.0) == 1
-    index = sqlite3.connect(path).execute(
-        "SELECT name FROM sqlite_master WHERE name = 'consumed_by_expiry'"
-    )
-    assert index.fetchone() == ("consumed_by_expiry",)
+        assert tx.consumed([7, 8, 9]) == {7, 8, 9}
+        # Rows consumed before version 9 get their spans: the bounded purge finds them.
+        assert tx.purge_consumed(2.0, 10) == 2
+        assert tx.consumed([7, 8, 9]) == {9}
+        assert tx.purge_consumed(4.0, 10) == 1
+    # Version 9 drops the per-row expiry index for one span per second of expiry.
+    names = {name for (name,) in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    assert "consumed_by_expiry" not in names
+    assert "consumed_spans" in names
 
 
 def test_expired_consumed_challenges_are_purged_as_verification_goes(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 
 from sls_core import ocra
@@ -91,6 +92,41 @@ def test_both_backends_end_with_the_same_tables_and_columns(tmp_path: Path, pg_u
             if table != "sls_schema"  # PostgreSQL's user_version
         }
     assert postgres == _sqlite_columns(tmp_path / "sqlite" / "sls.db")
+
+
+def test_a_version_8_postgres_store_gets_spans_for_what_it_consumed(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Version 9 replaces the per-row expiry index of ``consumed`` by spans: a store made
+    before it still purges what it had consumed, and keeps the replay check."""
+    import psycopg
+
+    from sls_core.store import schema
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for statement in schema.POSTGRES_MIGRATIONS[8]:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO consumed VALUES (7, 1.0), (8, 1.5), (9, 3.0), (%s, 1.2)", (1 << 62,)
+        )
+    sls = SecureLogin.open(tmp_path / "data", store=pg_url)
+    try:
+        assert sls.store.schema_version == SCHEMA_VERSION
+        with sls.store.write() as tx:
+            assert tx.consumed([7, 8, 9, 1 << 62]) == {7, 8, 9, 1 << 62}
+            assert tx.purge_consumed(2.0, 10) == 3
+            assert tx.consumed([7, 8, 9, 1 << 62]) == {9}
+            assert tx.purge_consumed(4.0, 10) == 1
+        with psycopg.connect(pg_url) as conn:
+            indexes = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+                )
+            }
+        assert "consumed_by_expiry" not in indexes
+    finally:
+        sls.store.close()
 
 
 def test_a_newer_postgres_schema_is_refused(tmp_path: Path, pg_url: str) -> None:
@@ -185,6 +221,122 @@ def test_a_revocation_on_one_store_is_seen_by_the_other_at_its_next_attempt(
     first.revoke_device("alice", device.id)
     verdict = second.verify("alice", challenge.token, _answer(challenge.challenge))
     assert not verdict.ok
+
+
+# -- issuing outside the write lock ----------------------------------------------------------
+
+
+def test_a_device_revoked_while_a_large_batch_is_issued_gets_no_challenge(
+    tmp_path: Path, store_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large batch chooses its devices before it takes the write lock; a revocation
+    committed by another store in between is seen inside the lock, and the batch is
+    chosen again (here: refused whole, as if the revocation had come first)."""
+    from sls_core.login import PRECHECK_MIN_ITEMS
+
+    first = SecureLogin.open(tmp_path / "data", clock=ManualClock(NOW), store=store_url)
+    second = SecureLogin.open(tmp_path / "data", clock=ManualClock(NOW), store=store_url)
+    try:
+        names = [f"u{i}" for i in range(PRECHECK_MIN_ITEMS)]
+        first.enroll_bulk(
+            names, DeviceType.DSC_PLUS, [SECRET] * len(names), pins=[PIN] * len(names)
+        )
+        victim = second.devices("u7")[0]
+        chosen = first._login_devices
+        calls = []
+
+        def choose_then_revoke(usernames: list[str], now: float) -> object:
+            picks = chosen(usernames, now)
+            if not calls:  # between the choice outside the lock and the reservation
+                second.revoke_device("u7", victim.id)
+            calls.append(len(picks))
+            return picks
+
+        monkeypatch.setattr(first, "_login_devices", choose_then_revoke)
+        with pytest.raises(InvalidInputError, match="device_id"):
+            first.issue_challenges(names)
+        assert calls == [len(names)]  # chosen once outside; inside, the revocation refused it
+        monkeypatch.undo()
+        issued = first.issue_challenges([n for n in names if n != "u7"])
+        assert len({c.token for c in issued}) == len(names) - 1
+    finally:
+        first.store.close()
+        second.store.close()
+
+
+# -- consume once, optimistically ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [3, 300, 5_000])  # a lookup first; a savepoint; COPY too
+def test_try_consume_takes_all_of_a_batch_or_none_and_names_the_replays(
+    tmp_path: Path, store_url: str | None, size: int
+) -> None:
+    sls = SecureLogin.open(tmp_path / "data", store=store_url)
+    try:
+        ids = np.arange(10, 10 + size, dtype=np.uint64)
+        with sls.store.write() as tx:
+            assert tx.try_consume(ids[::-1], 500.0) == set()  # any order
+            assert tx.consumed(ids) == set(ids.tolist())
+        later = np.arange(10 + size, 10 + 2 * size, dtype=np.uint64)
+        mixed = np.concatenate((later, ids[-2:]))  # two of them were used before
+        with sls.store.write() as tx:
+            assert tx.try_consume(mixed, 600.0) == set(ids[-2:].tolist())
+            assert tx.consumed(later) == set()  # none of the batch was taken
+            tx.consume(later, 600.0)  # and the transaction still works
+        with sls.store.write() as tx:
+            assert tx.consumed(mixed) == set(mixed.tolist())
+            assert tx.try_consume([], 700.0) == set()
+    finally:
+        sls.store.close()
+
+
+def test_try_consume_refuses_a_batch_that_repeats_an_id(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    """The caller passes each id once; a repeat is a bug upstream, never a silent pass."""
+    sls = SecureLogin.open(tmp_path / "data", store=store_url)
+    try:
+        with pytest.raises(Exception, match=r"(?i)unique|duplicate"), sls.store.write() as tx:
+            tx.try_consume([*range(1, 2_000), 7], 500.0)
+        with sls.store.write() as tx:
+            assert tx.consumed(range(1, 2_000)) == set()  # rolled back whole
+    finally:
+        sls.store.close()
+
+
+def test_a_large_batch_with_replays_from_earlier_batches_decides_each_item_once(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    """Replays among users with a clean record and among users with failures on record
+    (decided item by item), in a batch large enough to take the optimistic path: the
+    replayed items are REPLAYED, every other item decided as if alone, and each challenge
+    consumed exactly once."""
+    clock = ManualClock(NOW)
+    sls = SecureLogin.open(tmp_path / "data", clock=clock, store=store_url)
+    try:
+        names = [f"u{i}" for i in range(300)]
+        sls.enroll_bulk(names, DeviceType.DSC_PLUS, [SECRET] * 300, pins=[PIN] * 300)
+        first = sls.issue_challenges(names)
+        wrong = {5, 6}  # users with a failure on record from the first batch
+        answers = ["00000000" if i in wrong else _answer(c.challenge) for i, c in enumerate(first)]
+        done = sls.verify_batch(names, [c.token for c in first], answers)
+        assert [done[i] for i in (4, 5)] == [LoginOutcome.OK, LoginOutcome.WRONG]
+        second = sls.issue_challenges(names)
+        tokens = [c.token for c in second]
+        responses = [_answer(c.challenge) for c in second]
+        # u4 (clean record) and u5 (a failure on record) send their first answers again.
+        tokens[4], responses[4] = first[4].token, answers[4]
+        tokens[5], responses[5] = first[5].token, _answer(first[5].challenge)
+        result = sls.verify_batch(names, tokens, responses)
+        assert result[4] is LoginOutcome.REPLAYED
+        assert result[5] is LoginOutcome.REPLAYED
+        assert all(result[i] is LoginOutcome.OK for i in range(300) if i not in (4, 5))
+        assert sls.lockout_status("u5").consecutive_failures == 1  # a replay never counts
+        assert sls.lockout_status("u6").consecutive_failures == 0  # a success ends the run
+        again = sls.verify_batch(names, tokens, responses)
+        assert all(again[i] is LoginOutcome.REPLAYED for i in range(300))
+    finally:
+        sls.store.close()
 
 
 # -- the purge ---------------------------------------------------------------------------------

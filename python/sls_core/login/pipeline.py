@@ -58,6 +58,7 @@ SMS_CODE_DIGITS = 6
 # Enum class answers through its slow ``__getattr__``: 10% of a 10k batch's time.
 _OK, _WRONG, _MALFORMED = int(Outcome.OK), int(Outcome.WRONG), int(Outcome.MALFORMED)
 _EXPIRED_TOKEN, _VALID_TOKEN = int(TokenStatus.EXPIRED), int(TokenStatus.VALID)
+_LOCKED, _REPLAYED = int(LoginOutcome.LOCKED), int(LoginOutcome.REPLAYED)
 #: Not decided yet (out) / not evaluated yet (raw).
 _OPEN = 255
 #: Temporary credentials that the activation of a permanent device ends (SLS-RULES).
@@ -146,71 +147,105 @@ class Plan:
         A challenge id belongs to one user (the token binds it), so users are independent.
         Users with failures on record or a wrong answer now are replayed item by item in
         input order (the lock can start mid-batch); everyone else's items are decided with
-        numpy: the first use of each challenge is consumed, any later one is REPLAYED."""
+        numpy: the first use of each challenge is consumed, any later one is REPLAYED.
+
+        Both groups consume optimistically (:meth:`StoreTx.try_consume`: the replay check
+        and the insert are one write when nothing is replayed, the usual batch); only when
+        the store names replays is a group decided again knowing them."""
         self._set((self.out == _OPEN) & (self.raw == _MALFORMED), LoginOutcome.MALFORMED)
         evaluated = np.flatnonzero(self.out == _OPEN)
         uids = self.user_ids[evaluated]
-        wrong_users = np.unique(uids[self.raw[evaluated] == _WRONG])
-        on_record = tx.failures(uids.tolist())  # duplicates are harmless in the query
-        sequential_users = set(wrong_users.tolist()) | set(on_record)
-        has_token = self.has_token
-        token_rows = evaluated[has_token[evaluated]]
-        already = tx.consumed(self.challenge_ids[token_rows].tolist())
-        expiry = self.now + self.ctx.challenge_ttl + 1
-        if sequential_users:
-            in_sequence = np.isin(uids, np.fromiter(sequential_users, np.int64))
+        on_record = tx.failures(uids)  # the store looks each user up once
+        # Anything but a right answer is counted in order (a wrong one; never an unchecked one).
+        sequential_users = uids[self.raw[evaluated] != _OK]
+        if on_record:
+            recorded = np.fromiter(on_record, np.int64, len(on_record))
+            sequential_users = np.concatenate((sequential_users, recorded))
+        if len(sequential_users):
+            in_sequence = np.isin(uids, sequential_users)
         else:
             in_sequence = np.zeros(len(evaluated), dtype=bool)
+        expiry = self.now + self.ctx.challenge_ttl + 1
         # Everyone else: every answer is right (or a passcode out of scope).
         fast = evaluated[~in_sequence]
-        fast_tokens = fast[has_token[fast]]
+        fast_tokens = fast[self.has_token[fast]]
         cids = self.challenge_ids[fast_tokens]
-        first = _first_occurrences(cids)
+        first, distinct = _first_occurrences(cids)
+        already = tx.try_consume(distinct, expiry)
         if already:
-            first &= ~np.isin(cids, np.fromiter(already, np.uint64))
+            first &= ~np.isin(cids, np.fromiter(already, np.uint64, len(already)))
+            tx.consume(cids[first], expiry)
         self.out[fast_tokens[~first]] = LoginOutcome.REPLAYED
-        decided = np.setdiff1d(fast, fast_tokens[~first], assume_unique=True)
+        decided = fast[self.out[fast] == _OPEN]
+        neutral = self.neutral[decided]
         self.out[decided] = np.where(
-            self.neutral[decided] != _OPEN,
-            self.neutral[decided],
+            neutral != _OPEN,
+            neutral,
             np.where(self.scope_limited[decided], LoginOutcome.SCOPE_LIMITED, LoginOutcome.OK),
         )
-        consumed: list[int] = cids[first].tolist()
-        # Users whose count matters, one item at a time.
-        seen = set(already)
-        failures = {u: list(on_record.get(u, [])) for u in sequential_users}
-        for i in evaluated[in_sequence].tolist():
-            uid = int(self.user_ids[i])
-            if lockout.is_locked(failures[uid], self.now):
-                self.out[i] = LoginOutcome.LOCKED
-                continue
-            if has_token[i]:
-                cid = int(self.challenge_ids[i])
-                if cid in seen:
-                    self.out[i] = LoginOutcome.REPLAYED
-                    continue
-                if self.raw[i] == _OK or not self.keep_on_wrong[i]:
-                    seen.add(cid)
-                    consumed.append(cid)
-            if self.raw[i] == _OK:
-                if self.neutral[i] != _OPEN:
-                    self.out[i] = self.neutral[i]
-                    continue
-                self.out[i] = (
-                    LoginOutcome.SCOPE_LIMITED if self.scope_limited[i] else LoginOutcome.OK
-                )
-            else:
-                self.out[i] = LoginOutcome.WRONG
-            outcome = LoginOutcome(int(self.out[i]))
-            if lockout.ends_failure_run(outcome):
-                failures[uid] = []
-            elif lockout.counts_as_failure(outcome):
-                failures[uid] = lockout.with_failure(failures[uid], self.now)
-        tx.consume(consumed, expiry)
+        in_order = evaluated[in_sequence]
+        failures: dict[int, list[float]] = {}
+        if len(in_order):
+            consumed, failures = self._settle_in_order(in_order, on_record, set())
+            already = tx.try_consume(consumed, expiry)
+            if already:  # replays among them: decided again, knowing which
+                consumed, failures = self._settle_in_order(in_order, on_record, already)
+                tx.consume(consumed, expiry)
         tx.put_failures({u: t for u, t in failures.items() if t})
         tx.clear_failures([u for u, t in failures.items() if not t and u in on_record])
         for i, effect in self.effects.items():
             effect(tx, LoginOutcome(int(self.out[i])))
+
+    def _settle_in_order(
+        self,
+        rows: npt.NDArray[np.intp],
+        on_record: dict[int, list[float]],
+        seen: set[int],
+    ) -> tuple[list[int], dict[int, list[float]]]:
+        """Decides the items of users whose count matters, one at a time in input order (a
+        lock can start mid-batch), given the challenges ``seen`` consumed before. Returns
+        the challenges these items consume and each such user's failure times after."""
+        # Plain Python values: indexing numpy columns one item at a time costs more than
+        # the rules themselves.
+        uids = self.user_ids[rows].tolist()
+        tokened = self.has_token[rows].tolist()
+        cids = self.challenge_ids[rows].tolist()
+        raws = self.raw[rows].tolist()
+        keeps = self.keep_on_wrong[rows].tolist()
+        neutrals = self.neutral[rows].tolist()
+        scoped = self.scope_limited[rows].tolist()
+        seen = set(seen)
+        failures = {u: list(on_record.get(u, [])) for u in set(uids)}
+        consumed: list[int] = []
+        outcomes: list[int] = []
+        now = self.now
+        for k, uid in enumerate(uids):
+            if lockout.is_locked(failures[uid], now):
+                outcomes.append(_LOCKED)
+                continue
+            right = raws[k] == _OK
+            if tokened[k]:
+                cid = cids[k]
+                if cid in seen:
+                    outcomes.append(_REPLAYED)
+                    continue
+                if right or not keeps[k]:
+                    seen.add(cid)
+                    consumed.append(cid)
+            if right and neutrals[k] != _OPEN:
+                outcomes.append(neutrals[k])  # neither a success nor a failure
+                continue
+            if right:
+                outcome = LoginOutcome.SCOPE_LIMITED if scoped[k] else LoginOutcome.OK
+            else:
+                outcome = LoginOutcome.WRONG
+            outcomes.append(int(outcome))
+            if lockout.ends_failure_run(outcome):
+                failures[uid] = []
+            elif lockout.counts_as_failure(outcome):
+                failures[uid] = lockout.with_failure(failures[uid], now)
+        self.out[rows] = outcomes
+        return consumed, failures
 
 
 class ResponsePlan(Plan):
@@ -280,13 +315,15 @@ class ResponsePlan(Plan):
         if not login_like:
             self.fast[:] = False
         self.device_ids[self.fast] = dev[self.fast]
-        token_devices = dev.tolist()
+        slow = np.flatnonzero((self.out == _OPEN) & ~self.fast).tolist()
+        # The usual login batch has no slow item: no Python list of a whole column then.
+        token_devices = dev.tolist() if slow else []
         wanted = lifecycle.state_answering(self.purpose)
         devices_get = d.devices.get
-        uid_list = self.user_ids.tolist()
-        has_token_list = has_token.tolist()
+        uid_list = self.user_ids.tolist() if slow else []
+        has_token_list = has_token.tolist() if slow else []
         entries = self.devices
-        for i in np.flatnonzero((self.out == _OPEN) & ~self.fast).tolist():
+        for i in slow:
             uid = uid_list[i]
             if has_token_list[i]:
                 entry = devices_get(token_devices[i])
@@ -356,7 +393,13 @@ class ResponsePlan(Plan):
 
     def _responses(self, rows: npt.NDArray[np.intp]) -> tuple[npt.NDArray[np.intp], list[Any]]:
         """The responses of ``rows``; a response that is not str or bytes is MALFORMED."""
-        responses = [self.responses[i] for i in rows.tolist()]
+        source = self.responses
+        if len(rows) == len(source) and np.array_equal(rows, np.arange(len(rows))):
+            responses = source if isinstance(source, list) else list(source)  # every item
+        else:
+            responses = list(map(source.__getitem__, rows.tolist()))
+        if set(map(type, responses)) <= {str, bytes}:  # the usual batch: one pass in C
+            return rows, responses
         typed = [isinstance(r, str | bytes) for r in responses]
         if all(typed):
             return rows, responses
@@ -729,15 +772,23 @@ class PasswordFailurePlan(Plan):
         self.raw[self.out == _OPEN] = _WRONG
 
 
-def _first_occurrences(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
-    """True at the first occurrence of each value, in input order (a stable sort: cheaper
-    than numpy's hash-based unique for a batch that rarely repeats a value)."""
+def _first_occurrences(
+    values: npt.NDArray[np.uint64],
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint64]]:
+    """True at the first occurrence of each value, in input order, and the distinct values
+    in ascending order (what the store inserts best). One stable sort: cheaper than numpy's
+    hash-based unique for a batch that rarely repeats a value, and nearly free for ids
+    issued in the order they come back."""
     first = np.ones(len(values), dtype=bool)
-    if len(values) > 1:
-        order = np.argsort(values, kind="stable")
-        ranked = values[order]
-        first[order[1:][ranked[1:] == ranked[:-1]]] = False
-    return first
+    if len(values) < 2:
+        return first, values
+    order = np.argsort(values, kind="stable")
+    ranked = values[order]
+    repeat = ranked[1:] == ranked[:-1]
+    if not repeat.any():
+        return first, ranked
+    first[order[1:][repeat]] = False
+    return first, ranked[np.concatenate(([True], ~repeat))]
 
 
 def _six_digits(values: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint8]:

@@ -696,31 +696,55 @@ class SecureLogin(DeviceSharing):
         """Login challenges for many users at once (one store transaction), for gateways
         that batch a login storm. Each user's device is chosen as in
         :meth:`issue_challenge`; OCRA devices and code cards only (an SMS device sends a
-        message, a temporary passcode needs no challenge)."""
+        message, a temporary passcode needs no challenge).
+
+        Only the reservation of challenge ids holds the store's write lock: a large batch
+        chooses its devices before (from the directory as of a read snapshot, chosen again
+        inside the lock if the directory changed in between, as :meth:`verify_batch`
+        checks its answers), and every batch seals its tokens after the reservation has
+        committed (a token is handed out only for an id that is durably its own)."""
         now = self.clock.now()
         expires = int(now + self.challenge_ttl) + 1
+        with self.context.lock:  # this process's directory stays as read while we choose
+            picks, seen = None, None
+            if len(usernames) >= PRECHECK_MIN_ITEMS:
+                self.context.catch_up()
+                picks, seen = self._login_devices(usernames, now), self.context.directory.generation
+            with self.context.write() as tx:
+                if picks is None or self.context.directory.generation != seen:
+                    picks = self._login_devices(usernames, now)
+                challenge_ids = [self.context.next_challenge_id(tx.store) for _ in picks]
+        seal = self.context.tokens.seal
         out: list[Challenge] = []
-        with self.context.write() as tx:
-            for name in usernames:
-                user = self.context.user(name)
-                entry = self._pick_device(user, None, Purpose.LOGIN, now)
-                method = entry.type.method
-                if method not in ("ocra", "card"):
-                    raise InvalidInputError(
-                        "usernames", "batched challenges are for OCRA devices and code cards"
-                    )
-                value = challenge_value(method)
-                token = self.context.tokens.seal(
-                    purpose=int(Purpose.LOGIN),
-                    challenge_id=self.context.next_challenge_id(tx.store),
-                    user_id=user.id,
-                    device_id=entry.row.id,
-                    issued_at=int(now),
-                    expires_at=expires,
-                    challenge=value,
-                )
-                out.append(new_challenge(token, entry, Purpose.LOGIN, expires, value, None))
+        for (user, entry), challenge_id in zip(picks, challenge_ids, strict=True):
+            value = challenge_value(entry.type.method)
+            token = seal(
+                purpose=int(Purpose.LOGIN),
+                challenge_id=challenge_id,
+                user_id=user.id,
+                device_id=entry.row.id,
+                issued_at=int(now),
+                expires_at=expires,
+                challenge=value,
+            )
+            out.append(new_challenge(token, entry, Purpose.LOGIN, expires, value, None))
         return out
+
+    def _login_devices(
+        self, usernames: Sequence[str], now: float
+    ) -> list[tuple[UserRow, DeviceEntry]]:
+        """Each user and the device a batched login challenge is for (see
+        :meth:`issue_challenges`); refuses the batch if one is neither OCRA nor a card."""
+        picks = []
+        for name in usernames:
+            user = self.context.user(name)
+            entry = self._pick_device(user, None, Purpose.LOGIN, now)
+            if entry.type.method not in ("ocra", "card"):
+                raise InvalidInputError(
+                    "usernames", "batched challenges are for OCRA devices and code cards"
+                )
+            picks.append((user, entry))
+        return picks
 
     def _pick_device(
         self, user: UserRow, device_id: int | None, purpose: Purpose, now: float

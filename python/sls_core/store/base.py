@@ -10,15 +10,20 @@ inside one write transaction, so a process killed at any point leaves all of it 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
 
 from sls_core.errors import SlsError
 
 __all__ = [
     "ActivationRow",
     "DeviceRow",
+    "Ids",
     "PushRow",
     "SharingRow",
     "Store",
@@ -26,6 +31,9 @@ __all__ = [
     "StoreUnavailableError",
     "UserRow",
     "WriterBusyError",
+    "ascending_ids",
+    "consumed_spans",
+    "unique_ids",
 ]
 
 
@@ -116,6 +124,57 @@ class SharingRow:
     decided_at: float | None = None
 
 
+#: The challenge ids of a batch: a list, or an integer numpy column (no Python int per item).
+Ids: TypeAlias = Sequence[int] | npt.NDArray[np.integer[Any]]
+
+
+#: Ids per block of ``consumed_spans`` (see the schema's version 9).
+SPAN_BLOCK_BITS = 20
+
+
+def consumed_spans(
+    ids: npt.NDArray[np.int64], expires_at: float
+) -> tuple[float, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The ``consumed_spans`` rows that cover ``ids`` (ascending) consumed with this expiry:
+    the end of its second (never earlier than the expiry itself: the purge takes a span
+    only once every row it covers may have expired), and per block of ids touched, the
+    block and the first and last id in it."""
+    blocks = ids >> SPAN_BLOCK_BITS
+    starts = np.flatnonzero(np.concatenate(([True], blocks[1:] != blocks[:-1])))
+    ends = np.concatenate((starts[1:], [len(ids)])) - 1
+    return float(math.floor(expires_at) + 1), blocks[starts], ids[starts], ids[ends]
+
+
+def ascending_ids(ids: Ids) -> npt.NDArray[np.int64]:
+    """The ids as int64, ascending (duplicates kept: a caller that inserts them wants the
+    primary key to refuse one); sorted only if they are not already."""
+    values = np.asarray(ids).astype(np.int64, copy=False)
+    if len(values) > 1 and not bool(np.all(values[1:] >= values[:-1])):
+        values = np.sort(values)
+    return values
+
+
+def unique_ids(ids: Iterable[int]) -> npt.NDArray[np.int64]:
+    """Each id once, ascending, as int64 (every store key fits). A batch of B-tree probes or
+    inserts in key order touches each page once, in order: 100k random-order inserts into
+    ``consumed`` take twice as long as the same ids sorted. Dense ids (user ids) are
+    deduplicated with a bitmap, ten times faster than a sort; ids already sorted and
+    distinct (the pipeline's) pass through."""
+    dtype = getattr(ids, "dtype", None)
+    if dtype is not None and dtype.kind in "iu":
+        values = np.asarray(ids).astype(np.int64, copy=False)
+    else:
+        values = np.fromiter((int(i) for i in ids), np.int64)
+    if len(values) < 2 or bool(np.all(values[1:] > values[:-1])):
+        return values
+    low, high = int(values.min()), int(values.max())
+    if low >= 0 and high < 4 * len(values) + 1024:
+        seen = np.zeros(high + 1, dtype=bool)
+        seen[values] = True
+        return np.flatnonzero(seen).astype(np.int64)
+    return np.unique(values)
+
+
 class StoreTx(Protocol):
     """One write transaction: everything in it lands together or not at all."""
 
@@ -124,8 +183,14 @@ class StoreTx(Protocol):
     def failures(self, user_ids: Iterable[int]) -> dict[int, list[float]]: ...
     def put_failures(self, rows: dict[int, list[float]]) -> None: ...
     def clear_failures(self, user_ids: Iterable[int]) -> None: ...
-    def consumed(self, challenge_ids: Sequence[int]) -> set[int]: ...
-    def consume(self, challenge_ids: Sequence[int], expires_at: float) -> None: ...
+    def consumed(self, challenge_ids: Ids) -> set[int]: ...
+    def consume(self, challenge_ids: Ids, expires_at: float) -> None: ...
+    def try_consume(self, challenge_ids: Ids, expires_at: float) -> set[int]:
+        """Consumes the distinct ``challenge_ids``, all or none: when none was consumed
+        before, all of them, and returns the empty set (one write: the usual batch);
+        otherwise none, and returns those that were (the replays)."""
+        ...
+
     def purge_consumed(self, before: float, limit: int | None = None) -> int: ...
     def metered(self, kind: str, user_id: int, since: float) -> list[float]: ...
     def meter(self, kind: str, user_id: int, at: float) -> None: ...

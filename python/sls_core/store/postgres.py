@@ -41,15 +41,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from sls_core.errors import AlreadyExistsError, InvalidInputError
-from sls_core.sealing import MasterKeyRing
+from sls_core.sealing import MasterKeyRing, device_aad
 from sls_core.store.base import (
+    DEVICE_COLUMNS,
+    USER_COLUMNS,
     ActivationRow,
     DeviceRow,
+    DirectoryLoad,
     PushRow,
     SharingRow,
     StoreUnavailableError,
     UserRow,
     WriterBusyError,
+    directory_load,
 )
 from sls_core.store.keys import (
     COUNTED_TABLES,
@@ -362,7 +366,8 @@ class _PostgresTx:
     def _open(self, device_id: int, what: str, value: bytes | None) -> bytes | None:
         if value is None:
             return None
-        return self._keyring.open(bytes(value), aad=f"device:{device_id}:{what}".encode())
+        aad = device_aad(device_id, what)
+        return self._keyring.open(bytes(value), aad=aad, record=f"device {device_id} {what}")
 
     def insert_device(self, row: DeviceRow, owners: Sequence[int]) -> int:
         # The id first: the sealed secret is bound to it, so the row is written once.
@@ -585,6 +590,19 @@ class _PostgresTx:
             else self._all(query + " WHERE user_id = ANY(%b)", (_ids(user_ids),))
         )
         return [(int(u), int(d)) for u, d in rows]
+
+    def load_directory(
+        self, *, secret_width: int | None = None, pin_width: int | None = None
+    ) -> DirectoryLoad:
+        # Binary results: ids and times arrive as numbers, bytea as bytes, with no text
+        # parsing per cell (half the fetch time of the text protocol at a million rows).
+        cursor = self._conn.cursor(binary=True)
+        users = cursor.execute(f"SELECT {USER_COLUMNS} FROM users").fetchall()  # noqa: S608
+        devices = cursor.execute(f"SELECT {DEVICE_COLUMNS} FROM devices").fetchall()  # noqa: S608
+        links = cursor.execute("SELECT user_id, device_id FROM user_devices").fetchall()
+        return directory_load(
+            self._keyring, users, devices, links, secret_width=secret_width, pin_width=pin_width
+        )
 
     # -- sequences and server secrets --------------------------------------------------
     def reserve(self, name: str, count: int) -> int:

@@ -24,14 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from sls_core.errors import AlreadyExistsError, InvalidInputError
-from sls_core.sealing import MasterKeyRing
+from sls_core.sealing import MasterKeyRing, device_aad
 from sls_core.store.base import (
+    DEVICE_COLUMNS,
+    USER_COLUMNS,
     ActivationRow,
     DeviceRow,
+    DirectoryLoad,
     PushRow,
     SharingRow,
     UserRow,
     WriterBusyError,
+    directory_load,
 )
 from sls_core.store.keys import (
     COUNTED_TABLES,
@@ -294,7 +298,8 @@ class _SqliteTx:
     def _open(self, device_id: int, what: str, value: bytes | None) -> bytes | None:
         if value is None:
             return None
-        return self._keyring.open(value, aad=f"device:{device_id}:{what}".encode())
+        aad = device_aad(device_id, what)
+        return self._keyring.open(value, aad=aad, record=f"device {device_id} {what}")
 
     def insert_device(self, row: DeviceRow, owners: Sequence[int]) -> int:
         cur = self._conn.execute(
@@ -520,6 +525,17 @@ class _SqliteTx:
                 (_ids_json(user_ids),),
             )
         return [(int(u), int(d)) for u, d in rows]
+
+    def load_directory(
+        self, *, secret_width: int | None = None, pin_width: int | None = None
+    ) -> DirectoryLoad:
+        # One SELECT per table, fetched whole: the rows stay the tuples sqlite3 made.
+        users = self._conn.execute(f"SELECT {USER_COLUMNS} FROM users").fetchall()  # noqa: S608
+        devices = self._conn.execute(f"SELECT {DEVICE_COLUMNS} FROM devices").fetchall()  # noqa: S608
+        links = self._conn.execute("SELECT user_id, device_id FROM user_devices").fetchall()
+        return directory_load(
+            self._keyring, users, devices, links, secret_width=secret_width, pin_width=pin_width
+        )
 
     # -- sequences and server secrets --------------------------------------------------
     def reserve(self, name: str, count: int) -> int:

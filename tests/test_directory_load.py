@@ -231,3 +231,20 @@ def test_a_secret_that_does_not_open_fails_the_load_naming_the_device_not_the_se
     # Half loaded is not loaded: the next transaction tries the full load again.
     assert reader.context.directory.generation == -1
     reader.store.close()
+
+
+def test_the_name_index_takes_a_whole_column_of_names_at_once() -> None:
+    from sls_core.challenge import NameIndex
+    from sls_core.errors import InvalidInputError, InvalidInputTypeError
+
+    names = NameIndex()
+    names.extend(["ann", "bo", "cy"], np.array([3, 1, 2], np.int64))
+    assert names.lookup(["bo", "cy", "ann", "dee", 5]).tolist() == [1, 2, 3, -1, -1]
+    names.extend(["bo"], np.array([9], np.int64))  # replaces, as insert does
+    assert names.lookup(["bo"]).tolist() == [9]
+    with pytest.raises(InvalidInputError, match="user_ids"):
+        names.extend(["x", "y"], np.array([1], np.int64))
+    with pytest.raises(InvalidInputError, match="user_id"):
+        names.extend(["x"], np.array([-1], np.int64))
+    with pytest.raises(InvalidInputTypeError, match="username"):
+        names.extend([b"x"], np.array([1], np.int64))  # type: ignore[list-item]

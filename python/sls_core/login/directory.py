@@ -73,14 +73,19 @@ class Columns:
         self.pins = np.concatenate([self.pins, np.zeros((new - size, self.PIN_WIDTH), np.uint8)])
 
     def load(self, load: DirectoryLoad, replaced_by: dict[int, set[int]]) -> None:
-        """Every loaded device at once, column by column: the same cells :meth:`update`
-        gives each entry, from the loaded rows without an entry per device."""
+        """Every loaded device at once (into new, empty columns), column by column: the
+        same cells :meth:`update` gives each entry, from the loaded rows without an entry
+        per device."""
         ids = load.device_ids
         n = len(ids)
         if n == 0:
             return
         top = int(ids.max())
-        self._grow(top)
+        size = max(top + 1, 1024)  # one allocation (growing would copy every column)
+        self.owner = np.full(size, -1, dtype=np.int64)
+        self.suite = np.full(size, -1, dtype=np.int16)
+        self.keys = np.zeros((size, self.KEY_WIDTH), dtype=np.uint8)
+        self.pins = np.zeros((size, self.PIN_WIDTH), dtype=np.uint8)
         rows = load.device_rows
         link_devices = load.link_devices
         # Owners per device, and the one owner of a device that has exactly one.
@@ -465,8 +470,7 @@ class Directory:
         load = tx.load_directory(secret_width=Columns.KEY_WIDTH, pin_width=Columns.PIN_WIDTH)
         users = load.user_rows
         names = NameIndex()
-        for row in users:
-            names.insert(row[1], int(row[0]))
+        names.extend([r[1] for r in users], load.user_ids)
         closed = np.fromiter((bool(r[4]) for r in users), bool, len(users))
         devices = load.device_rows
         replaces = [(int(r[9]), int(r[0])) for r in devices if r[9] is not None]

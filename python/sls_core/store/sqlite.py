@@ -530,11 +530,14 @@ class _SqliteTx:
         self, *, secret_width: int | None = None, pin_width: int | None = None
     ) -> DirectoryLoad:
         # One SELECT per table, fetched whole: the rows stay the tuples sqlite3 made.
-        users = self._conn.execute(f"SELECT {USER_COLUMNS} FROM users").fetchall()  # noqa: S608
-        devices = self._conn.execute(f"SELECT {DEVICE_COLUMNS} FROM devices").fetchall()  # noqa: S608
-        links = self._conn.execute("SELECT user_id, device_id FROM user_devices").fetchall()
+        conn = self._conn
         return directory_load(
-            self._keyring, users, devices, links, secret_width=secret_width, pin_width=pin_width
+            self._keyring,
+            lambda: conn.execute(f"SELECT {DEVICE_COLUMNS} FROM devices").fetchall(),  # noqa: S608
+            lambda: conn.execute(f"SELECT {USER_COLUMNS} FROM users").fetchall(),  # noqa: S608
+            lambda: conn.execute("SELECT user_id, device_id FROM user_devices").fetchall(),
+            secret_width=secret_width,
+            pin_width=pin_width,
         )
 
     # -- sequences and server secrets --------------------------------------------------

@@ -125,6 +125,9 @@ impl DataKeys {
     )> {
         let what = field_name(what)?;
         let threads = threads_arg(threads)?;
+        if width == Some(0) {
+            return Err(invalid("width", "must be at least 1"));
+        }
         let ids = device_ids.as_slice()?;
         let list = sealed
             .cast::<PyList>()
@@ -157,7 +160,19 @@ impl DataKeys {
                     sealing_error(&failure, Some(format!("device {} {what}", ids[i])))
                 })
         })?;
-        let data = PyArray1::from_slice(py, &opened.data);
+        // Padded first: it reads the plaintexts that `data` then moves out.
+        let padded = match width {
+            None => None,
+            Some(width) => {
+                let mut cells = opened.padded(width);
+                let flat = PyArray1::from_vec(py, std::mem::take(&mut *cells));
+                Some(flat.reshape([opened.len(), width])?.into_any())
+            }
+        };
+        let mut opened = opened;
+        // The buffers move into numpy (no copy): from here on they are Python memory,
+        // like the directory's key columns they become.
+        let data = PyArray1::from_vec(py, std::mem::take(&mut *opened.data));
         let offsets: Vec<i64> = opened
             .offsets
             .iter()
@@ -165,15 +180,6 @@ impl DataKeys {
             .collect();
         let offsets = PyArray1::from_vec(py, offsets);
         let present = PyArray1::from_slice(py, &opened.present);
-        let padded = match width {
-            None => None,
-            Some(0) => return Err(invalid("width", "must be at least 1")),
-            Some(width) => {
-                let cells = opened.padded(width);
-                let flat = PyArray1::from_slice(py, &cells);
-                Some(flat.reshape([opened.len(), width])?.into_any())
-            }
-        };
         Ok((data, offsets, present, padded))
     }
 

@@ -248,3 +248,28 @@ def test_the_name_index_takes_a_whole_column_of_names_at_once() -> None:
         names.extend(["x"], np.array([-1], np.int64))
     with pytest.raises(InvalidInputTypeError, match="username"):
         names.extend([b"x"], np.array([1], np.int64))  # type: ignore[list-item]
+
+
+def test_devices_holding_a_push_key_are_found_without_making_every_entry(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    data = tmp_path / "data"
+    writer = populate(data, store_url)
+    holders = [writer.devices(name)[0].id for name in ("bulk1", "bulk2")]
+    with writer.context.write() as tx:
+        for device_id in holders:
+            tx.store.update_device(device_id, push_public=b"P" * 32)
+    reader = open_sls(data, store_url)
+    reader.warm()
+    devices = reader.context.directory.devices
+    assert [e.row.id for e in devices.with_push_public(b"P" * 32)] == holders
+    assert dict.__len__(devices) == 2  # only the two that match were made
+    assert devices.with_push_public(b"Q" * 32) == []
+    # A change seen by a refresh wins over the loaded row.
+    with writer.context.write() as tx:
+        tx.store.update_device(holders[0], push_public=b"Q" * 32)
+    reader.context.catch_up()
+    assert [e.row.id for e in devices.with_push_public(b"P" * 32)] == holders[1:]
+    assert [e.row.id for e in devices.with_push_public(b"Q" * 32)] == holders[:1]
+    reader.store.close()
+    writer.store.close()

@@ -95,37 +95,37 @@ class Columns:
         one = owner_count[link_devices] == 1
         single[link_devices[one]] = load.link_users[one]
         self.owner[ids] = single[ids]
-        # plain_active and an OCRA device (see DeviceEntry and Directory.set_flags).
+        # plain_active and an OCRA device (see DeviceEntry and Directory.set_flags), with
+        # its suite's code, in one pass over the rows (-1: not on the fast path).
+        kinds = {(r[1], r[4]) for r in rows}
         fast_types = {
             t
-            for t in {r[1] for r in rows}
+            for t in {t for t, _ in kinds}
             if DeviceType(t).method == "ocra" and DeviceType(t) is not DeviceType.TEMPORARY_PASSCODE
         }
+        code_of: dict[str | None, int] = {}
+        for t, suite in sorted(kinds, key=lambda k: (k[0], k[1] or "")):
+            text = suite or ""
+            if t in fast_types and suite not in code_of:
+                if text not in self.suites:
+                    self.suites.append(text)
+                code_of[suite] = self.suites.index(text)
         active = DeviceState.ACTIVE.value
-        fast = np.fromiter(
-            (r[2] == active and r[8] is None and r[1] in fast_types for r in rows), bool, n
+        codes = np.fromiter(
+            (
+                code_of[r[4]] if r[2] == active and r[8] is None and r[1] in fast_types else -1
+                for r in rows
+            ),
+            np.int16,
+            n,
         )
+        fast = codes >= 0
         if replaced_by:
             fast &= ~np.isin(ids, np.fromiter(replaced_by, np.int64, len(replaced_by)))
         secret_lengths, pin_lengths = load.secrets.lengths, load.pin_hashes.lengths
         fast &= (owner_count[ids] == 1) & (secret_lengths >= 0)
         fast &= (secret_lengths <= self.KEY_WIDTH) & (pin_lengths <= self.PIN_WIDTH)
-        code_of: dict[str | None, int] = {}
-        for i in np.flatnonzero(fast).tolist():
-            suite = rows[i][4]
-            if suite not in code_of:
-                text = suite or ""
-                if text not in self.suites:
-                    self.suites.append(text)
-                code_of[suite] = self.suites.index(text)
-        suite_codes = np.full(n, -1, np.int16)
-        if code_of:
-            suite_codes[fast] = np.fromiter(
-                (code_of[rows[i][4]] for i in np.flatnonzero(fast).tolist()),
-                np.int16,
-                int(fast.sum()),
-            )
-        self.suite[ids] = suite_codes
+        self.suite[ids] = np.where(fast, codes, -1)
         assert load.secrets.padded is not None
         assert load.pin_hashes.padded is not None
         self.keys[ids] = load.secrets.padded
@@ -267,6 +267,18 @@ class DeviceMap(_LoadedMap[DeviceEntry]):
         entry = DeviceEntry(row, DeviceType(row.type), set(self._owners.loaded(row.id)))
         self._directory.set_flags(entry)
         return entry
+
+    def with_push_public(self, push_public: bytes) -> list[DeviceEntry]:
+        """The devices (IB Keys) holding ``push_public``, by id: a scan of the loaded rows'
+        push keys, making entries only for the devices that match."""
+        found = {k: e for k, e in dict.items(self) if e.row.push_public == push_public}
+        if self._load is not None:
+            for r in self._load.device_rows:
+                if r[13] is not None and bytes(r[13]) == push_public:
+                    device_id = int(r[0])
+                    if device_id not in found and not dict.__contains__(self, device_id):
+                        found[device_id] = self[device_id]
+        return [found[k] for k in sorted(found)]
 
 
 class DeviceSets(dict[int, set[int]]):

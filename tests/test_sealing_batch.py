@@ -199,3 +199,21 @@ def test_the_native_single_open_matches_the_python_path() -> None:
         aad = device_aad(v["device_id"], v["what"])
         sealed = bytes.fromhex(v["sealed_hex"])
         assert keys.open(sealed, aad) == ring.open(sealed, aad=aad)
+
+
+def test_the_lowest_failing_row_is_named_whatever_fails_further_down() -> None:
+    ring = MasterKeyRing({"k1": os.urandom(32)}, "k1")
+    ids = np.arange(1, 3001, dtype=np.int64)
+    sealed: list[bytes | None] = [
+        ring.seal(b"s" * 20, aad=device_aad(i, "pin_hash")) for i in ids.tolist()
+    ]
+    sealed[2500] = b"\x01"  # a bad header, further down
+    sealed[1200] = sealed[1201]  # moved from another row
+    with pytest.raises(SealingError) as caught:
+        ring.open_device_column(ids, sealed, "pin_hash")
+    assert caught.value.record == "device 1201 pin_hash"
+    sealed[1200] = ring.seal(b"s" * 20, aad=device_aad(1201, "pin_hash"))
+    with pytest.raises(SealingError) as caught:
+        ring.open_device_column(ids, sealed, "pin_hash")
+    assert caught.value.record == "device 2501 pin_hash"
+    assert caught.value.key_id is None

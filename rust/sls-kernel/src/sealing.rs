@@ -153,15 +153,21 @@ impl DataKeys {
     where
         F: Fn(usize, &mut Vec<u8>) + Sync,
     {
-        // Pass 1 (sequential, cheap): check every header, lay the plaintexts out.
+        // Pass 1 (sequential, cheap): check the headers, lay the plaintexts out. A bad
+        // header stops the column there: only the rows before it are opened, so the row
+        // reported is the lowest that fails, as opening one row after another would find.
         let mut layouts = Vec::with_capacity(sealed.len());
         let mut offsets = Vec::with_capacity(sealed.len() + 1);
         offsets.push(0usize);
         let mut total = 0usize;
+        let mut bad_header = None;
         for (i, row) in sealed.iter().enumerate() {
-            let layout = match row {
-                None => None,
-                Some(bytes) => Some(Layout::parse(bytes).map_err(|e| (i, e))?),
+            let layout = match row.map(Layout::parse).transpose() {
+                Ok(layout) => layout,
+                Err(error) => {
+                    bad_header = Some((i, error));
+                    break;
+                }
             };
             if let (Some(bytes), Some(layout)) = (row, &layout) {
                 total += bytes.len() - layout.body - TAG_BYTES;
@@ -169,6 +175,7 @@ impl DataKeys {
             offsets.push(total);
             layouts.push(layout);
         }
+        let sealed = &sealed[..layouts.len()];
         // Pass 2: copy each ciphertext to its place, then decrypt the column in place,
         // in tasks of ROWS_PER_TASK rows that each own their part of the buffer.
         let mut data = Zeroizing::new(vec![0u8; total]);
@@ -212,6 +219,9 @@ impl DataKeys {
         drop(tasks);
         if let Some(Err(failure)) = outcome.into_iter().find(Result::is_err) {
             return Err(failure); // `data` is wiped as it drops
+        }
+        if let Some(failure) = bad_header {
+            return Err(failure);
         }
         let present = sealed.iter().map(Option::is_some).collect();
         Ok(OpenedColumn {

@@ -528,10 +528,7 @@ class _PostgresTx:
         self._changed()  # a bulk marker: every directory reloads in full
 
     def users(self, user_ids: Iterable[int] | None = None) -> list[UserRow]:
-        query = (
-            "SELECT id, username, identity, opted_out, closed, preferred_device, created_at"
-            " FROM users"
-        )
+        query = f"SELECT {USER_COLUMNS} FROM users"  # noqa: S608 - constant
         rows = (
             self._all(query)
             if user_ids is None
@@ -551,11 +548,7 @@ class _PostgresTx:
         ]
 
     def devices(self, device_ids: Iterable[int] | None = None) -> list[DeviceRow]:
-        query = (
-            "SELECT id, type, state, serial, suite, issued_at, shipped_at, activated_at,"
-            " expires_at, replaces, phone, secret, pin_hash, push_public, recovery_hash"
-            " FROM devices"
-        )
+        query = f"SELECT {DEVICE_COLUMNS} FROM devices"  # noqa: S608 - constant
         rows = (
             self._all(query)
             if device_ids is None
@@ -595,7 +588,7 @@ class _PostgresTx:
         self, *, secret_width: int | None = None, pin_width: int | None = None
     ) -> DirectoryLoad:
         # Binary results: ids and times arrive as numbers, bytea as bytes, with no text
-        # parsing per cell (half the fetch time of the text protocol at a million rows).
+        # parsing per cell (faster than the text protocol at a million rows).
         cursor = self._conn.cursor(binary=True)
         return directory_load(
             self._keyring,

@@ -466,10 +466,7 @@ class _SqliteTx:
         self._changed()  # a bulk marker: every directory reloads in full
 
     def users(self, user_ids: Iterable[int] | None = None) -> list[UserRow]:
-        query = (
-            "SELECT id, username, identity, opted_out, closed, preferred_device, created_at"
-            " FROM users"
-        )
+        query = f"SELECT {USER_COLUMNS} FROM users"  # noqa: S608 - constant
         if user_ids is None:
             rows = self._conn.execute(query)
         else:
@@ -482,11 +479,7 @@ class _SqliteTx:
         ]
 
     def devices(self, device_ids: Iterable[int] | None = None) -> list[DeviceRow]:
-        query = (
-            "SELECT id, type, state, serial, suite, issued_at, shipped_at, activated_at,"
-            " expires_at, replaces, phone, secret, pin_hash, push_public, recovery_hash"
-            " FROM devices"
-        )
+        query = f"SELECT {DEVICE_COLUMNS} FROM devices"  # noqa: S608 - constant
         if device_ids is None:
             rows = self._conn.execute(query)
         else:

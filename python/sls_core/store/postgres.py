@@ -590,13 +590,11 @@ class _PostgresTx:
         # Binary results: ids and times arrive as numbers, bytea as bytes, with no text
         # parsing per cell (faster than the text protocol at a million rows).
         cursor = self._conn.cursor(binary=True)
+        devices = cursor.execute(f"SELECT {DEVICE_COLUMNS} FROM devices").fetchall()  # noqa: S608
+        users = cursor.execute(f"SELECT {USER_COLUMNS} FROM users").fetchall()  # noqa: S608
+        links = cursor.execute("SELECT user_id, device_id FROM user_devices").fetchall()
         return directory_load(
-            self._keyring,
-            lambda: cursor.execute(f"SELECT {DEVICE_COLUMNS} FROM devices").fetchall(),  # noqa: S608
-            lambda: cursor.execute(f"SELECT {USER_COLUMNS} FROM users").fetchall(),  # noqa: S608
-            lambda: cursor.execute("SELECT user_id, device_id FROM user_devices").fetchall(),
-            secret_width=secret_width,
-            pin_width=pin_width,
+            self._keyring, users, devices, links, secret_width=secret_width, pin_width=pin_width
         )
 
     # -- sequences and server secrets --------------------------------------------------

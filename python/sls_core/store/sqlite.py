@@ -524,13 +524,11 @@ class _SqliteTx:
     ) -> DirectoryLoad:
         # One SELECT per table, fetched whole: the rows stay the tuples sqlite3 made.
         conn = self._conn
+        devices = conn.execute(f"SELECT {DEVICE_COLUMNS} FROM devices").fetchall()  # noqa: S608
+        users = conn.execute(f"SELECT {USER_COLUMNS} FROM users").fetchall()  # noqa: S608
+        links = conn.execute("SELECT user_id, device_id FROM user_devices").fetchall()
         return directory_load(
-            self._keyring,
-            lambda: conn.execute(f"SELECT {DEVICE_COLUMNS} FROM devices").fetchall(),  # noqa: S608
-            lambda: conn.execute(f"SELECT {USER_COLUMNS} FROM users").fetchall(),  # noqa: S608
-            lambda: conn.execute("SELECT user_id, device_id FROM user_devices").fetchall(),
-            secret_width=secret_width,
-            pin_width=pin_width,
+            self._keyring, users, devices, links, secret_width=secret_width, pin_width=pin_width
         )
 
     # -- sequences and server secrets --------------------------------------------------

@@ -79,5 +79,11 @@ def test_the_cluster_benchmark_runs_on_a_private_postgres_and_reports_every_part
         assert row["attempts_per_s"] > 0, row
         assert row["ok_share"] == 1.0, row  # right answers, each verified once
     assert {row["store"] for row in report["cold_start"]} == {"PostgreSQL", "SQLite"}
-    assert "attempts/s" in (out / "cluster.md").read_text()
+    for row in report["cold_start"]:
+        assert row["ready_s"] > 0, row
+        assert row["target_s_per_million"] == cluster_report.COLD_TARGET_S_PER_MILLION
+        assert isinstance(row["target_met"], bool)
+    text = (out / "cluster.md").read_text()
+    assert "attempts/s" in text
+    assert f"≤ {cluster_report.COLD_TARGET_S_PER_MILLION:g} s per million" in text
     assert (out / "cluster.png").stat().st_size > 0

@@ -18,6 +18,7 @@ KERNEL_FACES = {
     "sls_core.hotp",
     "sls_core.ocra",
     "sls_core.push",
+    "sls_core.sealing",
     "sls_core.totp",
 }
 

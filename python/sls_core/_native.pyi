@@ -9,6 +9,7 @@ import numpy.typing as npt
 __all__ = [
     "ActivationSigner",
     "ActivationVerifier",
+    "DataKeys",
     "KeyTable",
     "NameIndex",
     "TokenKeys",
@@ -270,6 +271,31 @@ class NameIndex:
     def __new__(cls) -> NameIndex: ...
     def __len__(self) -> int: ...
     def insert(self, username: str, user_id: int) -> None: ...
+    def extend(self, usernames: list[str], user_ids: npt.NDArray[np.int64]) -> None: ...
     def remove(self, username: str) -> None: ...
     def clear(self) -> None: ...
     def lookup(self, usernames: list[Any]) -> npt.NDArray[np.int64]: ...
+
+@final
+class DataKeys:
+    """The master keys of a key ring by key id, for opening sealed records natively. No
+    getter, no pickling; the repr shows the key ids only."""
+
+    def __new__(cls, keys: dict[str, bytes]) -> DataKeys: ...
+    @property
+    def key_ids(self) -> list[str]: ...
+    def open(self, sealed: bytes, aad: bytes) -> bytes: ...
+    def open_device_column(
+        self,
+        device_ids: npt.NDArray[np.int64],
+        sealed: list[bytes | None],
+        what: str,
+        *,
+        width: int | None = None,
+        threads: int | None = None,
+    ) -> tuple[
+        npt.NDArray[np.uint8],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.bool_],
+        npt.NDArray[np.uint8] | None,
+    ]: ...

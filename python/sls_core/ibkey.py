@@ -431,9 +431,8 @@ class IbKey:
             # Only what could still be approved: a device no longer active gets nothing.
             devices = [
                 e.row.id
-                for e in ctx.directory.devices.values()
-                if e.row.push_public == push_public
-                and ctx.effective_state(e, now) is DeviceState.ACTIVE
+                for e in ctx.directory.devices.with_push_public(push_public)
+                if ctx.effective_state(e, now) is DeviceState.ACTIVE
             ]
             rows = tx.store.pending_pushes(devices, now)
         return [

@@ -10,6 +10,7 @@ from __future__ import annotations
 from sls_core.store.base import (
     ActivationRow,
     DeviceRow,
+    DirectoryLoad,
     PushRow,
     SharingRow,
     Store,
@@ -25,6 +26,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ActivationRow",
     "DeviceRow",
+    "DirectoryLoad",
     "PushRow",
     "SharingRow",
     "SqliteStore",

@@ -10,19 +10,27 @@ inside one write transaction, so a process killed at any point leaves all of it 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
 from sls_core.errors import SlsError
 
+if TYPE_CHECKING:
+    from sls_core.sealing import OpenedColumn
+
 __all__ = [
+    "DEVICE_COLUMNS",
+    "USER_COLUMNS",
     "ActivationRow",
     "DeviceRow",
+    "DirectoryLoad",
     "Ids",
     "PushRow",
     "SharingRow",
@@ -33,6 +41,7 @@ __all__ = [
     "WriterBusyError",
     "ascending_ids",
     "consumed_spans",
+    "directory_load",
     "unique_ids",
 ]
 
@@ -82,6 +91,112 @@ class DeviceRow:
     pin_hash: bytes | None = field(repr=False, default=None)
     push_public: bytes | None = field(repr=False, default=None)
     recovery_hash: bytes | None = field(repr=False, default=None)
+
+
+#: The columns of a stored device, in the order every backend selects them.
+DEVICE_COLUMNS: Final = (
+    "id, type, state, serial, suite, issued_at, shipped_at, activated_at,"
+    " expires_at, replaces, phone, secret, pin_hash, push_public, recovery_hash"
+)
+#: The columns of a stored user, in the order every backend selects them.
+USER_COLUMNS: Final = "id, username, identity, opted_out, closed, preferred_device, created_at"
+
+
+@dataclass(frozen=True, eq=False)
+class DirectoryLoad:
+    """Every user, device and link of the store at one moment, for a directory's full
+    load: what ``users()``, ``devices()`` and ``links()`` return, but as the raw rows the
+    database gave (no Python object per row) and id columns, with every device's secret
+    and PIN hash opened in one native pass each. A row becomes a :class:`UserRow` or
+    :class:`DeviceRow` only when it is asked for (:meth:`user`, :meth:`device`).
+    Holds secrets: never printed."""
+
+    #: Raw user rows, :data:`USER_COLUMNS` in order (``identity`` still JSON text).
+    user_rows: list[Any] = field(repr=False)
+    user_ids: npt.NDArray[np.int64] = field(repr=False)
+    #: Raw device rows, :data:`DEVICE_COLUMNS` in order (secrets still sealed).
+    device_rows: list[Any] = field(repr=False)
+    device_ids: npt.NDArray[np.int64] = field(repr=False)
+    #: The devices' secrets and PIN hashes, opened, row for row.
+    secrets: OpenedColumn = field(repr=False)
+    pin_hashes: OpenedColumn = field(repr=False)
+    #: ``user_devices``, as two columns.
+    link_users: npt.NDArray[np.int64] = field(repr=False)
+    link_devices: npt.NDArray[np.int64] = field(repr=False)
+
+    def user(self, i: int) -> UserRow:
+        """Row ``i`` of ``user_rows`` as a :class:`UserRow`."""
+        r = self.user_rows[i]
+        return UserRow(
+            int(r[0]),
+            r[1],
+            json.loads(r[2]),
+            bool(r[3]),
+            bool(r[4]),
+            None if r[5] is None else int(r[5]),
+            r[6],
+        )
+
+    def device(self, i: int) -> DeviceRow:
+        """Row ``i`` of ``device_rows`` as a :class:`DeviceRow`, its secrets opened."""
+        r = self.device_rows[i]
+        return DeviceRow(
+            id=int(r[0]),
+            type=r[1],
+            state=r[2],
+            serial=r[3],
+            suite=r[4],
+            issued_at=r[5],
+            shipped_at=r[6],
+            activated_at=r[7],
+            expires_at=r[8],
+            replaces=None if r[9] is None else int(r[9]),
+            phone=r[10],
+            secret=self.secrets.value(i),
+            pin_hash=self.pin_hashes.value(i),
+            push_public=None if r[13] is None else bytes(r[13]),
+            recovery_hash=None if r[14] is None else bytes(r[14]),
+        )
+
+
+def directory_load(
+    keyring: Any,
+    user_rows: list[Any],
+    device_rows: list[Any],
+    link_rows: list[Any],
+    *,
+    secret_width: int | None = None,
+    pin_width: int | None = None,
+) -> DirectoryLoad:
+    """A :class:`DirectoryLoad` from the rows a backend fetched in one snapshot
+    (``SELECT USER_COLUMNS``, ``SELECT DEVICE_COLUMNS``, ``SELECT user_id, device_id``):
+    id columns, and the sealed secrets and PIN hashes opened by ``keyring`` (a
+    ``MasterKeyRing``) column by column. ``secret_width`` / ``pin_width``: also each
+    opened value zero-padded to that width.
+
+    The opening runs after the fetches, not beside them in a thread: sqlite3 gives up
+    the GIL at every row, and a thread taking it each time made the fetch slower than
+    the overlap saved (a million devices: 7 s against 5.5 s)."""
+    import numpy as np
+
+    device_ids = np.fromiter((r[0] for r in device_rows), np.int64, len(device_rows))
+    secrets = keyring.open_device_column(
+        device_ids, [r[11] for r in device_rows], "secret", width=secret_width
+    )
+    pin_hashes = keyring.open_device_column(
+        device_ids, [r[12] for r in device_rows], "pin_hash", width=pin_width
+    )
+    links = np.fromiter(itertools.chain.from_iterable(link_rows), np.int64, 2 * len(link_rows))
+    return DirectoryLoad(
+        user_rows=user_rows,
+        user_ids=np.fromiter((r[0] for r in user_rows), np.int64, len(user_rows)),
+        device_rows=device_rows,
+        device_ids=device_ids,
+        secrets=secrets,
+        pin_hashes=pin_hashes,
+        link_users=links[0::2],
+        link_devices=links[1::2],
+    )
 
 
 @dataclass(frozen=True)
@@ -219,6 +334,9 @@ class StoreTx(Protocol):
     def users(self, user_ids: Iterable[int] | None = None) -> list[UserRow]: ...
     def devices(self, device_ids: Iterable[int] | None = None) -> list[DeviceRow]: ...
     def links(self, user_ids: Iterable[int] | None = None) -> list[tuple[int, int]]: ...
+    def load_directory(
+        self, *, secret_width: int | None = None, pin_width: int | None = None
+    ) -> DirectoryLoad: ...
     def reserve(self, name: str, count: int) -> int: ...
     def server_secret(self, name: str, make: Callable[[], bytes]) -> bytes: ...
 

@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from sls_core.errors import AlreadyExistsError, InvalidInputError
-from sls_core.sealing import MasterKeyRing
+from sls_core.sealing import MasterKeyRing, device_aad
 from sls_core.store.base import (
+    DEVICE_COLUMNS,
+    USER_COLUMNS,
     ActivationRow,
     DeviceRow,
+    DirectoryLoad,
     Ids,
     PushRow,
     SharingRow,
@@ -35,6 +38,7 @@ from sls_core.store.base import (
     WriterBusyError,
     ascending_ids,
     consumed_spans,
+    directory_load,
     unique_ids,
 )
 from sls_core.store.keys import (
@@ -352,7 +356,8 @@ class _SqliteTx:
     def _open(self, device_id: int, what: str, value: bytes | None) -> bytes | None:
         if value is None:
             return None
-        return self._keyring.open(value, aad=f"device:{device_id}:{what}".encode())
+        aad = device_aad(device_id, what)
+        return self._keyring.open(value, aad=aad, record=f"device {device_id} {what}")
 
     def insert_device(self, row: DeviceRow, owners: Sequence[int]) -> int:
         cur = self._conn.execute(
@@ -519,10 +524,7 @@ class _SqliteTx:
         self._changed()  # a bulk marker: every directory reloads in full
 
     def users(self, user_ids: Iterable[int] | None = None) -> list[UserRow]:
-        query = (
-            "SELECT id, username, identity, opted_out, closed, preferred_device, created_at"
-            " FROM users"
-        )
+        query = f"SELECT {USER_COLUMNS} FROM users"  # noqa: S608 - constant
         if user_ids is None:
             rows = self._conn.execute(query)
         else:
@@ -535,11 +537,7 @@ class _SqliteTx:
         ]
 
     def devices(self, device_ids: Iterable[int] | None = None) -> list[DeviceRow]:
-        query = (
-            "SELECT id, type, state, serial, suite, issued_at, shipped_at, activated_at,"
-            " expires_at, replaces, phone, secret, pin_hash, push_public, recovery_hash"
-            " FROM devices"
-        )
+        query = f"SELECT {DEVICE_COLUMNS} FROM devices"  # noqa: S608 - constant
         if device_ids is None:
             rows = self._conn.execute(query)
         else:
@@ -578,6 +576,18 @@ class _SqliteTx:
                 (_ids_json(user_ids),),
             )
         return [(int(u), int(d)) for u, d in rows]
+
+    def load_directory(
+        self, *, secret_width: int | None = None, pin_width: int | None = None
+    ) -> DirectoryLoad:
+        # One SELECT per table, fetched whole: the rows stay the tuples sqlite3 made.
+        conn = self._conn
+        devices = conn.execute(f"SELECT {DEVICE_COLUMNS} FROM devices").fetchall()  # noqa: S608
+        users = conn.execute(f"SELECT {USER_COLUMNS} FROM users").fetchall()  # noqa: S608
+        links = conn.execute("SELECT user_id, device_id FROM user_devices").fetchall()
+        return directory_load(
+            self._keyring, users, devices, links, secret_width=secret_width, pin_width=pin_width
+        )
 
     # -- sequences and server secrets --------------------------------------------------
     def reserve(self, name: str, count: int) -> int:

@@ -17,6 +17,7 @@ pub mod mac;
 pub mod ocra;
 pub mod otp;
 pub mod push;
+pub mod sealing;
 pub mod types;
 
 pub use activation::{

@@ -20,6 +20,7 @@ mod names;
 mod ocra;
 mod otp;
 mod push;
+mod sealing;
 mod threads;
 
 #[pymodule]
@@ -40,6 +41,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<convert::KeyTable>()?;
     m.add_class::<challenge::TokenKeys>()?;
     m.add_class::<names::NameIndex>()?;
+    m.add_class::<sealing::DataKeys>()?;
     m.add_function(wrap_pyfunction!(card::card_codes, m)?)?;
     m.add_function(wrap_pyfunction!(card::card_verify, m)?)?;
     m.add_function(wrap_pyfunction!(card::card_verify_batch, m)?)?;

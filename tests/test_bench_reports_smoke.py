@@ -118,3 +118,50 @@ def test_the_failing_requests_report_refuses_a_rate_that_is_not_a_number(
     with pytest.raises(SystemExit):
         failing_requests.main(["--rates", "fast"])
     assert "a rate is a number of requests/s: 'fast'" in capsys.readouterr().err
+
+
+def test_the_targets_table_reads_each_report_and_names_the_missing_ones(tmp_path: Path) -> None:
+    import targets
+
+    (tmp_path / "kernel.json").write_text(
+        json.dumps(
+            {
+                "target": 0.9,
+                "rows": [
+                    {
+                        "keys": "1k keys",
+                        "mode": "fresh",
+                        "ratio_min": 0.95,
+                        "ratio_median": 1.0,
+                        "met": True,
+                    },
+                    {
+                        "keys": "1k keys",
+                        "mode": "prepared",
+                        "ratio_min": 0.7,
+                        "ratio_median": 0.8,
+                        "met": False,
+                    },
+                ],
+            }
+        )
+    )
+    (tmp_path / "loadtest.json").write_text(
+        json.dumps(
+            {
+                "rows": [
+                    {"loop": "open", "offered": 5000, "p99": 2.5, "rate": 4990},
+                    {"loop": "closed", "p99": 9.0},
+                ]
+            }
+        )
+    )
+    assert targets.main(["--out", str(tmp_path)]) == 0
+    table = (tmp_path / "targets.md").read_text()
+    assert "| kernel / C loop, fresh (1k keys), 1 thread | ≥ 0.9 | 0.95 / 1.00 | met |" in table
+    assert (
+        "| kernel / C loop, prepared (1k keys), 1 thread | ≥ 0.9 | 0.70 / 0.80 | not met |" in table
+    )
+    assert "2.50 ms (reached 4,990/s) | met |" in table
+    assert "not run: no login.json" in table
+    assert "not run: no cluster.json" in table

@@ -56,7 +56,7 @@ from sls_core.server.interceptors import (
     MetricsInterceptor,
     QuotaInterceptor,
 )
-from sls_core.server.metrics import Metrics, serve_metrics
+from sls_core.server.metrics import Metrics, PhaseTimes, serve_metrics
 from sls_core.server.privacyidea import PrivacyIdeaApi
 from sls_core.server.servicers import (
     ActivationServicer,
@@ -140,6 +140,8 @@ class SlsServer:
         self.serving = False
         #: OpenTelemetry traces (``tracing``); None when off: nothing of it is installed.
         self.tracing: Tracing | None = None
+        #: Debug timing of verification (SLS_CORE_DEBUG_PHASES); None when off.
+        self.phases = PhaseTimes.from_environment()
 
     def __repr__(self) -> str:
         return f"SlsServer(listen={self.config.listen!r}, port={self.port!r})"
@@ -162,6 +164,7 @@ class SlsServer:
         # Before the port opens: the first login must not pay for loading the directory.
         await loop.run_in_executor(self.executor, self.sls.warm)
         self.audit = AuditTrail(config.audit_path)
+        self.audit.phases = self.phases
         self.audit.on_health = lambda healthy: loop.call_soon_threadsafe(
             lambda: asyncio.ensure_future(self._follow_audit(healthy))
         )
@@ -179,7 +182,10 @@ class SlsServer:
             default_deadline=config.default_deadline_seconds,
             max_push_wait=config.max_push_wait_seconds,
             stopping=self._stopping,
+            phases=self.phases,
         )
+        if self.phases is not None:
+            self.phases.watch(loop)
         if self.tracing is not None:
             self.tracing.trace_domain(domain)
             self.tracing.trace_store(self.sls.store)
@@ -461,6 +467,8 @@ class SlsServer:
 
     async def _close_resources(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.phases is not None:
+            self.phases.unwatch()
         await loop.run_in_executor(None, self.executor.shutdown, True)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -498,6 +506,8 @@ async def _serve(config: ServerConfig) -> None:
     # walks only what the calls allocate (gc.freeze exists for this).
     gc.collect()
     gc.freeze()
+    if server.phases is not None:  # debug timing: the load test asks after each run
+        loop.add_signal_handler(signal.SIGUSR1, server.phases.dump)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop()))
     await server.wait()

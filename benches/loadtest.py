@@ -49,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -682,6 +682,9 @@ def run_open_loop(
     waited: dict[str, str] = {}
     outcomes: list[int] = []
     timed: dict[str, Any] = {}
+    batch_sent: dict[str, tuple[float, float]] = {}
+    client_waits: list[float] = []
+    trips: list[float] = []
 
     async def drive() -> float:
         clients = await balanced_clients(
@@ -689,13 +692,19 @@ def run_open_loop(
         )
         if phases is not None:
             phases.collect()  # what came before this run (the warm-up) is left out
+        untimed = [_time_batches(client, batch_sent) for client in clients]
 
         async def login(i: int, client: AsyncSlsClient) -> None:
             started = time.perf_counter()
             verdict = await client.verify(users[i], tokens[i], responses[i])
-            latencies.append(time.perf_counter() - started)
+            now = time.perf_counter()
+            latencies.append(now - started)
             starts.append(started - began)
             outcomes.append(int(verdict.outcome))
+            sent = batch_sent.pop(tokens[i], None)
+            if sent is not None:  # split: waiting in the gateway, then its batch's trip
+                client_waits.append(sent[0] - started)
+                trips.append(sent[1] - sent[0])
 
         tasks = []
         used_before = cpu_seconds(server_pid)
@@ -714,7 +723,8 @@ def run_open_loop(
         waited.update(cpu_share(queued_before, run_queue_seconds(server_pid), elapsed))
         if phases is not None:
             timed.update(phases.collect())
-        for client in clients:
+        for client, restore in zip(clients, untimed, strict=True):
+            restore()
             await client.close()
         return elapsed
 
@@ -729,6 +739,10 @@ def run_open_loop(
         "rate": len(latencies) / elapsed,
         **percentiles(latencies),
         "generator_late_p99": float(np.percentile(np.array(late) * 1e3, 99)),
+        # A login's latency, split: waiting in its gateway until its micro-batch left
+        # (behind the batch in flight), then that batch's round trip to the server.
+        **({"gateway_wait": percentiles(client_waits)} if client_waits else {}),
+        **({"batch_round_trip": percentiles(trips)} if trips else {}),
         # The worst latency in each 100 ms of the run: where the tail comes from.
         "worst_per_100ms": _worst_per_window(starts, latencies, 0.1),
         "ok_share": outcomes.count(LoginOutcome.OK) / max(1, len(outcomes)),
@@ -737,6 +751,33 @@ def run_open_loop(
         "run_queue_wait": waited,
         **({"server_phases": timed} if timed else {}),
     }
+
+
+def _time_batches(client: Any, sent: dict[str, tuple[float, float]]) -> Callable[[], None]:
+    """Notes when each micro-batch of ``client`` left and came back, by challenge token
+    (each token is verified once): the gateway's own split of a login's latency. Wraps
+    the client's batch call (its private ``_batcher._rpc``): a measuring aid of this
+    benchmark only, which changes nothing of what is sent; returns what unwraps it."""
+    batcher = getattr(client, "_batcher", None)
+    if batcher is None:
+        return lambda: None
+    rpc = batcher._rpc
+
+    async def timed(request: Any, *, timeout: float) -> Any:
+        left = time.perf_counter()
+        try:
+            return await rpc(request, timeout=timeout)
+        finally:
+            back = time.perf_counter()
+            for token in request.tokens:
+                sent[token] = (left, back)
+
+    batcher._rpc = timed
+
+    def restore() -> None:
+        batcher._rpc = rpc
+
+    return restore
 
 
 def _worst_per_window(starts: list[float], latencies: list[float], window: float) -> list[float]:

@@ -334,7 +334,7 @@ class ServerPhases:
             for phase, stats in one["phases"].items():
                 into = merged.setdefault(phase, {})
                 for key, value in stats.items():
-                    summed = key in ("count", "total_ms")
+                    summed = key in ("count", "total_ms", "over_1ms")
                     into[key] = into.get(key, 0) + value if summed else max(into.get(key, 0), value)
         return {"processes": len(found), "phases": merged}
 
@@ -999,8 +999,8 @@ def render_phases(row: dict[str, Any]) -> list[str]:
         f"Where the time goes at {row['offered']:,.0f}/s offered (server debug timing,"
         f" {timed['processes']} processes; percentiles the worst process's):",
         "",
-        "| phase | what | count | total ms | p50 ms | p99 ms | p99.9 ms | max ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| phase | what | count | total ms | p50 ms | p99 ms | p99.9 ms | max ms | ≥ 1 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     phases = timed["phases"]
     order = [*PHASE_MEANINGS, *sorted(set(phases) - set(PHASE_MEANINGS))]
@@ -1011,7 +1011,8 @@ def render_phases(row: dict[str, Any]) -> list[str]:
         what = PHASE_MEANINGS.get(phase, "pause of the whole process" if "gc" in phase else "")
         lines.append(
             f"| {phase} | {what} | {st['count']:,} | {st['total_ms']:,.1f} | {st['p50_ms']:.3f}"
-            f" | {st['p99_ms']:.3f} | {st['p99.9_ms']:.3f} | {st['max_ms']:.3f} |"
+            f" | {st['p99_ms']:.3f} | {st['p99.9_ms']:.3f} | {st['max_ms']:.3f}"
+            f" | {st.get('over_1ms', 0):,} |"
         )
     return lines
 
@@ -1106,9 +1107,10 @@ def plot(rows: Sequence[dict[str, Any]], args: argparse.Namespace, path: Path) -
         bbox_to_anchor=(1.01, 0.6),
         title="latency",
     )
+    shared = "the load generator on its own" if args.pin else "shared with the load generator"
     axis.set_title(
         f"sls-core serve on 127.0.0.1, {args.workers} server processes, {os.cpu_count()} CPUs"
-        " shared with the load generator"
+        f" {shared}"
     )
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)

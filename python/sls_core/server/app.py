@@ -81,10 +81,12 @@ STORE_PROBE_SECONDS = 1.0
 KEY_FOLLOW_SECONDS = 1.0
 #: How often a failed audit trail is tried again (seconds).
 _AUDIT_PROBE_EVERY = 2.0
-#: How often the embedded store's write-ahead log is checkpointed off the serving path.
-#: Often enough that the log never reaches SQLite's own threshold (1000 pages; a login
-#: storm of 5,000/s writes about 2,000 a second), at which a COMMIT checkpoints itself.
-WAL_CHECKPOINT_SECONDS = 0.1
+#: How often the embedded store's write-ahead log is checkpointed off the serving path
+#: (0: never, SQLite's own in the COMMIT only). Often enough that the log stays short of
+#: SQLite's threshold (1000 pages; 5,000 logins/s write about 2,000 a second), at which a
+#: COMMIT checkpoints itself; not much more often, since the first commit after each
+#: checkpoint starts the log over and syncs its header.
+WAL_CHECKPOINT_SECONDS = 0.25
 
 log = logging.getLogger("sls_core.server")
 
@@ -125,8 +127,9 @@ class WalCheckpointer:
     SQLite otherwise checkpoints inside the COMMIT that takes the log past 1000 pages: that
     commit copies the pages into the database file and syncs both files (milliseconds on
     a real disk), and a small batch commits on the event loop, so every call of the process
-    waited behind it (the open-loop p99.9). Checkpointed here every
-    ``WAL_CHECKPOINT_SECONDS``, the log stays short and no commit does it. A PASSIVE
+    waited behind it. Checkpointed here every ``WAL_CHECKPOINT_SECONDS``, the log stays
+    short and no commit copies it (the one after a checkpoint still syncs the new log's
+    header: SQLite's guard against out-of-order writes). A PASSIVE
     checkpoint takes no write lock and waits for no reader or writer; it only copies pages
     already committed, so what a commit acknowledged is as durable as before. Several
     processes on one file may each run one: a second checkpointer skips its turn."""
@@ -211,7 +214,7 @@ class SlsServer:
         # Before the port opens: the first login must not pay for loading the directory.
         await loop.run_in_executor(self.executor, self.sls.warm)
         database = getattr(self.sls.store, "path", None)
-        if isinstance(self.sls.store, SqliteStore) and database is not None:
+        if isinstance(self.sls.store, SqliteStore) and database and WAL_CHECKPOINT_SECONDS:
             self.checkpointer = WalCheckpointer(database)
             self.checkpointer.start()
         self.audit = AuditTrail(config.audit_path)

@@ -361,6 +361,7 @@ class PhaseTimes:
                 "p99_ms": round(p99, 4),
                 "p99.9_ms": round(p999, 4),
                 "max_ms": round(float(values.max()), 4),
+                "over_1ms": int((values >= 1.0).sum()),
             }
         return {
             "pid": os.getpid(),

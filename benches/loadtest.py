@@ -3,12 +3,12 @@
 Run it from the project root with the virtualenv's Python (``make loadtest``)::
 
     python benches/loadtest.py [--seconds 10] [--workers 2] [--users 10k]
-        [--modes open,threads,async,http,batch] [--rate 5000] [--open-connections 2]
+        [--modes open,threads,async,http,batch] [--rate 5000] [--open-connections 1]
         [--max-in-flight 1] [--gateways 64] [--async-gateways 4,8,16] [--async-connections 1]
         [--http-clients 4,8,16]
         [--linger 0.0005]
         [--batch 10k] [--batches 48] [--rounds 3] [--connections 2] [--in-flight 1]
-        [--out DIR]
+        [--pin GENERATOR/SERVER] [--debug-phases] [--out DIR]
 
 It enrolls ``--users`` DSC+ users in a fresh data dir, starts the server (``--workers``
 processes sharing the gRPC port and the HTTP/JSON one), pre-issues login challenges
@@ -19,8 +19,11 @@ space inside) so that lockout counting and the malformed path run, then for a bo
 * **open**: logins arrive at ``--rate`` per second (Poisson; a comma-separated list runs
   one open loop per rate), answered or not, spread over ``--open-connections`` gateways
   (``AsyncSlsClient`` each, micro-batching with ``--max-in-flight``); latency
-  percentiles, the cores each process kept busy, and the worst latency of every 100 ms
-  (in the JSON) show where a tail comes from;
+  percentiles, each login's wait in its gateway and its batch's round trip, the cores
+  each process kept busy and how long each waited for a CPU (run queue), and the worst
+  latency of every 100 ms (in the JSON) show where a tail comes from. ``--pin 0/1`` runs
+  the generator and the server on disjoint CPUs; ``--debug-phases`` adds the server's
+  own timing of its batches (``SLS_CORE_DEBUG_PHASES``) to the report;
 * **threads** / **async**: closed loops, ``--gateways`` threads (``SlsClient``) or
   ``--async-gateways`` tasks, each calling ``verify`` one attempt at a time;
 * **http**: closed loops over HTTP/JSON, ``--http-clients`` asyncio tasks (aiohttp), each
@@ -1156,8 +1159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--open-connections",
         type=int,
-        default=2,
-        help="open loop: gateway connections, spread over the server processes",
+        default=1,
+        help="open loop: gateway connections, spread over the server processes (one, as"
+        " the closed loop's --async-connections: each connection carries one micro-batch"
+        " at a time, and two would split the arrivals into twice the batches)",
     )
     parser.add_argument(
         "--async-connections",
@@ -1197,111 +1202,115 @@ def main(argv: Sequence[str] | None = None) -> int:
     STREAM = args.transport == "stream"
     args.transport_name = "one VerifyStream per client" if STREAM else "VerifyBatch calls"
     args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    with tempfile.TemporaryDirectory(prefix="sls-load-") as tmp:
-        data = Path(tmp) / "data"
-        progress(f"enrolling {args.users:,} users (load average {args.load_before}) ...")
-        work = Workload(data, args.users)
-        modes = set(args.modes.split(","))
-        unknown = modes - {"open", "threads", "async", "http", "batch"}
-        if unknown:
-            parser.error(f"--modes: unknown {', '.join(sorted(unknown))}")
-        progress("issuing challenges and computing the answers ...")
-        none: tuple[list[str], list[str], list[str]] = ([], [], [])
-        single_load = work.attempts(int(args.seconds * 10_000)) if "threads" in modes else none
-        sweep = args.async_gateways if "async" in modes else []
-        async_loads = [work.attempts(int(args.seconds * 8_000)) for _ in sweep]
-        args.async_gateways = sweep
-        args.http_clients = args.http_clients if "http" in modes else []
-        # HTTP answers one request per attempt: fewer a second than gRPC's micro-batches.
-        http_loads = [work.attempts(int(args.seconds * 4_000)) for _ in args.http_clients]
-        args.rate = args.rate if "open" in modes else []
-        open_loads = [work.attempts(int(args.seconds * rate) + 1) for rate in args.rate]
-        batches = args.batches if "batch" in modes else 0
-        batch_loads = [work.attempts(args.batch) for _ in range(batches)]
-        local_loads = [work.attempts(args.batch) for _ in range(batches)]
-        # The prepared attempts are a few hundred thousand objects that live to the end: out
-        # of the collector's sight, so that a full collection does not stall the gateways
-        # for tens of milliseconds in the middle of a measurement.
-        gc.freeze()
-        port, http_port = free_port(), free_port()
-        progress(f"starting sls-core serve ({args.workers} processes) ...")
-        env = {}
-        if args.debug_phases:
-            env["SLS_CORE_DEBUG_PHASES"] = str(Path(tmp) / "phases")
-        server = start_server(
-            data,
-            port,
-            http_port,
-            args.workers,
-            Path(tmp) / "server.log",
-            env=env,
-            cpus=args.pin[1] if args.pin else None,
-        )
-        if args.pin:
-            pin_threads(os.getpid(), args.pin[0])
-        phases = ServerPhases(Path(tmp) / "phases", server.pid, port) if env else None
-        try:
-            wait_ready(port, http_port)
-            # Warm-up, untimed: each server process loads its directory on first use.
-            with SlsClient(f"127.0.0.1:{port}", timeout=60.0, linger=0) as client:
-                for users, tokens, responses in [work.attempts(500) for _ in range(4)]:
-                    client.verify_batch(users, tokens, responses)
-            work.sls.verify_batch(*work.attempts(500))
-            rows = []
-            for rate, load in zip(args.rate, open_loads, strict=True):
-                progress(f"open loop, {rate:,.0f} logins/s offered, {args.seconds:g} s ...")
-                rows.append(
-                    run_open_loop(
-                        server.pid,
-                        args.workers,
-                        port,
-                        load,
-                        rate,
-                        args.seconds,
-                        args.linger,
-                        args.max_in_flight,
-                        args.open_connections,
-                        phases,
-                    )
-                )
-            if "threads" in modes:
-                progress(f"closed loop, {args.gateways} gateway threads ...")
-                rows.append(
-                    run_single(
-                        port,
-                        single_load,
-                        args.gateways,
-                        args.seconds / 2,
-                        args.linger,
-                    )
-                )
-            for gateways, load in zip(args.async_gateways, async_loads, strict=True):
-                progress(f"closed loop, {gateways} asyncio gRPC gateways ...")
-                rows.append(
-                    run_single_async(
-                        server.pid,
-                        args.workers,
-                        port,
-                        load,
-                        gateways,
-                        args.seconds / 2,
-                        args.linger,
-                        args.max_in_flight,
-                        args.async_connections,
-                    )
-                )
-            for clients, load in zip(args.http_clients, http_loads, strict=True):
-                progress(f"closed loop, {clients} HTTP clients ...")
-                rows.append(run_http(server.pid, http_port, load, clients, args.seconds / 2))
-            if "batch" in modes:
-                progress(f"VerifyBatch and in-process verify_batch, {args.rounds} rounds ...")
-                rows += run_side_by_side(server.pid, port, work, batch_loads, local_loads, args)
-        finally:
-            server.terminate()
+    anywhere = os.sched_getaffinity(0)
+    try:
+        with tempfile.TemporaryDirectory(prefix="sls-load-") as tmp:
+            data = Path(tmp) / "data"
+            progress(f"enrolling {args.users:,} users (load average {args.load_before}) ...")
+            work = Workload(data, args.users)
+            modes = set(args.modes.split(","))
+            unknown = modes - {"open", "threads", "async", "http", "batch"}
+            if unknown:
+                parser.error(f"--modes: unknown {', '.join(sorted(unknown))}")
+            progress("issuing challenges and computing the answers ...")
+            none: tuple[list[str], list[str], list[str]] = ([], [], [])
+            single_load = work.attempts(int(args.seconds * 10_000)) if "threads" in modes else none
+            sweep = args.async_gateways if "async" in modes else []
+            async_loads = [work.attempts(int(args.seconds * 8_000)) for _ in sweep]
+            args.async_gateways = sweep
+            args.http_clients = args.http_clients if "http" in modes else []
+            # HTTP answers one request per attempt: fewer a second than gRPC's micro-batches.
+            http_loads = [work.attempts(int(args.seconds * 4_000)) for _ in args.http_clients]
+            args.rate = args.rate if "open" in modes else []
+            open_loads = [work.attempts(int(args.seconds * rate) + 1) for rate in args.rate]
+            batches = args.batches if "batch" in modes else 0
+            batch_loads = [work.attempts(args.batch) for _ in range(batches)]
+            local_loads = [work.attempts(args.batch) for _ in range(batches)]
+            # The prepared attempts are a few hundred thousand objects that live to the end: out
+            # of the collector's sight, so that a full collection does not stall the gateways
+            # for tens of milliseconds in the middle of a measurement.
+            gc.freeze()
+            port, http_port = free_port(), free_port()
+            progress(f"starting sls-core serve ({args.workers} processes) ...")
+            env = {}
+            if args.debug_phases:
+                env["SLS_CORE_DEBUG_PHASES"] = str(Path(tmp) / "phases")
+            server = start_server(
+                data,
+                port,
+                http_port,
+                args.workers,
+                Path(tmp) / "server.log",
+                env=env,
+                cpus=args.pin[1] if args.pin else None,
+            )
+            if args.pin:
+                pin_threads(os.getpid(), args.pin[0])
+            phases = ServerPhases(Path(tmp) / "phases", server.pid, port) if env else None
             try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+                wait_ready(port, http_port)
+                # Warm-up, untimed: each server process loads its directory on first use.
+                with SlsClient(f"127.0.0.1:{port}", timeout=60.0, linger=0) as client:
+                    for users, tokens, responses in [work.attempts(500) for _ in range(4)]:
+                        client.verify_batch(users, tokens, responses)
+                work.sls.verify_batch(*work.attempts(500))
+                rows = []
+                for rate, load in zip(args.rate, open_loads, strict=True):
+                    progress(f"open loop, {rate:,.0f} logins/s offered, {args.seconds:g} s ...")
+                    rows.append(
+                        run_open_loop(
+                            server.pid,
+                            args.workers,
+                            port,
+                            load,
+                            rate,
+                            args.seconds,
+                            args.linger,
+                            args.max_in_flight,
+                            args.open_connections,
+                            phases,
+                        )
+                    )
+                if "threads" in modes:
+                    progress(f"closed loop, {args.gateways} gateway threads ...")
+                    rows.append(
+                        run_single(
+                            port,
+                            single_load,
+                            args.gateways,
+                            args.seconds / 2,
+                            args.linger,
+                        )
+                    )
+                for gateways, load in zip(args.async_gateways, async_loads, strict=True):
+                    progress(f"closed loop, {gateways} asyncio gRPC gateways ...")
+                    rows.append(
+                        run_single_async(
+                            server.pid,
+                            args.workers,
+                            port,
+                            load,
+                            gateways,
+                            args.seconds / 2,
+                            args.linger,
+                            args.max_in_flight,
+                            args.async_connections,
+                        )
+                    )
+                for clients, load in zip(args.http_clients, http_loads, strict=True):
+                    progress(f"closed loop, {clients} HTTP clients ...")
+                    rows.append(run_http(server.pid, http_port, load, clients, args.seconds / 2))
+                if "batch" in modes:
+                    progress(f"VerifyBatch and in-process verify_batch, {args.rounds} rounds ...")
+                    rows += run_side_by_side(server.pid, port, work, batch_loads, local_loads, args)
+            finally:
+                server.terminate()
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+    finally:
+        pin_threads(os.getpid(), anywhere)  # run inside a test: the rest runs anywhere
     args.load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     text = render(rows, args)
     print(text)

@@ -3,12 +3,12 @@
 Run it from the project root with the virtualenv's Python (``make loadtest``)::
 
     python benches/loadtest.py [--seconds 10] [--workers 2] [--users 10k]
-        [--modes open,threads,async,http,batch] [--rate 5000] [--open-connections 2]
+        [--modes open,threads,async,http,batch] [--rate 5000] [--open-connections 1]
         [--max-in-flight 1] [--gateways 64] [--async-gateways 4,8,16] [--async-connections 1]
         [--http-clients 4,8,16]
         [--linger 0.0005]
         [--batch 10k] [--batches 48] [--rounds 3] [--connections 2] [--in-flight 1]
-        [--out DIR]
+        [--pin GENERATOR/SERVER] [--debug-phases] [--out DIR]
 
 It enrolls ``--users`` DSC+ users in a fresh data dir, starts the server (``--workers``
 processes sharing the gRPC port and the HTTP/JSON one), pre-issues login challenges
@@ -19,8 +19,11 @@ space inside) so that lockout counting and the malformed path run, then for a bo
 * **open**: logins arrive at ``--rate`` per second (Poisson; a comma-separated list runs
   one open loop per rate), answered or not, spread over ``--open-connections`` gateways
   (``AsyncSlsClient`` each, micro-batching with ``--max-in-flight``); latency
-  percentiles, the cores each process kept busy, and the worst latency of every 100 ms
-  (in the JSON) show where a tail comes from;
+  percentiles, each login's wait in its gateway and its batch's round trip, the cores
+  each process kept busy and how long each waited for a CPU (run queue), and the worst
+  latency of every 100 ms (in the JSON) show where a tail comes from. ``--pin 0/1`` runs
+  the generator and the server on disjoint CPUs; ``--debug-phases`` adds the server's
+  own timing of its batches (``SLS_CORE_DEBUG_PHASES``) to the report;
 * **threads** / **async**: closed loops, ``--gateways`` threads (``SlsClient``) or
   ``--async-gateways`` tasks, each calling ``verify`` one attempt at a time;
 * **http**: closed loops over HTTP/JSON, ``--http-clients`` asyncio tasks (aiohttp), each
@@ -49,7 +52,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,9 +172,38 @@ def progress(text: str) -> None:
     print(f"[{time.perf_counter() - STARTED:6.1f} s] {text}", file=sys.stderr, flush=True)
 
 
+def parse_cpus(text: str) -> set[int]:
+    """``0``, ``0,2`` or ``1-3``: a set of CPU numbers."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def parse_pin(text: str) -> tuple[set[int], set[int]] | None:
+    """``--pin GENERATOR/SERVER`` (e.g. ``0/1``): the CPUs of each side; ``none``: None."""
+    if text == "none":
+        return None
+    generator, _, server = text.partition("/")
+    pin = parse_cpus(generator), parse_cpus(server)
+    if not all(pin) or pin[0] & pin[1]:
+        raise argparse.ArgumentTypeError("--pin: two disjoint CPU lists, GENERATOR/SERVER")
+    return pin
+
+
 def start_server(
-    data: Path, port: int, http_port: int, workers: int, log: Path
+    data: Path,
+    port: int,
+    http_port: int,
+    workers: int,
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    cpus: set[int] | None = None,
 ) -> subprocess.Popen[bytes]:
+    """``sls-core serve`` with ``workers`` processes; on ``cpus`` only (every process it
+    starts inherits them) when given, with ``env`` added to its environment."""
     command = [
         sys.executable,
         "-m",
@@ -188,8 +220,16 @@ def start_server(
         "--log-level",
         "WARNING",
     ]
+    mine = os.sched_getaffinity(0)
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
+        if cpus is not None:  # inherited at the fork: no moment on the wrong CPUs
+            os.sched_setaffinity(0, cpus)
+        try:
+            return subprocess.Popen(  # noqa: S603
+                command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            )
+        finally:
+            os.sched_setaffinity(0, mine)
 
 
 def wait_ready(port: int, http_port: int, timeout: float = 60.0) -> None:
@@ -229,6 +269,77 @@ def cpu_seconds(server_pid: int) -> dict[str, float]:
 def cpu_share(before: dict[str, float], after: dict[str, float], elapsed: float) -> dict[str, str]:
     """Cores each process kept busy between two :func:`cpu_seconds` readings."""
     return {k: f"{(after[k] - before.get(k, 0.0)) / elapsed:.2f}" for k in after}
+
+
+def run_queue_seconds(server_pid: int) -> dict[str, float]:
+    """Seconds the threads of this process and of each server process have spent ready to
+    run but waiting for a CPU (Linux schedstat): what other work on the machine cost them."""
+    waited = {}
+    for k, pid in enumerate([os.getpid(), server_pid, *_children(server_pid)]):
+        total = 0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that ended meanwhile
+        waited["load generator" if k == 0 else f"server process {k - 1}"] = total / 1e9
+    return waited
+
+
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus`` (an affinity is a thread's own; threads
+    started later inherit their starter's)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except OSError:
+            continue  # a thread that ended meanwhile
+
+
+def serving_processes(server_pid: int, port: int) -> list[int]:
+    """The server processes that listen on ``port`` (not a supervisor or a helper)."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+                listening.add(int(fields[9]))
+    return [pid for pid in [server_pid, *_children(server_pid)] if _sockets_of(pid) & listening]
+
+
+class ServerPhases:
+    """The server's debug timing (``SLS_CORE_DEBUG_PHASES``, see
+    ``sls_core.server.metrics.PhaseTimes``): each serving process writes what it timed
+    since its last dump to ``DIR/phases-<pid>.json`` when sent SIGUSR1."""
+
+    def __init__(self, directory: Path, server_pid: int, port: int) -> None:
+        self.directory, self.server_pid, self.port = directory, server_pid, port
+
+    def collect(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Asks every serving process for its timings and merges them: per phase the
+        count summed, each percentile the worst of the processes."""
+        import signal
+
+        pids = serving_processes(self.server_pid, self.port)
+        for pid in pids:
+            (self.directory / f"phases-{pid}.json").unlink(missing_ok=True)
+            os.kill(pid, signal.SIGUSR1)
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            paths = [self.directory / f"phases-{pid}.json" for pid in pids]
+            if all(path.exists() for path in paths):
+                found = [json.loads(path.read_text()) for path in paths]
+                break
+            time.sleep(0.05)
+        merged: dict[str, dict[str, float]] = {}
+        for one in found:
+            for phase, stats in one["phases"].items():
+                into = merged.setdefault(phase, {})
+                for key, value in stats.items():
+                    summed = key in ("count", "total_ms", "over_1ms")
+                    into[key] = into.get(key, 0) + value if summed else max(into.get(key, 0), value)
+        return {"processes": len(found), "phases": merged}
 
 
 def _connections_to(port: int) -> dict[int, int]:
@@ -280,7 +391,7 @@ def worker_of_new_connection(server_pid: int, port: int, known: set[int]) -> tup
 
 def percentiles(latencies: list[float]) -> dict[str, float]:
     values = np.array(latencies) * 1e3
-    return {f"p{p}": float(np.percentile(values, p)) for p in (50, 95, 99)}
+    return {f"p{p:g}": float(np.percentile(values, p)) for p in (50, 95, 99, 99.9)}
 
 
 def run_single(
@@ -552,6 +663,7 @@ def run_open_loop(
     linger: float,
     max_in_flight: int,
     connections: int,
+    phases: ServerPhases | None = None,
 ) -> dict[str, Any]:
     """Open loop: logins arrive at ``rate`` per second (Poisson arrivals, as users press
     Enter independently), whether or not earlier ones were answered, spread over
@@ -570,22 +682,36 @@ def run_open_loop(
     starts: list[float] = []
     late: list[float] = []
     cores: dict[str, str] = {}
+    waited: dict[str, str] = {}
     outcomes: list[int] = []
+    timed: dict[str, Any] = {}
+    batch_sent: dict[str, tuple[float, float]] = {}
+    client_waits: list[float] = []
+    trips: list[float] = []
 
     async def drive() -> float:
         clients = await balanced_clients(
             server_pid, port, workers, connections, linger, max_in_flight
         )
+        if phases is not None:
+            phases.collect()  # what came before this run (the warm-up) is left out
+        untimed = [_time_batches(client, batch_sent) for client in clients]
 
         async def login(i: int, client: AsyncSlsClient) -> None:
             started = time.perf_counter()
             verdict = await client.verify(users[i], tokens[i], responses[i])
-            latencies.append(time.perf_counter() - started)
+            now = time.perf_counter()
+            latencies.append(now - started)
             starts.append(started - began)
             outcomes.append(int(verdict.outcome))
+            sent = batch_sent.pop(tokens[i], None)
+            if sent is not None:  # split: waiting in the gateway, then its batch's trip
+                client_waits.append(sent[0] - started)
+                trips.append(sent[1] - sent[0])
 
         tasks = []
         used_before = cpu_seconds(server_pid)
+        queued_before = run_queue_seconds(server_pid)
         began = time.perf_counter()
         for i in range(count):
             wait = began + due[i] - time.perf_counter()
@@ -597,7 +723,11 @@ def run_open_loop(
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - began
         cores.update(cpu_share(used_before, cpu_seconds(server_pid), elapsed))
-        for client in clients:
+        waited.update(cpu_share(queued_before, run_queue_seconds(server_pid), elapsed))
+        if phases is not None:
+            timed.update(phases.collect())
+        for client, restore in zip(clients, untimed, strict=True):
+            restore()
             await client.close()
         return elapsed
 
@@ -612,11 +742,45 @@ def run_open_loop(
         "rate": len(latencies) / elapsed,
         **percentiles(latencies),
         "generator_late_p99": float(np.percentile(np.array(late) * 1e3, 99)),
+        # A login's latency, split: waiting in its gateway until its micro-batch left
+        # (behind the batch in flight), then that batch's round trip to the server.
+        **({"gateway_wait": percentiles(client_waits)} if client_waits else {}),
+        **({"batch_round_trip": percentiles(trips)} if trips else {}),
         # The worst latency in each 100 ms of the run: where the tail comes from.
         "worst_per_100ms": _worst_per_window(starts, latencies, 0.1),
         "ok_share": outcomes.count(LoginOutcome.OK) / max(1, len(outcomes)),
         "cores_busy": cores,
+        # Threads ready to run but waiting for a CPU, in CPU-seconds per second.
+        "run_queue_wait": waited,
+        **({"server_phases": timed} if timed else {}),
     }
+
+
+def _time_batches(client: Any, sent: dict[str, tuple[float, float]]) -> Callable[[], None]:
+    """Notes when each micro-batch of ``client`` left and came back, by challenge token
+    (each token is verified once): the gateway's own split of a login's latency. Wraps
+    the client's batch call (its private ``_batcher._rpc``): a measuring aid of this
+    benchmark only, which changes nothing of what is sent; returns what unwraps it."""
+    batcher = getattr(client, "_batcher", None)
+    if batcher is None:
+        return lambda: None
+    rpc = batcher._rpc
+
+    async def timed(request: Any, *, timeout: float) -> Any:
+        left = time.perf_counter()
+        try:
+            return await rpc(request, timeout=timeout)
+        finally:
+            back = time.perf_counter()
+            for token in request.tokens:
+                sent[token] = (left, back)
+
+    batcher._rpc = timed
+
+    def restore() -> None:
+        batcher._rpc = rpc
+
+    return restore
 
 
 def _worst_per_window(starts: list[float], latencies: list[float], window: float) -> list[float]:
@@ -734,13 +898,13 @@ def render(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
         f" max_in_flight {args.max_in_flight}"
         f" (threads: linger {args.linger * 1e3:g} ms); HTTP clients send one request per"
         f" attempt; VerifyBatch of {args.batch:,}. Load average {args.load_before} before,"
-        f" {args.load_after} after (1/5/15 min). Plot: `loadtest.png`.",
+        f" {args.load_after} after (1/5/15 min). {_pinning(args)} Plot: `loadtest.png`.",
         "",
-        "| mode | requests | attempts/s | p50 ms | p95 ms | p99 ms | cores busy |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| mode | requests | attempts/s | p50 ms | p95 ms | p99 ms | p99.9 ms | cores busy |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        p = [f"{r[k]:.2f}" if k in r else "—" for k in ("p50", "p95", "p99")]
+        p = [f"{r[k]:.2f}" if k in r else "—" for k in ("p50", "p95", "p99", "p99.9")]
         cores = ", ".join(
             f"{name.replace('server process', 'server')} {busy}"
             for name, busy in r.get("cores_busy", {}).items()
@@ -782,12 +946,85 @@ def render(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
             f" {http['rate']:,.0f} requests/s with p99 {http['p99']:.2f} ms{beside}."
         )
     for opened in opened_runs:
+        waited = opened.get("run_queue_wait", {})
+        queued = ", ".join(
+            f"{name.replace('server process', 'server')} {share}"
+            for name, share in waited.items()
+            if float(share) >= 0.01
+        )
+        target = ""
+        if opened["offered"] == OPEN_LOOP_TARGET_RATE:
+            met = opened["p99"] < OPEN_LOOP_TARGET_P99_MS
+            target = (
+                f" (target p99 < {OPEN_LOOP_TARGET_P99_MS:g} ms at"
+                f" {OPEN_LOOP_TARGET_RATE:,.0f}/s: {'met' if met else 'not met'})"
+            )
         lines.append(
             f"Single Verify, open loop at {opened['offered']:,.0f} logins/s offered: answered"
-            f" {opened['rate']:,.0f}/s with p99 {opened['p99']:.2f} ms; the generator itself"
-            f" ran p99 {opened['generator_late_p99']:.2f} ms behind its schedule."
+            f" {opened['rate']:,.0f}/s with p50 {opened['p50']:.2f} ms, p99"
+            f" {opened['p99']:.2f} ms{target}, p99.9 {opened['p99.9']:.2f} ms; the generator"
+            f" itself ran p99 {opened['generator_late_p99']:.2f} ms behind its schedule;"
+            f" waiting for a CPU (run queue, CPU-s/s): {queued or 'none'}."
         )
+    for opened in opened_runs:
+        if "server_phases" in opened:
+            lines += ["", *render_phases(opened)]
     return "\n".join(lines) + "\n"
+
+
+#: Issue 14's target for random arrivals.
+OPEN_LOOP_TARGET_RATE = 5000.0
+OPEN_LOOP_TARGET_P99_MS = 3.0
+
+#: What each debug-timing phase measures, in the order a batch meets them.
+PHASE_MEANINGS = {
+    "coalescing queue wait": "a single Verify call waiting for the batch before it",
+    "thread queue wait": "a batch waiting for a worker thread",
+    "batch before audit": "locks, BEGIN, kernel checks, settling replay and lockout",
+    "audit lock wait": "hashing the lines and waiting for the audit file lock",
+    "audit append": "chaining the seal and writing the lines",
+    "batch commit after audit": "COMMIT (with any WAL checkpoint) and unlocking",
+    "batch run (inline)": "a whole batch run on the event loop",
+    "batch run (thread)": "a whole batch run on a worker thread",
+    "batch run (inline, refused: writer busy)": "an inline try that found the writer busy",
+    "loop wake-up after thread": "from a thread's return to the loop resuming the call",
+    "batch server time (inline)": "a stream message, server side, run on the loop",
+    "batch server time (thread)": "a stream message, server side, run on a thread",
+    "event loop lag": "how late a 2 ms timer fires (the loop busy or off its CPU)",
+}
+
+
+def render_phases(row: dict[str, Any]) -> list[str]:
+    """The server's debug timing of one open-loop run as a table (milliseconds; each
+    percentile the worst of the server processes, counts summed)."""
+    timed = row["server_phases"]
+    lines = [
+        f"Where the time goes at {row['offered']:,.0f}/s offered (server debug timing,"
+        f" {timed['processes']} processes; percentiles the worst process's):",
+        "",
+        "| phase | what | count | total ms | p50 ms | p99 ms | p99.9 ms | max ms | ≥ 1 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    phases = timed["phases"]
+    order = [*PHASE_MEANINGS, *sorted(set(phases) - set(PHASE_MEANINGS))]
+    for phase in order:
+        if phase not in phases:
+            continue
+        st = phases[phase]
+        what = PHASE_MEANINGS.get(phase, "pause of the whole process" if "gc" in phase else "")
+        lines.append(
+            f"| {phase} | {what} | {st['count']:,} | {st['total_ms']:,.1f} | {st['p50_ms']:.3f}"
+            f" | {st['p99_ms']:.3f} | {st['p99.9_ms']:.3f} | {st['max_ms']:.3f}"
+            f" | {st.get('over_1ms', 0):,} |"
+        )
+    return lines
+
+
+def _pinning(args: argparse.Namespace) -> str:
+    if not args.pin:
+        return "Load generator and server on any of the CPUs (not pinned)."
+    generator, server = (",".join(map(str, sorted(cpus))) for cpus in args.pin)
+    return f"Load generator pinned to CPU {generator}, server processes to CPU {server}."
 
 
 def plot(rows: Sequence[dict[str, Any]], args: argparse.Namespace, path: Path) -> bool:
@@ -873,9 +1110,10 @@ def plot(rows: Sequence[dict[str, Any]], args: argparse.Namespace, path: Path) -
         bbox_to_anchor=(1.01, 0.6),
         title="latency",
     )
+    shared = "the load generator on its own" if args.pin else "shared with the load generator"
     axis.set_title(
         f"sls-core serve on 127.0.0.1, {args.workers} server processes, {os.cpu_count()} CPUs"
-        " shared with the load generator"
+        f" {shared}"
     )
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
@@ -921,8 +1159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--open-connections",
         type=int,
-        default=2,
-        help="open loop: gateway connections, spread over the server processes",
+        default=1,
+        help="open loop: gateway connections, spread over the server processes (one, as"
+        " the closed loop's --async-connections: each connection carries one micro-batch"
+        " at a time, and two would split the arrivals into twice the batches)",
     )
     parser.add_argument(
         "--async-connections",
@@ -942,102 +1182,135 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="open,threads,async,http,batch",
         help="which of open, threads, async, http, batch (with its in-process rate) to run",
     )
+    parser.add_argument(
+        "--pin",
+        type=parse_pin,
+        default=None,
+        metavar="GENERATOR/SERVER",
+        help="run the load generator and the server on disjoint CPUs, e.g. 0/1 on 2 cores"
+        " (default: none, both anywhere)",
+    )
+    parser.add_argument(
+        "--debug-phases",
+        action="store_true",
+        help="open loop: the server times where each batch spends its time"
+        " (SLS_CORE_DEBUG_PHASES) and the report breaks the latency down",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
     global STREAM
     STREAM = args.transport == "stream"
     args.transport_name = "one VerifyStream per client" if STREAM else "VerifyBatch calls"
     args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    with tempfile.TemporaryDirectory(prefix="sls-load-") as tmp:
-        data = Path(tmp) / "data"
-        progress(f"enrolling {args.users:,} users (load average {args.load_before}) ...")
-        work = Workload(data, args.users)
-        modes = set(args.modes.split(","))
-        unknown = modes - {"open", "threads", "async", "http", "batch"}
-        if unknown:
-            parser.error(f"--modes: unknown {', '.join(sorted(unknown))}")
-        progress("issuing challenges and computing the answers ...")
-        none: tuple[list[str], list[str], list[str]] = ([], [], [])
-        single_load = work.attempts(int(args.seconds * 10_000)) if "threads" in modes else none
-        sweep = args.async_gateways if "async" in modes else []
-        async_loads = [work.attempts(int(args.seconds * 8_000)) for _ in sweep]
-        args.async_gateways = sweep
-        args.http_clients = args.http_clients if "http" in modes else []
-        # HTTP answers one request per attempt: fewer a second than gRPC's micro-batches.
-        http_loads = [work.attempts(int(args.seconds * 4_000)) for _ in args.http_clients]
-        args.rate = args.rate if "open" in modes else []
-        open_loads = [work.attempts(int(args.seconds * rate) + 1) for rate in args.rate]
-        batches = args.batches if "batch" in modes else 0
-        batch_loads = [work.attempts(args.batch) for _ in range(batches)]
-        local_loads = [work.attempts(args.batch) for _ in range(batches)]
-        # The prepared attempts are a few hundred thousand objects that live to the end: out
-        # of the collector's sight, so that a full collection does not stall the gateways
-        # for tens of milliseconds in the middle of a measurement.
-        gc.freeze()
-        port, http_port = free_port(), free_port()
-        progress(f"starting sls-core serve ({args.workers} processes) ...")
-        server = start_server(data, port, http_port, args.workers, Path(tmp) / "server.log")
-        try:
-            wait_ready(port, http_port)
-            # Warm-up, untimed: each server process loads its directory on first use.
-            with SlsClient(f"127.0.0.1:{port}", timeout=60.0, linger=0) as client:
-                for users, tokens, responses in [work.attempts(500) for _ in range(4)]:
-                    client.verify_batch(users, tokens, responses)
-            work.sls.verify_batch(*work.attempts(500))
-            rows = []
-            for rate, load in zip(args.rate, open_loads, strict=True):
-                progress(f"open loop, {rate:,.0f} logins/s offered, {args.seconds:g} s ...")
-                rows.append(
-                    run_open_loop(
-                        server.pid,
-                        args.workers,
-                        port,
-                        load,
-                        rate,
-                        args.seconds,
-                        args.linger,
-                        args.max_in_flight,
-                        args.open_connections,
-                    )
-                )
-            if "threads" in modes:
-                progress(f"closed loop, {args.gateways} gateway threads ...")
-                rows.append(
-                    run_single(
-                        port,
-                        single_load,
-                        args.gateways,
-                        args.seconds / 2,
-                        args.linger,
-                    )
-                )
-            for gateways, load in zip(args.async_gateways, async_loads, strict=True):
-                progress(f"closed loop, {gateways} asyncio gRPC gateways ...")
-                rows.append(
-                    run_single_async(
-                        server.pid,
-                        args.workers,
-                        port,
-                        load,
-                        gateways,
-                        args.seconds / 2,
-                        args.linger,
-                        args.max_in_flight,
-                        args.async_connections,
-                    )
-                )
-            for clients, load in zip(args.http_clients, http_loads, strict=True):
-                progress(f"closed loop, {clients} HTTP clients ...")
-                rows.append(run_http(server.pid, http_port, load, clients, args.seconds / 2))
-            if "batch" in modes:
-                progress(f"VerifyBatch and in-process verify_batch, {args.rounds} rounds ...")
-                rows += run_side_by_side(server.pid, port, work, batch_loads, local_loads, args)
-        finally:
-            server.terminate()
+    anywhere = os.sched_getaffinity(0)
+    try:
+        with tempfile.TemporaryDirectory(prefix="sls-load-") as tmp:
+            data = Path(tmp) / "data"
+            progress(f"enrolling {args.users:,} users (load average {args.load_before}) ...")
+            work = Workload(data, args.users)
+            modes = set(args.modes.split(","))
+            unknown = modes - {"open", "threads", "async", "http", "batch"}
+            if unknown:
+                parser.error(f"--modes: unknown {', '.join(sorted(unknown))}")
+            progress("issuing challenges and computing the answers ...")
+            none: tuple[list[str], list[str], list[str]] = ([], [], [])
+            single_load = work.attempts(int(args.seconds * 10_000)) if "threads" in modes else none
+            sweep = args.async_gateways if "async" in modes else []
+            async_loads = [work.attempts(int(args.seconds * 8_000)) for _ in sweep]
+            args.async_gateways = sweep
+            args.http_clients = args.http_clients if "http" in modes else []
+            # HTTP answers one request per attempt: fewer a second than gRPC's micro-batches.
+            http_loads = [work.attempts(int(args.seconds * 4_000)) for _ in args.http_clients]
+            args.rate = args.rate if "open" in modes else []
+            open_loads = [work.attempts(int(args.seconds * rate) + 1) for rate in args.rate]
+            batches = args.batches if "batch" in modes else 0
+            batch_loads = [work.attempts(args.batch) for _ in range(batches)]
+            local_loads = [work.attempts(args.batch) for _ in range(batches)]
+            # The prepared attempts are a few hundred thousand objects that live to the end: out
+            # of the collector's sight, so that a full collection does not stall the gateways
+            # for tens of milliseconds in the middle of a measurement.
+            gc.freeze()
+            port, http_port = free_port(), free_port()
+            progress(f"starting sls-core serve ({args.workers} processes) ...")
+            env = {}
+            if args.debug_phases:
+                env["SLS_CORE_DEBUG_PHASES"] = str(Path(tmp) / "phases")
+            server = start_server(
+                data,
+                port,
+                http_port,
+                args.workers,
+                Path(tmp) / "server.log",
+                env=env,
+                cpus=args.pin[1] if args.pin else None,
+            )
+            if args.pin:
+                pin_threads(os.getpid(), args.pin[0])
+            phases = ServerPhases(Path(tmp) / "phases", server.pid, port) if env else None
             try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+                wait_ready(port, http_port)
+                # Warm-up, untimed: each server process loads its directory on first use.
+                with SlsClient(f"127.0.0.1:{port}", timeout=60.0, linger=0) as client:
+                    for users, tokens, responses in [work.attempts(500) for _ in range(4)]:
+                        client.verify_batch(users, tokens, responses)
+                work.sls.verify_batch(*work.attempts(500))
+                rows = []
+                for rate, load in zip(args.rate, open_loads, strict=True):
+                    progress(f"open loop, {rate:,.0f} logins/s offered, {args.seconds:g} s ...")
+                    rows.append(
+                        run_open_loop(
+                            server.pid,
+                            args.workers,
+                            port,
+                            load,
+                            rate,
+                            args.seconds,
+                            args.linger,
+                            args.max_in_flight,
+                            args.open_connections,
+                            phases,
+                        )
+                    )
+                if "threads" in modes:
+                    progress(f"closed loop, {args.gateways} gateway threads ...")
+                    rows.append(
+                        run_single(
+                            port,
+                            single_load,
+                            args.gateways,
+                            args.seconds / 2,
+                            args.linger,
+                        )
+                    )
+                for gateways, load in zip(args.async_gateways, async_loads, strict=True):
+                    progress(f"closed loop, {gateways} asyncio gRPC gateways ...")
+                    rows.append(
+                        run_single_async(
+                            server.pid,
+                            args.workers,
+                            port,
+                            load,
+                            gateways,
+                            args.seconds / 2,
+                            args.linger,
+                            args.max_in_flight,
+                            args.async_connections,
+                        )
+                    )
+                for clients, load in zip(args.http_clients, http_loads, strict=True):
+                    progress(f"closed loop, {clients} HTTP clients ...")
+                    rows.append(run_http(server.pid, http_port, load, clients, args.seconds / 2))
+                if "batch" in modes:
+                    progress(f"VerifyBatch and in-process verify_batch, {args.rounds} rounds ...")
+                    rows += run_side_by_side(server.pid, port, work, batch_loads, local_loads, args)
+            finally:
+                server.terminate()
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+    finally:
+        pin_threads(os.getpid(), anywhere)  # run inside a test: the rest runs anywhere
     args.load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     text = render(rows, args)
     print(text)
@@ -1049,7 +1322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         json.dumps(
             {
                 "rows": rows,
-                "args": vars(args) | {"out": str(args.out)},
+                "args": vars(args)
+                | {
+                    "out": str(args.out),
+                    "pin": [sorted(cpus) for cpus in args.pin] if args.pin else None,
+                },
                 "cpu_count": os.cpu_count(),
             },
             indent=2,

@@ -87,3 +87,49 @@ def test_the_cluster_benchmark_runs_on_a_private_postgres_and_reports_every_part
     assert "attempts/s" in text
     assert f"≤ {cluster_report.COLD_TARGET_S_PER_MILLION:g} s per million" in text
     assert (out / "cluster.png").stat().st_size > 0
+
+
+def test_the_open_loop_pinned_apart_reports_where_the_time_goes(tmp_path: Path) -> None:
+    """--pin puts the generator and the server on disjoint CPUs (when there are two);
+    --debug-phases has the server time its batches, and the report breaks the latency
+    down, says how long each process waited for a CPU and marks issue 14's target."""
+    import os
+
+    out = tmp_path / "out"
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = ["--pin", f"{cpus[0]}/{cpus[1]}"] if len(cpus) >= 2 else []
+    args = [
+        "--seconds", "1", "--users", "300", "--rate", "400", "--modes", "open",
+        "--workers", "1", "--debug-phases", *pin, "--out", str(out),
+    ]  # fmt: skip
+    assert loadtest.main(args) == 0
+    assert sorted(os.sched_getaffinity(0)) == cpus  # this process runs anywhere again
+    (opened,) = json.loads((out / "loadtest.json").read_text())["rows"]
+    assert opened["requests"] == 400
+    assert set(opened["run_queue_wait"]) >= {"load generator", "server process 0"}
+    assert opened["gateway_wait"]["p50"] >= 0
+    assert opened["batch_round_trip"]["p50"] > 0
+    timed = opened["server_phases"]
+    assert timed["processes"] == 1
+    assert {"batch run (inline)", "audit append", "event loop lag"} <= set(timed["phases"])
+    text = (out / "loadtest.md").read_text()
+    assert "Where the time goes at 400/s offered" in text
+    assert ("pinned to CPU" in text) == bool(pin)
+
+
+def test_the_open_loop_comparison_alternates_its_variants(tmp_path: Path) -> None:
+    import open_loop_ab
+
+    out = tmp_path / "ab"
+    args = [
+        "--rounds", "1", "--seconds", "0.5", "--rate", "300", "--users", "300",
+        "--variant", "one=--workers 1", "--variant", "two=SLS_CORE_SERVER_THREADS=2 --workers 1",
+        "--out", str(out),
+    ]  # fmt: skip
+    assert open_loop_ab.main(args) == 0
+    table = json.loads((out / "open_loop_ab.json").read_text())["table"]
+    assert [(e["variant"], e["offered"], e["rounds"]) for e in table] == [
+        ("one", 300.0, 1),
+        ("two", 300.0, 1),
+    ]
+    assert "| one | 300 |" in (out / "open_loop_ab.md").read_text()

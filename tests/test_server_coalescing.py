@@ -49,6 +49,7 @@ def test_a_kind_that_fails_answers_its_own_calls_only(tmp_path: Path) -> None:
         inline_max_items=0,
         executor=ThreadPoolExecutor(2),
         deadline=lambda context: None,
+        phases=None,
     )
 
     def verify(

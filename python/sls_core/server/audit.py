@@ -33,16 +33,20 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from sls_core.auditfmt import audit_lines
 from sls_core.outcome import LoginOutcome
+
+if TYPE_CHECKING:
+    from sls_core.server.metrics import PhaseTimes
 
 __all__ = ["SEAL_EVENT", "AuditTrail", "TrailCheck", "read_records", "verify_trail"]
 
@@ -77,6 +81,8 @@ class AuditTrail:
         self._rfd: int | None = None
         #: Told True/False when writes start failing or work again (health follows it).
         self.on_health: Any = None
+        #: Debug timing of the lock wait and the append (metrics.PhaseTimes); None: off.
+        self.phases: PhaseTimes | None = None
         self.healthy = True
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +101,8 @@ class AuditTrail:
             return
         # The block's digest and line count outside the locks: a writer holds the file
         # lock only to chain a short seal to the last one and append.
+        phases = self.phases
+        called = time.perf_counter() if phases is not None else 0.0
         digest = hashlib.sha256(data).hexdigest()
         lines = data.count(b"\n")
         with self._lock:
@@ -103,6 +111,7 @@ class AuditTrail:
                 return
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                locked = time.perf_counter() if phases is not None else 0.0
                 try:
                     prev, inode, size = self._chain_head(fd)
                     if data:
@@ -115,6 +124,8 @@ class AuditTrail:
                     self._known = ((inode, size), prev)
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
+                if phases is not None:
+                    phases.audit_written(called, locked, time.perf_counter())
             except OSError:
                 self._known = None  # what landed is unknown: read the file's end next time
                 self._set_health(False)

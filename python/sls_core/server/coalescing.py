@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from sls_core.server.domain import Domain
+from sls_core.server.domain import Domain, timed_on_thread
 from sls_core.server.interceptors import Caller
 from sls_core.server.status import Context, DeadlinePassedError
 from sls_core.store import WriterBusyError
@@ -62,6 +62,8 @@ class _Waiting:
     #: The batch it was handed to (None while it waits for one).
     batch: _Batch | None = None
     expired: bool = False
+    #: When it arrived (perf_counter; only with debug timing on).
+    arrived: float = 0.0
 
 
 @dataclass
@@ -87,6 +89,8 @@ class SingleVerifier:
         deadline = self.d.deadline(context)
         loop = asyncio.get_running_loop()
         waiting = _Waiting(attempt, deadline, loop.create_future())
+        if self.d.phases is not None:
+            waiting.arrived = time.perf_counter()
         timer = None
         if deadline is not None:
             timer = loop.call_later(deadline - time.monotonic(), self._expire, waiting)
@@ -123,21 +127,38 @@ class SingleVerifier:
             w.batch = batch
         loop = asyncio.get_running_loop()
         kinds = {w.attempt.kind for w in calls}
+        phases = self.d.phases
+        if phases is not None:
+            now = time.perf_counter()
+            for w in calls:
+                phases.add("coalescing queue wait", now - w.arrived)
         # On the loop only as one domain batch: a second one could not give up midway.
         if len(calls) <= self.d.inline_max_items and len(kinds) == 1:
+            if phases is not None:
+                phases.batch_started()
             try:
                 answers = self._run(batch, wait=False)
             except WriterBusyError:
                 batch.started = False  # nothing was done: wait for the writer on a thread
+                if phases is not None:
+                    phases.batch_finished("inline, refused: writer busy")
             except Exception as error:  # every caller must get an answer
                 self._answer(batch, None, error)
                 loop.call_soon(self._next)
                 return
             else:
+                if phases is not None:
+                    phases.batch_finished("inline")
                 self._answer(batch, answers, None)
                 loop.call_soon(self._next)  # what arrived meanwhile goes next
                 return
-        job = self.d.executor.submit(self._run, batch)
+        if phases is not None:
+            done: list[float] = []
+            job = self.d.executor.submit(
+                timed_on_thread, phases, time.perf_counter(), done, self._run, batch
+            )
+        else:
+            job = self.d.executor.submit(self._run, batch)
         job.add_done_callback(lambda f: loop.call_soon_threadsafe(self._done, batch, f))
 
     def _run(self, batch: _Batch, *, wait: bool = True) -> list[_Answer]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sls_core.server.audit import AuditTrail
-from sls_core.server.metrics import Metrics
+from sls_core.server.metrics import Metrics, PhaseTimes
 from sls_core.server.status import Context, DeadlinePassedError
 from sls_core.store import WriterBusyError
 
@@ -45,6 +45,8 @@ class Domain:
     stopping: asyncio.Event
     #: Verification batches up to this size try the event loop first (config.py).
     inline_max_items: int = 0
+    #: Debug timing of verification batches (metrics.PhaseTimes); None: off.
+    phases: PhaseTimes | None = None
 
     def deadline(self, context: Context) -> float | None:
         """The call's deadline on the monotonic clock (``default_deadline`` when it came
@@ -88,6 +90,9 @@ class Domain:
         writing (then, and for a large one, on a worker thread as usual). Skipping the
         hand-over to a thread and back saves a few hundred microseconds of a call that
         takes a few hundred itself; a busy store never blocks the loop."""
+        phases = self.phases
+        if phases is not None:
+            return await self._run_batch_timed(phases, context, items, fn, *args)
         if items <= self.inline_max_items:
             self.deadline(context)  # DeadlinePassedError if it has passed
             try:
@@ -96,6 +101,30 @@ class Domain:
                 pass  # nothing was done: wait for the writer on a thread
         return await self.run(context, fn, *args)
 
+    async def _run_batch_timed(
+        self, phases: PhaseTimes, context: Context, items: int, fn: Callable[..., T], *args: Any
+    ) -> T:
+        """:meth:`run_batch` with its phases timed (debug timing on)."""
+        arrived = time.perf_counter()
+        if items <= self.inline_max_items:
+            self.deadline(context)
+            phases.batch_started()
+            try:
+                result = fn(*args, wait=False)
+            except WriterBusyError:
+                phases.batch_finished("inline, refused: writer busy")
+            else:
+                phases.batch_finished("inline")
+                phases.add("batch server time (inline)", time.perf_counter() - arrived)
+                return result
+        done: list[float] = []
+        result = await self.run(context, timed_on_thread, phases, arrived, done, fn, *args)
+        now = time.perf_counter()
+        if done:
+            phases.add("loop wake-up after thread", now - done[0])
+        phases.add("batch server time (thread)", now - arrived)
+        return result
+
 
 def _before_deadline(deadline: float | None, fn: Callable[..., T], args: Sequence[Any]) -> T:
     # Checked again on the worker thread: a call that waited in the queue past its deadline
@@ -103,3 +132,17 @@ def _before_deadline(deadline: float | None, fn: Callable[..., T], args: Sequenc
     if deadline is not None and time.monotonic() >= deadline:
         raise DeadlinePassedError
     return fn(*args)
+
+
+def timed_on_thread(
+    phases: PhaseTimes, submitted: float, done: list[float], fn: Callable[..., T], *args: Any
+) -> T:
+    """``fn(*args)`` on a worker thread, its queue wait and run timed (debug timing);
+    ``done`` gets the time it returned (the loop's wake-up after it is timed from there)."""
+    phases.add("thread queue wait", time.perf_counter() - submitted)
+    phases.batch_started()
+    try:
+        return fn(*args)
+    finally:
+        phases.batch_finished("thread")
+        done.append(time.perf_counter())

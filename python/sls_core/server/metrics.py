@@ -12,12 +12,26 @@ and maximum file descriptors, start time; read from ``/proc``, so Linux only) pe
 with a ``worker`` label (``"0"``, ``"1"``, ...; the supervisor's own as ``"supervisor"``),
 never summed; ``python_info``; and ``python_gc_*`` with one worker only (the garbage
 collector can only be asked in-process, and the supervisor's own would mislead).
+
+Debug timing (:class:`PhaseTimes`, off unless ``SLS_CORE_DEBUG_PHASES`` names a directory):
+where a verification batch spends its time (queued, on the loop or a thread, before its
+audit lines, waiting for the audit lock, writing them, committing), how late the event loop
+runs its timers and how long the garbage collector pauses it. Each worker writes what it
+saw to ``DIR/phases-<pid>.json`` on SIGUSR1 (the load test asks after each run) and starts
+afresh. It holds durations only; when off, each call site pays one ``is None`` test.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import json
 import os
+import threading
+import time
+from array import array
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +51,14 @@ from prometheus_client.registry import Collector
 
 from sls_core.outcome import LoginOutcome
 
-__all__ = ["Metrics", "WorkerProcessCollector", "serve_metrics"]
+__all__ = ["DEBUG_PHASES_ENV", "Metrics", "PhaseTimes", "WorkerProcessCollector", "serve_metrics"]
+
+#: Names the directory debug phase timings are written to (unset: no timing at all).
+DEBUG_PHASES_ENV = "SLS_CORE_DEBUG_PHASES"
+#: How often the event-loop lag probe asks to be woken (its lateness is the lag).
+LOOP_PROBE_SECONDS = 0.002
+#: At most this many samples of one phase between two dumps (the rest are only counted).
+_MAX_SAMPLES = 500_000
 
 _LATENCY_BUCKETS = (
     0.0001,
@@ -231,3 +252,132 @@ def serve_metrics(
     registry.register(PLATFORM_COLLECTOR)
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server
+
+
+class PhaseTimes:
+    """Debug timing of where verification waits (see the module docstring): durations in
+    seconds by phase name, per process, summarised as percentiles by :meth:`summary`.
+
+    A batch's own phases are kept per thread between :meth:`batch_started` and
+    :meth:`batch_finished`; the audit trail reports its lock wait and write through
+    :meth:`audit_written`, so the time after the audit lines (the COMMIT, with any WAL
+    checkpoint it runs, and the unlock) is known without touching the store. Appends
+    rely on the GIL (``array.append`` is atomic), so worker threads need no lock."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self._samples: dict[str, array[float]] = {}
+        self._dropped: dict[str, int] = {}
+        self._local = threading.local()
+        self._since = time.monotonic()
+        self._gc_started = 0.0
+        self._probe: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def from_environment(cls) -> PhaseTimes | None:
+        directory = os.environ.get(DEBUG_PHASES_ENV)
+        return cls(directory) if directory else None
+
+    def add(self, phase: str, seconds: float) -> None:
+        samples = self._samples.get(phase)
+        if samples is None:
+            samples = self._samples.setdefault(phase, array("d"))
+        if len(samples) < _MAX_SAMPLES:
+            samples.append(seconds)
+        else:
+            self._dropped[phase] = self._dropped.get(phase, 0) + 1
+
+    def batch_started(self) -> float:
+        """Marks the start of a verification batch on this thread; returns the time."""
+        local = self._local
+        local.audit = None
+        local.started = time.perf_counter()
+        return local.started  # type: ignore[no-any-return]
+
+    def audit_written(self, called: float, locked: float, written: float) -> None:
+        """The audit trail's write: called, file lock taken, bytes appended and unlocked."""
+        self.add("audit lock wait", locked - called)
+        self.add("audit append", written - locked)
+        if getattr(self._local, "started", None) is not None:
+            self._local.audit = (called, written)
+
+    def batch_finished(self, where: str) -> None:
+        """Ends this thread's batch (``where``: ``inline``, ``thread``): its run time, and
+        split at its audit write: before it (locks, BEGIN, kernel, settle) and after it
+        (COMMIT with any checkpoint, unlock)."""
+        local = self._local
+        started = getattr(local, "started", None)
+        if started is None:
+            return
+        now = time.perf_counter()
+        self.add(f"batch run ({where})", now - started)
+        if local.audit is not None:
+            called, written = local.audit
+            self.add("batch before audit", called - started)
+            self.add("batch commit after audit", now - written)
+        local.started = None
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Starts the event-loop lag probe and the garbage collector's pause timing."""
+        gc.callbacks.append(self._on_gc)
+        expected = time.perf_counter() + LOOP_PROBE_SECONDS
+
+        def probe() -> None:
+            nonlocal expected
+            now = time.perf_counter()
+            self.add("event loop lag", max(0.0, now - expected))
+            expected = now + LOOP_PROBE_SECONDS
+            self._probe = loop.call_later(LOOP_PROBE_SECONDS, probe)
+
+        self._probe = loop.call_later(LOOP_PROBE_SECONDS, probe)
+
+    def unwatch(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started:
+            self.add(f"gc pause (gen {info['generation']})", time.perf_counter() - self._gc_started)
+
+    def summary(self) -> dict[str, Any]:
+        """Per phase: count, total, p50/p99/p99.9/max in milliseconds, over the window."""
+        import numpy as np
+
+        phases: dict[str, dict[str, float]] = {}
+        for phase, samples in sorted(self._samples.items()):
+            if not samples:
+                continue
+            values = np.frombuffer(samples, dtype=np.float64) * 1e3
+            p50, p99, p999 = np.percentile(values, (50, 99, 99.9)).tolist()
+            phases[phase] = {
+                "count": len(values) + self._dropped.get(phase, 0),
+                "total_ms": round(float(values.sum()), 3),
+                "p50_ms": round(p50, 4),
+                "p99_ms": round(p99, 4),
+                "p99.9_ms": round(p999, 4),
+                "max_ms": round(float(values.max()), 4),
+                "over_1ms": int((values >= 1.0).sum()),
+            }
+        return {
+            "pid": os.getpid(),
+            "seconds": round(time.monotonic() - self._since, 3),
+            "phases": phases,
+        }
+
+    def dump(self) -> Path:
+        """Writes :meth:`summary` to ``DIR/phases-<pid>.json`` (whole, by a rename) and
+        starts a new window."""
+        summary = self.summary()
+        self._samples, self._dropped = {}, {}
+        self._since = time.monotonic()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"phases-{os.getpid()}.json"
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(summary, indent=1))
+        partial.replace(path)
+        return path

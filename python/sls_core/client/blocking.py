@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -29,28 +29,6 @@ from sls_core.api.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
-from sls_core.values import (
-    Access,
-    Activated,
-    BatchResult,
-    Challenge,
-    Device,
-    DeviceType,
-    Identity,
-    LockoutStatus,
-    LoginOutcome,
-    Purpose,
-    PushChallenge,
-    PushDecision,
-    PushStatus,
-    SharingRequest,
-    Verdict,
-    WithdrawalLimits,
-)
-from sls_core.wire import ActivationOffer, EnrollOptions, OnlineCard, SecurityLevel, ServerStatus
-
-if TYPE_CHECKING:
-    pass
 from sls_core.client.calls import (
     _T,
     _answer_push_call,
@@ -113,6 +91,25 @@ from sls_core.client.settings import (
     TlsSettings,
     _ChannelSettings,
 )
+from sls_core.values import (
+    Access,
+    Activated,
+    BatchResult,
+    Challenge,
+    Device,
+    DeviceType,
+    Identity,
+    LockoutStatus,
+    LoginOutcome,
+    Purpose,
+    PushChallenge,
+    PushDecision,
+    PushStatus,
+    SharingRequest,
+    Verdict,
+    WithdrawalLimits,
+)
+from sls_core.wire import ActivationOffer, EnrollOptions, OnlineCard, SecurityLevel, ServerStatus
 
 # --- the blocking client ------------------------------------------------------------------
 

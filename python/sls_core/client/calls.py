@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
@@ -24,6 +24,13 @@ from sls_core.api.v1 import (
     portal_pb2,
     push_pb2,
     verification_pb2,
+)
+from sls_core.client.errors import (
+    ClientClosedError,
+    ProtocolError,
+    SlsRpcError,
+    _rpc_error,
+    _timeout_error,
 )
 from sls_core.errors import InvalidInputError, InvalidInputTypeError, SlsError
 from sls_core.values import (
@@ -44,16 +51,6 @@ from sls_core.values import (
     WithdrawalLimits,
 )
 from sls_core.wire import ActivationOffer, EnrollOptions, OnlineCard, SecurityLevel, ServerStatus
-
-if TYPE_CHECKING:
-    pass
-from sls_core.client.errors import (
-    ClientClosedError,
-    ProtocolError,
-    SlsRpcError,
-    _rpc_error,
-    _timeout_error,
-)
 
 # --- checks of what the caller passes --------------------------------------------------------
 

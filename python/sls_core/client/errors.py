@@ -5,7 +5,6 @@ here quotes a response, code, PIN, passcode, key or secret."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
@@ -13,9 +12,6 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from sls_core.errors import InvalidInputError, SlsError
-
-if TYPE_CHECKING:
-    pass
 
 # --- errors -------------------------------------------------------------------------------
 

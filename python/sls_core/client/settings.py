@@ -11,15 +11,12 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import grpc.aio
 
 from sls_core.errors import InvalidInputError, InvalidInputTypeError
-
-if TYPE_CHECKING:
-    pass
 
 #: Seconds a call may take unless the call says otherwise.
 DEFAULT_TIMEOUT = 5.0

@@ -20,6 +20,7 @@ from sls_core.login import SecureLogin
 from sls_core.login.directory import Columns, DeviceEntry, Directory
 from sls_core.sealing import MasterKeyRing, SealingError
 from sls_core.store import StoreTx
+from sls_core.values import Identity
 
 pytest_plugins = ["pg_fixtures"]
 
@@ -68,6 +69,8 @@ def populate(data: Path, store_url: str | None) -> SecureLogin:
     sls.issue_temporary_passcode("erin")
     sls.enroll_device("frank", DeviceType.DSC_PLUS, secret=secret(105), pin=PIN)
     sls.close_account("frank")
+    # An identity a full load does not code (fetched as its text), beside the default.
+    sls.create_user("hana", Identity(citizenship="CH", residence="Zug"))
     # A suite a full load does not code (fetched as its text), beside the coded ones.
     sls.create_user("gina")
     sls.enroll_device("gina", DeviceType.DSC_PLUS, secret=secret(106), pin=PIN, suite=OTHER_SUITE)
@@ -314,3 +317,11 @@ def test_devices_holding_a_push_key_are_found_without_making_every_entry(
     assert [e.row.id for e in devices.with_push_public(b"Q" * 32)] == holders[:1]
     reader.store.close()
     writer.store.close()
+
+
+def test_key_columns_fill_a_slice_only_for_ids_counting_up_by_one() -> None:
+    from sls_core.login.directory import _consecutive
+
+    assert _consecutive(np.array([4, 5, 6], np.int64))
+    for ids in ([], [1, 3], [2, 1, 3], [1, 2, 4, 3], [1, 1, 2]):
+        assert not _consecutive(np.array(ids, np.int64))

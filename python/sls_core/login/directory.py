@@ -132,8 +132,11 @@ class Columns:
         self.suite[ids] = np.where(fast, codes, -1)
         assert load.secrets.padded is not None
         assert load.pin_hashes.padded is not None
-        self.keys[ids] = load.secrets.padded
-        self.pins[ids] = load.pin_hashes.padded
+        # Ids 1..n with none missing (a store that never deleted a device) fill a slice:
+        # one block copy, where an index array copies row by row.
+        rows_at = slice(int(ids[0]), top + 1) if _consecutive(ids) else ids
+        self.keys[rows_at] = load.secrets.padded
+        self.pins[rows_at] = load.pin_hashes.padded
 
     def update(self, entries: Sequence[DeviceEntry]) -> None:
         if not entries:
@@ -168,6 +171,15 @@ class Columns:
             (e.row.pin_hash or b"").ljust(self.PIN_WIDTH, b"\0")[: self.PIN_WIDTH] for e in entries
         )
         self.pins[ids] = np.frombuffer(pins, np.uint8).reshape(-1, self.PIN_WIDTH)
+
+
+def _consecutive(ids: npt.NDArray[np.int64]) -> bool:
+    """Whether ``ids`` counts up by one from its first."""
+    return (
+        len(ids) > 0
+        and int(ids[-1]) - int(ids[0]) == len(ids) - 1
+        and bool((np.diff(ids) == 1).all())
+    )
 
 
 def _positions(ids: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.intp]]:

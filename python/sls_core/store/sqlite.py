@@ -654,8 +654,9 @@ def _coded(column: str, texts: Sequence[str]) -> str:
 
 
 def _link_columns(conn: sqlite3.Connection) -> tuple[Any, Any]:
-    """``user_devices`` as two id arrays in key order, read by slices of
-    ``_LINKS_PER_SELECT`` (in the caller's transaction: one snapshot)."""
+    """``user_devices`` as two id arrays, row for row (the directory needs no order),
+    read by slices of ``_LINKS_PER_SELECT`` in key order (in the caller's transaction:
+    one snapshot)."""
     import numpy as np
 
     users, devices = [], []
@@ -673,7 +674,10 @@ def _link_columns(conn: sqlite3.Connection) -> tuple[Any, Any]:
         devices.append(np.fromstring(device_text, dtype=np.int64, sep=","))
         if len(users[-1]) != count or len(devices[-1]) != count:  # never: ids are integers
             raise RuntimeError("user_devices: a full load parsed a slice of links wrongly")
-        last = (int(users[-1][-1]), int(devices[-1][-1]))
+        # The slice's greatest key, found rather than taken from the texts' ends (SQL
+        # promises no order to group_concat): the next slice starts after it.
+        top_user = int(users[-1].max())
+        last = (top_user, int(devices[-1][users[-1] == top_user].max()))
         if count < _LINKS_PER_SELECT:
             break
     if not users:

@@ -20,10 +20,12 @@ from sls_core.login import SecureLogin
 from sls_core.login.directory import Columns, DeviceEntry, Directory
 from sls_core.sealing import MasterKeyRing, SealingError
 from sls_core.store import StoreTx
+from sls_core.values import Identity
 
 pytest_plugins = ["pg_fixtures"]
 
 SUITE = "OCRA-1:HOTP-SHA1-8:QN06-PSHA1"
+OTHER_SUITE = "OCRA-1:HOTP-SHA256-8:QN08-PSHA1"
 PIN = "4711"
 NOW = 1_800_000_000.0
 
@@ -67,6 +69,11 @@ def populate(data: Path, store_url: str | None) -> SecureLogin:
     sls.issue_temporary_passcode("erin")
     sls.enroll_device("frank", DeviceType.DSC_PLUS, secret=secret(105), pin=PIN)
     sls.close_account("frank")
+    # An identity a full load does not code (fetched as its text), beside the default.
+    sls.create_user("hana", Identity(citizenship="CH", residence="Zug"))
+    # A suite a full load does not code (fetched as its text), beside the coded ones.
+    sls.create_user("gina")
+    sls.enroll_device("gina", DeviceType.DSC_PLUS, secret=secret(106), pin=PIN, suite=OTHER_SUITE)
     # A device with two owners (linked at the store level: the rules of sharing are not
     # what is tested here) is never on the batch fast path.
     alice, shared = sls.user("alice").id, sls.devices("bulk3")[0].id
@@ -190,6 +197,43 @@ def test_rows_changed_elsewhere_after_a_lazy_load_are_seen_exactly(
     writer.store.close()
 
 
+def test_links_read_in_several_slices_are_the_links_read_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sls_core.store import sqlite as sqlite_store
+
+    data = tmp_path / "data"
+    writer = populate(data, None)
+    monkeypatch.setattr(sqlite_store, "_LINKS_PER_SELECT", 3)
+    fresh = open_sls(data, None)
+    fresh.warm()
+    with fresh.store.read() as tx:
+        expected = reference(tx)
+        links = sorted(tx.links())
+    load_links = fresh.context.directory.devices_of
+    assert_same(fresh.context.directory, expected)
+    assert sorted((u, d) for u in expected["users"] for d in load_links.get(u, set())) == links
+    fresh.store.close()
+    writer.store.close()
+
+
+def test_a_full_load_codes_only_texts_it_knows_and_gives_back_the_texts() -> None:
+    from sls_core.store.base import DirectoryLoad
+    from sls_core.store.sqlite import _device_codes
+
+    codes = _device_codes()
+    assert codes[1] == tuple(t.value for t in DeviceType)
+    assert SUITE in codes[4]
+    assert OTHER_SUITE not in codes[4]
+    empty = np.zeros(0, np.int64)
+    load = DirectoryLoad([], empty, [], empty, None, None, empty, empty, codes)  # type: ignore[arg-type]
+    assert load.device_text(4, codes[4].index(SUITE)) == SUITE
+    assert load.device_text(4, OTHER_SUITE) == OTHER_SUITE
+    assert load.device_text(4, None) is None
+    assert load.device_cell(2, "active") == codes[2].index("active")
+    assert load.device_cell(4, OTHER_SUITE) == OTHER_SUITE
+
+
 def _swap_secrets(data: Path, store_url: str | None, first: int, second: int) -> None:
     """Swaps two devices' sealed secrets in the database itself (what a bad restore or an
     attacker with write access to the database could do)."""
@@ -273,3 +317,11 @@ def test_devices_holding_a_push_key_are_found_without_making_every_entry(
     assert [e.row.id for e in devices.with_push_public(b"Q" * 32)] == holders[:1]
     reader.store.close()
     writer.store.close()
+
+
+def test_key_columns_fill_a_slice_only_for_ids_counting_up_by_one() -> None:
+    from sls_core.login.directory import _consecutive
+
+    assert _consecutive(np.array([4, 5, 6], np.int64))
+    for ids in ([], [1, 3], [2, 1, 3], [1, 2, 4, 3], [1, 1, 2]):
+        assert not _consecutive(np.array(ids, np.int64))

@@ -96,21 +96,25 @@ class Columns:
         single[link_devices[one]] = load.link_users[one]
         self.owner[ids] = single[ids]
         # plain_active and an OCRA device (see DeviceEntry and Directory.set_flags), with
-        # its suite's code, in one pass over the rows (-1: not on the fast path).
+        # its suite's code, in one pass over the rows (-1: not on the fast path). The
+        # cells may be coded (DirectoryLoad.device_codes): compared as they are, decoded
+        # once per distinct value.
+        text = load.device_text
         kinds = {(r[1], r[4]) for r in rows}
         fast_types = {
             t
             for t in {t for t, _ in kinds}
-            if DeviceType(t).method == "ocra" and DeviceType(t) is not DeviceType.TEMPORARY_PASSCODE
+            if DeviceType(text(1, t)).method == "ocra"
+            and DeviceType(text(1, t)) is not DeviceType.TEMPORARY_PASSCODE
         }
-        code_of: dict[str | None, int] = {}
-        for t, suite in sorted(kinds, key=lambda k: (k[0], k[1] or "")):
-            text = suite or ""
+        code_of: dict[Any, int] = {}
+        for t, suite in sorted(kinds, key=lambda k: (text(1, k[0]), text(4, k[1]) or "")):
+            suite_text = text(4, suite) or ""
             if t in fast_types and suite not in code_of:
-                if text not in self.suites:
-                    self.suites.append(text)
-                code_of[suite] = self.suites.index(text)
-        active = DeviceState.ACTIVE.value
+                if suite_text not in self.suites:
+                    self.suites.append(suite_text)
+                code_of[suite] = self.suites.index(suite_text)
+        active = load.device_cell(2, DeviceState.ACTIVE.value)
         codes = np.fromiter(
             (
                 code_of[r[4]] if r[2] == active and r[8] is None and r[1] in fast_types else -1
@@ -128,8 +132,11 @@ class Columns:
         self.suite[ids] = np.where(fast, codes, -1)
         assert load.secrets.padded is not None
         assert load.pin_hashes.padded is not None
-        self.keys[ids] = load.secrets.padded
-        self.pins[ids] = load.pin_hashes.padded
+        # Ids 1..n with none missing (a store that never deleted a device) fill a slice:
+        # one block copy, where an index array copies row by row.
+        rows_at = slice(int(ids[0]), top + 1) if _consecutive(ids) else ids
+        self.keys[rows_at] = load.secrets.padded
+        self.pins[rows_at] = load.pin_hashes.padded
 
     def update(self, entries: Sequence[DeviceEntry]) -> None:
         if not entries:
@@ -164,6 +171,15 @@ class Columns:
             (e.row.pin_hash or b"").ljust(self.PIN_WIDTH, b"\0")[: self.PIN_WIDTH] for e in entries
         )
         self.pins[ids] = np.frombuffer(pins, np.uint8).reshape(-1, self.PIN_WIDTH)
+
+
+def _consecutive(ids: npt.NDArray[np.int64]) -> bool:
+    """Whether ``ids`` counts up by one from its first."""
+    return (
+        len(ids) > 0
+        and int(ids[-1]) - int(ids[0]) == len(ids) - 1
+        and bool((np.diff(ids) == 1).all())
+    )
 
 
 def _positions(ids: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.intp]]:

@@ -21,7 +21,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from sls_core.errors import AlreadyExistsError, InvalidInputError
 from sls_core.sealing import MasterKeyRing, device_aad
@@ -580,13 +580,27 @@ class _SqliteTx:
     def load_directory(
         self, *, secret_width: int | None = None, pin_width: int | None = None
     ) -> DirectoryLoad:
-        # One SELECT per table, fetched whole: the rows stay the tuples sqlite3 made.
+        # One SELECT per table in this transaction's snapshot. The device rows come as
+        # tuples, but with type, state and suite coded as small ints (shared objects:
+        # a new text per cell was a fifth of the fetch); the links come as two texts of
+        # comma-separated ids that numpy parses, no tuple per link.
         conn = self._conn
-        devices = conn.execute(f"SELECT {DEVICE_COLUMNS} FROM devices").fetchall()  # noqa: S608
+        codes = _device_codes()
+        columns = ", ".join(
+            _coded(name, codes[i]) if i in codes else name
+            for i, name in enumerate(DEVICE_COLUMNS.split(", "))
+        )
+        params = [text for i in sorted(codes) for text in codes[i]]
+        devices = conn.execute(f"SELECT {columns} FROM devices", params).fetchall()  # noqa: S608
         users = conn.execute(f"SELECT {USER_COLUMNS} FROM users").fetchall()  # noqa: S608
-        links = conn.execute("SELECT user_id, device_id FROM user_devices").fetchall()
         return directory_load(
-            self._keyring, users, devices, links, secret_width=secret_width, pin_width=pin_width
+            self._keyring,
+            users,
+            devices,
+            _link_columns(conn),
+            secret_width=secret_width,
+            pin_width=pin_width,
+            device_codes=codes,
         )
 
     # -- sequences and server secrets --------------------------------------------------
@@ -612,6 +626,63 @@ class _SqliteTx:
             (name, self._keyring.seal(value, aad=aad)),
         )
         return value
+
+
+#: The suites most devices have (the ones enrollment gives), coded in a full load; any
+#: other suite is fetched as its text.
+_COMMON_SUITES: Final = ("OCRA-1:HOTP-SHA1-8:QN06-PSHA1", "OCRA-1:HOTP-SHA1-8:QN06")
+#: Links per SELECT of a full load: each of its two texts stays far below SQLite's
+#: largest string (a billion bytes).
+_LINKS_PER_SELECT: Final = 1 << 20
+
+
+def _device_codes() -> dict[int, tuple[str, ...]]:
+    """Device column index (in ``DEVICE_COLUMNS``) -> the texts a full load codes."""
+    from sls_core.devices import DeviceState, DeviceType
+
+    return {
+        1: tuple(t.value for t in DeviceType),
+        2: tuple(s.value for s in DeviceState),
+        4: _COMMON_SUITES,
+    }
+
+
+def _coded(column: str, texts: Sequence[str]) -> str:
+    """SQL: ``column``'s code (its text's index in ``texts``), else its text."""
+    branches = " ".join(f"WHEN ? THEN {i}" for i in range(len(texts)))
+    return f"CASE {column} {branches} ELSE {column} END"
+
+
+def _link_columns(conn: sqlite3.Connection) -> tuple[Any, Any]:
+    """``user_devices`` as two id arrays, row for row (the directory needs no order),
+    read by slices of ``_LINKS_PER_SELECT`` in key order (in the caller's transaction:
+    one snapshot)."""
+    import numpy as np
+
+    users, devices = [], []
+    last = (-(1 << 63), -(1 << 63))
+    while True:
+        count, user_text, device_text = conn.execute(
+            "SELECT count(*), group_concat(user_id), group_concat(device_id) FROM"
+            " (SELECT user_id, device_id FROM user_devices WHERE (user_id, device_id) > (?, ?)"
+            " ORDER BY user_id, device_id LIMIT ?)",
+            (*last, _LINKS_PER_SELECT),
+        ).fetchone()
+        if not count:
+            break
+        users.append(np.fromstring(user_text, dtype=np.int64, sep=","))
+        devices.append(np.fromstring(device_text, dtype=np.int64, sep=","))
+        if len(users[-1]) != count or len(devices[-1]) != count:  # never: ids are integers
+            raise RuntimeError("user_devices: a full load parsed a slice of links wrongly")
+        # The slice's greatest key, found rather than taken from the texts' ends (SQL
+        # promises no order to group_concat): the next slice starts after it.
+        top_user = int(users[-1].max())
+        last = (top_user, int(devices[-1][users[-1] == top_user].max()))
+        if count < _LINKS_PER_SELECT:
+            break
+    if not users:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(users), np.concatenate(devices)
 
 
 #: The store's files hold identity data, sealed secrets and pending activations: owner only.

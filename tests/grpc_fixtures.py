@@ -291,7 +291,12 @@ def spawn_server(
     handle = ServerProcess(process, address, log_path)
     try:
         if wait:
-            wait_serving(address, process=process)
+            try:
+                wait_serving(address, process=process)
+            except AssertionError as failed:
+                # The server's own last words say why it did not start (CI keeps no tmp).
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+                raise AssertionError(f"{failed}; its log ends:\n{tail}") from None
         yield handle
     finally:
         if process.poll() is None:

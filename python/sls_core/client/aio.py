@@ -169,15 +169,24 @@ class _BatchStream:
                     raise
         except TimeoutError:
             raise _timeout_error() from None
+        # The answer is awaited directly (the reader sets it, the deadline timer fails it):
+        # wait_for around a shield would wake this task three turns of the loop later.
+        timer = loop.call_at(deadline, self._expire, call, answer)
         try:
-            return await asyncio.wait_for(asyncio.shield(answer), deadline - loop.time())
-        except asyncio.TimeoutError:
-            owed = self._owed.get(call)
-            oldest = bool(owed) and owed[0] is answer  # type: ignore[index]
-            answer.cancel()  # the reader skips its answer when it comes
-            if oldest:  # answers come in order: the batches behind it wait on it too
-                self._end(call, _timeout_error())
-            raise _timeout_error() from None
+            return await answer
+        finally:
+            timer.cancel()
+
+    def _expire(self, call: Any, answer: asyncio.Future[Any]) -> None:
+        """The deadline of ``answer``'s batch passed: it fails alone, or, if it is the
+        oldest on the stream, so does the stream (the batches behind it wait on it)."""
+        if answer.done():
+            return
+        owed = self._owed.get(call)
+        oldest = bool(owed) and owed[0] is answer  # type: ignore[index]
+        answer.set_exception(_timeout_error())  # the reader skips its answer when it comes
+        if oldest:
+            self._end(call, _timeout_error())
 
     async def _read(self, call: Any) -> None:
         owed = self._owed[call]

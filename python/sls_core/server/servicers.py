@@ -260,17 +260,33 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
         context: Context,
     ) -> AsyncIterator[verification_pb2.VerifyBatchResponse]:
         """Each request message is a batch, answered in order. On shutdown the stream ends
-        after the batch in hand (the gateway reconnects to another process)."""
+        after the batch in hand (the gateway reconnects to another process); a stream
+        waiting for its next message ends at once."""
         caller = current_caller()
-        stop = asyncio.ensure_future(self.d.stopping.wait())
+        stopping = self.d.stopping
+        stream = asyncio.current_task()
+        reading = False
+
+        def end_if_reading(_: object) -> None:
+            if reading and stream is not None:
+                stream.cancel()
+
+        # One watcher per stream, not per message: a task and an ``asyncio.wait`` around
+        # every read cost each message two extra turns of a busy event loop.
+        stop = asyncio.ensure_future(stopping.wait())
+        stop.add_done_callback(end_if_reading)
         try:
-            while True:
-                read = asyncio.ensure_future(context.read())
-                done, _ = await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if read not in done:
-                    read.cancel()
-                    return
-                request = read.result()
+            while not stopping.is_set():
+                reading = True
+                try:
+                    request = await context.read()
+                except asyncio.CancelledError:
+                    if stopping.is_set() and stream is not None and stream.cancelling():
+                        stream.uncancel()  # ended by the shutdown, not by the caller
+                        return
+                    raise
+                finally:
+                    reading = False
                 if request is grpc.aio.EOF:
                     return
                 try:

@@ -232,6 +232,32 @@ def start_server(
             os.sched_setaffinity(0, mine)
 
 
+def start_floor_server(
+    port: int, log: Path, *, cpus: set[int] | None = None
+) -> subprocess.Popen[bytes]:
+    """``benches/stream_floor.py``: a server that answers at once, without domain work."""
+    command = [sys.executable, str(Path(__file__).with_name("stream_floor.py"))]
+    command += ["--listen", f"127.0.0.1:{port}"]
+    mine = os.sched_getaffinity(0)
+    with log.open("wb") as out:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        try:
+            return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
+        finally:
+            os.sched_setaffinity(0, mine)
+
+
+def wait_floor_ready(port: int, timeout: float = 30.0) -> None:
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise SystemExit("the floor server did not start") from None
+
+
 def wait_ready(port: int, http_port: int, timeout: float = 60.0) -> None:
     import urllib.request
 
@@ -1201,8 +1227,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="open loop: the server times where each batch spends its time"
         " (SLS_CORE_DEBUG_PHASES) and the report breaks the latency down",
     )
+    parser.add_argument(
+        "--server",
+        choices=("sls-core", "floor"),
+        default="sls-core",
+        help="open loop: against sls-core serve, or against benches/stream_floor.py, which"
+        " answers at once without any domain work (what gRPC and asyncio cost here)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
+    floor = args.server == "floor"
+    if floor and (set(args.modes.split(",")) != {"open"} or args.debug_phases):
+        parser.error("--server floor: only --modes open, without --debug-phases")
     global STREAM
     STREAM = args.transport == "stream"
     args.transport_name = "one VerifyStream per client" if STREAM else "VerifyBatch calls"
@@ -1236,46 +1272,58 @@ def main(argv: Sequence[str] | None = None) -> int:
             # for tens of milliseconds in the middle of a measurement.
             gc.freeze()
             port, http_port = free_port(), free_port()
-            progress(f"starting sls-core serve ({args.workers} processes) ...")
             env = {}
             if args.debug_phases:
                 env["SLS_CORE_DEBUG_PHASES"] = str(Path(tmp) / "phases")
-            server = start_server(
-                data,
-                port,
-                http_port,
-                args.workers,
-                Path(tmp) / "server.log",
-                env=env,
-                cpus=args.pin[1] if args.pin else None,
-            )
+            if floor:
+                progress("starting benches/stream_floor.py (no domain work) ...")
+                args.workers = 1
+                server = start_floor_server(
+                    port, Path(tmp) / "server.log", cpus=args.pin[1] if args.pin else None
+                )
+            else:
+                progress(f"starting sls-core serve ({args.workers} processes) ...")
+                server = start_server(
+                    data,
+                    port,
+                    http_port,
+                    args.workers,
+                    Path(tmp) / "server.log",
+                    env=env,
+                    cpus=args.pin[1] if args.pin else None,
+                )
             if args.pin:
                 pin_threads(os.getpid(), args.pin[0])
             phases = ServerPhases(Path(tmp) / "phases", server.pid, port) if env else None
             try:
-                wait_ready(port, http_port)
-                # Warm-up, untimed: each server process loads its directory on first use.
-                with SlsClient(f"127.0.0.1:{port}", timeout=60.0, linger=0) as client:
-                    for users, tokens, responses in [work.attempts(500) for _ in range(4)]:
-                        client.verify_batch(users, tokens, responses)
-                work.sls.verify_batch(*work.attempts(500))
+                if floor:
+                    wait_floor_ready(port)
+                else:
+                    wait_ready(port, http_port)
+                    # Warm-up, untimed: each server process loads its directory on first use.
+                    with SlsClient(f"127.0.0.1:{port}", timeout=60.0, linger=0) as client:
+                        for users, tokens, responses in [work.attempts(500) for _ in range(4)]:
+                            client.verify_batch(users, tokens, responses)
+                    work.sls.verify_batch(*work.attempts(500))
                 rows = []
                 for rate, load in zip(args.rate, open_loads, strict=True):
                     progress(f"open loop, {rate:,.0f} logins/s offered, {args.seconds:g} s ...")
-                    rows.append(
-                        run_open_loop(
-                            server.pid,
-                            args.workers,
-                            port,
-                            load,
-                            rate,
-                            args.seconds,
-                            args.linger,
-                            args.max_in_flight,
-                            args.open_connections,
-                            phases,
-                        )
+                    row = run_open_loop(
+                        server.pid,
+                        args.workers,
+                        port,
+                        load,
+                        rate,
+                        args.seconds,
+                        args.linger,
+                        args.max_in_flight,
+                        args.open_connections,
+                        phases,
                     )
+                    row["server"] = args.server
+                    if floor:
+                        row["mode"] += ", floor server: no domain work"
+                    rows.append(row)
                 if "threads" in modes:
                     progress(f"closed loop, {args.gateways} gateway threads ...")
                     rows.append(

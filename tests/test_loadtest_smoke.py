@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
 
 import loadtest
@@ -133,3 +135,24 @@ def test_the_open_loop_comparison_alternates_its_variants(tmp_path: Path) -> Non
         ("two", 300.0, 1),
     ]
     assert "| one | 300 |" in (out / "open_loop_ab.md").read_text()
+
+
+def test_the_open_loop_against_the_floor_server_answers_every_login(tmp_path: Path) -> None:
+    """--server floor: the same generator and gateway client against a server that answers
+    at once without domain work (every attempt OK), reported as such; it runs the open loop
+    only."""
+    out = tmp_path / "out"
+    args = [
+        "--seconds", "0.5", "--users", "300", "--rate", "400", "--modes", "open",
+        "--server", "floor", "--out", str(out),
+    ]  # fmt: skip
+    assert loadtest.main(args) == 0
+    (opened,) = json.loads((out / "loadtest.json").read_text())["rows"]
+    assert opened["server"] == "floor"
+    assert opened["requests"] == 200
+    assert opened["ok_share"] == 1.0
+    assert opened["since_due"]["p99"] >= opened["p50"] > 0
+    assert "floor server: no domain work" in opened["mode"]
+    with pytest.raises(SystemExit) as refused:
+        loadtest.main([*args, "--modes", "open,batch"])
+    assert refused.value.code == 2

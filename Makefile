@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: proto system setup build serve bench bench-cluster loadtest bench-pytest check lint rust-check rust-test fuzz-smoke fuzz wheel pytest typecheck clean
+.PHONY: proto system setup build serve bench bench-targets bench-cluster loadtest bench-pytest check lint rust-check rust-test fuzz-smoke fuzz wheel pytest typecheck clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,16 @@ bench: build system
 	$(PY) benches/failing_requests.py --out bench-results
 	$(PY) benches/cluster_report.py --cold-only --cold-devices 1M --cold-rounds 3 --out bench-results
 	$(PY) benches/loadtest.py --seconds 8 --out bench-results
+	$(PY) benches/loadtest.py --modes open --server floor --seconds 8 --out bench-results/floor
+	$(PY) benches/targets.py --out bench-results
+
+# Only what issue 14's targets are measured by, then the table of targets (one run).
+bench-targets: build system
+	$(PY) benches/kernel_report.py --out bench-results
+	$(PY) benches/login_report.py --devices 100k --batch 100k --stores sqlite postgresql --rounds 4 --out bench-results
+	$(PY) benches/cluster_report.py --cold-only --cold-devices 1M --cold-rounds 3 --out bench-results
+	$(PY) benches/loadtest.py --modes open --seconds 8 --out bench-results
+	$(PY) benches/loadtest.py --modes open --server floor --seconds 8 --out bench-results/floor
 	$(PY) benches/targets.py --out bench-results
 
 # Several nodes on one private PostgreSQL (durable: fsync and synchronous commit on).

@@ -150,7 +150,14 @@ def test_the_targets_table_reads_each_report_and_names_the_missing_ones(tmp_path
         json.dumps(
             {
                 "rows": [
-                    {"loop": "open", "offered": 5000, "p99": 2.5, "rate": 4990},
+                    {
+                        "loop": "open",
+                        "offered": 5000,
+                        "p50": 1.0,
+                        "p99": 2.5,
+                        "rate": 4990,
+                        "since_due": {"p99": 3.5},
+                    },
                     {"loop": "closed", "p99": 9.0},
                 ]
             }
@@ -162,6 +169,14 @@ def test_the_targets_table_reads_each_report_and_names_the_missing_ones(tmp_path
     assert (
         "| kernel / C loop, prepared (1k keys), 1 thread | ≥ 0.9 | 0.70 / 0.80 | not met |" in table
     )
-    assert "2.50 ms (reached 4,990/s) | met |" in table
+    assert "2.50 ms (p50 1.00; reached 4,990/s; from when due: p99 3.50) | met |" in table
     assert "not run: no login.json" in table
     assert "not run: no cluster.json" in table
+    assert "not run: no floor/loadtest.json" in table
+    (tmp_path / "floor").mkdir()
+    (tmp_path / "floor" / "loadtest.json").write_text(
+        json.dumps({"rows": [{"loop": "open", "offered": 5000, "p50": 0.6, "p99": 2.0}]})
+    )
+    assert targets.main(["--out", str(tmp_path)]) == 0
+    table = (tmp_path / "targets.md").read_text()
+    assert "(gRPC and asyncio alone) | — | 2.00 ms (p50 0.60) | for comparison |" in table

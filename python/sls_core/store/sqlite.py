@@ -16,6 +16,7 @@ import os
 import secrets
 import socket
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -27,6 +28,7 @@ from sls_core.errors import AlreadyExistsError, InvalidInputError
 from sls_core.sealing import MasterKeyRing, device_aad
 from sls_core.store.base import (
     DEVICE_COLUMNS,
+    FEW_IDS,
     USER_COLUMNS,
     ActivationRow,
     DeviceRow,
@@ -37,9 +39,10 @@ from sls_core.store.base import (
     UserRow,
     WriterBusyError,
     ascending_ids,
-    consumed_spans,
     directory_load,
-    unique_ids,
+    distinct_ids,
+    id_list,
+    span_rows,
 )
 from sls_core.store.keys import (
     COUNTED_TABLES,
@@ -55,11 +58,21 @@ __all__ = ["SqliteStore"]
 
 def _ids_json(ids: Iterable[int]) -> str:
     """A JSON array of the ids (for ``json_each``). An integer numpy array gives its Python
-    ints in one ``tolist`` (twice as fast as ``int()`` per item; a 10k batch writes three)."""
-    dtype = getattr(ids, "dtype", None)
-    if dtype is not None and dtype.kind in "iu":
-        return json.dumps(ids.tolist())  # type: ignore[attr-defined]
-    return json.dumps([int(i) for i in ids])
+    ints in one ``tolist`` (twice as fast as ``int()`` per item; a 10k batch writes three).
+    A short list is joined by hand: ``json.dumps`` costs more per call than the work."""
+    values = id_list(ids)
+    if len(values) > FEW_IDS:
+        return json.dumps(values)
+    return "[" + ",".join(map(str, values)) + "]"
+
+
+#: Notes a range of consumed ids for the purge (see ``_SqliteTx.consume``).
+_NOTE_SPAN: Final = (
+    "INSERT INTO consumed_spans (expires_at, id_block, first_id, last_id)"
+    " VALUES (?, ?, ?, ?) ON CONFLICT (expires_at, id_block) DO UPDATE SET"
+    " first_id = min(first_id, excluded.first_id),"
+    " last_id = max(last_id, excluded.last_id)"
+)
 
 
 class _SqliteTx:
@@ -98,8 +111,8 @@ class _SqliteTx:
         # The ids drive the join (CROSS JOIN keeps them the outer loop): one primary-key
         # probe each, in key order. ``IN (SELECT ...)`` would first build a temporary index
         # of the ids, three times slower for a batch of 100k.
-        ids = unique_ids(user_ids)
-        if not len(ids):
+        ids = distinct_ids(user_ids)
+        if not ids:
             return {}
         rows = self._conn.execute(
             "SELECT f.user_id, f.times FROM json_each(?) AS j"
@@ -109,6 +122,8 @@ class _SqliteTx:
         return {uid: json.loads(times) for uid, times in rows}
 
     def put_failures(self, rows: dict[int, list[float]]) -> None:
+        if not rows:
+            return  # no statement for nothing: a small batch's transaction is mostly these
         self._conn.executemany(
             "INSERT INTO failures (user_id, times) VALUES (?, ?) "
             "ON CONFLICT (user_id) DO UPDATE SET times = excluded.times",
@@ -116,15 +131,18 @@ class _SqliteTx:
         )
 
     def clear_failures(self, user_ids: Iterable[int]) -> None:
+        ids = distinct_ids(user_ids)
+        if not ids:
+            return
         self._conn.execute(
             "DELETE FROM failures WHERE user_id IN (SELECT value FROM json_each(?))",
-            (_ids_json(user_ids),),
+            (_ids_json(ids),),
         )
 
     # -- replay ------------------------------------------------------------------------
     def consumed(self, challenge_ids: Ids) -> set[int]:
-        ids = unique_ids(challenge_ids)
-        if not len(ids):
+        ids = distinct_ids(challenge_ids)
+        if not ids:
             return set()
         rows = self._conn.execute(
             "SELECT c.challenge_id FROM json_each(?) AS j"
@@ -139,26 +157,22 @@ class _SqliteTx:
         # JSON array binds once instead of once per row; sorted, it appends in key order.
         if not len(challenge_ids):
             return
-        ids = ascending_ids(challenge_ids)
+        ids: Ids = (
+            ascending_ids(challenge_ids)
+            if len(challenge_ids) > FEW_IDS
+            else sorted(id_list(challenge_ids))
+        )
         self._conn.execute(
             "INSERT INTO consumed (challenge_id, expires_at) SELECT value, ? FROM json_each(?)",
             (expires_at, _ids_json(ids)),
         )
         # What the purge finds them by: per block of ids, the range consumed with this
-        # second of expiry.
-        second, blocks, firsts, lasts = consumed_spans(ids, expires_at)
-        self._conn.executemany(
-            "INSERT INTO consumed_spans (expires_at, id_block, first_id, last_id)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT (expires_at, id_block) DO UPDATE SET"
-            " first_id = min(first_id, excluded.first_id),"
-            " last_id = max(last_id, excluded.last_id)",
-            [
-                (second, block, first, last)
-                for block, first, last in zip(
-                    blocks.tolist(), firsts.tolist(), lasts.tolist(), strict=True
-                )
-            ],
-        )
+        # second of expiry (a small batch's ids mostly fall in one block: one row).
+        spans = span_rows(ids, expires_at)
+        if len(spans) == 1:
+            self._conn.execute(_NOTE_SPAN, spans[0])
+        else:
+            self._conn.executemany(_NOTE_SPAN, spans)
 
     def try_consume(self, challenge_ids: Ids, expires_at: float) -> set[int]:
         # Optimistic: insert them all. A challenge used already fails the primary key, and
@@ -628,6 +642,43 @@ class _SqliteTx:
         return value
 
 
+class _WriteTransaction:
+    """:meth:`SqliteStore.write`: ``BEGIN IMMEDIATE`` behind the writer gate, ``COMMIT`` when
+    the block ends, ``ROLLBACK`` when it raises. A class rather than a generator context
+    manager: a small verification batch pays for this entry and exit on every call."""
+
+    __slots__ = ("_conn", "_gate", "_store", "_wait")
+
+    def __init__(self, store: SqliteStore, wait: bool) -> None:
+        self._store = store
+        self._wait = wait
+
+    def __enter__(self) -> _SqliteTx:
+        store = self._store
+        conn = self._conn = store._connection()
+        gate = self._gate = store._local.gate
+        store._begin(conn, gate, wait=self._wait)
+        try:
+            # Under the write lock: a retirement decided under it (sls_core.admin) cannot
+            # miss a writer that read the key file just before the new one was saved.
+            store._follow_key_file()
+            store._advertise(conn)
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return _SqliteTx(conn, store._keyring)
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self._conn.execute("COMMIT")
+            else:
+                self._store._advertised = None  # the row may not have landed: write it again
+                self._conn.execute("ROLLBACK")
+        finally:
+            fcntl.flock(self._gate, fcntl.LOCK_UN)
+
+
 #: The suites most devices have (the ones enrollment gives), coded in a full load; any
 #: other suite is fetched as its text.
 _COMMON_SUITES: Final = ("OCRA-1:HOTP-SHA1-8:QN06-PSHA1", "OCRA-1:HOTP-SHA1-8:QN06")
@@ -819,12 +870,11 @@ class SqliteStore(KeyFollower):
                     ) from None
                 delay = min(delay * 2, 0.00025)
 
-    @contextlib.contextmanager
-    def _gated(self, conn: sqlite3.Connection, *, wait: bool = True) -> Iterator[None]:
-        """``BEGIN IMMEDIATE`` … behind the writer gate (see the class docstring). With
-        ``wait=False`` nothing waits: not the gate, and not SQLite's own busy handler
-        either (a program that ignores the gate may hold the write lock)."""
-        gate: int = self._local.gate
+    def _begin(self, conn: sqlite3.Connection, gate: int, *, wait: bool) -> None:
+        """``BEGIN IMMEDIATE`` behind the writer gate (see the class docstring), or the gate
+        released again and the error raised. With ``wait=False`` nothing waits: not the
+        gate, and not SQLite's own busy handler either (a program that ignores the gate
+        may hold the write lock)."""
         self._take_gate(gate, wait=wait)
         try:
             if wait:
@@ -839,6 +889,16 @@ class SqliteStore(KeyFollower):
                     raise
                 finally:
                     conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        except BaseException:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+            raise
+
+    @contextlib.contextmanager
+    def _gated(self, conn: sqlite3.Connection, *, wait: bool = True) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` … behind the writer gate (see :meth:`_begin`)."""
+        gate: int = self._local.gate
+        self._begin(conn, gate, wait=wait)
+        try:
             yield
         finally:
             fcntl.flock(gate, fcntl.LOCK_UN)
@@ -886,21 +946,8 @@ class SqliteStore(KeyFollower):
                 row,
             )
 
-    @contextlib.contextmanager
-    def write(self, *, wait: bool = True) -> Iterator[_SqliteTx]:
-        conn = self._connection()
-        with self._gated(conn, wait=wait):
-            # Under the write lock: a retirement decided under it (sls_core.admin) cannot
-            # miss a writer that read the key file just before the new one was saved.
-            self._follow_key_file()
-            try:
-                self._advertise(conn)
-                yield _SqliteTx(conn, self._keyring)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                self._advertised = None  # the row may not have landed: write it again
-                raise
-            conn.execute("COMMIT")
+    def write(self, *, wait: bool = True) -> _WriteTransaction:
+        return _WriteTransaction(self, wait)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[_SqliteTx]:

@@ -19,6 +19,7 @@ by :class:`Plan` for all of them, once. Nothing here logs a secret, PIN or code.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Callable, Sequence
@@ -81,9 +82,9 @@ class Plan:
         self.n = n
         self.purpose = purpose
         self.now = now
-        self.out = np.full(n, _OPEN, dtype=np.uint8)
-        self.raw = np.full(n, _OPEN, dtype=np.uint8)
-        self.user_ids = np.full(n, -1, dtype=np.int64)
+        self.out = _column(n, _OPEN, np.uint8)
+        self.raw = _column(n, _OPEN, np.uint8)
+        self.user_ids = _column(n, -1, np.int64)
         self.device_ids = np.zeros(n, dtype=np.uint64)
         #: Items with a replay key (a challenge id, consumed once across every process).
         self.has_token = np.zeros(n, dtype=bool)
@@ -93,7 +94,7 @@ class Plan:
         self.scope_limited = np.zeros(n, dtype=bool)
         #: A right answer that neither succeeds nor fails (a declined push, an activation
         #: offer taken up): its outcome, else 255. It does not end the run of failures.
-        self.neutral = np.full(n, _OPEN, dtype=np.uint8)
+        self.neutral = _column(n, _OPEN, np.uint8)
         self.effects: dict[int, Effect] = {}
         #: A wrong answer leaves the replay key unused (a forged push signature must not
         #: burn the holder's push); elsewhere any answer uses its challenge up.
@@ -125,12 +126,15 @@ class Plan:
     # -- shared gates -------------------------------------------------------------------------
     def gate_users(self, names: Sequence[object]) -> None:
         """Unknown usernames (bad characters or simply no such user) and closed accounts."""
-        for i in np.flatnonzero(self.user_ids < 0).tolist():
+        for i in _rows(self.user_ids < 0).tolist():
             if self.out[i] == _OPEN:
                 self.out[i] = unknown_username_outcome(names[i])
         closed = self.ctx.directory.closed
         if closed:
-            is_closed = np.isin(self.user_ids, np.fromiter(closed, np.int64))
+            if self.n > FEW_ITEMS:
+                is_closed = np.isin(self.user_ids, np.fromiter(closed, np.int64))
+            else:  # a few users: set lookups, not numpy's sort of every closed account
+                is_closed = np.array([u in closed for u in self.user_ids.tolist()], dtype=bool)
             self._set(is_closed, LoginOutcome.ACCOUNT_CLOSED)  # closed before anything else
 
     def gate_device(self, i: int, entry: DeviceEntry, wanted: DeviceState) -> bool:
@@ -161,7 +165,7 @@ class Plan:
         record and only right answers, the order changes nothing), without the fixed cost
         of the numpy steps, which is most of such a batch's time."""
         self._set((self.out == _OPEN) & (self.raw == _MALFORMED), LoginOutcome.MALFORMED)
-        evaluated = np.flatnonzero(self.out == _OPEN)
+        evaluated = _rows(self.out == _OPEN)
         uids = self.user_ids[evaluated]
         on_record = tx.failures(uids)  # the store looks each user up once
         expiry = self.now + self.ctx.challenge_ttl + 1
@@ -306,7 +310,7 @@ class ResponsePlan(Plan):
         # Challenge tokens, opened and checked by the kernel in one call.
         tokens = self.tokens if isinstance(self.tokens, list) else list(self.tokens)
         if set(map(type, tokens)) <= {str}:  # the usual batch: every item has its token
-            has_token, texts = np.ones(self.n, dtype=bool), tokens
+            has_token, texts = _column(self.n, True, np.bool_), tokens
         else:
             has_token = np.fromiter((t is not None for t in tokens), bool, self.n)
             texts = [t if isinstance(t, str) else "" for t in tokens]
@@ -339,7 +343,7 @@ class ResponsePlan(Plan):
         if not login_like:
             self.fast[:] = False
         self.device_ids[self.fast] = dev[self.fast]
-        slow = np.flatnonzero((self.out == _OPEN) & ~self.fast).tolist()
+        slow = _rows((self.out == _OPEN) & ~self.fast).tolist()
         # The usual login batch has no slow item: no Python list of a whole column then.
         token_devices = dev.tolist() if slow else []
         wanted = lifecycle.state_answering(self.purpose)
@@ -384,7 +388,7 @@ class ResponsePlan(Plan):
             elif not has_token_list[i]:
                 self.out[i] = LoginOutcome.CHALLENGE_INVALID
         if self.purpose in (Purpose.ACTIVATION, Purpose.REACTIVATION):
-            for i in np.flatnonzero(self.out == _OPEN).tolist():
+            for i in _rows(self.out == _OPEN).tolist():
                 self.effects[i] = self._activation_effect(i)
 
     def _activation_effect(self, i: int) -> Effect:
@@ -418,10 +422,15 @@ class ResponsePlan(Plan):
     def _responses(self, rows: npt.NDArray[np.intp]) -> tuple[npt.NDArray[np.intp], list[Any]]:
         """The responses of ``rows``; a response that is not str or bytes is MALFORMED."""
         source = self.responses
-        if len(rows) == len(source) and np.array_equal(rows, np.arange(len(rows))):
+        row_list = rows.tolist()
+        if len(row_list) == len(source) and (
+            row_list == list(range(len(row_list)))
+            if len(row_list) <= FEW_ITEMS
+            else np.array_equal(rows, np.arange(len(rows)))
+        ):
             responses = source if isinstance(source, list) else list(source)  # every item
         else:
-            responses = list(map(source.__getitem__, rows.tolist()))
+            responses = list(map(source.__getitem__, row_list))
         if set(map(type, responses)) <= {str, bytes}:  # the usual batch: one pass in C
             return rows, responses
         typed = [isinstance(r, str | bytes) for r in responses]
@@ -452,9 +461,9 @@ class ResponsePlan(Plan):
     def evaluate(self) -> None:
         """Kernel work: one batch call per OCRA suite and per method."""
         cols = self.ctx.directory.columns
-        fast_rows = np.flatnonzero(self.fast & (self.out == 255))
+        fast_rows = _rows(self.fast & (self.out == 255))
         suite_of = cols.suite[self.dev_i[fast_rows]]
-        for g in np.unique(suite_of).tolist():
+        for g in _distinct(suite_of):
             rows = fast_rows[suite_of == g]
             suite = cols.suites[g]
             pin_algorithm = ocra.parse_suite(suite).pin_algorithm
@@ -462,10 +471,10 @@ class ResponsePlan(Plan):
             dev = self.dev_i[rows]
             pins = None
             if pin_algorithm is not None:
-                width = hashlib.new(pin_algorithm).digest_size
+                width = _digest_size(pin_algorithm)
                 pins = np.ascontiguousarray(cols.pins[dev, :width])
             self._ocra(suite, rows, cols.keys[dev], pins, responses)
-        slow = np.flatnonzero(~self.fast & (self.out == 255)).tolist()
+        slow = _rows(~self.fast & (self.out == 255)).tolist()
         groups: dict[tuple[str, str | None], list[int]] = {}
         devices = self.devices
         for i in slow:
@@ -561,7 +570,7 @@ class PushPlan(Plan):
         self.gate_users(
             [d.user_by_id[u].username if u in d.user_by_id else "" for u in self.user_ids.tolist()]
         )
-        for i in np.flatnonzero(self.out == _OPEN).tolist():
+        for i in _rows(self.out == _OPEN).tolist():
             row, entry = self.rows[i], self.devices[i]
             assert row is not None
             assert entry is not None
@@ -573,7 +582,7 @@ class PushPlan(Plan):
                 self.out[i] = LoginOutcome.EXPIRED
 
     def evaluate(self) -> None:
-        rows = np.flatnonzero(self.out == _OPEN).tolist()
+        rows = _rows(self.out == _OPEN).tolist()
         if not rows:
             return
         publics, messages, sigs = [], [], []
@@ -796,6 +805,35 @@ class PasswordFailurePlan(Plan):
         self.raw[self.out == _OPEN] = _WRONG
 
 
+def _column(n: int, value: int | bool, dtype: Any) -> npt.NDArray[Any]:
+    """``np.full(n, value, dtype)``: a plan makes several per batch, and ``np.full`` (Python
+    code around ``empty`` and ``copyto``) costs twice this on a small one."""
+    column = np.empty(n, dtype=dtype)
+    column.fill(value)
+    return column
+
+
+def _rows(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
+    """Where the 1-D ``mask`` holds: ``np.flatnonzero`` without its Python wrappers (a
+    fixed cost a small batch paid a dozen times)."""
+    rows: npt.NDArray[np.intp] = mask.nonzero()[0]
+    return rows
+
+
+def _distinct(values: npt.NDArray[Any]) -> list[Any]:
+    """The distinct values, ascending (``np.unique``; a few sorted by Python instead)."""
+    if len(values) <= FEW_ITEMS:
+        return sorted(set(values.tolist()))
+    distinct: list[Any] = np.unique(values).tolist()
+    return distinct
+
+
+@functools.cache
+def _digest_size(algorithm: str) -> int:
+    """The digest width of a PIN hash algorithm named by a suite (few names: cached)."""
+    return hashlib.new(algorithm).digest_size
+
+
 def _first_occurrences(
     values: npt.NDArray[np.uint64],
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint64]]:
@@ -816,7 +854,12 @@ def _first_occurrences(
 
 
 def _six_digits(values: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint8]:
-    """Challenges as an (N, 6) matrix of ASCII digits, without a Python string per item."""
+    """Challenges as an (N, 6) matrix of ASCII digits (each value's last six), without a
+    Python string per item; a few values are formatted by Python (numpy's fixed cost per
+    call is more than the work)."""
+    if len(values) <= FEW_ITEMS:
+        text = b"".join([b"%06d" % (v % 1_000_000) for v in values.tolist()])
+        return np.frombuffer(text, dtype=np.uint8).reshape(len(values), 6)
     powers = 10 ** np.arange(5, -1, -1, dtype=np.uint32)
     digits = (values.astype(np.uint32)[:, None] // powers) % 10 + ord("0")
     return np.ascontiguousarray(digits, dtype=np.uint8)

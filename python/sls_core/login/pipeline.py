@@ -318,12 +318,11 @@ class ResponsePlan(Plan):
         opened = keys.open_batch(texts, int(self.now), threads=self.ctx.threads)
         status = opened["status"]
         self._set(has_token & (status == _EXPIRED_TOKEN), LoginOutcome.EXPIRED)
-        self._set(has_token & (status != _VALID_TOKEN), LoginOutcome.CHALLENGE_INVALID)
         # A token answers only for the purpose it was issued for (login, step-up, ...).
         bound = (opened["user_id"].astype(np.int64) == self.user_ids) & (
             opened["purpose"] == int(self.purpose)
         )
-        self._set(has_token & ~bound, LoginOutcome.CHALLENGE_INVALID)
+        self._set(has_token & ((status != _VALID_TOKEN) | ~bound), LoginOutcome.CHALLENGE_INVALID)
         self.challenge_ids = opened["challenge_id"]
         self.challenges = opened["challenge"]
         self.has_token = has_token
@@ -346,7 +345,6 @@ class ResponsePlan(Plan):
         slow = _rows((self.out == _OPEN) & ~self.fast).tolist()
         # The usual login batch has no slow item: no Python list of a whole column then.
         token_devices = dev.tolist() if slow else []
-        wanted = lifecycle.state_answering(self.purpose)
         devices_get = d.devices.get
         uid_list = self.user_ids.tolist() if slow else []
         has_token_list = has_token.tolist() if slow else []
@@ -367,7 +365,7 @@ class ResponsePlan(Plan):
             self.device_ids[i] = entry.row.id
             if login_like and entry.plain_active:
                 continue  # the common case: an active challenge/response device
-            if not self.gate_device(i, entry, wanted):
+            if not self.gate_device(i, entry, lifecycle.state_answering(self.purpose)):
                 continue
             if self.purpose is Purpose.REACTIVATION and entry.row.id in d.replaced_by:
                 # A replacement is on its way (the device was lost): it never comes back.
@@ -478,7 +476,7 @@ class ResponsePlan(Plan):
         groups: dict[tuple[str, str | None], list[int]] = {}
         devices = self.devices
         for i in slow:
-            groups.setdefault(devices[i].group, []).append(i)  # type: ignore[union-attr]
+            groups.setdefault(devices[i].group, []).append(i)
         for (method, suite), row_list in groups.items():
             rows = np.asarray(row_list, dtype=np.intp)
             if method == "ocra":

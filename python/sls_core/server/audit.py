@@ -35,7 +35,7 @@ import json.encoder
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -296,7 +296,7 @@ def _json_str(value: object) -> str:
     return json.dumps(value)
 
 
-_escape_ascii: Any = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_escape_ascii: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 def _lines(

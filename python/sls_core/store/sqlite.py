@@ -655,7 +655,7 @@ class _WriteTransaction:
 
     def __enter__(self) -> _SqliteTx:
         store = self._store
-        conn = self._conn = store._connection()
+        conn = self._conn = store._connection(busy_wait=self._wait)
         gate = self._gate = store._local.gate
         store._begin(conn, gate, wait=self._wait)
         try:
@@ -794,6 +794,8 @@ class SqliteStore(KeyFollower):
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._advertised: tuple[str, float] | None = None
         self._busy_timeout = busy_timeout
+        #: Turns SQLite's busy timeout back on (see ``_begin``).
+        self._busy_timeout_on = f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}"
         self._synchronous = synchronous
         self._local = threading.local()
         self.writer_gate = self.path.with_name(self.path.name + "-writer")
@@ -811,27 +813,34 @@ class SqliteStore(KeyFollower):
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self, *, busy_wait: bool = True) -> sqlite3.Connection:
+        """This thread's connection. ``busy_wait=False``: for a write that must not wait,
+        which may find SQLite's busy timeout still off from the last such write (see
+        :meth:`_begin`); everything else gets the timeout back first."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         pid = os.getpid()
-        if conn is None or getattr(self._local, "pid", None) != pid:
-            # A connection must never cross fork: the child opens its own.
-            conn = sqlite3.connect(
-                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=True
-            )
-            conn.execute("PRAGMA journal_mode = WAL")
-            # WAL + NORMAL survives a killed process (the WAL is written before COMMIT
-            # returns); FULL also survives power loss, at a cost per commit.
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-            conn.execute("PRAGMA foreign_keys = ON")
-            self._local.conn = conn
-            self._local.pid = pid
-            # Its own open file description per thread: flock then orders this process's
-            # threads as well as other processes.
-            self._local.gate = os.open(
-                self.writer_gate, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
-            self._gates.add(self._local.gate)
+        if conn is not None and getattr(self._local, "pid", None) == pid:
+            if busy_wait and self._local.busy_off:
+                conn.execute(self._busy_timeout_on)
+                self._local.busy_off = False
+            return conn
+        # None yet, or the parent's: a connection must never cross fork (the child opens
+        # its own).
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=True
+        )
+        conn.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL survives a killed process (the WAL is written before COMMIT
+        # returns); FULL also survives power loss, at a cost per commit.
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self._local.conn = conn
+        self._local.pid = pid
+        self._local.busy_off = False
+        # Its own open file description per thread: flock then orders this process's
+        # threads as well as other processes.
+        self._local.gate = os.open(self.writer_gate, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._gates.add(self._local.gate)
         return conn
 
     def _forget_gates(self) -> None:
@@ -880,15 +889,21 @@ class SqliteStore(KeyFollower):
             if wait:
                 conn.execute("BEGIN IMMEDIATE")
             else:
-                conn.execute("PRAGMA busy_timeout = 0")
+                # The timeout stays off after this write: the next one that must not wait
+                # (a server's small batches, one after another) needs no statement to turn
+                # it off again, and whatever else uses the connection next turns it back on
+                # first (``_connection``). Inside the transaction it changes nothing: in WAL
+                # mode a statement of a transaction that holds the write lock never waits
+                # on a lock (a busy WAL restart or checkpoint is skipped, not waited for).
+                if not self._local.busy_off:
+                    conn.execute("PRAGMA busy_timeout = 0")
+                    self._local.busy_off = True
                 try:
                     conn.execute("BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as e:
                     if "locked" in str(e) or "busy" in str(e):
                         raise WriterBusyError from None
                     raise
-                finally:
-                    conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         except BaseException:
             fcntl.flock(gate, fcntl.LOCK_UN)
             raise
@@ -961,6 +976,10 @@ class SqliteStore(KeyFollower):
 
     def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "busy_off", False):
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(self._busy_timeout_on)
+            self._local.busy_off = False
         if conn is not None and self._advertised is not None:
             with contextlib.suppress(sqlite3.Error):  # closing seals nothing more
                 conn.execute("DELETE FROM key_holders WHERE holder = ?", (self.holder,))

@@ -180,8 +180,12 @@ class Plan:
             if already:  # replays among them: decided again, knowing which
                 consumed, failures = self._settle_in_order(in_order, on_record, already)
                 tx.consume(consumed, expiry)
-        tx.put_failures({u: t for u, t in failures.items() if t})
-        tx.clear_failures([u for u, t in failures.items() if not t and u in on_record])
+        recorded = {u: t for u, t in failures.items() if t}
+        if recorded:
+            tx.put_failures(recorded)
+        cleared = [u for u, t in failures.items() if not t and u in on_record]
+        if cleared:
+            tx.clear_failures(cleared)
         for i, effect in self.effects.items():
             effect(tx, LoginOutcome(int(self.out[i])))
 
@@ -234,14 +238,20 @@ class Plan:
         lock can start mid-batch), given the challenges ``seen`` consumed before. Returns
         the challenges these items consume and each such user's failure times after."""
         # Plain Python values: indexing numpy columns one item at a time costs more than
-        # the rules themselves.
-        uids = self.user_ids[rows].tolist()
-        tokened = self.has_token[rows].tolist()
-        cids = self.challenge_ids[rows].tolist()
-        raws = self.raw[rows].tolist()
-        keeps = self.keep_on_wrong[rows].tolist()
-        neutrals = self.neutral[rows].tolist()
-        scoped = self.scope_limited[rows].tolist()
+        # the rules themselves. Every item (a small batch, all of it open): whole columns.
+        every = len(rows) == self.n
+
+        def values(column: npt.NDArray[Any]) -> list[Any]:
+            picked: list[Any] = (column if every else column[rows]).tolist()
+            return picked
+
+        uids = values(self.user_ids)
+        tokened = values(self.has_token)
+        cids = values(self.challenge_ids)
+        raws = values(self.raw)
+        keeps = values(self.keep_on_wrong)
+        neutrals = values(self.neutral)
+        scoped = values(self.scope_limited)
         seen = set(seen)
         failures = {u: list(on_record.get(u, [])) for u in set(uids)}
         consumed: list[int] = []
@@ -461,8 +471,9 @@ class ResponsePlan(Plan):
         cols = self.ctx.directory.columns
         fast_rows = _rows(self.fast & (self.out == 255))
         suite_of = cols.suite[self.dev_i[fast_rows]]
-        for g in _distinct(suite_of):
-            rows = fast_rows[suite_of == g]
+        suites = _distinct(suite_of)
+        for g in suites:
+            rows = fast_rows if len(suites) == 1 else fast_rows[suite_of == g]
             suite = cols.suites[g]
             pin_algorithm = ocra.parse_suite(suite).pin_algorithm
             rows, responses = self._responses(rows)

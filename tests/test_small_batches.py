@@ -398,3 +398,25 @@ def test_outcome_metrics_count_the_same_on_both_paths(n: int) -> None:
     assert counted(1_000)[("sls_locked_outcomes_total",)] == int(
         (outcomes == LoginOutcome.LOCKED).sum()
     )
+
+
+def test_a_transaction_reads_the_change_feed_once_until_it_changes_something(
+    tmp_path: Path,
+) -> None:
+    site = Site(tmp_path / "data", None)
+    try:
+        store = site.sls.store
+        assert isinstance(store, store_sqlite.SqliteStore)
+        statements: list[str] = []
+        with store.write() as tx:
+            store._connection().set_trace_callback(statements.append)
+            before = tx.generation()
+            assert tx.generation() == before
+            assert sum("max(generation)" in s for s in statements) == 1
+            tx.insert_user("newcomer", {}, NOW)
+            assert tx.generation() > before  # its own change moves it: read again
+            store._connection().set_trace_callback(None)
+        with store.read() as tx:
+            assert tx.generation() > before
+    finally:
+        site.sls.store.close()

@@ -250,16 +250,13 @@ class WriteTx:
         try:
             self._cm = context.store.write(wait=self._wait)
             self.store = self._cm.__enter__()
-            # Read once: nothing in the transaction has written yet (one statement less
-            # on every small batch).
-            generation = self.store.generation()
-            if not self._wait and context.directory.slow_to_refresh(self.store, generation):
+            if not self._wait and context.directory.slow_to_refresh(self.store):
                 # A caller that must not wait (a server's event loop) leaves a reload of
                 # the directory (seconds at a million devices) to one that may.
                 self._cm.__exit__(WriterBusyError, WriterBusyError(), None)
                 self._cm = None
                 raise WriterBusyError
-            context.directory.refresh(self.store, generation)
+            context.directory.refresh(self.store)
         except BaseException:
             try:
                 if self._cm is not None and self.store is not None:

@@ -424,11 +424,10 @@ class Directory:
     #: Changed rows past which a refresh counts as slow (see ``slow_to_refresh``).
     SLOW_REFRESH_ROWS = 256
 
-    def slow_to_refresh(self, tx: StoreTx, generation: int | None = None) -> bool:
+    def slow_to_refresh(self, tx: StoreTx) -> bool:
         """Whether bringing the directory up to date means a full reload, or more than
-        ``SLOW_REFRESH_ROWS`` changed rows. ``generation``: the store's, if the caller read
-        it in this transaction already."""
-        if (tx.generation() if generation is None else generation) == self.generation:
+        ``SLOW_REFRESH_ROWS`` changed rows."""
+        if tx.generation() == self.generation:
             return False
         if self.generation < 0:
             return True
@@ -445,11 +444,8 @@ class Directory:
         )
         entry.group = (entry.type.method, entry.row.suite)
 
-    def refresh(self, tx: StoreTx, generation: int | None = None) -> None:
-        """Brings the directory up to date with ``tx``'s snapshot; ``generation``: the
-        store's, if the caller read it in this transaction already."""
-        if generation is None:
-            generation = tx.generation()
+    def refresh(self, tx: StoreTx) -> None:
+        generation = tx.generation()
         if generation == self.generation:
             return
         changed = None if self.generation < 0 else tx.changes_since(self.generation)

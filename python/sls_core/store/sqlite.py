@@ -79,13 +79,21 @@ class _SqliteTx:
     def __init__(self, conn: sqlite3.Connection, keyring: MasterKeyRing) -> None:
         self._conn = conn
         self._keyring = keyring
+        #: The change feed's generation as this transaction sees it, once read.
+        self._generation: int | None = None
 
     # -- change feed -------------------------------------------------------------------
     def generation(self) -> int:
-        row = self._conn.execute("SELECT max(generation) FROM changes").fetchone()
-        return int(row[0] or 0)
+        # Read once per transaction: a write transaction asks twice before it writes (is
+        # the directory's refresh slow, then the refresh), a statement less on every small
+        # batch. Only this transaction's own changes move it (the lock, or the snapshot).
+        if self._generation is None:
+            row = self._conn.execute("SELECT max(generation) FROM changes").fetchone()
+            self._generation = int(row[0] or 0)
+        return self._generation
 
     def _changed(self, user_id: int | None = None, device_id: int | None = None) -> None:
+        self._generation = None
         self._conn.execute(
             "INSERT INTO changes (user_id, device_id) VALUES (?, ?)", (user_id, device_id)
         )

@@ -430,15 +430,14 @@ class ResponsePlan(Plan):
     def _responses(self, rows: npt.NDArray[np.intp]) -> tuple[npt.NDArray[np.intp], list[Any]]:
         """The responses of ``rows``; a response that is not str or bytes is MALFORMED."""
         source = self.responses
-        row_list = rows.tolist()
-        if len(row_list) == len(source) and (
-            row_list == list(range(len(row_list)))
-            if len(row_list) <= FEW_ITEMS
+        if len(rows) == len(source) and (
+            rows.tolist() == list(range(len(rows)))  # a few: Python's compare is cheaper
+            if len(rows) <= FEW_ITEMS
             else np.array_equal(rows, np.arange(len(rows)))
         ):
             responses = source if isinstance(source, list) else list(source)  # every item
         else:
-            responses = list(map(source.__getitem__, row_list))
+            responses = list(map(source.__getitem__, rows.tolist()))
         if set(map(type, responses)) <= {str, bytes}:  # the usual batch: one pass in C
             return rows, responses
         typed = [isinstance(r, str | bytes) for r in responses]

@@ -319,20 +319,25 @@ class ResponsePlan(Plan):
         self.gate_users(names)
         # Challenge tokens, opened and checked by the kernel in one call.
         tokens = self.tokens if isinstance(self.tokens, list) else list(self.tokens)
-        if set(map(type, tokens)) <= {str}:  # the usual batch: every item has its token
+        every_token = set(map(type, tokens)) <= {str}
+        if every_token:  # the usual batch: every item has its token
             has_token, texts = _column(self.n, True, np.bool_), tokens
         else:
             has_token = np.fromiter((t is not None for t in tokens), bool, self.n)
             texts = [t if isinstance(t, str) else "" for t in tokens]
+
+        def with_token(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+            return mask if every_token else has_token & mask  # (no step for nothing)
+
         keys = self.ctx.tokens_for(self.task if self.purpose is Purpose.STEP_UP else None)
         opened = keys.open_batch(texts, int(self.now), threads=self.ctx.threads)
         status = opened["status"]
-        self._set(has_token & (status == _EXPIRED_TOKEN), LoginOutcome.EXPIRED)
+        self._set(with_token(status == _EXPIRED_TOKEN), LoginOutcome.EXPIRED)
         # A token answers only for the purpose it was issued for (login, step-up, ...).
         bound = (opened["user_id"].astype(np.int64) == self.user_ids) & (
             opened["purpose"] == int(self.purpose)
         )
-        self._set(has_token & ((status != _VALID_TOKEN) | ~bound), LoginOutcome.CHALLENGE_INVALID)
+        self._set(with_token((status != _VALID_TOKEN) | ~bound), LoginOutcome.CHALLENGE_INVALID)
         self.challenge_ids = opened["challenge_id"]
         self.challenges = opened["challenge"]
         self.has_token = has_token
@@ -342,9 +347,9 @@ class ResponsePlan(Plan):
         self.dev_i = np.where(in_range, dev, 0).astype(np.intp)
         login_like = self.purpose in (Purpose.LOGIN, Purpose.STEP_UP)
         # The fast path: a plain active OCRA device of this user (one owner).
-        self.fast = (
-            (self.out == _OPEN)
-            & has_token
+        is_open = self.out == _OPEN
+        self.fast = with_token(
+            is_open
             & in_range
             & (cols.owner[self.dev_i] == self.user_ids)
             & (cols.suite[self.dev_i] >= 0)
@@ -352,7 +357,7 @@ class ResponsePlan(Plan):
         if not login_like:
             self.fast[:] = False
         self.device_ids[self.fast] = dev[self.fast]
-        slow = _rows((self.out == _OPEN) & ~self.fast).tolist()
+        slow = _rows(is_open & ~self.fast).tolist()
         # The usual login batch has no slow item: no Python list of a whole column then.
         token_devices = dev.tolist() if slow else []
         devices_get = d.devices.get

@@ -473,7 +473,8 @@ class ResponsePlan(Plan):
     def evaluate(self) -> None:
         """Kernel work: one batch call per OCRA suite and per method."""
         cols = self.ctx.directory.columns
-        fast_rows = _rows(self.fast & (self.out == 255))
+        is_open = self.out == _OPEN  # (only ``raw`` changes below)
+        fast_rows = _rows(self.fast & is_open)
         suite_of = cols.suite[self.dev_i[fast_rows]]
         suites = _distinct(suite_of)
         for g in suites:
@@ -487,7 +488,7 @@ class ResponsePlan(Plan):
                 width = _digest_size(pin_algorithm)
                 pins = np.ascontiguousarray(cols.pins[dev, :width])
             self._ocra(suite, rows, cols.keys[dev], pins, responses)
-        slow = _rows(~self.fast & (self.out == 255)).tolist()
+        slow = _rows(~self.fast & is_open).tolist()
         groups: dict[tuple[str, str | None], list[int]] = {}
         devices = self.devices
         for i in slow:

@@ -58,8 +58,7 @@ __all__ = ["SqliteStore"]
 
 def _ids_json(ids: Iterable[int]) -> str:
     """A JSON array of the ids (for ``json_each``). An integer numpy array gives its Python
-    ints in one ``tolist`` (twice as fast as ``int()`` per item; a 10k batch writes three).
-    """
+    ints in one ``tolist`` (twice as fast as ``int()`` per item; a 10k batch writes three)."""
     return _ints_json(id_list(ids))
 
 
@@ -137,7 +136,7 @@ class _SqliteTx:
 
     def put_failures(self, rows: dict[int, list[float]]) -> None:
         if not rows:
-            return  # no statement for nothing: a small batch's transaction is mostly these
+            return  # no statement for nothing (most batches record no failure)
         self._conn.executemany(
             "INSERT INTO failures (user_id, times) VALUES (?, ?) "
             "ON CONFLICT (user_id) DO UPDATE SET times = excluded.times",

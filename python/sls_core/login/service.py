@@ -893,8 +893,9 @@ class SecureLogin(DeviceSharing):
                     purged = tx.store.purge_consumed(now - PURGE_MARGIN, PURGE_BATCH)
                     more = purged >= PURGE_BATCH  # a backlog: keep going, a slice at a time
                     self.context.next_purge = now + (1.0 if more else PURGE_INTERVAL)
+                result = BatchResult(plan.out, plan.device_ids)
                 if before_commit is not None:
-                    before_commit(BatchResult(plan.out, plan.device_ids))
+                    before_commit(result)
         finally:
             self.context.lock.release()
-        return BatchResult(plan.out, plan.device_ids)
+        return result

@@ -12,6 +12,7 @@ message carries a key, PIN or code.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,18 @@ class Suite:
 
 def parse_suite(suite: str) -> Suite:
     """Parses and validates a suite string; raises :class:`InvalidSuiteError` with the rule."""
+    if not isinstance(suite, str):
+        return _parse_suite(suite)  # the kernel names the bad type; never cached
+    return _parsed_suite(suite)
+
+
+def _parse_suite(suite: str) -> Suite:
     return Suite(**_native.ocra_suite_info(suite))
+
+
+#: A verification batch asks for its suites' parameters every time; a store holds few
+#: suites. Bounded all the same (a refused suite raises, so it is never kept).
+_parsed_suite = functools.lru_cache(maxsize=256)(_parse_suite)
 
 
 def compute_batch(

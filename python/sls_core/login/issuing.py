@@ -41,6 +41,8 @@ OCRA_SUITES = {
 
 
 def check_purpose(value: object) -> Purpose:
+    if type(value) is Purpose:
+        return value  # the usual call: no enum lookup
     try:
         return Purpose(value)  # type: ignore[arg-type]
     except (ValueError, TypeError):

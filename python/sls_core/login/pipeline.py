@@ -19,6 +19,7 @@ by :class:`Plan` for all of them, once. Nothing here logs a secret, PIN or code.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Callable, Sequence
@@ -65,6 +66,9 @@ _OPEN = 255
 _ENDED_BY_ACTIVATION = (DeviceType.TEMPORARY_PASSCODE, DeviceType.ONLINE_CARD)
 #: Push redemptions are replay keys from here on (see :func:`redemption_key`).
 _REDEMPTION_KEYS = 1 << 62
+#: A batch with at most this many items to settle replays all of them in order (see
+#: ``Plan.settle``); other small-input branches of the pipeline use it too.
+FEW_ITEMS = 32
 #: A settle effect: what a decided item writes, given the transaction and its outcome.
 Effect = Callable[[StoreTx, LoginOutcome], None]
 
@@ -78,9 +82,9 @@ class Plan:
         self.n = n
         self.purpose = purpose
         self.now = now
-        self.out = np.full(n, _OPEN, dtype=np.uint8)
-        self.raw = np.full(n, _OPEN, dtype=np.uint8)
-        self.user_ids = np.full(n, -1, dtype=np.int64)
+        self.out = _column(n, _OPEN, np.uint8)
+        self.raw = _column(n, _OPEN, np.uint8)
+        self.user_ids = _column(n, -1, np.int64)
         self.device_ids = np.zeros(n, dtype=np.uint64)
         #: Items with a replay key (a challenge id, consumed once across every process).
         self.has_token = np.zeros(n, dtype=bool)
@@ -90,7 +94,7 @@ class Plan:
         self.scope_limited = np.zeros(n, dtype=bool)
         #: A right answer that neither succeeds nor fails (a declined push, an activation
         #: offer taken up): its outcome, else 255. It does not end the run of failures.
-        self.neutral = np.full(n, _OPEN, dtype=np.uint8)
+        self.neutral = _column(n, _OPEN, np.uint8)
         self.effects: dict[int, Effect] = {}
         #: A wrong answer leaves the replay key unused (a forged push signature must not
         #: burn the holder's push); elsewhere any answer uses its challenge up.
@@ -122,12 +126,15 @@ class Plan:
     # -- shared gates -------------------------------------------------------------------------
     def gate_users(self, names: Sequence[object]) -> None:
         """Unknown usernames (bad characters or simply no such user) and closed accounts."""
-        for i in np.flatnonzero(self.user_ids < 0).tolist():
+        for i in _rows(self.user_ids < 0).tolist():
             if self.out[i] == _OPEN:
                 self.out[i] = unknown_username_outcome(names[i])
         closed = self.ctx.directory.closed
         if closed:
-            is_closed = np.isin(self.user_ids, np.fromiter(closed, np.int64))
+            if self.n > FEW_ITEMS:
+                is_closed = np.isin(self.user_ids, np.fromiter(closed, np.int64))
+            else:  # a few users: set lookups, not numpy's sort of every closed account
+                is_closed = np.array([u in closed for u in self.user_ids.tolist()], dtype=bool)
             self._set(is_closed, LoginOutcome.ACCOUNT_CLOSED)  # closed before anything else
 
     def gate_device(self, i: int, entry: DeviceEntry, wanted: DeviceState) -> bool:
@@ -151,11 +158,47 @@ class Plan:
 
         Both groups consume optimistically (:meth:`StoreTx.try_consume`: the replay check
         and the insert are one write when nothing is replayed, the usual batch); only when
-        the store names replays is a group decided again knowing them."""
+        the store names replays is a group decided again knowing them.
+
+        A few items (``FEW_ITEMS`` or fewer, as a server's coalesced single calls come) are
+        all replayed in order: the same verdicts and writes (for a user with no failure on
+        record and only right answers, the order changes nothing), without the fixed cost
+        of the numpy steps, which is most of such a batch's time."""
         self._set((self.out == _OPEN) & (self.raw == _MALFORMED), LoginOutcome.MALFORMED)
-        evaluated = np.flatnonzero(self.out == _OPEN)
+        evaluated = _rows(self.out == _OPEN)
         uids = self.user_ids[evaluated]
         on_record = tx.failures(uids)  # the store looks each user up once
+        expiry = self.now + self.ctx.challenge_ttl + 1
+        if len(evaluated) > FEW_ITEMS:
+            in_order = self._settle_in_bulk(tx, evaluated, uids, on_record, expiry)
+        else:
+            in_order = evaluated
+        failures: dict[int, list[float]] = {}
+        if len(in_order):
+            consumed, failures = self._settle_in_order(in_order, on_record, set())
+            already = tx.try_consume(consumed, expiry)
+            if already:  # replays among them: decided again, knowing which
+                consumed, failures = self._settle_in_order(in_order, on_record, already)
+                tx.consume(consumed, expiry)
+        recorded = {u: t for u, t in failures.items() if t}
+        if recorded:
+            tx.put_failures(recorded)
+        cleared = [u for u, t in failures.items() if not t and u in on_record]
+        if cleared:
+            tx.clear_failures(cleared)
+        for i, effect in self.effects.items():
+            effect(tx, LoginOutcome(int(self.out[i])))
+
+    def _settle_in_bulk(
+        self,
+        tx: StoreTx,
+        evaluated: npt.NDArray[np.intp],
+        uids: npt.NDArray[np.int64],
+        on_record: dict[int, list[float]],
+        expiry: float,
+    ) -> npt.NDArray[np.intp]:
+        """Decides, with numpy, the items of users whose count cannot matter (no failure on
+        record, no wrong answer now); returns the other items, to be replayed in order."""
         # Anything but a right answer is counted in order (a wrong one; never an unchecked one).
         sequential_users = uids[self.raw[evaluated] != _OK]
         if on_record:
@@ -165,7 +208,6 @@ class Plan:
             in_sequence = np.isin(uids, sequential_users)
         else:
             in_sequence = np.zeros(len(evaluated), dtype=bool)
-        expiry = self.now + self.ctx.challenge_ttl + 1
         # Everyone else: every answer is right (or a passcode out of scope).
         fast = evaluated[~in_sequence]
         fast_tokens = fast[self.has_token[fast]]
@@ -183,18 +225,8 @@ class Plan:
             neutral,
             np.where(self.scope_limited[decided], LoginOutcome.SCOPE_LIMITED, LoginOutcome.OK),
         )
-        in_order = evaluated[in_sequence]
-        failures: dict[int, list[float]] = {}
-        if len(in_order):
-            consumed, failures = self._settle_in_order(in_order, on_record, set())
-            already = tx.try_consume(consumed, expiry)
-            if already:  # replays among them: decided again, knowing which
-                consumed, failures = self._settle_in_order(in_order, on_record, already)
-                tx.consume(consumed, expiry)
-        tx.put_failures({u: t for u, t in failures.items() if t})
-        tx.clear_failures([u for u, t in failures.items() if not t and u in on_record])
-        for i, effect in self.effects.items():
-            effect(tx, LoginOutcome(int(self.out[i])))
+        in_order: npt.NDArray[np.intp] = evaluated[in_sequence]
+        return in_order
 
     def _settle_in_order(
         self,
@@ -206,14 +238,20 @@ class Plan:
         lock can start mid-batch), given the challenges ``seen`` consumed before. Returns
         the challenges these items consume and each such user's failure times after."""
         # Plain Python values: indexing numpy columns one item at a time costs more than
-        # the rules themselves.
-        uids = self.user_ids[rows].tolist()
-        tokened = self.has_token[rows].tolist()
-        cids = self.challenge_ids[rows].tolist()
-        raws = self.raw[rows].tolist()
-        keeps = self.keep_on_wrong[rows].tolist()
-        neutrals = self.neutral[rows].tolist()
-        scoped = self.scope_limited[rows].tolist()
+        # the rules themselves. Every item (a small batch, all of it open): whole columns.
+        every = len(rows) == self.n
+
+        def values(column: npt.NDArray[Any]) -> list[Any]:
+            picked: list[Any] = (column if every else column[rows]).tolist()
+            return picked
+
+        uids = values(self.user_ids)
+        tokened = values(self.has_token)
+        cids = values(self.challenge_ids)
+        raws = values(self.raw)
+        keeps = values(self.keep_on_wrong)
+        neutrals = values(self.neutral)
+        scoped = values(self.scope_limited)
         seen = set(seen)
         failures = {u: list(on_record.get(u, [])) for u in set(uids)}
         consumed: list[int] = []
@@ -281,21 +319,25 @@ class ResponsePlan(Plan):
         self.gate_users(names)
         # Challenge tokens, opened and checked by the kernel in one call.
         tokens = self.tokens if isinstance(self.tokens, list) else list(self.tokens)
-        if set(map(type, tokens)) <= {str}:  # the usual batch: every item has its token
-            has_token, texts = np.ones(self.n, dtype=bool), tokens
+        every_token = set(map(type, tokens)) <= {str}
+        if every_token:  # the usual batch: every item has its token
+            has_token, texts = _column(self.n, True, np.bool_), tokens
         else:
             has_token = np.fromiter((t is not None for t in tokens), bool, self.n)
             texts = [t if isinstance(t, str) else "" for t in tokens]
+
+        def with_token(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+            return mask if every_token else has_token & mask  # (no step for nothing)
+
         keys = self.ctx.tokens_for(self.task if self.purpose is Purpose.STEP_UP else None)
         opened = keys.open_batch(texts, int(self.now), threads=self.ctx.threads)
         status = opened["status"]
-        self._set(has_token & (status == _EXPIRED_TOKEN), LoginOutcome.EXPIRED)
-        self._set(has_token & (status != _VALID_TOKEN), LoginOutcome.CHALLENGE_INVALID)
+        self._set(with_token(status == _EXPIRED_TOKEN), LoginOutcome.EXPIRED)
         # A token answers only for the purpose it was issued for (login, step-up, ...).
         bound = (opened["user_id"].astype(np.int64) == self.user_ids) & (
             opened["purpose"] == int(self.purpose)
         )
-        self._set(has_token & ~bound, LoginOutcome.CHALLENGE_INVALID)
+        self._set(with_token((status != _VALID_TOKEN) | ~bound), LoginOutcome.CHALLENGE_INVALID)
         self.challenge_ids = opened["challenge_id"]
         self.challenges = opened["challenge"]
         self.has_token = has_token
@@ -305,9 +347,9 @@ class ResponsePlan(Plan):
         self.dev_i = np.where(in_range, dev, 0).astype(np.intp)
         login_like = self.purpose in (Purpose.LOGIN, Purpose.STEP_UP)
         # The fast path: a plain active OCRA device of this user (one owner).
-        self.fast = (
-            (self.out == _OPEN)
-            & has_token
+        is_open = self.out == _OPEN
+        self.fast = with_token(
+            is_open
             & in_range
             & (cols.owner[self.dev_i] == self.user_ids)
             & (cols.suite[self.dev_i] >= 0)
@@ -315,10 +357,9 @@ class ResponsePlan(Plan):
         if not login_like:
             self.fast[:] = False
         self.device_ids[self.fast] = dev[self.fast]
-        slow = np.flatnonzero((self.out == _OPEN) & ~self.fast).tolist()
+        slow = _rows(is_open & ~self.fast).tolist()
         # The usual login batch has no slow item: no Python list of a whole column then.
         token_devices = dev.tolist() if slow else []
-        wanted = lifecycle.state_answering(self.purpose)
         devices_get = d.devices.get
         uid_list = self.user_ids.tolist() if slow else []
         has_token_list = has_token.tolist() if slow else []
@@ -339,7 +380,7 @@ class ResponsePlan(Plan):
             self.device_ids[i] = entry.row.id
             if login_like and entry.plain_active:
                 continue  # the common case: an active challenge/response device
-            if not self.gate_device(i, entry, wanted):
+            if not self.gate_device(i, entry, lifecycle.state_answering(self.purpose)):
                 continue
             if self.purpose is Purpose.REACTIVATION and entry.row.id in d.replaced_by:
                 # A replacement is on its way (the device was lost): it never comes back.
@@ -360,7 +401,7 @@ class ResponsePlan(Plan):
             elif not has_token_list[i]:
                 self.out[i] = LoginOutcome.CHALLENGE_INVALID
         if self.purpose in (Purpose.ACTIVATION, Purpose.REACTIVATION):
-            for i in np.flatnonzero(self.out == _OPEN).tolist():
+            for i in _rows(self.out == _OPEN).tolist():
                 self.effects[i] = self._activation_effect(i)
 
     def _activation_effect(self, i: int) -> Effect:
@@ -394,7 +435,11 @@ class ResponsePlan(Plan):
     def _responses(self, rows: npt.NDArray[np.intp]) -> tuple[npt.NDArray[np.intp], list[Any]]:
         """The responses of ``rows``; a response that is not str or bytes is MALFORMED."""
         source = self.responses
-        if len(rows) == len(source) and np.array_equal(rows, np.arange(len(rows))):
+        if len(rows) == len(source) and (
+            rows.tolist() == list(range(len(rows)))  # a few: Python's compare is cheaper
+            if len(rows) <= FEW_ITEMS
+            else np.array_equal(rows, np.arange(len(rows)))
+        ):
             responses = source if isinstance(source, list) else list(source)  # every item
         else:
             responses = list(map(source.__getitem__, rows.tolist()))
@@ -428,24 +473,26 @@ class ResponsePlan(Plan):
     def evaluate(self) -> None:
         """Kernel work: one batch call per OCRA suite and per method."""
         cols = self.ctx.directory.columns
-        fast_rows = np.flatnonzero(self.fast & (self.out == 255))
+        is_open = self.out == _OPEN  # (only ``raw`` changes below)
+        fast_rows = _rows(self.fast & is_open)
         suite_of = cols.suite[self.dev_i[fast_rows]]
-        for g in np.unique(suite_of).tolist():
-            rows = fast_rows[suite_of == g]
+        suites = _distinct(suite_of)
+        for g in suites:
+            rows = fast_rows if len(suites) == 1 else fast_rows[suite_of == g]
             suite = cols.suites[g]
             pin_algorithm = ocra.parse_suite(suite).pin_algorithm
             rows, responses = self._responses(rows)
             dev = self.dev_i[rows]
             pins = None
             if pin_algorithm is not None:
-                width = hashlib.new(pin_algorithm).digest_size
+                width = _digest_size(pin_algorithm)
                 pins = np.ascontiguousarray(cols.pins[dev, :width])
             self._ocra(suite, rows, cols.keys[dev], pins, responses)
-        slow = np.flatnonzero(~self.fast & (self.out == 255)).tolist()
+        slow = _rows(~self.fast & is_open).tolist()
         groups: dict[tuple[str, str | None], list[int]] = {}
         devices = self.devices
         for i in slow:
-            groups.setdefault(devices[i].group, []).append(i)  # type: ignore[union-attr]
+            groups.setdefault(devices[i].group, []).append(i)
         for (method, suite), row_list in groups.items():
             rows = np.asarray(row_list, dtype=np.intp)
             if method == "ocra":
@@ -537,7 +584,7 @@ class PushPlan(Plan):
         self.gate_users(
             [d.user_by_id[u].username if u in d.user_by_id else "" for u in self.user_ids.tolist()]
         )
-        for i in np.flatnonzero(self.out == _OPEN).tolist():
+        for i in _rows(self.out == _OPEN).tolist():
             row, entry = self.rows[i], self.devices[i]
             assert row is not None
             assert entry is not None
@@ -549,7 +596,7 @@ class PushPlan(Plan):
                 self.out[i] = LoginOutcome.EXPIRED
 
     def evaluate(self) -> None:
-        rows = np.flatnonzero(self.out == _OPEN).tolist()
+        rows = _rows(self.out == _OPEN).tolist()
         if not rows:
             return
         publics, messages, sigs = [], [], []
@@ -772,6 +819,35 @@ class PasswordFailurePlan(Plan):
         self.raw[self.out == _OPEN] = _WRONG
 
 
+def _column(n: int, value: int | bool, dtype: Any) -> npt.NDArray[Any]:
+    """``np.full(n, value, dtype)``: a plan makes several per batch, and ``np.full`` (Python
+    code around ``empty`` and ``copyto``) costs twice this on a small one."""
+    column = np.empty(n, dtype=dtype)
+    column.fill(value)
+    return column
+
+
+def _rows(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
+    """Where the 1-D ``mask`` holds: ``np.flatnonzero`` without its Python wrappers (a
+    fixed cost a small batch paid a dozen times)."""
+    rows: npt.NDArray[np.intp] = mask.nonzero()[0]
+    return rows
+
+
+def _distinct(values: npt.NDArray[Any]) -> list[Any]:
+    """The distinct values, ascending (``np.unique``; a few sorted by Python instead)."""
+    if len(values) <= FEW_ITEMS:
+        return sorted(set(values.tolist()))
+    distinct: list[Any] = np.unique(values).tolist()
+    return distinct
+
+
+@functools.cache
+def _digest_size(algorithm: str) -> int:
+    """The digest width of a PIN hash algorithm named by a suite (few names: cached)."""
+    return hashlib.new(algorithm).digest_size
+
+
 def _first_occurrences(
     values: npt.NDArray[np.uint64],
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint64]]:
@@ -792,7 +868,12 @@ def _first_occurrences(
 
 
 def _six_digits(values: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint8]:
-    """Challenges as an (N, 6) matrix of ASCII digits, without a Python string per item."""
+    """Challenges as an (N, 6) matrix of ASCII digits (each value's last six), without a
+    Python string per item; a few values are formatted by Python (numpy's fixed cost per
+    call is more than the work)."""
+    if len(values) <= FEW_ITEMS:
+        text = b"".join([b"%06d" % (v % 1_000_000) for v in values.tolist()])
+        return np.frombuffer(text, dtype=np.uint8).reshape(len(values), 6)
     powers = 10 ** np.arange(5, -1, -1, dtype=np.uint32)
     digits = (values.astype(np.uint32)[:, None] // powers) % 10 + ord("0")
     return np.ascontiguousarray(digits, dtype=np.uint8)

@@ -88,6 +88,8 @@ PURGE_MARGIN = 600.0
 #: At most this many expired consumed-challenge rows are deleted by one purge (it runs
 #: inside a login transaction); when it deletes that many, the next comes a second later.
 PURGE_BATCH = 20_000
+#: What ``access`` may be (built once: a small batch checks it on every call).
+_ACCESS_VALUES = tuple(Access)
 
 
 class SecureLogin(DeviceSharing):
@@ -854,7 +856,7 @@ class SecureLogin(DeviceSharing):
             raise InvalidInputError(
                 "tokens", "usernames, tokens and responses must have the same length"
             )
-        if access not in tuple(Access):
+        if access not in _ACCESS_VALUES:
             raise InvalidInputError("access", f"must be one of {', '.join(Access)}")
         purpose = check_purpose(purpose)
         task = check_task(purpose, task)
@@ -891,8 +893,9 @@ class SecureLogin(DeviceSharing):
                     purged = tx.store.purge_consumed(now - PURGE_MARGIN, PURGE_BATCH)
                     more = purged >= PURGE_BATCH  # a backlog: keep going, a slice at a time
                     self.context.next_purge = now + (1.0 if more else PURGE_INTERVAL)
+                result = BatchResult(plan.out, plan.device_ids)
                 if before_commit is not None:
-                    before_commit(BatchResult(plan.out, plan.device_ids))
+                    before_commit(result)
         finally:
             self.context.lock.release()
-        return BatchResult(plan.out, plan.device_ids)
+        return result

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEVICE_COLUMNS",
+    "FEW_IDS",
     "USER_COLUMNS",
     "ActivationRow",
     "DeviceRow",
@@ -42,6 +43,9 @@ __all__ = [
     "ascending_ids",
     "consumed_spans",
     "directory_load",
+    "distinct_ids",
+    "id_list",
+    "span_rows",
     "unique_ids",
 ]
 
@@ -285,6 +289,57 @@ def consumed_spans(
     starts = np.flatnonzero(np.concatenate(([True], blocks[1:] != blocks[:-1])))
     ends = np.concatenate((starts[1:], [len(ids)])) - 1
     return float(math.floor(expires_at) + 1), blocks[starts], ids[starts], ids[ends]
+
+
+#: At most this many ids go through the Python paths of the id helpers (``span_rows``,
+#: ``distinct_ids``): below it, numpy's fixed cost per call is more than the work.
+FEW_IDS: Final = 64
+
+
+def span_rows(ids: Ids, expires_at: float) -> list[tuple[float, int, int, int]]:
+    """:func:`consumed_spans` as rows ``(expires_at, id_block, first_id, last_id)`` for
+    ``ids`` in ascending order. A few ids (``FEW_IDS`` or fewer) are walked in Python: the
+    same rows, without numpy's cost per call, which is most of a small batch's here."""
+    if len(ids) > FEW_IDS:
+        second, blocks, firsts, lasts = consumed_spans(np.asarray(ids, np.int64), expires_at)
+        return list(
+            zip(
+                [second] * len(blocks),
+                blocks.tolist(),
+                firsts.tolist(),
+                lasts.tolist(),
+                strict=True,
+            )
+        )
+    second = float(math.floor(expires_at) + 1)
+    rows: list[tuple[float, int, int, int]] = []
+    for i in id_list(ids):
+        block = i >> SPAN_BLOCK_BITS
+        if rows and rows[-1][1] == block:
+            rows[-1] = (second, block, rows[-1][2], i)
+        else:
+            rows.append((second, block, i, i))
+    return rows
+
+
+def id_list(ids: Iterable[int]) -> list[int]:
+    """The ids as a list of Python ints (an integer numpy column in one ``tolist``)."""
+    dtype = getattr(ids, "dtype", None)
+    if dtype is not None and dtype.kind in "iu":
+        values: list[int] = ids.tolist()  # type: ignore[attr-defined]
+        return values
+    return [int(i) for i in ids]
+
+
+def distinct_ids(ids: Iterable[int]) -> list[int]:
+    """Each id once, ascending, as Python ints: :func:`unique_ids` as a list, the sort of
+    a few ids (``FEW_IDS`` or fewer) done by Python's set and sort."""
+    if not hasattr(ids, "__len__"):
+        ids = list(ids)
+    if len(ids) > FEW_IDS:  # type: ignore[arg-type]
+        values: list[int] = unique_ids(ids).tolist()
+        return values
+    return sorted(set(id_list(ids)))
 
 
 def ascending_ids(ids: Ids) -> npt.NDArray[np.int64]:

@@ -16,6 +16,7 @@ import os
 import secrets
 import socket
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -27,6 +28,7 @@ from sls_core.errors import AlreadyExistsError, InvalidInputError
 from sls_core.sealing import MasterKeyRing, device_aad
 from sls_core.store.base import (
     DEVICE_COLUMNS,
+    FEW_IDS,
     USER_COLUMNS,
     ActivationRow,
     DeviceRow,
@@ -37,9 +39,10 @@ from sls_core.store.base import (
     UserRow,
     WriterBusyError,
     ascending_ids,
-    consumed_spans,
     directory_load,
-    unique_ids,
+    distinct_ids,
+    id_list,
+    span_rows,
 )
 from sls_core.store.keys import (
     COUNTED_TABLES,
@@ -56,23 +59,46 @@ __all__ = ["SqliteStore"]
 def _ids_json(ids: Iterable[int]) -> str:
     """A JSON array of the ids (for ``json_each``). An integer numpy array gives its Python
     ints in one ``tolist`` (twice as fast as ``int()`` per item; a 10k batch writes three)."""
-    dtype = getattr(ids, "dtype", None)
-    if dtype is not None and dtype.kind in "iu":
-        return json.dumps(ids.tolist())  # type: ignore[attr-defined]
-    return json.dumps([int(i) for i in ids])
+    return _ints_json(id_list(ids))
+
+
+def _ints_json(values: list[int]) -> str:
+    """A JSON array of ``values``, Python ints already (no conversion per item: a large
+    batch's ids come from one ``tolist``). A short list is joined by hand: ``json.dumps``
+    costs more per call than the work."""
+    if len(values) > FEW_IDS:
+        return json.dumps(values)
+    return "[" + ",".join(map(str, values)) + "]"
+
+
+#: Notes a range of consumed ids for the purge (see ``_SqliteTx.consume``).
+_NOTE_SPAN: Final = (
+    "INSERT INTO consumed_spans (expires_at, id_block, first_id, last_id)"
+    " VALUES (?, ?, ?, ?) ON CONFLICT (expires_at, id_block) DO UPDATE SET"
+    " first_id = min(first_id, excluded.first_id),"
+    " last_id = max(last_id, excluded.last_id)"
+)
 
 
 class _SqliteTx:
     def __init__(self, conn: sqlite3.Connection, keyring: MasterKeyRing) -> None:
         self._conn = conn
         self._keyring = keyring
+        #: The change feed's generation as this transaction sees it, once read.
+        self._generation: int | None = None
 
     # -- change feed -------------------------------------------------------------------
     def generation(self) -> int:
-        row = self._conn.execute("SELECT max(generation) FROM changes").fetchone()
-        return int(row[0] or 0)
+        # Read once per transaction: a write transaction asks twice before it writes (is
+        # the directory's refresh slow, then the refresh), a statement less on every small
+        # batch. Only this transaction's own changes move it (the lock, or the snapshot).
+        if self._generation is None:
+            row = self._conn.execute("SELECT max(generation) FROM changes").fetchone()
+            self._generation = int(row[0] or 0)
+        return self._generation
 
     def _changed(self, user_id: int | None = None, device_id: int | None = None) -> None:
+        self._generation = None
         self._conn.execute(
             "INSERT INTO changes (user_id, device_id) VALUES (?, ?)", (user_id, device_id)
         )
@@ -98,17 +124,19 @@ class _SqliteTx:
         # The ids drive the join (CROSS JOIN keeps them the outer loop): one primary-key
         # probe each, in key order. ``IN (SELECT ...)`` would first build a temporary index
         # of the ids, three times slower for a batch of 100k.
-        ids = unique_ids(user_ids)
-        if not len(ids):
+        ids = distinct_ids(user_ids)
+        if not ids:
             return {}
         rows = self._conn.execute(
             "SELECT f.user_id, f.times FROM json_each(?) AS j"
             " CROSS JOIN failures AS f ON f.user_id = j.value",
-            (_ids_json(ids),),
+            (_ints_json(ids),),
         )
         return {uid: json.loads(times) for uid, times in rows}
 
     def put_failures(self, rows: dict[int, list[float]]) -> None:
+        if not rows:
+            return  # no statement for nothing (most batches record no failure)
         self._conn.executemany(
             "INSERT INTO failures (user_id, times) VALUES (?, ?) "
             "ON CONFLICT (user_id) DO UPDATE SET times = excluded.times",
@@ -116,20 +144,23 @@ class _SqliteTx:
         )
 
     def clear_failures(self, user_ids: Iterable[int]) -> None:
+        ids = distinct_ids(user_ids)
+        if not ids:
+            return
         self._conn.execute(
             "DELETE FROM failures WHERE user_id IN (SELECT value FROM json_each(?))",
-            (_ids_json(user_ids),),
+            (_ints_json(ids),),
         )
 
     # -- replay ------------------------------------------------------------------------
     def consumed(self, challenge_ids: Ids) -> set[int]:
-        ids = unique_ids(challenge_ids)
-        if not len(ids):
+        ids = distinct_ids(challenge_ids)
+        if not ids:
             return set()
         rows = self._conn.execute(
             "SELECT c.challenge_id FROM json_each(?) AS j"
             " CROSS JOIN consumed AS c ON c.challenge_id = j.value",
-            (_ids_json(ids),),
+            (_ints_json(ids),),
         )
         return {r[0] for r in rows}
 
@@ -139,26 +170,24 @@ class _SqliteTx:
         # JSON array binds once instead of once per row; sorted, it appends in key order.
         if not len(challenge_ids):
             return
-        ids = ascending_ids(challenge_ids)
+        ids: Ids
+        if len(challenge_ids) > FEW_IDS:
+            ids = ascending_ids(challenge_ids)
+            text = _ids_json(ids)
+        else:
+            ids = sorted(id_list(challenge_ids))
+            text = _ints_json(ids)
         self._conn.execute(
             "INSERT INTO consumed (challenge_id, expires_at) SELECT value, ? FROM json_each(?)",
-            (expires_at, _ids_json(ids)),
+            (expires_at, text),
         )
         # What the purge finds them by: per block of ids, the range consumed with this
-        # second of expiry.
-        second, blocks, firsts, lasts = consumed_spans(ids, expires_at)
-        self._conn.executemany(
-            "INSERT INTO consumed_spans (expires_at, id_block, first_id, last_id)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT (expires_at, id_block) DO UPDATE SET"
-            " first_id = min(first_id, excluded.first_id),"
-            " last_id = max(last_id, excluded.last_id)",
-            [
-                (second, block, first, last)
-                for block, first, last in zip(
-                    blocks.tolist(), firsts.tolist(), lasts.tolist(), strict=True
-                )
-            ],
-        )
+        # second of expiry (a small batch's ids mostly fall in one block: one row).
+        spans = span_rows(ids, expires_at)
+        if len(spans) == 1:
+            self._conn.execute(_NOTE_SPAN, spans[0])
+        else:
+            self._conn.executemany(_NOTE_SPAN, spans)
 
     def try_consume(self, challenge_ids: Ids, expires_at: float) -> set[int]:
         # Optimistic: insert them all. A challenge used already fails the primary key, and
@@ -628,6 +657,43 @@ class _SqliteTx:
         return value
 
 
+class _WriteTransaction:
+    """:meth:`SqliteStore.write`: ``BEGIN IMMEDIATE`` behind the writer gate, ``COMMIT`` when
+    the block ends, ``ROLLBACK`` when it raises. A class rather than a generator context
+    manager: a small verification batch pays for this entry and exit on every call."""
+
+    __slots__ = ("_conn", "_gate", "_store", "_wait")
+
+    def __init__(self, store: SqliteStore, wait: bool) -> None:
+        self._store = store
+        self._wait = wait
+
+    def __enter__(self) -> _SqliteTx:
+        store = self._store
+        conn = self._conn = store._connection(busy_wait=self._wait)
+        gate = self._gate = store._local.gate
+        store._begin(conn, gate, wait=self._wait)
+        try:
+            # Under the write lock: a retirement decided under it (sls_core.admin) cannot
+            # miss a writer that read the key file just before the new one was saved.
+            store._follow_key_file()
+            store._advertise(conn)
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return _SqliteTx(conn, store._keyring)
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self._conn.execute("COMMIT")
+            else:
+                self._store._advertised = None  # the row may not have landed: write it again
+                self._conn.execute("ROLLBACK")
+        finally:
+            fcntl.flock(self._gate, fcntl.LOCK_UN)
+
+
 #: The suites most devices have (the ones enrollment gives), coded in a full load; any
 #: other suite is fetched as its text.
 _COMMON_SUITES: Final = ("OCRA-1:HOTP-SHA1-8:QN06-PSHA1", "OCRA-1:HOTP-SHA1-8:QN06")
@@ -743,6 +809,8 @@ class SqliteStore(KeyFollower):
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._advertised: tuple[str, float] | None = None
         self._busy_timeout = busy_timeout
+        #: Turns SQLite's busy timeout back on (see ``_begin``).
+        self._busy_timeout_on = f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}"
         self._synchronous = synchronous
         self._local = threading.local()
         self.writer_gate = self.path.with_name(self.path.name + "-writer")
@@ -760,27 +828,34 @@ class SqliteStore(KeyFollower):
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self, *, busy_wait: bool = True) -> sqlite3.Connection:
+        """This thread's connection. ``busy_wait=False``: for a write that must not wait,
+        which may find SQLite's busy timeout still off from the last such write (see
+        :meth:`_begin`); everything else gets the timeout back first."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         pid = os.getpid()
-        if conn is None or getattr(self._local, "pid", None) != pid:
-            # A connection must never cross fork: the child opens its own.
-            conn = sqlite3.connect(
-                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=True
-            )
-            conn.execute("PRAGMA journal_mode = WAL")
-            # WAL + NORMAL survives a killed process (the WAL is written before COMMIT
-            # returns); FULL also survives power loss, at a cost per commit.
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-            conn.execute("PRAGMA foreign_keys = ON")
-            self._local.conn = conn
-            self._local.pid = pid
-            # Its own open file description per thread: flock then orders this process's
-            # threads as well as other processes.
-            self._local.gate = os.open(
-                self.writer_gate, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
-            self._gates.add(self._local.gate)
+        if conn is not None and getattr(self._local, "pid", None) == pid:
+            if busy_wait and self._local.busy_off:
+                conn.execute(self._busy_timeout_on)
+                self._local.busy_off = False
+            return conn
+        # None yet, or the parent's: a connection must never cross fork (the child opens
+        # its own).
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=True
+        )
+        conn.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL survives a killed process (the WAL is written before COMMIT
+        # returns); FULL also survives power loss, at a cost per commit.
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self._local.conn = conn
+        self._local.pid = pid
+        self._local.busy_off = False
+        # Its own open file description per thread: flock then orders this process's
+        # threads as well as other processes.
+        self._local.gate = os.open(self.writer_gate, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._gates.add(self._local.gate)
         return conn
 
     def _forget_gates(self) -> None:
@@ -819,26 +894,41 @@ class SqliteStore(KeyFollower):
                     ) from None
                 delay = min(delay * 2, 0.00025)
 
-    @contextlib.contextmanager
-    def _gated(self, conn: sqlite3.Connection, *, wait: bool = True) -> Iterator[None]:
-        """``BEGIN IMMEDIATE`` … behind the writer gate (see the class docstring). With
-        ``wait=False`` nothing waits: not the gate, and not SQLite's own busy handler
-        either (a program that ignores the gate may hold the write lock)."""
-        gate: int = self._local.gate
+    def _begin(self, conn: sqlite3.Connection, gate: int, *, wait: bool) -> None:
+        """``BEGIN IMMEDIATE`` behind the writer gate (see the class docstring), or the gate
+        released again and the error raised. With ``wait=False`` nothing waits: not the
+        gate, and not SQLite's own busy handler either (a program that ignores the gate
+        may hold the write lock)."""
         self._take_gate(gate, wait=wait)
         try:
             if wait:
                 conn.execute("BEGIN IMMEDIATE")
             else:
-                conn.execute("PRAGMA busy_timeout = 0")
+                # The timeout stays off after this write: the next one that must not wait
+                # (a server's small batches, one after another) needs no statement to turn
+                # it off again, and whatever else uses the connection next turns it back on
+                # first (``_connection``). Inside the transaction it changes nothing: in WAL
+                # mode a statement of a transaction that holds the write lock never waits
+                # on a lock (a busy WAL restart or checkpoint is skipped, not waited for).
+                if not self._local.busy_off:
+                    conn.execute("PRAGMA busy_timeout = 0")
+                    self._local.busy_off = True
                 try:
                     conn.execute("BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as e:
                     if "locked" in str(e) or "busy" in str(e):
                         raise WriterBusyError from None
                     raise
-                finally:
-                    conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        except BaseException:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+            raise
+
+    @contextlib.contextmanager
+    def _gated(self, conn: sqlite3.Connection, *, wait: bool = True) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` … behind the writer gate (see :meth:`_begin`)."""
+        gate: int = self._local.gate
+        self._begin(conn, gate, wait=wait)
+        try:
             yield
         finally:
             fcntl.flock(gate, fcntl.LOCK_UN)
@@ -886,21 +976,8 @@ class SqliteStore(KeyFollower):
                 row,
             )
 
-    @contextlib.contextmanager
-    def write(self, *, wait: bool = True) -> Iterator[_SqliteTx]:
-        conn = self._connection()
-        with self._gated(conn, wait=wait):
-            # Under the write lock: a retirement decided under it (sls_core.admin) cannot
-            # miss a writer that read the key file just before the new one was saved.
-            self._follow_key_file()
-            try:
-                self._advertise(conn)
-                yield _SqliteTx(conn, self._keyring)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                self._advertised = None  # the row may not have landed: write it again
-                raise
-            conn.execute("COMMIT")
+    def write(self, *, wait: bool = True) -> _WriteTransaction:
+        return _WriteTransaction(self, wait)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[_SqliteTx]:
@@ -914,6 +991,10 @@ class SqliteStore(KeyFollower):
 
     def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "busy_off", False):
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(self._busy_timeout_on)
+            self._local.busy_off = False
         if conn is not None and self._advertised is not None:
             with contextlib.suppress(sqlite3.Error):  # closing seals nothing more
                 conn.execute("DELETE FROM key_holders WHERE holder = ?", (self.holder,))

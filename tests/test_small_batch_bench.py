@@ -1,0 +1,37 @@
+"""benches/small_batch.py still runs end to end at a tiny size: both workers start, each
+(kind, size) is measured every round, both copies give the same verdicts, and the report
+files are written. Figures are not checked (speed is measured in benchmarks, never
+asserted in tests)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benches"))
+
+
+def test_the_small_batch_bench_compares_two_copies_and_finds_the_same_verdicts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import small_batch
+
+    out = tmp_path / "out"
+    argv = ["--old", str(ROOT / "python"), "--sizes", "1,3", "--batches", "4"]
+    argv += ["--rounds", "2", "--users", "60", "--out", str(out)]
+    assert small_batch.main(argv) == 0
+    document = json.loads((out / "small_batch.json").read_text())
+    assert document["verdicts_equal"] is True
+    rows = {(r["kind"], r["size"]): r for r in document["rows"]}
+    assert set(rows) == {(k, n) for k in ("store", "server") for n in (1, 3)}
+    for row in rows.values():
+        assert len(row["rounds"]["old_us"]) == len(row["rounds"]["new_us"]) == 2
+        assert all(t > 0 for t in row["rounds"]["old_us"] + row["rounds"]["new_us"])
+    assert "| store | 1 |" in (out / "small_batch.md").read_text()
+    stderr = capsys.readouterr().err
+    assert "round 2/2 server x3" in stderr
+    assert stderr.strip().splitlines()[-1].endswith(f"wrote {out / 'small_batch.json'}")

@@ -233,11 +233,12 @@ def start_server(
 
 
 def start_floor_server(
-    port: int, log: Path, *, cpus: set[int] | None = None
+    port: int, log: Path, *, work_us: float = 0.0, cpus: set[int] | None = None
 ) -> subprocess.Popen[bytes]:
-    """``benches/stream_floor.py``: a server that answers at once, without domain work."""
+    """``benches/stream_floor.py``: a server that answers without domain work (after
+    ``work_us`` of busy CPU per message)."""
     command = [sys.executable, str(Path(__file__).with_name("stream_floor.py"))]
-    command += ["--listen", f"127.0.0.1:{port}"]
+    command += ["--listen", f"127.0.0.1:{port}", "--work-us", f"{work_us:g}"]
     mine = os.sched_getaffinity(0)
     with log.open("wb") as out:
         if cpus is not None:
@@ -1234,11 +1235,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="open loop: against sls-core serve, or against benches/stream_floor.py, which"
         " answers at once without any domain work (what gRPC and asyncio cost here)",
     )
+    parser.add_argument(
+        "--floor-work-us",
+        type=float,
+        default=0.0,
+        help="--server floor: busy CPU per message before it answers, microseconds",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
     floor = args.server == "floor"
     if floor and (set(args.modes.split(",")) != {"open"} or args.debug_phases):
         parser.error("--server floor: only --modes open, without --debug-phases")
+    if not 0 <= args.floor_work_us <= 100_000 or (args.floor_work_us and not floor):
+        parser.error("--floor-work-us: between 0 and 100000, with --server floor")
     global STREAM
     STREAM = args.transport == "stream"
     args.transport_name = "one VerifyStream per client" if STREAM else "VerifyBatch calls"
@@ -1279,7 +1288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress("starting benches/stream_floor.py (no domain work) ...")
                 args.workers = 1
                 server = start_floor_server(
-                    port, Path(tmp) / "server.log", cpus=args.pin[1] if args.pin else None
+                    port,
+                    Path(tmp) / "server.log",
+                    work_us=args.floor_work_us,
+                    cpus=args.pin[1] if args.pin else None,
                 )
             else:
                 progress(f"starting sls-core serve ({args.workers} processes) ...")
@@ -1322,7 +1334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                     row["server"] = args.server
                     if floor:
-                        row["mode"] += ", floor server: no domain work"
+                        row["mode"] += ", floor server: no domain work" + (
+                            f", {args.floor_work_us:g} µs busy per message"
+                            if args.floor_work_us
+                            else ""
+                        )
                     rows.append(row)
                 if "threads" in modes:
                     progress(f"closed loop, {args.gateways} gateway threads ...")

@@ -144,7 +144,7 @@ def test_the_open_loop_against_the_floor_server_answers_every_login(tmp_path: Pa
     out = tmp_path / "out"
     args = [
         "--seconds", "0.5", "--users", "300", "--rate", "400", "--modes", "open",
-        "--server", "floor", "--out", str(out),
+        "--server", "floor", "--floor-work-us", "50", "--out", str(out),
     ]  # fmt: skip
     assert loadtest.main(args) == 0
     (opened,) = json.loads((out / "loadtest.json").read_text())["rows"]
@@ -152,7 +152,10 @@ def test_the_open_loop_against_the_floor_server_answers_every_login(tmp_path: Pa
     assert opened["requests"] == 200
     assert opened["ok_share"] == 1.0
     assert opened["since_due"]["p99"] >= opened["p50"] > 0
-    assert "floor server: no domain work" in opened["mode"]
+    assert "floor server: no domain work, 50 µs busy per message" in opened["mode"]
     with pytest.raises(SystemExit) as refused:
         loadtest.main([*args, "--modes", "open,batch"])
+    assert refused.value.code == 2
+    with pytest.raises(SystemExit) as refused:
+        loadtest.main([*args, "--floor-work-us", "-1"])
     assert refused.value.code == 2

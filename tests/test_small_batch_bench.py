@@ -35,3 +35,16 @@ def test_the_small_batch_bench_compares_two_copies_and_finds_the_same_verdicts(
     stderr = capsys.readouterr().err
     assert "round 2/2 server x3" in stderr
     assert stderr.strip().splitlines()[-1].endswith(f"wrote {out / 'small_batch.json'}")
+
+
+def test_the_small_batch_bench_runs_cold_and_says_so(tmp_path: Path) -> None:
+    """--cold flushes the caches between batches (untimed): same verdicts, recorded."""
+    import small_batch
+
+    out = tmp_path / "out"
+    argv = ["--old", str(ROOT / "python"), "--sizes", "2", "--batches", "3", "--rounds", "1"]
+    argv += ["--users", "60", "--kinds", "store", "--cold", "--out", str(out)]
+    assert small_batch.main(argv) == 0
+    document = json.loads((out / "small_batch.json").read_text())
+    assert document["settings"]["cold"] is True
+    assert document["verdicts_equal"] is True

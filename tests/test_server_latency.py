@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from grpc_fixtures import CALL_TIMEOUT, InProcessServer
 from sls_core import ocra
 from sls_core.api.v1 import common_pb2, verification_pb2
 from sls_core.devices import DeviceType
-from sls_core.server.app import WalCheckpointer
+from sls_core.server.app import WAL_RESTART_PAGES, WalCheckpointer
 from sls_core.server.metrics import DEBUG_PHASES_ENV, PhaseTimes
 
 pytest_plugins = ["grpc_fixtures"]
@@ -142,6 +143,37 @@ def test_a_server_on_the_embedded_store_checkpoints_its_log_until_it_stops(
     checkpointer = server.server.checkpointer
     assert checkpointer is not None
     assert checkpointer._thread.is_alive()
+    # A commit starts the log over (three syncs on the event loop) only past the raised
+    # bound: the connections the store opened before the checkpointer follow it too.
+    store = server.server.sls.store
+    pages = store._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    assert pages == WAL_RESTART_PAGES
     server.stop()
     assert server.server.checkpointer is None
     assert not checkpointer._thread.is_alive()
+
+
+def test_checkpoint_past_sets_the_bound_on_every_connection_of_the_store(tmp_path: Path) -> None:
+    """SqliteStore.checkpoint_past: every connection of the store, opened before or after,
+    checkpoints (and so starts the log over) only once the log holds that many pages."""
+    from sls_core.errors import InvalidInputError
+    from sls_core.login import SecureLogin
+
+    sls = SecureLogin.open(tmp_path / "data")
+    store = sls.store
+    before = store._connection()
+    assert before.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
+    store.checkpoint_past(5000)
+    assert store._connection().execute("PRAGMA wal_autocheckpoint").fetchone() == (5000,)
+    seen: list[int] = []
+    thread = threading.Thread(
+        target=lambda: seen.append(
+            store._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        )
+    )
+    thread.start()
+    thread.join()
+    assert seen == [5000]
+    for wrong in (0, 99, 1_000_001):
+        with pytest.raises(InvalidInputError, match="pages"):
+            store.checkpoint_past(wrong)

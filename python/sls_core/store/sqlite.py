@@ -812,6 +812,10 @@ class SqliteStore(KeyFollower):
         #: Turns SQLite's busy timeout back on (see ``_begin``).
         self._busy_timeout_on = f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}"
         self._synchronous = synchronous
+        #: ``PRAGMA wal_autocheckpoint`` of every connection (SQLite's default: 1000 pages);
+        #: ``_checkpoint_setting`` counts its changes, so each thread's connection follows.
+        self._autocheckpoint_pages = 1000
+        self._checkpoint_setting = 0
         self._local = threading.local()
         self.writer_gate = self.path.with_name(self.path.name + "-writer")
         self._gates: set[int] = set()
@@ -838,6 +842,8 @@ class SqliteStore(KeyFollower):
             if busy_wait and self._local.busy_off:
                 conn.execute(self._busy_timeout_on)
                 self._local.busy_off = False
+            if self._local.checkpoint_setting != self._checkpoint_setting:
+                self._set_autocheckpoint(conn)
             return conn
         # None yet, or the parent's: a connection must never cross fork (the child opens
         # its own).
@@ -849,6 +855,7 @@ class SqliteStore(KeyFollower):
         # returns); FULL also survives power loss, at a cost per commit.
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
+        self._set_autocheckpoint(conn)
         self._local.conn = conn
         self._local.pid = pid
         self._local.busy_off = False
@@ -975,6 +982,23 @@ class SqliteStore(KeyFollower):
                 " key_id = excluded.key_id, seen_at = excluded.seen_at",
                 row,
             )
+
+    def checkpoint_past(self, pages: int) -> None:
+        """A commit of this store checkpoints the write-ahead log itself only once the log
+        holds ``pages`` pages (SQLite's default: 1000), for a process that checkpoints from
+        a thread of its own (the server's ``WalCheckpointer``). Such a commit copies the
+        pages and syncs the log, the database and the new log's header: milliseconds on
+        the event loop. With a larger bound the thread's PASSIVE checkpoints copy the pages
+        first, and the commit that starts the log over syncs only its header; the log grows
+        to ``pages`` pages (4 KiB each) at most."""
+        if not 100 <= pages <= 1_000_000:
+            raise InvalidInputError("pages", "between 100 and 1000000")
+        self._autocheckpoint_pages = pages
+        self._checkpoint_setting += 1
+
+    def _set_autocheckpoint(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint_pages}")
+        self._local.checkpoint_setting = self._checkpoint_setting
 
     def write(self, *, wait: bool = True) -> _WriteTransaction:
         return _WriteTransaction(self, wait)

@@ -33,6 +33,8 @@ taken per round; the table gives its min and median. Writes ``DIR/small_batch.md
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
 import statistics
@@ -48,6 +50,18 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 STARTED = time.perf_counter()
 KINDS = ("store", "server")
+
+
+#: The folder holding the sls_core package this Python imports (with its native module,
+#: which a checkout's ``python/`` has only after ``maturin develop``).
+def _installed() -> Path:
+    spec = importlib.util.find_spec("sls_core")
+    if spec is None or spec.origin is None:
+        raise SystemExit("sls_core is not installed in this Python (make setup)")
+    return Path(spec.origin).resolve().parents[1]
+
+
+INSTALLED = _installed()
 #: ``--cold``: touched between batches to push the code and data out of L2 (4 MB here).
 EVICT_BYTES = 8 << 20
 
@@ -149,7 +163,11 @@ class Contender:
             env=env,
             text=True,
         )
-        self.package = self._answer()["ready"]
+        try:
+            self.package = self._answer()["ready"]
+        except BaseException:
+            self.close()  # no pipe left open behind a worker that did not start
+            raise
 
     def _answer(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -168,7 +186,8 @@ class Contender:
 
     def close(self) -> None:
         if self.proc.stdin is not None:
-            self.proc.stdin.close()
+            with contextlib.suppress(OSError):  # a worker that ended: the pipe is broken
+                self.proc.stdin.close()
         self.proc.wait(timeout=60)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
@@ -187,11 +206,9 @@ def measure(
 ) -> dict[str, Any]:
     """Every (kind, size) for both contenders, alternated in ``rounds``."""
     with tempfile.TemporaryDirectory(prefix="sls-small-batch-") as tmp:
-        contenders = [
-            Contender(name, path, Path(tmp) / name, users)
-            for name, path in (("old", old), ("new", new))
-        ]
+        contenders = [Contender("old", old, Path(tmp) / "old", users)]
         try:
+            contenders.append(Contender("new", new, Path(tmp) / "new", users))
             progress(f"old: {contenders[0].package}; new: {contenders[1].package}")
             times: dict[tuple[str, int, str], list[float]] = {}
             equal = True
@@ -256,7 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--old", type=Path, help="a folder holding the old sls_core package")
-    parser.add_argument("--new", type=Path, default=ROOT / "python")
+    parser.add_argument(
+        "--new", type=Path, default=INSTALLED, help="default: the sls_core this Python imports"
+    )
     parser.add_argument("--sizes", default="1,4,8")
     parser.add_argument("--batches", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)

@@ -220,6 +220,17 @@ def start_server(
         "--log-level",
         "WARNING",
     ]
+    return _spawn(command, log, env=env, cpus=cpus)
+
+
+def _spawn(
+    command: list[str],
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    cpus: set[int] | None = None,
+) -> subprocess.Popen[bytes]:
+    """``command`` with its output in ``log``, on ``cpus`` only when given."""
     mine = os.sched_getaffinity(0)
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         if cpus is not None:  # inherited at the fork: no moment on the wrong CPUs
@@ -239,14 +250,7 @@ def start_floor_server(
     ``work_us`` of busy CPU per message)."""
     command = [sys.executable, str(Path(__file__).with_name("stream_floor.py"))]
     command += ["--listen", f"127.0.0.1:{port}", "--work-us", f"{work_us:g}"]
-    mine = os.sched_getaffinity(0)
-    with log.open("wb") as out:
-        if cpus is not None:
-            os.sched_setaffinity(0, cpus)
-        try:
-            return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
-        finally:
-            os.sched_setaffinity(0, mine)
+    return _spawn(command, log, cpus=cpus)
 
 
 def wait_floor_ready(port: int, timeout: float = 30.0) -> None:

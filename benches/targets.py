@@ -82,11 +82,18 @@ def cold_rows(document: Any) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _open_loop_at_target_rate(document: Any) -> list[dict[str, Any]]:
+    """The load test's open-loop rows at the target's offered rate."""
+    return [
+        r
+        for r in document.get("rows", [])
+        if r.get("loop") == "open" and abs(float(r.get("offered", 0)) - OPEN_LOOP_RATE) <= 1
+    ]
+
+
 def latency_rows(document: Any) -> list[tuple[str, str, str, str]]:
     rows = []
-    for r in document.get("rows", []):
-        if r.get("loop") != "open" or abs(float(r.get("offered", 0)) - OPEN_LOOP_RATE) > 1:
-            continue
+    for r in _open_loop_at_target_rate(document):
         label = "open-loop gRPC p99 at 5,000 logins/s" + (
             f" ({r['setup']})" if r.get("setup") else ""
         )
@@ -108,8 +115,7 @@ def floor_rows(document: Any) -> list[tuple[str, str, str, str]]:
             f"{r['p99']:.2f} ms (p50 {r['p50']:.2f})",
             "for comparison",
         )
-        for r in document.get("rows", [])
-        if r.get("loop") == "open" and abs(float(r.get("offered", 0)) - OPEN_LOOP_RATE) <= 1
+        for r in _open_loop_at_target_rate(document)
     ]
 
 

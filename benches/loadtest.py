@@ -1337,6 +1337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         phases,
                     )
                     row["server"] = args.server
+                    row["pin"] = [sorted(cpus) for cpus in args.pin] if args.pin else None
                     if floor:
                         row["mode"] += ", floor server: no domain work" + (
                             f", {args.floor_work_us:g} µs busy per message"

@@ -70,7 +70,14 @@ def summarize(runs: dict[str, list[list[dict[str, Any]]]]) -> list[dict[str, Any
         rates = sorted({r["offered"] for rows in rounds for r in rows})
         for rate in rates:
             rows = [r for one in rounds for r in one if r["offered"] == rate]
-            entry: dict[str, Any] = {"variant": name, "offered": rate, "rounds": len(rows)}
+            entry: dict[str, Any] = {
+                "variant": name,
+                "offered": rate,
+                "rounds": len(rows),
+                # What the variant ran against, and where: the targets table needs both.
+                "server": rows[0].get("server", "sls-core"),
+                "pin": rows[0].get("pin"),
+            }
             for p in PERCENTILES:
                 values = [r[p] for r in rows]
                 entry[f"{p}_median"] = statistics.median(values)

@@ -146,37 +146,55 @@ def test_the_targets_table_reads_each_report_and_names_the_missing_ones(tmp_path
             }
         )
     )
-    (tmp_path / "loadtest.json").write_text(
-        json.dumps(
-            {
-                "rows": [
-                    {
-                        "loop": "open",
-                        "offered": 5000,
-                        "p50": 1.0,
-                        "p99": 2.5,
-                        "rate": 4990,
-                        "since_due": {"p99": 3.5},
-                    },
-                    {"loop": "closed", "p99": 9.0},
-                ]
-            }
-        )
-    )
     assert targets.main(["--out", str(tmp_path)]) == 0
     table = (tmp_path / "targets.md").read_text()
     assert "| kernel / C loop, fresh (1k keys), 1 thread | ≥ 0.9 | 0.95 / 1.00 | met |" in table
     assert (
         "| kernel / C loop, prepared (1k keys), 1 thread | ≥ 0.9 | 0.70 / 0.80 | not met |" in table
     )
-    assert "2.50 ms (p50 1.00; reached 4,990/s; from when due: p99 3.50) | met |" in table
     assert "not run: no login.json" in table
     assert "not run: no cluster.json" in table
-    assert "not run: no floor/loadtest.json" in table
-    (tmp_path / "floor").mkdir()
-    (tmp_path / "floor" / "loadtest.json").write_text(
-        json.dumps({"rows": [{"loop": "open", "offered": 5000, "p50": 0.6, "p99": 2.0}]})
+    assert "not run: no open-loop/open_loop_ab.json" in table
+
+    def variant(name: str, p99: float, server: str, pin: list[list[int]] | None) -> dict:
+        return {
+            "variant": name,
+            "offered": 5000.0,
+            "rounds": 3,
+            "server": server,
+            "pin": pin,
+            "p50_median": 1.0,
+            "p99_min": p99 - 0.1,
+            "p99_median": p99,
+            "since_due_p99_median": p99 + 1,
+        }
+
+    (tmp_path / "open-loop").mkdir()
+    (tmp_path / "open-loop" / "open_loop_ab.json").write_text(
+        json.dumps(
+            {
+                "table": [
+                    variant("pinned apart", 2.5, "sls-core", [[0], [1]]),
+                    variant("slow pinned", 3.5, "sls-core", [[0], [1]]),
+                    variant("not pinned", 3.2, "sls-core", None),
+                    variant("floor", 1.7, "floor", [[0], [1]]),
+                    {**variant("other rate", 9.0, "sls-core", [[0], [1]]), "offered": 1000.0},
+                ]
+            }
+        )
     )
     assert targets.main(["--out", str(tmp_path)]) == 0
     table = (tmp_path / "targets.md").read_text()
-    assert "(gRPC and asyncio alone) | — | 2.00 ms (p50 0.60) | for comparison |" in table
+    assert (
+        "| open-loop gRPC p99 at 5,000 logins/s, pinned apart (generator on CPU 0, server on"
+        " CPU 1) | < 3 ms | 2.40 / 2.50 ms over 3 rounds (p50 1.00; from when due: p99 3.50)"
+        " | met |" in table
+    )
+    assert "slow pinned (generator on CPU 0, server on CPU 1) | < 3 ms | 3.40 / 3.50" in table
+    assert "p99 4.50) | not met |" in table
+    # Sharing the CPUs with the generator, or against the floor server: not judged.
+    assert "not pinned (generator and server on any CPU) | < 3 ms | 3.10 / 3.20" in table
+    assert "p99 4.20) | for comparison |" in table
+    assert "floor (floor server, no domain work; generator on CPU 0" in table
+    assert "p99 2.70) | for comparison |" in table
+    assert "other rate" not in table

@@ -134,6 +134,8 @@ def test_the_open_loop_comparison_alternates_its_variants(tmp_path: Path) -> Non
         ("one", 300.0, 1),
         ("two", 300.0, 1),
     ]
+    # The targets table judges only sls-core runs pinned apart from the generator.
+    assert [(e["server"], e["pin"]) for e in table] == [("sls-core", None)] * 2
     assert "| one | 300 |" in (out / "open_loop_ab.md").read_text()
 
 

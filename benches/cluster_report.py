@@ -12,8 +12,9 @@ It starts a private PostgreSQL (``scripts/pg_local.py``, durable: fsync and sync
 commit on) in a temporary directory, stops and removes it at the end, and measures:
 
 1. **Raw consume-once rate**: one connection consumes ``--raw-ids`` fresh challenge ids in
-   batches of each ``--batch`` size, one committed transaction per batch, into a table shaped
-   like the store's ``consumed`` (primary key and expiry index), (a) COPY into a temporary
+   batches of each ``--batch`` size, one committed transaction per batch, into a table of
+   one row per id with a primary key and an expiry index (the plain way in SQL, and the
+   store's ``consumed`` until schema 10 began keeping 64 ids a row), (a) COPY into a temporary
    table then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING``, (b) one
    ``INSERT ... SELECT unnest(%s::bigint[]) ... ON CONFLICT DO NOTHING RETURNING``; median
    of ``--raw-rounds`` rounds, the two methods interleaved.
@@ -187,7 +188,7 @@ class RawConsumer:
         self.conn = psycopg.connect(url)
         self.conn.execute("CREATE SCHEMA IF NOT EXISTS bench_raw")
         self.conn.execute("DROP TABLE IF EXISTS bench_raw.consumed")
-        # The store's consumed table (python/sls_core/store/schema.py), index included.
+        # One row per id, index included: the store's consumed table up to schema 9.
         self.conn.execute(
             "CREATE TABLE bench_raw.consumed ("
             " challenge_id BIGINT PRIMARY KEY, expires_at DOUBLE PRECISION NOT NULL)"

@@ -95,7 +95,7 @@ _CRASHING_WORKER = textwrap.dedent(
 ).format(now=NOW)
 
 
-@pytest.mark.parametrize("die_after", ["consume", "put_failures"])
+@pytest.mark.parametrize("die_after", ["try_consume", "put_failures"])
 def test_kill_9_in_the_middle_of_a_batch_loses_nothing_and_half_applies_nothing(
     tmp_path: Path, die_after: str
 ) -> None:
@@ -283,21 +283,22 @@ def test_a_version_1_store_is_migrated_on_open(tmp_path: Path) -> None:
     conn.execute("PRAGMA user_version = 1")
     conn.execute("INSERT INTO consumed VALUES (7, 1.0)")
     conn.execute("INSERT INTO consumed VALUES (8, 1.5)")
-    conn.execute("INSERT INTO consumed VALUES (9, 3.0)")
+    conn.execute("INSERT INTO consumed VALUES (63, 3.0)")
+    conn.execute("INSERT INTO consumed VALUES (?, 1.2)", (1 << 62,))
     conn.commit()
     conn.close()
     store = SqliteStore(path, keyring=keyring)
     assert store.schema_version == SCHEMA_VERSION
     with store.write() as tx:
-        assert tx.consumed([7, 8, 9]) == {7, 8, 9}
-        # Rows consumed before version 9 get their spans: the bounded purge finds them.
-        assert tx.purge_consumed(2.0, 10) == 2
-        assert tx.consumed([7, 8, 9]) == {9}
+        assert tx.consumed([7, 8, 9, 63, 1 << 62]) == {7, 8, 63, 1 << 62}
+        # Version 10 keeps them 64 ids to a row, until the row's latest expiry.
+        assert tx.purge_consumed(2.0, 10) == 1
+        assert tx.consumed([7, 8, 63, 1 << 62]) == {7, 8, 63}
         assert tx.purge_consumed(4.0, 10) == 1
-    # Version 9 drops the per-row expiry index for one span per second of expiry.
+        assert tx.consumed([7, 8, 63]) == set()
     names = {name for (name,) in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
-    assert "consumed_by_expiry" not in names
-    assert "consumed_spans" in names
+    assert {"consumed", "consumed_spans", "consumed_by_expiry"}.isdisjoint(names)
+    assert {"consumed_blocks", "consumed_blocks_by_expiry"} <= names
 
 
 def test_expired_consumed_challenges_are_purged_as_verification_goes(tmp_path: Path) -> None:
@@ -309,16 +310,16 @@ def test_expired_consumed_challenges_are_purged_as_verification_goes(tmp_path: P
     challenge = sls.issue_challenge("user0")
     assert sls.verify("user0", challenge.token, _answer(challenge.challenge or "")).ok
     db = sqlite3.connect(data / "sls.db")
-    assert db.execute("SELECT count(*) FROM consumed").fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM consumed_blocks").fetchone() == (1,)
     from sls_core.login import PURGE_MARGIN
 
     clock.advance(sls.challenge_ttl + PURGE_MARGIN - 60)
     sls.verify("user0", None, "x")  # expired, but within the margin: kept
-    assert db.execute("SELECT count(*) FROM consumed").fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM consumed_blocks").fetchone() == (1,)
     clock.advance(120)
     sls.context.next_purge = 0.0  # purges run once a minute
     sls.verify("user0", None, "x")  # any later batch purges
-    assert db.execute("SELECT count(*) FROM consumed").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM consumed_blocks").fetchone() == (0,)
 
 
 def test_the_native_name_index_maps_usernames_and_refuses_non_strings() -> None:

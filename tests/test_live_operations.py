@@ -28,6 +28,7 @@ from sls_core.client import SlsClient
 from sls_core.sealing import MasterKeyRing
 from sls_core.server.audit import read_records, verify_trail
 from sls_core.simulator import dsc_response
+from sls_core.store.keys import CONSUMED_MASKS, count_consumed
 from sls_core.values import DeviceType, LoginOutcome
 
 pytest_plugins = ["grpc_fixtures"]
@@ -278,7 +279,7 @@ def verdicts(records: list[dict[str, object]], request_prefix: str) -> list[dict
 def consumed_challenges(db: Path) -> int:
     conn = sqlite3.connect(db)
     try:
-        return int(conn.execute("SELECT count(*) FROM consumed").fetchone()[0])
+        return count_consumed(conn.execute(CONSUMED_MASKS))
     finally:
         conn.close()
 

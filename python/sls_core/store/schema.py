@@ -14,7 +14,7 @@ from collections.abc import Sequence
 __all__ = ["POSTGRES_MIGRATIONS", "SCHEMA_VERSION", "SQLITE_MIGRATIONS"]
 
 #: The schema version this code writes; older files are migrated on open.
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 SQLITE_MIGRATIONS: dict[int, Sequence[str]] = {
     1: (
@@ -147,6 +147,23 @@ SQLITE_MIGRATIONS: dict[int, Sequence[str]] = {
         " GROUP BY CAST(expires_at AS INTEGER) + 1, challenge_id >> 20",
         "DROP INDEX consumed_by_expiry",
     ),
+    # 10: consumed challenges as one row per block of 64 ids, a bit each (see
+    # store.base.consumed_blocks): a batch writes a row per block instead of one per
+    # challenge. A block is kept until its latest expiry. ``sum`` of distinct bits is
+    # their OR (SQLite has no bit_or aggregate), and stays in range as the result does.
+    10: (
+        """CREATE TABLE consumed_blocks (
+            block INTEGER PRIMARY KEY,
+            mask INTEGER NOT NULL,
+            expires_at REAL NOT NULL
+        )""",
+        "INSERT INTO consumed_blocks (block, mask, expires_at)"
+        " SELECT challenge_id >> 6, sum(1 << (challenge_id & 63)), max(expires_at)"
+        " FROM consumed GROUP BY challenge_id >> 6",
+        "CREATE INDEX consumed_blocks_by_expiry ON consumed_blocks(expires_at)",
+        "DROP TABLE consumed_spans",
+        "DROP TABLE consumed",
+    ),
 }
 
 #: Times are seconds since the epoch (double precision), flags integers (0/1), sealed values
@@ -256,5 +273,18 @@ POSTGRES_MIGRATIONS: dict[int, Sequence[str]] = {
         " SELECT floor(expires_at) + 1, challenge_id >> 20, min(challenge_id),"
         " max(challenge_id) FROM consumed GROUP BY floor(expires_at) + 1, challenge_id >> 20",
         "DROP INDEX consumed_by_expiry",
+    ),
+    10: (
+        """CREATE TABLE consumed_blocks (
+            block BIGINT PRIMARY KEY,
+            mask BIGINT NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        "INSERT INTO consumed_blocks (block, mask, expires_at)"
+        " SELECT challenge_id >> 6, bit_or(1::bigint << (challenge_id & 63)::int),"
+        " max(expires_at) FROM consumed GROUP BY challenge_id >> 6",
+        "CREATE INDEX consumed_blocks_by_expiry ON consumed_blocks(expires_at)",
+        "DROP TABLE consumed_spans",
+        "DROP TABLE consumed",
     ),
 }

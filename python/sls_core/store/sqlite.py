@@ -27,6 +27,7 @@ from typing import Any, Final
 from sls_core.errors import AlreadyExistsError, InvalidInputError
 from sls_core.sealing import MasterKeyRing, device_aad
 from sls_core.store.base import (
+    CONSUMED_BLOCK_BITS,
     DEVICE_COLUMNS,
     FEW_IDS,
     USER_COLUMNS,
@@ -38,16 +39,18 @@ from sls_core.store.base import (
     SharingRow,
     UserRow,
     WriterBusyError,
-    ascending_ids,
+    consumed_blocks,
     directory_load,
     distinct_ids,
     id_list,
-    span_rows,
+    ids_marked,
 )
 from sls_core.store.keys import (
+    CONSUMED_MASKS,
     COUNTED_TABLES,
     SEALED_VALUES,
     KeyFollower,
+    count_consumed,
     count_key_ids,
     live_holders,
 )
@@ -71,12 +74,23 @@ def _ints_json(values: list[int]) -> str:
     return "[" + ",".join(map(str, values)) + "]"
 
 
-#: Notes a range of consumed ids for the purge (see ``_SqliteTx.consume``).
-_NOTE_SPAN: Final = (
-    "INSERT INTO consumed_spans (expires_at, id_block, first_id, last_id)"
-    " VALUES (?, ?, ?, ?) ON CONFLICT (expires_at, id_block) DO UPDATE SET"
-    " first_id = min(first_id, excluded.first_id),"
-    " last_id = max(last_id, excluded.last_id)"
+#: Marks a batch's challenges consumed, all or none: no row is written when any of them is
+#: marked already (parameters: the expiry, then the ``[block, mask]`` pairs twice). The
+#: check reads the table as the statement found it (SQLite materialises a SELECT from the
+#: table it inserts into), so the rowcount is every block or none.
+_MARK_CONSUMED: Final = (
+    "INSERT INTO consumed_blocks (block, mask, expires_at)"
+    " SELECT j.value ->> 0, j.value ->> 1, ? FROM json_each(?) AS j"
+    " WHERE NOT EXISTS (SELECT 1 FROM json_each(?) AS k JOIN consumed_blocks AS c"
+    " ON c.block = k.value ->> 0 WHERE c.mask & (k.value ->> 1) <> 0)"
+    " ON CONFLICT (block) DO UPDATE SET mask = mask | excluded.mask,"
+    " expires_at = max(expires_at, excluded.expires_at)"
+)
+#: The same for the ids of one block: the update is skipped if any of them is marked.
+_MARK_ONE_BLOCK: Final = (
+    "INSERT INTO consumed_blocks (block, mask, expires_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (block) DO UPDATE SET mask = mask | excluded.mask,"
+    " expires_at = max(expires_at, excluded.expires_at) WHERE (mask & excluded.mask) = 0"
 )
 
 
@@ -157,77 +171,49 @@ class _SqliteTx:
         ids = distinct_ids(challenge_ids)
         if not ids:
             return set()
+        blocks = sorted({i >> CONSUMED_BLOCK_BITS for i in ids})
         rows = self._conn.execute(
-            "SELECT c.challenge_id FROM json_each(?) AS j"
-            " CROSS JOIN consumed AS c ON c.challenge_id = j.value",
-            (_ints_json(ids),),
+            "SELECT c.block, c.mask FROM json_each(?) AS j"
+            " CROSS JOIN consumed_blocks AS c ON c.block = j.value",
+            (_ints_json(blocks),),
         )
-        return {r[0] for r in rows}
+        return ids_marked(ids, rows)
+
+    def _mark_consumed(self, challenge_ids: Ids, expires_at: float) -> bool:
+        """Marks the ids consumed in one statement if none was (True), else nothing."""
+        blocks, masks = consumed_blocks(challenge_ids)
+        if len(blocks) == 1:  # most small batches: a plain upsert is all or none already
+            row = (blocks[0], masks[0], expires_at)
+            return bool(self._conn.execute(_MARK_ONE_BLOCK, row).rowcount)
+        pairs = "[" + ",".join(f"[{b},{m}]" for b, m in zip(blocks, masks, strict=True)) + "]"
+        marked = self._conn.execute(_MARK_CONSUMED, (expires_at, pairs, pairs)).rowcount
+        return bool(marked == len(blocks))
 
     def consume(self, challenge_ids: Ids, expires_at: float) -> None:
-        # A plain INSERT: a duplicate here would be a bug upstream, and the primary key
-        # turns it into an error that rolls the whole batch back. One statement over a
-        # JSON array binds once instead of once per row; sorted, it appends in key order.
-        if not len(challenge_ids):
-            return
-        ids: Ids
-        if len(challenge_ids) > FEW_IDS:
-            ids = ascending_ids(challenge_ids)
-            text = _ids_json(ids)
-        else:
-            ids = sorted(id_list(challenge_ids))
-            text = _ints_json(ids)
-        self._conn.execute(
-            "INSERT INTO consumed (challenge_id, expires_at) SELECT value, ? FROM json_each(?)",
-            (expires_at, text),
-        )
-        # What the purge finds them by: per block of ids, the range consumed with this
-        # second of expiry (a small batch's ids mostly fall in one block: one row).
-        spans = span_rows(ids, expires_at)
-        if len(spans) == 1:
-            self._conn.execute(_NOTE_SPAN, spans[0])
-        else:
-            self._conn.executemany(_NOTE_SPAN, spans)
+        # A challenge consumed before here would be a bug upstream (the caller checked):
+        # an error, which rolls the whole batch back.
+        if len(challenge_ids) and not self._mark_consumed(challenge_ids, expires_at):
+            raise sqlite3.IntegrityError("a challenge to consume was consumed already")
 
     def try_consume(self, challenge_ids: Ids, expires_at: float) -> set[int]:
-        # Optimistic: insert them all. A challenge used already fails the primary key, and
-        # SQLite undoes that one statement (not the transaction): then look them up.
-        try:
-            self.consume(challenge_ids, expires_at)
-        except sqlite3.IntegrityError:
-            already = self.consumed(challenge_ids)
-            if not already:
-                raise  # not a replay: a bug upstream (the ids must be distinct)
-            return already
-        return set()
+        # Optimistic, one statement: marks them all unless one was consumed before, and
+        # only then looks up which.
+        if not len(challenge_ids) or self._mark_consumed(challenge_ids, expires_at):
+            return set()
+        return self.consumed(challenge_ids)
 
     def purge_consumed(self, before: float, limit: int | None = None) -> int:
-        conn = self._conn
         if limit is None:
-            purged = conn.execute("DELETE FROM consumed WHERE expires_at <= ?", (before,)).rowcount
-            conn.execute("DELETE FROM consumed_spans WHERE expires_at <= ?", (before,))
+            purged = self._conn.execute(
+                "DELETE FROM consumed_blocks WHERE expires_at <= ?", (before,)
+            ).rowcount
             return int(purged)
-        # Bounded: the purge runs inside a login transaction and must stay short. The
-        # oldest spans that may have expired, then the expired rows in their id ranges (a
-        # range may hold other rows, later ones: each row's own expiry decides).
-        spans = {"before": before, "limit": limit}
-        purged = conn.execute(
-            "DELETE FROM consumed WHERE challenge_id IN (SELECT c.challenge_id FROM"
-            " (SELECT first_id, last_id FROM consumed_spans WHERE expires_at <= :before"
-            " ORDER BY expires_at LIMIT :limit) AS s"
-            " JOIN consumed AS c ON c.challenge_id BETWEEN s.first_id AND s.last_id"
-            " WHERE c.expires_at <= :before LIMIT :limit)",
-            spans,
+        # Bounded: the purge runs inside a login transaction and must stay short.
+        purged = self._conn.execute(
+            "DELETE FROM consumed_blocks WHERE block IN (SELECT block FROM consumed_blocks"
+            " WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+            (before, limit),
         ).rowcount
-        # A span whose range holds no expired row any more is done.
-        conn.execute(
-            "WITH s AS (SELECT expires_at, id_block, first_id, last_id FROM consumed_spans"
-            " WHERE expires_at <= :before ORDER BY expires_at LIMIT :limit)"
-            " DELETE FROM consumed_spans WHERE (expires_at, id_block) IN"
-            " (SELECT s.expires_at, s.id_block FROM s WHERE NOT EXISTS (SELECT 1 FROM consumed AS c"
-            " WHERE c.challenge_id BETWEEN s.first_id AND s.last_id AND c.expires_at <= :before))",
-            spans,
-        )
         return int(purged)
 
     # -- activations and pushes --------------------------------------------------------
@@ -1037,10 +1023,11 @@ class SqliteStore(KeyFollower):
     def row_counts(self) -> dict[str, int]:
         """Rows of the tables an operator asks about first."""
         conn = self._connection()
-        return {
+        counts = {
             table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608
             for table in COUNTED_TABLES
         }
+        return counts | {"consumed": count_consumed(conn.execute(CONSUMED_MASKS))}
 
     # -- master key rotation -----------------------------------------------------------
     def rotate_master_key(

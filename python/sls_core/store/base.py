@@ -41,6 +41,8 @@ __all__ = [
     "UserRow",
     "WriterBusyError",
     "ascending_ids",
+    "check_marked",
+    "check_replays",
     "consumed_blocks",
     "directory_load",
     "distinct_ids",
@@ -295,13 +297,32 @@ def _as_int64(mask: int) -> int:
 FEW_IDS: Final = 64
 
 
+def _check_id_range(ids: Ids) -> None:
+    """A challenge id is a non-negative signed 64-bit key (as both databases hold it): an
+    id past it (a uint64 column's top half) would wrap to another block on one path and
+    not on the other, so it is refused, never marked somewhere."""
+    if not len(ids):
+        return
+    dtype = getattr(ids, "dtype", None)
+    if dtype is not None and dtype.kind in "iu":
+        column = np.asarray(ids)
+        low, high = int(column.min()), int(column.max())
+    else:
+        listed = [int(i) for i in ids]
+        low, high = min(listed), max(listed)
+    if low < 0 or high >= _SIGN:
+        raise ValueError("a challenge id must be from 0 to 2^63 - 1")
+
+
 def consumed_blocks(ids: Ids) -> tuple[list[int], list[int]]:
     """The rows of ``consumed_blocks`` that mark ``ids`` consumed: per block of 64 ids
     touched, ascending, the block and the mask of its ids (as signed 64-bit integers).
 
-    The ids must be distinct: a challenge named twice in one consume is a bug upstream,
-    which the old one-row-per-id primary key refused, so this refuses it too."""
+    The ids must be distinct (a challenge named twice in one consume is a bug upstream,
+    which the old one-row-per-id primary key refused, so this refuses it too) and each
+    from 0 to 2^63 - 1: one place per id, whichever path computes it."""
     if len(ids) > FEW_IDS:
+        _check_id_range(ids)
         values = ascending_ids(ids)
         if bool(np.any(values[1:] == values[:-1])):
             raise ValueError("a duplicate challenge id: each is consumed once")
@@ -312,6 +333,7 @@ def consumed_blocks(ids: Ids) -> tuple[list[int], list[int]]:
         return blocks[starts].tolist(), masks.tolist()
     by_block: dict[int, int] = {}
     listed = id_list(ids)
+    _check_id_range(listed)
     for i in sorted(listed):
         by_block[i >> CONSUMED_BLOCK_BITS] = by_block.get(i >> CONSUMED_BLOCK_BITS, 0) | (
             1 << (i & _BLOCK_MASK)
@@ -324,6 +346,7 @@ def consumed_blocks(ids: Ids) -> tuple[list[int], list[int]]:
 def ids_marked(ids: Ids, rows: Iterable[tuple[int, int]]) -> set[int]:
     """Those of ``ids`` whose bit is set in the ``(block, mask)`` rows read back from
     ``consumed_blocks`` (a replay check's answer)."""
+    _check_id_range(ids)
     masks = {int(block): int(mask) for block, mask in rows}
     if not masks:
         return set()
@@ -452,3 +475,22 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def check_marked(marked: int, blocks: int) -> bool:
+    """Whether a mark statement wrote every block (True) or none (False, a replay). Any
+    other count is a partial write that only a writer without the write lock could cause:
+    an error, so that the transaction is rolled back rather than committed half done."""
+    if marked == blocks:
+        return True
+    if marked:
+        raise RuntimeError(f"consume marked {marked} of {blocks} blocks: rolled back")
+    return False
+
+
+def check_replays(already: set[int]) -> set[int]:
+    """The replays a refused mark found: never none (a refusal with nothing marked would
+    read as "all consumed" while nothing was written, so it is an error instead)."""
+    if not already:
+        raise RuntimeError("consume was refused, yet none of its challenges is marked")
+    return already

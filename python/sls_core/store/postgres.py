@@ -61,17 +61,17 @@ from sls_core.store.base import (
     StoreUnavailableError,
     UserRow,
     WriterBusyError,
+    check_marked,
+    check_replays,
     consumed_blocks,
     directory_load,
     ids_marked,
     unique_ids,
 )
 from sls_core.store.keys import (
-    CONSUMED_MASKS,
     COUNTED_TABLES,
     SEALED_VALUES,
     KeyFollower,
-    count_consumed,
     count_key_ids,
     live_holders,
 )
@@ -141,7 +141,8 @@ _INT8_OID, _INT8_ARRAY_OID = 20, 1016
 
 #: Marks a batch's challenges consumed, all or none: no row is written when any of them is
 #: marked already (parameters: the blocks and masks as arrays, then the expiry). The
-#: check reads the table as the statement began, so the rowcount is every block or none.
+#: check reads the table as the statement began; under the write lock the rowcount is
+#: every block or none, and any other count is refused (``check_marked``).
 _MARK_CONSUMED: Final = (
     "WITH n AS (SELECT * FROM unnest(%b::bigint[], %b::bigint[]) AS n(block, mask))"
     " INSERT INTO consumed_blocks (block, mask, expires_at) SELECT block, mask, %s FROM n"
@@ -149,6 +150,19 @@ _MARK_CONSUMED: Final = (
     " WHERE c.mask & n.mask <> 0)"
     " ON CONFLICT (block) DO UPDATE SET mask = consumed_blocks.mask | excluded.mask,"
     " expires_at = GREATEST(consumed_blocks.expires_at, excluded.expires_at)"
+    # Checked again on the row as committed: a writer without the write lock that got
+    # there first makes this update skip rather than take the same bit twice.
+    " WHERE (consumed_blocks.mask & excluded.mask) = 0"
+)
+
+
+#: The bounded purge: the oldest blocks whose latest expiry is past (parameters: the time,
+#: the limit, the time again). The outer expiry check runs on each row as it is when
+#: deleted: a block that a writer extended meanwhile stays.
+_PURGE_SLICE: Final = (
+    "DELETE FROM consumed_blocks WHERE block = ANY(ARRAY(SELECT block FROM"
+    " consumed_blocks WHERE expires_at <= %s ORDER BY expires_at LIMIT %s))"
+    " AND expires_at <= %s"
 )
 
 
@@ -273,7 +287,7 @@ class _PostgresTx:
         """Marks the ids consumed in one statement if none was (True), else nothing."""
         blocks, masks = consumed_blocks(challenge_ids)
         marked = self._run(_MARK_CONSUMED, (_BigintArray(blocks), _BigintArray(masks), expires_at))
-        return marked == len(blocks)
+        return check_marked(marked, len(blocks))
 
     def consume(self, challenge_ids: Ids, expires_at: float) -> None:
         # A challenge consumed before here would be a bug upstream (the caller checked):
@@ -286,17 +300,13 @@ class _PostgresTx:
         # only then looks up which (a replay check first would cost a second trip).
         if not len(challenge_ids) or self._mark_consumed(challenge_ids, expires_at):
             return set()
-        return self.consumed(challenge_ids)
+        return check_replays(self.consumed(challenge_ids))
 
     def purge_consumed(self, before: float, limit: int | None = None) -> int:
         if limit is None:
             return self._run("DELETE FROM consumed_blocks WHERE expires_at <= %s", (before,))
         # Bounded: the purge runs inside a login transaction and must stay short.
-        return self._run(
-            "DELETE FROM consumed_blocks WHERE block = ANY(ARRAY(SELECT block FROM"
-            " consumed_blocks WHERE expires_at <= %s ORDER BY expires_at LIMIT %s))",
-            (before, limit),
-        )
+        return self._run(_PURGE_SLICE, (before, limit, before))
 
     # -- abuse limits ------------------------------------------------------------------
     def metered(self, kind: str, user_id: int, since: float) -> list[float]:
@@ -974,7 +984,11 @@ class PostgresStore(KeyFollower):
                 table: int(tx._one(f"SELECT count(*) FROM {table}")[0])  # noqa: S608
                 for table in COUNTED_TABLES
             }
-            return counts | {"consumed": count_consumed(tx._all(CONSUMED_MASKS))}
+            # Counted by the server: a backlog's masks need not travel.
+            consumed = tx._one(
+                "SELECT coalesce(sum(bit_count(mask::bit(64))), 0) FROM consumed_blocks"
+            )[0]
+            return counts | {"consumed": int(consumed)}
 
     def rotate_master_key(
         self,

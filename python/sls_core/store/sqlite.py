@@ -39,6 +39,8 @@ from sls_core.store.base import (
     SharingRow,
     UserRow,
     WriterBusyError,
+    check_marked,
+    check_replays,
     consumed_blocks,
     directory_load,
     distinct_ids,
@@ -76,15 +78,16 @@ def _ints_json(values: list[int]) -> str:
 
 #: Marks a batch's challenges consumed, all or none: no row is written when any of them is
 #: marked already (parameters: the expiry, then the ``[block, mask]`` pairs twice). The
-#: check reads the table as the statement found it (SQLite materialises a SELECT from the
-#: table it inserts into), so the rowcount is every block or none.
+#: uncorrelated check runs once, before the first insert (SQLite materialises a SELECT
+#: from the table it inserts into: ``Once`` and an ephemeral table in its plan), so the
+#: rowcount is every block or none; the update's own check is the second guard.
 _MARK_CONSUMED: Final = (
     "INSERT INTO consumed_blocks (block, mask, expires_at)"
     " SELECT j.value ->> 0, j.value ->> 1, ? FROM json_each(?) AS j"
     " WHERE NOT EXISTS (SELECT 1 FROM json_each(?) AS k JOIN consumed_blocks AS c"
     " ON c.block = k.value ->> 0 WHERE c.mask & (k.value ->> 1) <> 0)"
     " ON CONFLICT (block) DO UPDATE SET mask = mask | excluded.mask,"
-    " expires_at = max(expires_at, excluded.expires_at)"
+    " expires_at = max(expires_at, excluded.expires_at) WHERE (mask & excluded.mask) = 0"
 )
 #: The same for the ids of one block: the update is skipped if any of them is marked.
 _MARK_ONE_BLOCK: Final = (
@@ -187,7 +190,7 @@ class _SqliteTx:
             return bool(self._conn.execute(_MARK_ONE_BLOCK, row).rowcount)
         pairs = "[" + ",".join(f"[{b},{m}]" for b, m in zip(blocks, masks, strict=True)) + "]"
         marked = self._conn.execute(_MARK_CONSUMED, (expires_at, pairs, pairs)).rowcount
-        return bool(marked == len(blocks))
+        return check_marked(marked, len(blocks))
 
     def consume(self, challenge_ids: Ids, expires_at: float) -> None:
         # A challenge consumed before here would be a bug upstream (the caller checked):
@@ -200,7 +203,7 @@ class _SqliteTx:
         # only then looks up which.
         if not len(challenge_ids) or self._mark_consumed(challenge_ids, expires_at):
             return set()
-        return self.consumed(challenge_ids)
+        return check_replays(self.consumed(challenge_ids))
 
     def purge_consumed(self, before: float, limit: int | None = None) -> int:
         if limit is None:
@@ -211,8 +214,8 @@ class _SqliteTx:
         # Bounded: the purge runs inside a login transaction and must stay short.
         purged = self._conn.execute(
             "DELETE FROM consumed_blocks WHERE block IN (SELECT block FROM consumed_blocks"
-            " WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
-            (before, limit),
+            " WHERE expires_at <= ? ORDER BY expires_at LIMIT ?) AND expires_at <= ?",
+            (before, limit, before),
         ).rowcount
         return int(purged)
 

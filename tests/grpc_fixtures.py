@@ -224,6 +224,18 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    @contextlib.contextmanager
+    def explained(self) -> Iterator[None]:
+        """A failure inside says what the server logged last (CI keeps no tmp)."""
+        try:
+            yield
+        except (AssertionError, grpc.RpcError) as failed:
+            tail = self.log_tail()
+            raise AssertionError(f"{failed!r}; the server's log ends:\n{tail}") from failed
+
     def stubs(self) -> Stubs:
         return Stubs.over(grpc.insecure_channel(self.address))
 
@@ -295,8 +307,7 @@ def spawn_server(
                 wait_serving(address, process=process)
             except AssertionError as failed:
                 # The server's own last words say why it did not start (CI keeps no tmp).
-                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
-                raise AssertionError(f"{failed}; its log ends:\n{tail}") from None
+                raise AssertionError(f"{failed}; its log ends:\n{handle.log_tail()}") from None
         yield handle
     finally:
         if process.poll() is None:

@@ -419,6 +419,39 @@ def test_postgres_down_is_unavailable_and_the_store_recovers_by_itself(
         sls.store.close()
 
 
+def test_a_node_left_behind_by_a_schema_migration_refuses_as_unavailable(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A rolling upgrade: another node of a newer version migrated the store under this
+    running one. Each call now raises StoreUnavailableError naming both versions (a
+    server answers UNAVAILABLE and its health check fails, so gateways go elsewhere)
+    instead of failing on tables that changed; nothing is applied, and it serves again
+    if the store is at its version once more."""
+    import psycopg
+
+    sls = SecureLogin.open(tmp_path / "data", clock=ManualClock(NOW), store=pg_url)
+    try:
+        sls.create_user("alice")
+        sls.enroll_device("alice", DeviceType.DSC_PLUS, secret=SECRET, pin=PIN)
+        pending = sls.issue_challenge("alice")
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("UPDATE sls_schema SET version = %s", (SCHEMA_VERSION + 1,))
+            try:
+                with pytest.raises(StoreUnavailableError) as behind:
+                    sls.verify("alice", pending.token, _answer(pending.challenge))
+                newer = f"schema version {SCHEMA_VERSION + 1} is newer than this sls_core"
+                assert newer in str(behind.value)
+                assert "upgrade this one" in str(behind.value)
+                with pytest.raises(StoreUnavailableError, match="is newer than this"):
+                    sls.store.ping()  # the server's health probe
+            finally:
+                conn.execute("UPDATE sls_schema SET version = %s", (SCHEMA_VERSION,))
+        sls.store.ping()
+        assert sls.verify("alice", pending.token, _answer(pending.challenge)).ok  # not used
+    finally:
+        sls.store.close()
+
+
 def test_a_store_that_cannot_be_reached_at_start_says_so(tmp_path: Path) -> None:
     from sls_core.sealing import MasterKeyRing
 

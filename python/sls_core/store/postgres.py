@@ -139,6 +139,11 @@ class _BigintArray:
 _INT8_OID, _INT8_ARRAY_OID = 20, 1016
 
 
+#: The change feed's generation, and the schema version of the store as it is now.
+_GENERATION_AND_SCHEMA: Final = (
+    "SELECT coalesce(max(generation), 0), (SELECT max(version) FROM sls_schema) FROM changes"
+)
+
 #: Marks a batch's challenges consumed, all or none: no row is written when any of them is
 #: marked already (parameters: the blocks and masks as arrays, then the expiry). The
 #: check reads the table as the statement began; under the write lock the rowcount is
@@ -223,7 +228,17 @@ class _PostgresTx:
 
     # -- change feed -------------------------------------------------------------------
     def generation(self) -> int:
-        return int(self._one("SELECT coalesce(max(generation), 0) FROM changes")[0])
+        # The schema version rides along, in the same round trip: a node left running at
+        # an older version after a newer one migrated the store (a rolling upgrade) then
+        # refuses as unavailable, and its health turns NOT_SERVING, instead of failing on
+        # tables that changed under it.
+        generation, version = self._one(_GENERATION_AND_SCHEMA)
+        if version is not None and int(version) > SCHEMA_VERSION:
+            raise StoreUnavailableError(
+                f"schema version {version} is newer than this sls_core ({SCHEMA_VERSION}):"
+                " another node migrated the store; upgrade this one"
+            )
+        return int(generation)
 
     def _changed(self, user_id: int | None = None, device_id: int | None = None) -> None:
         self._run("INSERT INTO changes (user_id, device_id) VALUES (%s, %s)", (user_id, device_id))

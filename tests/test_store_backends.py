@@ -7,6 +7,7 @@ bounded purge. Multi-node tests with real server processes are in ``test_cluster
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -420,33 +421,45 @@ def test_postgres_down_is_unavailable_and_the_store_recovers_by_itself(
 
 
 def test_a_node_left_behind_by_a_schema_migration_refuses_as_unavailable(
-    tmp_path: Path, pg_url: str
+    tmp_path: Path, store_url: str | None
 ) -> None:
-    """A rolling upgrade: another node of a newer version migrated the store under this
-    running one. Each call now raises StoreUnavailableError naming both versions (a
-    server answers UNAVAILABLE and its health check fails, so gateways go elsewhere)
-    instead of failing on tables that changed; nothing is applied, and it serves again
-    if the store is at its version once more."""
+    """An upgrade under a running node: a process of a newer version migrated the store
+    (another PostgreSQL node, or an upgraded admin command on the SQLite file). Each call
+    now raises StoreUnavailableError naming both versions (a server answers UNAVAILABLE;
+    on PostgreSQL its health probe fails too, so gateways go elsewhere) instead of failing
+    on tables that changed; nothing is applied, and it serves again if the store is at
+    its version once more."""
     import psycopg
 
-    sls = SecureLogin.open(tmp_path / "data", clock=ManualClock(NOW), store=pg_url)
+    data = tmp_path / "data"
+    sls = SecureLogin.open(data, clock=ManualClock(NOW), store=store_url)
+
+    def set_version(version: int) -> None:
+        if store_url is None:
+            with contextlib.closing(sqlite3.connect(data / "sls.db")) as conn:
+                conn.execute(f"PRAGMA user_version = {version}")
+        else:
+            with psycopg.connect(store_url, autocommit=True) as conn:
+                conn.execute("UPDATE sls_schema SET version = %s", (version,))
+
     try:
         sls.create_user("alice")
         sls.enroll_device("alice", DeviceType.DSC_PLUS, secret=SECRET, pin=PIN)
         pending = sls.issue_challenge("alice")
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute("UPDATE sls_schema SET version = %s", (SCHEMA_VERSION + 1,))
-            try:
-                with pytest.raises(StoreUnavailableError) as behind:
-                    sls.verify("alice", pending.token, _answer(pending.challenge))
-                newer = f"schema version {SCHEMA_VERSION + 1} is newer than this sls_core"
-                assert newer in str(behind.value)
-                assert "upgrade this one" in str(behind.value)
+        set_version(SCHEMA_VERSION + 1)
+        try:
+            with pytest.raises(StoreUnavailableError) as behind:
+                sls.verify("alice", pending.token, _answer(pending.challenge))
+            newer = f"schema version {SCHEMA_VERSION + 1} is newer than this sls_core"
+            assert newer in str(behind.value)
+            assert "upgrade this one" in str(behind.value)
+            with pytest.raises(StoreUnavailableError, match="is newer than this"):
+                sls.issue_challenge("alice")
+            if store_url is not None:
                 with pytest.raises(StoreUnavailableError, match="is newer than this"):
-                    sls.store.ping()  # the server's health probe
-            finally:
-                conn.execute("UPDATE sls_schema SET version = %s", (SCHEMA_VERSION,))
-        sls.store.ping()
+                    sls.store.ping()  # the server's health probe  # type: ignore[attr-defined]
+        finally:
+            set_version(SCHEMA_VERSION)
         assert sls.verify("alice", pending.token, _answer(pending.challenge)).ok  # not used
     finally:
         sls.store.close()

@@ -37,6 +37,7 @@ from sls_core.store.base import (
     Ids,
     PushRow,
     SharingRow,
+    StoreUnavailableError,
     UserRow,
     WriterBusyError,
     check_marked,
@@ -76,6 +77,11 @@ def _ints_json(values: list[int]) -> str:
     return "[" + ",".join(map(str, values)) + "]"
 
 
+#: The change feed's generation, and the schema version of the file as it is now.
+_GENERATION_AND_SCHEMA: Final = (
+    "SELECT max(generation), (SELECT user_version FROM pragma_user_version) FROM changes"
+)
+
 #: Marks a batch's challenges consumed, all or none: no row is written when any of them is
 #: marked already (parameters: the expiry, then the ``[block, mask]`` pairs twice). The
 #: uncorrelated check runs once, before the first insert (SQLite materialises a SELECT
@@ -109,9 +115,17 @@ class _SqliteTx:
         # Read once per transaction: a write transaction asks twice before it writes (is
         # the directory's refresh slow, then the refresh), a statement less on every small
         # batch. Only this transaction's own changes move it (the lock, or the snapshot).
+        # The schema version rides along: a process left running at an older version after
+        # a newer one migrated the file (an upgraded admin command, say) refuses as
+        # unavailable instead of failing on tables that changed under it.
         if self._generation is None:
-            row = self._conn.execute("SELECT max(generation) FROM changes").fetchone()
-            self._generation = int(row[0] or 0)
+            generation, version = self._conn.execute(_GENERATION_AND_SCHEMA).fetchone()
+            if version > SCHEMA_VERSION:
+                raise StoreUnavailableError(
+                    f"schema version {version} is newer than this sls_core ({SCHEMA_VERSION}):"
+                    " another process migrated the store; upgrade this one"
+                )
+            self._generation = int(generation or 0)
         return self._generation
 
     def _changed(self, user_id: int | None = None, device_id: int | None = None) -> None:

@@ -628,6 +628,60 @@ def test_a_failing_audit_sink_fails_the_verdict_with_nothing_applied_and_health_
     assert sls.verify("alice", c.token, right).ok  # nothing was applied: still unused
 
 
+def test_a_server_whose_store_was_migrated_past_it_is_not_serving_until_it_matches(
+    serve: Callable[..., InProcessServer],
+) -> None:
+    """An upgrade done under a running server (an admin command of a newer version opened
+    the SQLite file and migrated it): calls answer UNAVAILABLE naming both schema
+    versions, health turns NOT_SERVING within the store probe's second, nothing is
+    applied; once the file is at the server's version again it serves."""
+    import contextlib
+    import sqlite3
+
+    from sls_core import ocra, wire
+    from sls_core.devices import DeviceType
+    from sls_core.outcome import LoginOutcome
+    from sls_core.store import SCHEMA_VERSION
+
+    server = serve()
+    sls = server.sls
+    sls.create_user("alice")
+    sls.enroll_device("alice", DeviceType.DSC_PLUS, secret=bytes(range(20)), pin="4711")
+    c = sls.issue_challenge("alice")
+    right = ocra.compute(
+        "OCRA-1:HOTP-SHA1-8:QN06-PSHA1", bytes(range(20)), question=c.challenge, pin="4711"
+    )
+    stubs = server.stubs()
+    database = server.data_dir / "sls.db"
+
+    def set_version(version: int) -> None:
+        with contextlib.closing(sqlite3.connect(database)) as conn:
+            conn.execute(f"PRAGMA user_version = {version}")
+
+    def health_becomes(status: int) -> bool:
+        end = time.monotonic() + CALL_TIMEOUT
+        while time.monotonic() < end:
+            answer = stubs.health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT)
+            if answer.status == status:
+                return True
+            time.sleep(0.05)
+        return False
+
+    set_version(SCHEMA_VERSION + 1)
+    try:
+        request = verification_pb2.VerifyRequest(username="alice", token=c.token, response=right)
+        with pytest.raises(grpc.RpcError) as refused:
+            stubs.verification.Verify(request, timeout=CALL_TIMEOUT)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert f"schema version {SCHEMA_VERSION + 1} is newer" in (refused.value.details() or "")
+        assert health_becomes(NOT_SERVING)
+    finally:
+        set_version(SCHEMA_VERSION)
+    assert health_becomes(SERVING)
+    answer = stubs.verification.Verify(request, timeout=CALL_TIMEOUT)
+    assert answer.outcome == wire.to_outcome(LoginOutcome.OK)  # nothing was applied
+
+
 def test_a_caller_over_its_quota_is_resource_exhausted_with_when_to_retry(
     serve: Callable[..., InProcessServer],
 ) -> None:

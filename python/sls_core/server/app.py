@@ -443,13 +443,14 @@ class SlsServer:
             await self.health.set(name, status)
 
     async def _watch_store(self) -> None:
-        """A shared store (PostgreSQL) can go away under a running server (a restart, a
-        failover): a ping every second turns health NOT_SERVING within a second of it,
-        and SERVING again once the database answers; calls meanwhile are UNAVAILABLE."""
+        """A store can go away under a running server (a PostgreSQL restart or failover,
+        a store another process migrated to a newer schema): a ping every second turns
+        health NOT_SERVING within a second of it, and SERVING again once the store
+        answers; calls meanwhile are UNAVAILABLE."""
         store = self.sls.store if self.sls is not None else None
         ping = getattr(store, "ping", None)
         if ping is None:
-            return  # SQLite: the file is always there
+            return
         loop = asyncio.get_running_loop()
         while not self.stopping:
             await asyncio.sleep(STORE_PROBE_SECONDS)

@@ -48,6 +48,7 @@ __all__ = [
     "distinct_ids",
     "id_list",
     "ids_marked",
+    "newer_schema",
     "unique_ids",
 ]
 
@@ -65,6 +66,15 @@ class StoreUnavailableError(SlsError):
     def __init__(self, what: str) -> None:
         super().__init__(f"store: unavailable ({what})")
         self.what = what
+
+
+def newer_schema(version: int, current: int, by: str) -> StoreUnavailableError:
+    """The refusal of a process whose store ``by`` migrated past its own schema: it answers
+    as unavailable (gateways go elsewhere) instead of failing on tables that changed."""
+    return StoreUnavailableError(
+        f"schema version {version} is newer than this sls_core ({current}):"
+        f" another {by} migrated the store; upgrade this one"
+    )
 
 
 @dataclass(frozen=True)

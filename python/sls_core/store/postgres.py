@@ -66,6 +66,7 @@ from sls_core.store.base import (
     consumed_blocks,
     directory_load,
     ids_marked,
+    newer_schema,
     unique_ids,
 )
 from sls_core.store.keys import (
@@ -234,10 +235,7 @@ class _PostgresTx:
         # tables that changed under it.
         generation, version = self._one(_GENERATION_AND_SCHEMA)
         if version is not None and int(version) > SCHEMA_VERSION:
-            raise StoreUnavailableError(
-                f"schema version {version} is newer than this sls_core ({SCHEMA_VERSION}):"
-                " another node migrated the store; upgrade this one"
-            )
+            raise newer_schema(int(version), SCHEMA_VERSION, "node")
         return int(generation)
 
     def _changed(self, user_id: int | None = None, device_id: int | None = None) -> None:

@@ -47,6 +47,7 @@ from sls_core.store.base import (
     distinct_ids,
     id_list,
     ids_marked,
+    newer_schema,
 )
 from sls_core.store.keys import (
     CONSUMED_MASKS,
@@ -121,10 +122,7 @@ class _SqliteTx:
         if self._generation is None:
             generation, version = self._conn.execute(_GENERATION_AND_SCHEMA).fetchone()
             if version > SCHEMA_VERSION:
-                raise StoreUnavailableError(
-                    f"schema version {version} is newer than this sls_core ({SCHEMA_VERSION}):"
-                    " another process migrated the store; upgrade this one"
-                )
+                raise newer_schema(version, SCHEMA_VERSION, "process")
             self._generation = int(generation or 0)
         return self._generation
 
@@ -968,6 +966,17 @@ class SqliteStore(KeyFollower):
     @property
     def schema_version(self) -> int:
         return int(self._connection().execute("PRAGMA user_version").fetchone()[0])
+
+    def ping(self) -> None:
+        """The server's store probe (about once a second): StoreUnavailableError if the
+        file cannot be read, or another process migrated it past this code's schema (the
+        server then reports NOT_SERVING until it is restarted on the new version)."""
+        try:
+            version = self.schema_version
+        except sqlite3.Error as e:
+            raise StoreUnavailableError(f"sqlite: {e}") from None
+        if version > SCHEMA_VERSION:
+            raise newer_schema(version, SCHEMA_VERSION, "process")
 
     def key_holders(self) -> list[tuple[str, str, int, str, float]]:
         """(holder, host, pid, key id, last seen) of every store that may still seal."""

@@ -5,8 +5,10 @@ the config file's validation."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import queue
 import signal
 import socket
@@ -257,6 +259,55 @@ def test_sls_core_serve_sigterm_health_and_waiting_calls_end_then_exit_0(tmp_pat
         assert messages[-1] == "stopped"
         waited = [line for line in lines if line.get("method", "").endswith("/GetPushStatus")]
         assert [line["code"] for line in waited] == ["OK"]
+
+
+def _workers_of(supervisor: int) -> list[int]:
+    """The server worker processes whose parent is ``supervisor`` (not the resource
+    tracker multiprocessing also starts)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == supervisor and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent (now init) has to reap it
+
+
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    """``kill -9`` of the supervisor (the OOM killer, an operator's mistake) must not leave
+    its workers serving on their own, holding the port and the store with nobody to stop
+    them: each notices within a second or two and stops as on SIGTERM."""
+    data = tmp_path / "data"
+    with spawn_server(data, "--workers", "2", "--log-level", "WARNING") as server:
+        supervisor = server.process.pid
+        until(lambda: len(_workers_of(supervisor)) == 2)
+        workers = _workers_of(supervisor)
+        server.process.kill()
+        server.process.wait(CALL_TIMEOUT)
+        try:
+            end = time.monotonic() + CALL_TIMEOUT
+            while any(_running(pid) for pid in workers) and time.monotonic() < end:
+                time.sleep(0.1)
+            assert not any(_running(pid) for pid in workers), server.log_tail()
+            assert "supervisor gone: stopping" in server.log()
+            host, port = server.address.rsplit(":", 1)
+            with socket.socket() as probe:  # nobody answers on the port any more
+                assert probe.connect_ex((host, int(port))) != 0
+        finally:
+            for pid in workers:  # a failure here must not leave them running
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def test_the_same_answers_sent_to_two_server_processes_at_once_verify_exactly_once(

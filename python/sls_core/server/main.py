@@ -31,6 +31,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -197,11 +198,30 @@ def _prepare(config: ServerConfig, *, announce: bool) -> None:
         log.info("shared store" if config.store else "embedded store", extra={"fields": fields})
 
 
-def _worker(config: ServerConfig, index: int) -> None:
+#: How often a worker checks that its supervisor is still there (seconds).
+SUPERVISOR_CHECK_SECONDS = 1.0
+
+
+def _stop_with_supervisor(supervisor: int, index: int) -> None:
+    """A worker whose supervisor died (``kill -9``, the OOM killer) stops too, the way a
+    SIGTERM stops it: nothing else would ever end it, and it would go on holding the port
+    and the store with nobody to restart or stop it (a daemon thread, off the loop)."""
+    while os.getppid() == supervisor:
+        time.sleep(SUPERVISOR_CHECK_SECONDS)
+    log.error("supervisor gone: stopping", extra={"fields": {"worker": index}})
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker(config: ServerConfig, index: int, supervisor: int | None = None) -> None:
     """One server process (spawned: a fresh interpreter that imports grpc itself)."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the server's own handler is set
     setup_logging(config.log_level)
     from sls_core.server.app import run
+
+    if supervisor is not None:
+        threading.Thread(
+            target=_stop_with_supervisor, args=(supervisor, index), daemon=True
+        ).start()
 
     try:
         run(config)
@@ -220,7 +240,9 @@ class _Supervisor:
 
     def start(self, index: int) -> None:
         process = self.ctx.Process(
-            target=_worker, args=(self.config, index), name=f"sls-core-worker-{index}"
+            target=_worker,
+            args=(self.config, index, os.getpid()),
+            name=f"sls-core-worker-{index}",
         )
         # Started ignoring SIGHUP (an ignored signal stays ignored across exec), so that a
         # log rotation while it starts does not kill it before its handler is set.

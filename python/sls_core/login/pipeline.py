@@ -23,7 +23,7 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -62,6 +62,13 @@ _EXPIRED_TOKEN, _VALID_TOKEN = int(TokenStatus.EXPIRED), int(TokenStatus.VALID)
 _LOCKED, _REPLAYED = int(LoginOutcome.LOCKED), int(LoginOutcome.REPLAYED)
 #: Not decided yet (out) / not evaluated yet (raw).
 _OPEN = 255
+#: Each verdict the in-order settle gives: its code, and what it does to the run of
+#: failures as the lockout rules say (ends the run, counts as a failure). Looked up per
+#: item instead of asking the rules (and the enum) again for each of a batch's items.
+_SETTLED: Final = {
+    o: (int(o), lockout.ends_failure_run(o), lockout.counts_as_failure(o))
+    for o in (LoginOutcome.OK, LoginOutcome.SCOPE_LIMITED, LoginOutcome.WRONG)
+}
 #: Temporary credentials that the activation of a permanent device ends (SLS-RULES).
 _ENDED_BY_ACTIVATION = (DeviceType.TEMPORARY_PASSCODE, DeviceType.ONLINE_CARD)
 #: Push redemptions are replay keys from here on (see :func:`redemption_key`).
@@ -253,12 +260,16 @@ class Plan:
         neutrals = values(self.neutral)
         scoped = values(self.scope_limited)
         seen = set(seen)
+        now = self.now
         failures = {u: list(on_record.get(u, [])) for u in set(uids)}
+        # Whether each user is locked: the batch has one ``now``, so it changes only when
+        # the user's failures do, and is asked again only then (not once per item: a batch
+        # of 100k attempts by 1k users replays most of them here).
+        locked = {u: lockout.is_locked(f, now) for u, f in failures.items()}
         consumed: list[int] = []
         outcomes: list[int] = []
-        now = self.now
         for k, uid in enumerate(uids):
-            if lockout.is_locked(failures[uid], now):
+            if locked[uid]:
                 outcomes.append(_LOCKED)
                 continue
             right = raws[k] == _OK
@@ -277,11 +288,15 @@ class Plan:
                 outcome = LoginOutcome.SCOPE_LIMITED if scoped[k] else LoginOutcome.OK
             else:
                 outcome = LoginOutcome.WRONG
-            outcomes.append(int(outcome))
-            if lockout.ends_failure_run(outcome):
-                failures[uid] = []
-            elif lockout.counts_as_failure(outcome):
+            code, ends, counts = _SETTLED[outcome]
+            outcomes.append(code)
+            if ends:
+                if failures[uid]:
+                    failures[uid] = []
+                    locked[uid] = lockout.is_locked(failures[uid], now)
+            elif counts:
                 failures[uid] = lockout.with_failure(failures[uid], now)
+                locked[uid] = lockout.is_locked(failures[uid], now)
         self.out[rows] = outcomes
         return consumed, failures
 

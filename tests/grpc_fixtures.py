@@ -250,6 +250,17 @@ class ServerProcess:
             raise
 
 
+def health_turns(stubs: Stubs, status: int) -> bool:
+    """Whether the server's overall health says ``status`` within CALL_TIMEOUT."""
+    end = time.monotonic() + CALL_TIMEOUT
+    while time.monotonic() < end:
+        answer = stubs.health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT)
+        if answer.status == status:
+            return True
+        time.sleep(0.01)
+    return False
+
+
 def wait_serving(address: str, timeout: float = START_TIMEOUT, process: Any = None) -> None:
     """Until the server at ``address`` answers its health check with SERVING."""
     end = time.monotonic() + timeout

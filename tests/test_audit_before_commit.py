@@ -6,7 +6,6 @@ again the same call is applied and audited once."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from grpc_fixtures import CALL_TIMEOUT, InProcessServer, Stubs
+from grpc_fixtures import CALL_TIMEOUT, InProcessServer, Stubs, health_turns
 from sls_core.api.v1 import admin_pb2, common_pb2, portal_pb2
 from sls_core.errors import InvalidInputError
 from sls_core.login import LOCKOUT_FAILURES, SecureLogin
@@ -282,17 +281,6 @@ def repair(server: InProcessServer, path: Path) -> None:
     audit = server.server.audit
     assert audit is not None
     audit.reopen()
-
-
-def health_turns(stubs: Stubs, status: int) -> bool:
-    """Whether health says ``status`` within CALL_TIMEOUT (it follows the trail's writes)."""
-    end = time.monotonic() + CALL_TIMEOUT
-    while time.monotonic() < end:
-        answer = stubs.health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT)
-        if answer.status == status:
-            return True
-        time.sleep(0.01)
-    return False
 
 
 @pytest.mark.parametrize("action", ACTIONS, ids=_id)

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -34,6 +35,7 @@ from grpc_fixtures import (
     InProcessServer,
     Stubs,
     free_port,
+    health_turns,
     spawn_server,
 )
 from sls_core.api.v1 import activation_pb2, admin_pb2, common_pb2, push_pb2, verification_pb2
@@ -643,23 +645,29 @@ def test_optional_client_certificates_are_refused_rather_than_silently_ignored(
     assert config.tls.require_client_auth
 
 
+def _alice_and_her_right_answer(server: InProcessServer) -> tuple[Any, str]:
+    """A DSC+ user "alice" on ``server``'s store, a challenge of hers and its right answer."""
+    from sls_core import ocra
+    from sls_core.devices import DeviceType
+
+    server.sls.create_user("alice")
+    server.sls.enroll_device("alice", DeviceType.DSC_PLUS, secret=bytes(range(20)), pin="4711")
+    c = server.sls.issue_challenge("alice")
+    right = ocra.compute(
+        "OCRA-1:HOTP-SHA1-8:QN06-PSHA1", bytes(range(20)), question=c.challenge, pin="4711"
+    )
+    return c, right
+
+
 def test_a_failing_audit_sink_fails_the_verdict_with_nothing_applied_and_health_follows(
     serve: Callable[..., InProcessServer],
 ) -> None:
     """Issue 11, finding 5: with the audit file unwritable (/dev/full: every write fails
     with ENOSPC) a verdict is refused UNAVAILABLE and nothing is committed: the right
     answer still verifies later, a wrong one was not counted; health turns NOT_SERVING."""
-    from sls_core import ocra
-    from sls_core.devices import DeviceType
-
     server = serve(audit_log=Path("/dev/full"))
     sls = server.sls
-    sls.create_user("alice")
-    sls.enroll_device("alice", DeviceType.DSC_PLUS, secret=bytes(range(20)), pin="4711")
-    c = sls.issue_challenge("alice")
-    right = ocra.compute(
-        "OCRA-1:HOTP-SHA1-8:QN06-PSHA1", bytes(range(20)), question=c.challenge, pin="4711"
-    )
+    c, right = _alice_and_her_right_answer(server)
     stubs = server.stubs()
     for response in (f"{(int(right) + 1) % 10**8:08d}", right):
         request = verification_pb2.VerifyRequest(username="alice", token=c.token, response=response)
@@ -668,14 +676,7 @@ def test_a_failing_audit_sink_fails_the_verdict_with_nothing_applied_and_health_
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
         assert "audit trail" in (refused.value.details() or "")
     assert sls.lockout_status("alice").consecutive_failures == 0
-    end = time.monotonic() + CALL_TIMEOUT
-    status = None
-    while time.monotonic() < end:
-        status = stubs.health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT).status
-        if status == health_pb2.HealthCheckResponse.NOT_SERVING:
-            break
-        time.sleep(0.01)
-    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert health_turns(stubs, NOT_SERVING)
     assert sls.verify("alice", c.token, right).ok  # nothing was applied: still unused
 
 
@@ -686,37 +687,20 @@ def test_a_server_whose_store_was_migrated_past_it_is_not_serving_until_it_match
     the SQLite file and migrated it): calls answer UNAVAILABLE naming both schema
     versions, health turns NOT_SERVING within the store probe's second, nothing is
     applied; once the file is at the server's version again it serves."""
-    import contextlib
     import sqlite3
 
-    from sls_core import ocra, wire
-    from sls_core.devices import DeviceType
+    from sls_core import wire
     from sls_core.outcome import LoginOutcome
     from sls_core.store import SCHEMA_VERSION
 
     server = serve()
-    sls = server.sls
-    sls.create_user("alice")
-    sls.enroll_device("alice", DeviceType.DSC_PLUS, secret=bytes(range(20)), pin="4711")
-    c = sls.issue_challenge("alice")
-    right = ocra.compute(
-        "OCRA-1:HOTP-SHA1-8:QN06-PSHA1", bytes(range(20)), question=c.challenge, pin="4711"
-    )
+    c, right = _alice_and_her_right_answer(server)
     stubs = server.stubs()
     database = server.data_dir / "sls.db"
 
     def set_version(version: int) -> None:
         with contextlib.closing(sqlite3.connect(database)) as conn:
             conn.execute(f"PRAGMA user_version = {version}")
-
-    def health_becomes(status: int) -> bool:
-        end = time.monotonic() + CALL_TIMEOUT
-        while time.monotonic() < end:
-            answer = stubs.health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT)
-            if answer.status == status:
-                return True
-            time.sleep(0.05)
-        return False
 
     set_version(SCHEMA_VERSION + 1)
     try:
@@ -725,10 +709,10 @@ def test_a_server_whose_store_was_migrated_past_it_is_not_serving_until_it_match
             stubs.verification.Verify(request, timeout=CALL_TIMEOUT)
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
         assert f"schema version {SCHEMA_VERSION + 1} is newer" in (refused.value.details() or "")
-        assert health_becomes(NOT_SERVING)
+        assert health_turns(stubs, NOT_SERVING)
     finally:
         set_version(SCHEMA_VERSION)
-    assert health_becomes(SERVING)
+    assert health_turns(stubs, SERVING)
     answer = stubs.verification.Verify(request, timeout=CALL_TIMEOUT)
     assert answer.outcome == wire.to_outcome(LoginOutcome.OK)  # nothing was applied
 

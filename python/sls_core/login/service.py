@@ -85,9 +85,8 @@ PRECHECK_MAX_AGE = 1.0
 #: earlier than it commits (a pre-check, a long batch) can never miss the record of a
 #: use another process made and find the token fresh.
 PURGE_MARGIN = 600.0
-#: At most this many rows of expired consumed challenges (up to 64 challenges a row) are
-#: deleted by one purge (it runs inside a login transaction); when it deletes that many,
-#: the next comes a second later.
+#: At most this many expired rows of consumed challenges (up to 64 a row) go in one purge
+#: (inside a login transaction); when it deletes that many, the next comes a second later.
 PURGE_BATCH = 20_000
 #: What ``access`` may be (built once: a small batch checks it on every call).
 _ACCESS_VALUES = tuple(Access)

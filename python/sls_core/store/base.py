@@ -33,6 +33,7 @@ __all__ = [
     "DeviceRow",
     "DirectoryLoad",
     "Ids",
+    "MarksConsumed",
     "PushRow",
     "SharingRow",
     "Store",
@@ -41,8 +42,6 @@ __all__ = [
     "UserRow",
     "WriterBusyError",
     "ascending_ids",
-    "check_marked",
-    "check_replays",
     "consumed_blocks",
     "directory_load",
     "distinct_ids",
@@ -487,20 +486,41 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def check_marked(marked: int, blocks: int) -> bool:
-    """Whether a mark statement wrote every block (True) or none (False, a replay). Any
-    other count is a partial write that only a writer without the write lock could cause:
-    an error, so that the transaction is rolled back rather than committed half done."""
-    if marked == blocks:
-        return True
-    if marked:
-        raise RuntimeError(f"consume marked {marked} of {blocks} blocks: rolled back")
-    return False
+class MarksConsumed:
+    """``consume`` and ``try_consume`` of every store, over the store's one statement that
+    marks a batch's ``consumed_blocks`` rows: ``_mark`` writes them unless one of their
+    bits is set already, and returns how many rows it wrote."""
 
+    def _mark(self, blocks: list[int], masks: list[int], expires_at: float) -> int:
+        raise NotImplementedError
 
-def check_replays(already: set[int]) -> set[int]:
-    """The replays a refused mark found: never none (a refusal with nothing marked would
-    read as "all consumed" while nothing was written, so it is an error instead)."""
-    if not already:
-        raise RuntimeError("consume was refused, yet none of its challenges is marked")
-    return already
+    def consumed(self, challenge_ids: Ids) -> set[int]:
+        raise NotImplementedError
+
+    def _mark_all(self, challenge_ids: Ids, expires_at: float) -> bool:
+        """Every id marked consumed (True) or none, one of them being so already (False).
+        Any other count is a partial write that only a writer without the write lock could
+        cause: an error, so that the transaction is rolled back rather than half done."""
+        blocks, masks = consumed_blocks(challenge_ids)
+        marked = self._mark(blocks, masks, expires_at)
+        if marked == len(blocks):
+            return True
+        if marked:
+            raise RuntimeError(f"consume marked {marked} of {len(blocks)} blocks: rolled back")
+        return False
+
+    def consume(self, challenge_ids: Ids, expires_at: float) -> None:
+        # For ids known to be fresh (the caller checked): one used already is a bug
+        # upstream, an error that rolls the whole batch back.
+        if len(challenge_ids) and not self._mark_all(challenge_ids, expires_at):
+            raise RuntimeError("a challenge to consume was consumed already")
+
+    def try_consume(self, challenge_ids: Ids, expires_at: float) -> set[int]:
+        # Optimistic, one statement: marks them all unless one was consumed before, and
+        # only then looks up which (a replay check first would cost a second statement).
+        if not len(challenge_ids) or self._mark_all(challenge_ids, expires_at):
+            return set()
+        already = self.consumed(challenge_ids)
+        if not already:  # would read as "all consumed" while nothing was written
+            raise RuntimeError("consume was refused, yet none of its challenges is marked")
+        return already

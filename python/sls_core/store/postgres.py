@@ -56,14 +56,12 @@ from sls_core.store.base import (
     DeviceRow,
     DirectoryLoad,
     Ids,
+    MarksConsumed,
     PushRow,
     SharingRow,
     StoreUnavailableError,
     UserRow,
     WriterBusyError,
-    check_marked,
-    check_replays,
-    consumed_blocks,
     directory_load,
     ids_marked,
     newer_schema,
@@ -148,7 +146,7 @@ _GENERATION_AND_SCHEMA: Final = (
 #: Marks a batch's challenges consumed, all or none: no row is written when any of them is
 #: marked already (parameters: the blocks and masks as arrays, then the expiry). The
 #: check reads the table as the statement began; under the write lock the rowcount is
-#: every block or none, and any other count is refused (``check_marked``).
+#: every block or none, and any other count is refused (``MarksConsumed._mark_all``).
 _MARK_CONSUMED: Final = (
     "WITH n AS (SELECT * FROM unnest(%b::bigint[], %b::bigint[]) AS n(block, mask))"
     " INSERT INTO consumed_blocks (block, mask, expires_at) SELECT block, mask, %s FROM n"
@@ -202,21 +200,12 @@ def _psycopg() -> Any:
     return psycopg, psycopg_pool
 
 
-@functools.cache
-def _unique_violation() -> type[Exception]:
-    """psycopg's error for a primary key that is taken (psycopg is imported on first use)."""
-    from psycopg.errors import UniqueViolation
-
-    return UniqueViolation
-
-
-class _PostgresTx:
+class _PostgresTx(MarksConsumed):
     """One transaction on one connection (see :class:`sls_core.store.StoreTx`)."""
 
     def __init__(self, conn: psycopg.Connection[Any], keyring: MasterKeyRing) -> None:
         self._conn = conn
         self._keyring = keyring
-        self._unique_violation: type[Exception] = _unique_violation()
 
     def _one(self, query: str, params: Sequence[Any] = ()) -> Any:
         return self._conn.execute(query, params).fetchone()
@@ -296,24 +285,8 @@ class _PostgresTx:
         )
         return ids_marked(ids, rows)
 
-    def _mark_consumed(self, challenge_ids: Ids, expires_at: float) -> bool:
-        """Marks the ids consumed in one statement if none was (True), else nothing."""
-        blocks, masks = consumed_blocks(challenge_ids)
-        marked = self._run(_MARK_CONSUMED, (_BigintArray(blocks), _BigintArray(masks), expires_at))
-        return check_marked(marked, len(blocks))
-
-    def consume(self, challenge_ids: Ids, expires_at: float) -> None:
-        # A challenge consumed before here would be a bug upstream (the caller checked):
-        # an error, which rolls the whole transaction back.
-        if len(challenge_ids) and not self._mark_consumed(challenge_ids, expires_at):
-            raise self._unique_violation("a challenge to consume was consumed already")
-
-    def try_consume(self, challenge_ids: Ids, expires_at: float) -> set[int]:
-        # Optimistic, one round trip: marks them all unless one was consumed before, and
-        # only then looks up which (a replay check first would cost a second trip).
-        if not len(challenge_ids) or self._mark_consumed(challenge_ids, expires_at):
-            return set()
-        return check_replays(self.consumed(challenge_ids))
+    def _mark(self, blocks: list[int], masks: list[int], expires_at: float) -> int:
+        return self._run(_MARK_CONSUMED, (_BigintArray(blocks), _BigintArray(masks), expires_at))
 
     def purge_consumed(self, before: float, limit: int | None = None) -> int:
         if limit is None:

@@ -35,14 +35,12 @@ from sls_core.store.base import (
     DeviceRow,
     DirectoryLoad,
     Ids,
+    MarksConsumed,
     PushRow,
     SharingRow,
     StoreUnavailableError,
     UserRow,
     WriterBusyError,
-    check_marked,
-    check_replays,
-    consumed_blocks,
     directory_load,
     distinct_ids,
     id_list,
@@ -104,7 +102,7 @@ _MARK_ONE_BLOCK: Final = (
 )
 
 
-class _SqliteTx:
+class _SqliteTx(MarksConsumed):
     def __init__(self, conn: sqlite3.Connection, keyring: MasterKeyRing) -> None:
         self._conn = conn
         self._keyring = keyring
@@ -194,28 +192,12 @@ class _SqliteTx:
         )
         return ids_marked(ids, rows)
 
-    def _mark_consumed(self, challenge_ids: Ids, expires_at: float) -> bool:
-        """Marks the ids consumed in one statement if none was (True), else nothing."""
-        blocks, masks = consumed_blocks(challenge_ids)
+    def _mark(self, blocks: list[int], masks: list[int], expires_at: float) -> int:
         if len(blocks) == 1:  # most small batches: a plain upsert is all or none already
             row = (blocks[0], masks[0], expires_at)
-            return bool(self._conn.execute(_MARK_ONE_BLOCK, row).rowcount)
+            return int(self._conn.execute(_MARK_ONE_BLOCK, row).rowcount)
         pairs = "[" + ",".join(f"[{b},{m}]" for b, m in zip(blocks, masks, strict=True)) + "]"
-        marked = self._conn.execute(_MARK_CONSUMED, (expires_at, pairs, pairs)).rowcount
-        return check_marked(marked, len(blocks))
-
-    def consume(self, challenge_ids: Ids, expires_at: float) -> None:
-        # A challenge consumed before here would be a bug upstream (the caller checked):
-        # an error, which rolls the whole batch back.
-        if len(challenge_ids) and not self._mark_consumed(challenge_ids, expires_at):
-            raise sqlite3.IntegrityError("a challenge to consume was consumed already")
-
-    def try_consume(self, challenge_ids: Ids, expires_at: float) -> set[int]:
-        # Optimistic, one statement: marks them all unless one was consumed before, and
-        # only then looks up which.
-        if not len(challenge_ids) or self._mark_consumed(challenge_ids, expires_at):
-            return set()
-        return check_replays(self.consumed(challenge_ids))
+        return int(self._conn.execute(_MARK_CONSUMED, (expires_at, pairs, pairs)).rowcount)
 
     def purge_consumed(self, before: float, limit: int | None = None) -> int:
         if limit is None:

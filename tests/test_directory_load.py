@@ -6,6 +6,7 @@ change rows it has not looked at yet. On both backends."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -197,14 +198,14 @@ def test_rows_changed_elsewhere_after_a_lazy_load_are_seen_exactly(
     writer.store.close()
 
 
-def test_links_read_in_several_slices_are_the_links_read_at_once(
+def test_users_and_links_read_in_several_slices_are_the_same_read_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sls_core.store import sqlite as sqlite_store
 
     data = tmp_path / "data"
     writer = populate(data, None)
-    monkeypatch.setattr(sqlite_store, "_LINKS_PER_SELECT", 3)
+    monkeypatch.setattr(sqlite_store, "_ROWS_PER_SELECT", 3)
     fresh = open_sls(data, None)
     fresh.warm()
     with fresh.store.read() as tx:
@@ -218,20 +219,31 @@ def test_links_read_in_several_slices_are_the_links_read_at_once(
 
 
 def test_a_full_load_codes_only_texts_it_knows_and_gives_back_the_texts() -> None:
-    from sls_core.store.base import DirectoryLoad
+    from sls_core.store.base import DirectoryLoad, LoadedDevice, UserColumns
     from sls_core.store.sqlite import _device_codes
 
     codes = _device_codes()
-    assert codes[1] == tuple(t.value for t in DeviceType)
-    assert SUITE in codes[4]
-    assert OTHER_SUITE not in codes[4]
+    kind, state, suite = LoadedDevice.TYPE, LoadedDevice.STATE, LoadedDevice.SUITE
+    assert codes[kind] == tuple(t.value for t in DeviceType)
+    assert SUITE in codes[suite]
+    assert OTHER_SUITE not in codes[suite]
     empty = np.zeros(0, np.int64)
-    load = DirectoryLoad([], empty, [], empty, None, None, empty, empty, codes)  # type: ignore[arg-type]
-    assert load.device_text(4, codes[4].index(SUITE)) == SUITE
-    assert load.device_text(4, OTHER_SUITE) == OTHER_SUITE
-    assert load.device_text(4, None) is None
-    assert load.device_cell(2, "active") == codes[2].index("active")
-    assert load.device_cell(4, OTHER_SUITE) == OTHER_SUITE
+    load = DirectoryLoad(
+        UserColumns.concatenate([]),
+        [],
+        empty,
+        None,
+        None,
+        empty,
+        empty,
+        None,
+        codes,  # type: ignore[arg-type]
+    )
+    assert load.device_text(suite, codes[suite].index(SUITE)) == SUITE
+    assert load.device_text(suite, OTHER_SUITE) == OTHER_SUITE
+    assert load.device_text(suite, None) is None
+    assert load.device_cell(state, "active") == codes[state].index("active")
+    assert load.device_cell(suite, OTHER_SUITE) == OTHER_SUITE
 
 
 def _swap_secrets(data: Path, store_url: str | None, first: int, second: int) -> None:
@@ -325,3 +337,68 @@ def test_key_columns_fill_a_slice_only_for_ids_counting_up_by_one() -> None:
     assert _consecutive(np.array([4, 5, 6], np.int64))
     for ids in ([], [1, 3], [2, 1, 3], [1, 2, 4, 3], [1, 1, 2]):
         assert not _consecutive(np.array(ids, np.int64))
+
+
+def test_what_never_changes_is_read_on_first_use_from_any_thread(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    """Issue 14 (cold start): a full load leaves each row's details (identity, created_at;
+    serial, issued_at, phone) to first use; they never change once written, so a lookup
+    from another thread, later, after other changes, still gives exactly the stored row."""
+    import threading
+
+    data = tmp_path / "data"
+    writer = populate(data, store_url)
+    reader = open_sls(data, store_url)
+    reader.warm()
+    directory = reader.context.directory
+    assert dict.__len__(directory.user_by_id) == 0  # nothing made by the load itself
+    writer.close_account("bulk4")  # a change the reader has not seen yet
+    hana = writer.user("hana").id
+    made: dict[str, Any] = {}
+
+    def look_up() -> None:
+        with reader.context.lock:
+            made["hana"] = directory.user_by_id[hana]
+            made["device"] = directory.devices[writer.devices("bulk2")[0].id].row
+
+    thread = threading.Thread(target=look_up)
+    thread.start()
+    thread.join()
+    with writer.store.read() as tx:
+        assert made["hana"] == tx.users([hana])[0]
+        assert made["hana"].identity["citizenship"] == "CH"
+        assert made["device"] == tx.devices([made["device"].id])[0]
+    reader.context.catch_up()
+    with reader.store.read() as tx:
+        assert_same(reader.context.directory, reference(tx))
+    reader.store.close()
+    writer.store.close()
+
+
+def test_details_of_a_row_written_after_this_threads_snapshot_are_read_from_the_latest(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    """A thread whose transaction began before a row was written (the load that listed
+    the row having run since, elsewhere) still gets the row's details; a row that is not
+    in the store at all is an error naming it, not a made-up row."""
+    data = tmp_path / "data"
+    writer = open_sls(data, store_url)
+    reader = open_sls(data, store_url)
+    store = reader.store
+    with store.read() as tx:
+        tx.generation()  # the snapshot is taken
+        user_id = writer.create_user("late", Identity(residence="Bern")).id
+        device_id = writer.enroll_device("late", DeviceType.DSC_PLUS, secret=secret(1), pin=PIN).id
+        identity, created_at = store.user_details(user_id)  # type: ignore[attr-defined]
+        serial, issued_at, phone = store.device_details(device_id)  # type: ignore[attr-defined]
+    with writer.store.read() as tx:
+        user, device = tx.users([user_id])[0], tx.devices([device_id])[0]
+    assert (json.loads(identity), created_at) == (user.identity, user.created_at)
+    assert (serial, issued_at, phone) == (device.serial, device.issued_at, device.phone)
+    with pytest.raises(RuntimeError, match=r"user 999999 of a full load is not in the store"):
+        store.user_details(999_999)  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match=r"device 999999 of a full load"):
+        store.device_details(999_999)  # type: ignore[attr-defined]
+    reader.store.close()
+    writer.store.close()

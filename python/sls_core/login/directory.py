@@ -26,6 +26,7 @@ import numpy.typing as npt
 from sls_core.challenge import NameIndex
 from sls_core.devices import DeviceState, DeviceType
 from sls_core.store import DeviceRow, DirectoryLoad, StoreTx, UserRow
+from sls_core.store.base import LoadedDevice
 
 __all__ = ["Columns", "DeviceEntry", "DeviceMap", "DeviceSets", "Directory", "UserMap"]
 
@@ -100,24 +101,28 @@ class Columns:
         # cells may be coded (DirectoryLoad.device_codes): compared as they are, decoded
         # once per distinct value.
         text = load.device_text
-        kinds = {(r[1], r[4]) for r in rows}
+        c = LoadedDevice
+        TYPE, STATE, SUITE, EXPIRES_AT = c.TYPE, c.STATE, c.SUITE, c.EXPIRES_AT  # noqa: N806
+        kinds = {(r[TYPE], r[SUITE]) for r in rows}
         fast_types = {
             t
             for t in {t for t, _ in kinds}
-            if DeviceType(text(1, t)).method == "ocra"
-            and DeviceType(text(1, t)) is not DeviceType.TEMPORARY_PASSCODE
+            if DeviceType(text(TYPE, t)).method == "ocra"
+            and DeviceType(text(TYPE, t)) is not DeviceType.TEMPORARY_PASSCODE
         }
         code_of: dict[Any, int] = {}
-        for t, suite in sorted(kinds, key=lambda k: (text(1, k[0]), text(4, k[1]) or "")):
-            suite_text = text(4, suite) or ""
+        for t, suite in sorted(kinds, key=lambda k: (text(TYPE, k[0]), text(SUITE, k[1]) or "")):
+            suite_text = text(SUITE, suite) or ""
             if t in fast_types and suite not in code_of:
                 if suite_text not in self.suites:
                     self.suites.append(suite_text)
                 code_of[suite] = self.suites.index(suite_text)
-        active = load.device_cell(2, DeviceState.ACTIVE.value)
+        active = load.device_cell(STATE, DeviceState.ACTIVE.value)
         codes = np.fromiter(
             (
-                code_of[r[4]] if r[2] == active and r[8] is None and r[1] in fast_types else -1
+                code_of[r[SUITE]]
+                if r[STATE] == active and r[EXPIRES_AT] is None and r[TYPE] in fast_types
+                else -1
                 for r in rows
             ),
             np.int16,
@@ -289,9 +294,10 @@ class DeviceMap(_LoadedMap[DeviceEntry]):
         push keys, making entries only for the devices that match."""
         found = {k: e for k, e in dict.items(self) if e.row.push_public == push_public}
         if self._load is not None:
+            key, at = LoadedDevice.PUSH_PUBLIC, LoadedDevice.ID
             for r in self._load.device_rows:
-                if r[13] is not None and bytes(r[13]) == push_public:
-                    device_id = int(r[0])
+                if r[key] is not None and bytes(r[key]) == push_public:
+                    device_id = int(r[at])
                     if device_id not in found and not dict.__contains__(self, device_id):
                         found[device_id] = self[device_id]
         return [found[k] for k in sorted(found)]
@@ -496,12 +502,11 @@ class Directory:
     def _load(self, tx: StoreTx) -> None:
         """The full load: every row as columns, the per-row objects left to first use."""
         load = tx.load_directory(secret_width=Columns.KEY_WIDTH, pin_width=Columns.PIN_WIDTH)
-        users = load.user_rows
         names = NameIndex()
-        names.extend([r[1] for r in users], load.user_ids)
-        closed = np.fromiter((bool(r[4]) for r in users), bool, len(users))
-        devices = load.device_rows
-        replaces = [(int(r[9]), int(r[0])) for r in devices if r[9] is not None]
+        names.extend(load.users.usernames, load.user_ids)
+        closed = load.users.closed
+        at, old = LoadedDevice.ID, LoadedDevice.REPLACES
+        replaces = [(int(r[old]), int(r[at])) for r in load.device_rows if r[old] is not None]
         replaced_by: dict[int, set[int]] = {}
         for old, new in replaces:
             replaced_by.setdefault(old, set()).add(new)

@@ -27,18 +27,24 @@ if TYPE_CHECKING:
 __all__ = [
     "CONSUMED_BLOCK_BITS",
     "DEVICE_COLUMNS",
+    "DEVICE_DETAILS",
     "FEW_IDS",
+    "LOADED_DEVICE_COLUMNS",
     "USER_COLUMNS",
+    "USER_DETAILS",
     "ActivationRow",
     "DeviceRow",
     "DirectoryLoad",
     "Ids",
+    "LoadDetails",
+    "LoadedDevice",
     "MarksConsumed",
     "PushRow",
     "SharingRow",
     "Store",
     "StoreTx",
     "StoreUnavailableError",
+    "UserColumns",
     "UserRow",
     "WriterBusyError",
     "ascending_ids",
@@ -116,20 +122,108 @@ DEVICE_COLUMNS: Final = (
 #: The columns of a stored user, in the order every backend selects them.
 USER_COLUMNS: Final = "id, username, identity, opted_out, closed, preferred_device, created_at"
 
+#: The columns a full load reads of every device, in the order of :class:`LoadedDevice`.
+#: The others (:data:`DEVICE_DETAILS`) never change once written, so they are read on
+#: first use: a third of a million-device fetch, for values few paths ever look at.
+LOADED_DEVICE_COLUMNS: Final = (
+    "id, type, state, suite, shipped_at, activated_at, expires_at, replaces,"
+    " secret, pin_hash, push_public, recovery_hash"
+)
+#: A device's columns that no UPDATE touches, read by :meth:`LoadDetails.device_details`.
+DEVICE_DETAILS: Final = "serial, issued_at, phone"
+#: A user's columns that no UPDATE touches, read by :meth:`LoadDetails.user_details`.
+USER_DETAILS: Final = "identity, created_at"
+
+
+class LoadedDevice:
+    """Positions of :data:`LOADED_DEVICE_COLUMNS` in a loaded device row."""
+
+    ID, TYPE, STATE, SUITE, SHIPPED_AT, ACTIVATED_AT, EXPIRES_AT, REPLACES = range(8)
+    SECRET, PIN_HASH, PUSH_PUBLIC, RECOVERY_HASH = range(8, 12)
+
+
+class LoadDetails(Protocol):
+    """What a full load leaves to first use: the columns of a loaded row that never
+    change once written (no UPDATE touches them, and rows are never deleted), so reading
+    them later, from any snapshot that holds the row, gives the load's values. Callable
+    from any thread, inside or outside its transactions."""
+
+    def user_details(self, user_id: int) -> tuple[str, float]:
+        """``identity`` (its JSON text) and ``created_at`` of a stored user."""
+        ...
+
+    def device_details(self, device_id: int) -> tuple[str, float, str | None]:
+        """``serial``, ``issued_at`` and ``phone`` of a stored device."""
+        ...
+
+
+@dataclass(frozen=True, eq=False)
+class UserColumns:
+    """Every user's columns a full load reads, as columns, position for position."""
+
+    ids: npt.NDArray[np.int64]
+    usernames: list[str]
+    opted_out: npt.NDArray[np.bool_]
+    closed: npt.NDArray[np.bool_]
+    #: ``preferred_device``, -1 where there is none (device ids are positive).
+    preferred_device: npt.NDArray[np.int64]
+
+    @classmethod
+    def parse(
+        cls, count: int, ids: str, usernames: str, opted_out: str, closed: str, preferred: str
+    ) -> UserColumns:
+        """From one aggregate SELECT's texts: comma-separated integers (NULL preferred
+        devices as -1) and the usernames as a JSON array, ``count`` of each."""
+        columns = cls(
+            _int_column(ids),
+            json.loads(usernames),
+            _int_column(opted_out).astype(bool),
+            _int_column(closed).astype(bool),
+            _int_column(preferred),
+        )
+        if (
+            any(
+                len(c) != count
+                for c in (columns.ids, columns.usernames, columns.opted_out, columns.closed)
+            )
+            or len(columns.preferred_device) != count
+        ):  # never: SQL gave one cell per row
+            raise RuntimeError("users: a full load parsed its columns wrongly")
+        return columns
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[UserColumns]) -> UserColumns:
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            empty = np.zeros(0, np.int64)
+            return cls(empty, [], empty.astype(bool), empty.astype(bool), empty)
+        return cls(
+            np.concatenate([p.ids for p in parts]),
+            [name for p in parts for name in p.usernames],
+            np.concatenate([p.opted_out for p in parts]),
+            np.concatenate([p.closed for p in parts]),
+            np.concatenate([p.preferred_device for p in parts]),
+        )
+
+
+def _int_column(text: str | None) -> npt.NDArray[np.int64]:
+    if not text:
+        return np.zeros(0, np.int64)
+    return np.fromstring(text, dtype=np.int64, sep=",")
+
 
 @dataclass(frozen=True, eq=False)
 class DirectoryLoad:
     """Every user, device and link of the store at one moment, for a directory's full
-    load: what ``users()``, ``devices()`` and ``links()`` return, but as the raw rows the
-    database gave (no Python object per row) and id columns, with every device's secret
-    and PIN hash opened in one native pass each. A row becomes a :class:`UserRow` or
-    :class:`DeviceRow` only when it is asked for (:meth:`user`, :meth:`device`).
-    Holds secrets: never printed."""
+    load: what ``users()``, ``devices()`` and ``links()`` return, but as columns and the
+    raw device rows the database gave (no Python object per row), with every device's
+    secret and PIN hash opened in one native pass each. A row becomes a :class:`UserRow`
+    or :class:`DeviceRow` only when it is asked for (:meth:`user`, :meth:`device`), with
+    its details read then (:class:`LoadDetails`). Holds secrets: never printed."""
 
-    #: Raw user rows, :data:`USER_COLUMNS` in order (``identity`` still JSON text).
-    user_rows: list[Any] = field(repr=False)
-    user_ids: npt.NDArray[np.int64] = field(repr=False)
-    #: Raw device rows, :data:`DEVICE_COLUMNS` in order (secrets still sealed).
+    users: UserColumns = field(repr=False)
+    #: Raw device rows, :data:`LOADED_DEVICE_COLUMNS` in order (secrets still sealed).
     device_rows: list[Any] = field(repr=False)
     device_ids: npt.NDArray[np.int64] = field(repr=False)
     #: The devices' secrets and PIN hashes, opened, row for row.
@@ -138,11 +232,18 @@ class DirectoryLoad:
     #: ``user_devices``, as two columns.
     link_users: npt.NDArray[np.int64] = field(repr=False)
     link_devices: npt.NDArray[np.int64] = field(repr=False)
+    #: Where the loaded rows' other columns are read, on first use.
+    details: LoadDetails = field(repr=False)
     #: Device columns a backend fetched coded (``type``, ``state``, ``suite``): column
-    #: index -> the texts, a cell holding an int being the text at that index (any other
-    #: cell is the text itself). An int is one shared object where a text is a new one
-    #: per row: a million rows fetch faster. Read the cells with :meth:`device_text`.
+    #: position (:class:`LoadedDevice`) -> the texts, a cell holding an int being the
+    #: text at that index (any other cell is the text itself). An int is one shared
+    #: object where a text is a new one per row: a million rows fetch faster. Read the
+    #: cells with :meth:`device_text`.
     device_codes: dict[int, tuple[str, ...]] = field(default_factory=dict, repr=False)
+
+    @property
+    def user_ids(self) -> npt.NDArray[np.int64]:
+        return self.users.ids
 
     def device_text(self, column: int, cell: Any) -> Any:
         """Cell ``cell`` of device column ``column`` as the store holds it (decoded)."""
@@ -159,56 +260,63 @@ class DirectoryLoad:
         return text
 
     def user(self, i: int) -> UserRow:
-        """Row ``i`` of ``user_rows`` as a :class:`UserRow`."""
-        r = self.user_rows[i]
+        """User ``i`` of the load as a :class:`UserRow`."""
+        users = self.users
+        user_id = int(users.ids[i])
+        identity, created_at = self.details.user_details(user_id)
+        preferred = int(users.preferred_device[i])
         return UserRow(
-            int(r[0]),
-            r[1],
-            json.loads(r[2]),
-            bool(r[3]),
-            bool(r[4]),
-            None if r[5] is None else int(r[5]),
-            r[6],
+            user_id,
+            users.usernames[i],
+            json.loads(identity),
+            bool(users.opted_out[i]),
+            bool(users.closed[i]),
+            None if preferred < 0 else preferred,
+            created_at,
         )
 
     def device(self, i: int) -> DeviceRow:
         """Row ``i`` of ``device_rows`` as a :class:`DeviceRow`, its secrets opened."""
         r = self.device_rows[i]
+        c = LoadedDevice
+        device_id = int(r[c.ID])
+        serial, issued_at, phone = self.details.device_details(device_id)
         return DeviceRow(
-            id=int(r[0]),
-            type=self.device_text(1, r[1]),
-            state=self.device_text(2, r[2]),
-            serial=r[3],
-            suite=self.device_text(4, r[4]),
-            issued_at=r[5],
-            shipped_at=r[6],
-            activated_at=r[7],
-            expires_at=r[8],
-            replaces=None if r[9] is None else int(r[9]),
-            phone=r[10],
+            id=device_id,
+            type=self.device_text(c.TYPE, r[c.TYPE]),
+            state=self.device_text(c.STATE, r[c.STATE]),
+            serial=serial,
+            suite=self.device_text(c.SUITE, r[c.SUITE]),
+            issued_at=issued_at,
+            shipped_at=r[c.SHIPPED_AT],
+            activated_at=r[c.ACTIVATED_AT],
+            expires_at=r[c.EXPIRES_AT],
+            replaces=None if r[c.REPLACES] is None else int(r[c.REPLACES]),
+            phone=phone,
             secret=self.secrets.value(i),
             pin_hash=self.pin_hashes.value(i),
-            push_public=None if r[13] is None else bytes(r[13]),
-            recovery_hash=None if r[14] is None else bytes(r[14]),
+            push_public=None if r[c.PUSH_PUBLIC] is None else bytes(r[c.PUSH_PUBLIC]),
+            recovery_hash=None if r[c.RECOVERY_HASH] is None else bytes(r[c.RECOVERY_HASH]),
         )
 
 
 def directory_load(
     keyring: Any,
-    user_rows: list[Any],
+    users: UserColumns,
     device_rows: list[Any],
     link_rows: list[Any] | tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
     *,
+    details: LoadDetails,
     secret_width: int | None = None,
     pin_width: int | None = None,
     device_codes: dict[int, tuple[str, ...]] | None = None,
 ) -> DirectoryLoad:
-    """A :class:`DirectoryLoad` from the rows a backend fetched in one snapshot
-    (``SELECT USER_COLUMNS``, ``SELECT DEVICE_COLUMNS``, ``SELECT user_id, device_id``):
-    id columns, and the sealed secrets and PIN hashes opened by ``keyring`` (a
-    ``MasterKeyRing``) column by column. ``secret_width`` / ``pin_width``: also each
-    opened value zero-padded to that width. ``link_rows`` may also come as its two
-    columns already (a tuple of id arrays); ``device_codes``: see
+    """A :class:`DirectoryLoad` from what a backend fetched in one snapshot (the users'
+    columns, ``SELECT LOADED_DEVICE_COLUMNS``, ``SELECT user_id, device_id``), the sealed
+    secrets and PIN hashes opened by ``keyring`` (a ``MasterKeyRing``) column by column.
+    ``secret_width`` / ``pin_width``: also each opened value zero-padded to that width.
+    ``link_rows`` may also come as its two columns already (a tuple of id arrays);
+    ``details``: the store, for what the load leaves to first use; ``device_codes``: see
     :attr:`DirectoryLoad.device_codes`.
 
     The opening runs after the fetches, not beside them in a thread: sqlite3 gives up
@@ -216,12 +324,13 @@ def directory_load(
     the overlap saved (a million devices: 7 s against 5.5 s)."""
     import numpy as np
 
+    c = LoadedDevice
     device_ids = np.fromiter((r[0] for r in device_rows), np.int64, len(device_rows))
     secrets = keyring.open_device_column(
-        device_ids, [r[11] for r in device_rows], "secret", width=secret_width
+        device_ids, [r[c.SECRET] for r in device_rows], "secret", width=secret_width
     )
     pin_hashes = keyring.open_device_column(
-        device_ids, [r[12] for r in device_rows], "pin_hash", width=pin_width
+        device_ids, [r[c.PIN_HASH] for r in device_rows], "pin_hash", width=pin_width
     )
     if isinstance(link_rows, tuple):
         link_users, link_devices = link_rows
@@ -229,14 +338,14 @@ def directory_load(
         links = np.fromiter(itertools.chain.from_iterable(link_rows), np.int64, 2 * len(link_rows))
         link_users, link_devices = links[0::2], links[1::2]
     return DirectoryLoad(
-        user_rows=user_rows,
-        user_ids=np.fromiter((r[0] for r in user_rows), np.int64, len(user_rows)),
+        users=users,
         device_rows=device_rows,
         device_ids=device_ids,
         secrets=secrets,
         pin_hashes=pin_hashes,
         link_users=link_users,
         link_devices=link_devices,
+        details=details,
         device_codes=device_codes or {},
     )
 

@@ -51,7 +51,10 @@ from sls_core.sealing import MasterKeyRing, device_aad
 from sls_core.store.base import (
     CONSUMED_BLOCK_BITS,
     DEVICE_COLUMNS,
+    DEVICE_DETAILS,
+    LOADED_DEVICE_COLUMNS,
     USER_COLUMNS,
+    USER_DETAILS,
     ActivationRow,
     DeviceRow,
     DirectoryLoad,
@@ -60,6 +63,7 @@ from sls_core.store.base import (
     PushRow,
     SharingRow,
     StoreUnavailableError,
+    UserColumns,
     UserRow,
     WriterBusyError,
     directory_load,
@@ -200,12 +204,31 @@ def _psycopg() -> Any:
     return psycopg, psycopg_pool
 
 
+#: Users per SELECT of a full load: each of its texts stays far below PostgreSQL's
+#: largest value (a gigabyte).
+_USERS_PER_SELECT: Final = 1 << 20
+#: One slice of users for a full load (see SQLite's): count, ids, usernames (a JSON
+#: array), opted_out, closed and preferred devices (-1 for none).
+_USER_SLICE: Final = (
+    "SELECT count(*), string_agg(id::text, ','), json_agg(username)::text,"
+    " string_agg(opted_out::text, ','), string_agg(closed::text, ','),"
+    " string_agg(coalesce(preferred_device, -1)::text, ',') FROM"
+    " (SELECT id, username, opted_out, closed, preferred_device FROM users WHERE id > %s"
+    " ORDER BY id LIMIT %s) AS slice"
+)
+_USER_DETAILS: Final = f"SELECT {USER_DETAILS} FROM users WHERE id = %s"  # noqa: S608
+_DEVICE_DETAILS: Final = f"SELECT {DEVICE_DETAILS} FROM devices WHERE id = %s"  # noqa: S608
+
+
 class _PostgresTx(MarksConsumed):
     """One transaction on one connection (see :class:`sls_core.store.StoreTx`)."""
 
-    def __init__(self, conn: psycopg.Connection[Any], keyring: MasterKeyRing) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], keyring: MasterKeyRing, store: PostgresStore
+    ) -> None:
         self._conn = conn
         self._keyring = keyring
+        self._store = store
 
     def _one(self, query: str, params: Sequence[Any] = ()) -> Any:
         return self._conn.execute(query, params).fetchone()
@@ -665,14 +688,37 @@ class _PostgresTx(MarksConsumed):
         self, *, secret_width: int | None = None, pin_width: int | None = None
     ) -> DirectoryLoad:
         # Binary results: ids and times arrive as numbers, bytea as bytes, with no text
-        # parsing per cell (faster than the text protocol at a million rows).
+        # parsing per cell (faster than the text protocol at a million rows). Users come
+        # as a few texts per slice, no tuple per row. What never changes once written is
+        # left to first use (LOADED_DEVICE_COLUMNS).
         cursor = self._conn.cursor(binary=True)
-        devices = cursor.execute(f"SELECT {DEVICE_COLUMNS} FROM devices").fetchall()  # noqa: S608
-        users = cursor.execute(f"SELECT {USER_COLUMNS} FROM users").fetchall()  # noqa: S608
+        devices = cursor.execute(f"SELECT {LOADED_DEVICE_COLUMNS} FROM devices").fetchall()  # noqa: S608
         links = cursor.execute("SELECT user_id, device_id FROM user_devices").fetchall()
         return directory_load(
-            self._keyring, users, devices, links, secret_width=secret_width, pin_width=pin_width
+            self._keyring,
+            self._user_columns(),
+            devices,
+            links,
+            details=self._store,
+            secret_width=secret_width,
+            pin_width=pin_width,
         )
+
+    def _user_columns(self) -> UserColumns:
+        """Every user's loaded columns, by slices of ``_USERS_PER_SELECT`` in id order as
+        one aggregate row each (the aggregates of one SELECT take the rows in the same
+        order: the columns line up position for position)."""
+        parts: list[UserColumns] = []
+        last = -(1 << 63)
+        while True:
+            count, *texts = self._one(_USER_SLICE, (last, _USERS_PER_SELECT))
+            if not count:
+                break
+            parts.append(UserColumns.parse(count, *texts))
+            last = int(parts[-1].ids.max())
+            if count < _USERS_PER_SELECT:
+                break
+        return UserColumns.concatenate(parts)
 
     # -- sequences and server secrets --------------------------------------------------
     def reserve(self, name: str, count: int) -> int:
@@ -870,6 +916,25 @@ class PostgresStore(KeyFollower):
         else:
             self._pool.putconn(conn)
 
+    # -- what a full load leaves to first use (LoadDetails) -----------------------------
+    def user_details(self, user_id: int) -> tuple[str, float]:
+        identity, created_at = self._details(_USER_DETAILS, user_id, "user")
+        return identity, created_at
+
+    def device_details(self, device_id: int) -> tuple[str, float, str | None]:
+        serial, issued_at, phone = self._details(_DEVICE_DETAILS, device_id, "device")
+        return serial, issued_at, phone
+
+    def _details(self, query: str, row_id: int, what: str) -> tuple[Any, ...]:
+        # Columns no UPDATE touches, of a row never deleted: any snapshot since the load
+        # has the values it had. A read of its own (a pooled connection besides the one
+        # a caller's transaction may hold).
+        with self.read() as tx:
+            row = tx._one(query, (row_id,))
+        if row is None:
+            raise RuntimeError(f"{what} {row_id} of a full load is not in the store")
+        return tuple(row)
+
     def write(self, *, wait: bool = True) -> contextlib.AbstractContextManager[_PostgresTx]:
         return self._write(wait=wait, advertise=True)
 
@@ -882,7 +947,7 @@ class PostgresStore(KeyFollower):
             self._follow_key_file()
             if advertise:
                 self._advertise(conn)
-            yield _PostgresTx(conn, self._keyring)
+            yield _PostgresTx(conn, self._keyring, self)
         except self._psycopg.OperationalError as e:
             self._advertised = None
             self._finish(conn, commit=False)
@@ -899,7 +964,7 @@ class PostgresStore(KeyFollower):
         conn = self._begin(lock=False, wait=True)
         try:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            yield _PostgresTx(conn, self._keyring)
+            yield _PostgresTx(conn, self._keyring, self)
         except self._psycopg.OperationalError as e:
             self._finish(conn, commit=False)
             raise self._unavailable(e) from None

@@ -29,16 +29,21 @@ from sls_core.sealing import MasterKeyRing, device_aad
 from sls_core.store.base import (
     CONSUMED_BLOCK_BITS,
     DEVICE_COLUMNS,
+    DEVICE_DETAILS,
     FEW_IDS,
+    LOADED_DEVICE_COLUMNS,
     USER_COLUMNS,
+    USER_DETAILS,
     ActivationRow,
     DeviceRow,
     DirectoryLoad,
     Ids,
+    LoadedDevice,
     MarksConsumed,
     PushRow,
     SharingRow,
     StoreUnavailableError,
+    UserColumns,
     UserRow,
     WriterBusyError,
     directory_load,
@@ -103,9 +108,12 @@ _MARK_ONE_BLOCK: Final = (
 
 
 class _SqliteTx(MarksConsumed):
-    def __init__(self, conn: sqlite3.Connection, keyring: MasterKeyRing) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, keyring: MasterKeyRing, store: SqliteStore
+    ) -> None:
         self._conn = conn
         self._keyring = keyring
+        self._store = store
         #: The change feed's generation as this transaction sees it, once read.
         self._generation: int | None = None
 
@@ -592,24 +600,25 @@ class _SqliteTx(MarksConsumed):
     def load_directory(
         self, *, secret_width: int | None = None, pin_width: int | None = None
     ) -> DirectoryLoad:
-        # One SELECT per table in this transaction's snapshot. The device rows come as
-        # tuples, but with type, state and suite coded as small ints (shared objects:
-        # a new text per cell was a fifth of the fetch); the links come as two texts of
-        # comma-separated ids that numpy parses, no tuple per link.
+        # In this transaction's snapshot. The device rows come as tuples, but with type,
+        # state and suite coded as small ints (shared objects: a new text per cell was a
+        # fifth of the fetch); users and links come as a few texts per slice that numpy
+        # and json parse, no tuple per row. What never changes once written is left to
+        # first use (LOADED_DEVICE_COLUMNS).
         conn = self._conn
         codes = _device_codes()
         columns = ", ".join(
             _coded(name, codes[i]) if i in codes else name
-            for i, name in enumerate(DEVICE_COLUMNS.split(", "))
+            for i, name in enumerate(LOADED_DEVICE_COLUMNS.split(", "))
         )
         params = [text for i in sorted(codes) for text in codes[i]]
         devices = conn.execute(f"SELECT {columns} FROM devices", params).fetchall()  # noqa: S608
-        users = conn.execute(f"SELECT {USER_COLUMNS} FROM users").fetchall()  # noqa: S608
         return directory_load(
             self._keyring,
-            users,
+            _user_columns(conn),
             devices,
             _link_columns(conn),
+            details=self._store,
             secret_width=secret_width,
             pin_width=pin_width,
             device_codes=codes,
@@ -640,6 +649,10 @@ class _SqliteTx(MarksConsumed):
         return value
 
 
+_USER_DETAILS: Final = f"SELECT {USER_DETAILS} FROM users WHERE id = ?"  # noqa: S608
+_DEVICE_DETAILS: Final = f"SELECT {DEVICE_DETAILS} FROM devices WHERE id = ?"  # noqa: S608
+
+
 class _WriteTransaction:
     """:meth:`SqliteStore.write`: ``BEGIN IMMEDIATE`` behind the writer gate, ``COMMIT`` when
     the block ends, ``ROLLBACK`` when it raises. A class rather than a generator context
@@ -664,7 +677,7 @@ class _WriteTransaction:
         except BaseException:
             self.__exit__(*sys.exc_info())
             raise
-        return _SqliteTx(conn, store._keyring)
+        return _SqliteTx(conn, store._keyring, store)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
@@ -680,19 +693,19 @@ class _WriteTransaction:
 #: The suites most devices have (the ones enrollment gives), coded in a full load; any
 #: other suite is fetched as its text.
 _COMMON_SUITES: Final = ("OCRA-1:HOTP-SHA1-8:QN06-PSHA1", "OCRA-1:HOTP-SHA1-8:QN06")
-#: Links per SELECT of a full load: each of its two texts stays far below SQLite's
+#: Users or links per SELECT of a full load: each of its texts stays far below SQLite's
 #: largest string (a billion bytes).
-_LINKS_PER_SELECT: Final = 1 << 20
+_ROWS_PER_SELECT: Final = 1 << 20
 
 
 def _device_codes() -> dict[int, tuple[str, ...]]:
-    """Device column index (in ``DEVICE_COLUMNS``) -> the texts a full load codes."""
+    """Loaded device column (:class:`LoadedDevice`) -> the texts a full load codes."""
     from sls_core.devices import DeviceState, DeviceType
 
     return {
-        1: tuple(t.value for t in DeviceType),
-        2: tuple(s.value for s in DeviceState),
-        4: _COMMON_SUITES,
+        LoadedDevice.TYPE: tuple(t.value for t in DeviceType),
+        LoadedDevice.STATE: tuple(s.value for s in DeviceState),
+        LoadedDevice.SUITE: _COMMON_SUITES,
     }
 
 
@@ -702,9 +715,38 @@ def _coded(column: str, texts: Sequence[str]) -> str:
     return f"CASE {column} {branches} ELSE {column} END"
 
 
+def _user_columns(conn: sqlite3.Connection) -> UserColumns:
+    """Every user's loaded columns, read by slices of ``_ROWS_PER_SELECT`` users in id
+    order as one aggregate row each (in the caller's transaction: one snapshot). The
+    aggregates of one SELECT take the rows in the same order, so the columns line up
+    position for position (SQL promises no order across rows, so the next slice starts
+    after the greatest id found)."""
+    parts: list[UserColumns] = []
+    last = -(1 << 63)
+    while True:
+        count, *texts = conn.execute(_USER_SLICE, (last, _ROWS_PER_SELECT)).fetchone()
+        if not count:
+            break
+        parts.append(UserColumns.parse(count, *texts))
+        last = int(parts[-1].ids.max())
+        if count < _ROWS_PER_SELECT:
+            break
+    return UserColumns.concatenate(parts)
+
+
+#: One slice of users for a full load: count, ids, usernames (a JSON array), opted_out,
+#: closed and preferred devices (-1 for none), after id ``?``, ``?`` at most.
+_USER_SLICE: Final = (
+    "SELECT count(*), group_concat(id), json_group_array(username), group_concat(opted_out),"
+    " group_concat(closed), group_concat(ifnull(preferred_device, -1)) FROM"
+    " (SELECT id, username, opted_out, closed, preferred_device FROM users WHERE id > ?"
+    " ORDER BY id LIMIT ?)"
+)
+
+
 def _link_columns(conn: sqlite3.Connection) -> tuple[Any, Any]:
     """``user_devices`` as two id arrays, row for row (the directory needs no order),
-    read by slices of ``_LINKS_PER_SELECT`` in key order (in the caller's transaction:
+    read by slices of ``_ROWS_PER_SELECT`` in key order (in the caller's transaction:
     one snapshot)."""
     import numpy as np
 
@@ -715,7 +757,7 @@ def _link_columns(conn: sqlite3.Connection) -> tuple[Any, Any]:
             "SELECT count(*), group_concat(user_id), group_concat(device_id) FROM"
             " (SELECT user_id, device_id FROM user_devices WHERE (user_id, device_id) > (?, ?)"
             " ORDER BY user_id, device_id LIMIT ?)",
-            (*last, _LINKS_PER_SELECT),
+            (*last, _ROWS_PER_SELECT),
         ).fetchone()
         if not count:
             break
@@ -727,7 +769,7 @@ def _link_columns(conn: sqlite3.Connection) -> tuple[Any, Any]:
         # promises no order to group_concat): the next slice starts after it.
         top_user = int(users[-1].max())
         last = (top_user, int(devices[-1][users[-1] == top_user].max()))
-        if count < _LINKS_PER_SELECT:
+        if count < _ROWS_PER_SELECT:
             break
     if not users:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -1003,9 +1045,34 @@ class SqliteStore(KeyFollower):
         self._follow_key_file()  # records sealed under a rotated-in key must open here too
         conn.execute("BEGIN")  # WAL: a snapshot that neither waits for nor blocks writers
         try:
-            yield _SqliteTx(conn, self._keyring)
+            yield _SqliteTx(conn, self._keyring, self)
         finally:
             conn.execute("ROLLBACK")
+
+    # -- what a full load leaves to first use (LoadDetails) -----------------------------
+    def user_details(self, user_id: int) -> tuple[str, float]:
+        identity, created_at = self._details(_USER_DETAILS, user_id, "user")
+        return identity, created_at
+
+    def device_details(self, device_id: int) -> tuple[str, float, str | None]:
+        serial, issued_at, phone = self._details(_DEVICE_DETAILS, device_id, "device")
+        return serial, issued_at, phone
+
+    def _details(self, query: str, row_id: int, what: str) -> tuple[Any, ...]:
+        # Columns no UPDATE touches, of a row never deleted: this thread's connection,
+        # inside its transaction or not, has the values the load had.
+        row = self._connection().execute(query, (row_id,)).fetchone()
+        if row is None:
+            # Unless its open transaction began before the row was written, and the load
+            # that listed the row ran since, in another thread: the latest snapshot has it.
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout)
+            try:
+                row = conn.execute(query, (row_id,)).fetchone()
+            finally:
+                conn.close()
+        if row is None:
+            raise RuntimeError(f"{what} {row_id} of a full load is not in the store")
+        return tuple(row)
 
     def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -6,6 +6,7 @@ change rows it has not looked at yet. On both backends."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from pathlib import Path
@@ -361,13 +362,16 @@ def test_what_never_changes_is_read_on_first_use_from_any_thread(
         with reader.context.lock:
             made["hana"] = directory.user_by_id[hana]
             made["device"] = directory.devices[writer.devices("bulk2")[0].id].row
+            made["identity"] = made["hana"].identity  # read here, in this thread
+            made["serial"] = made["device"].serial
 
     thread = threading.Thread(target=look_up)
     thread.start()
     thread.join()
     with writer.store.read() as tx:
         assert made["hana"] == tx.users([hana])[0]
-        assert made["hana"].identity["citizenship"] == "CH"
+        assert made["identity"]["citizenship"] == "CH"
+        assert made["serial"] == tx.devices([made["device"].id])[0].serial
         assert made["device"] == tx.devices([made["device"].id])[0]
     reader.context.catch_up()
     with reader.store.read() as tx:
@@ -401,4 +405,116 @@ def test_details_of_a_row_written_after_this_threads_snapshot_are_read_from_the_
     with pytest.raises(RuntimeError, match=r"device 999999 of a full load"):
         store.device_details(999_999)  # type: ignore[attr-defined]
     reader.store.close()
+    writer.store.close()
+
+
+def test_logins_after_a_restart_read_no_details_until_one_is_asked_for(
+    tmp_path: Path, store_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted node in a login storm: issuing challenges and verifying DSC+ answers
+    make users' and devices' rows, but read none of their details (one read each would
+    be a round trip per user on PostgreSQL); the first field asked for reads them."""
+    data = tmp_path / "data"
+    writer = populate(data, store_url)
+    reader = open_sls(data, store_url)
+    reader.warm()
+    reads: list[tuple[str, int]] = []
+    store = reader.store
+    for kind in ("user", "device"):
+        real = getattr(store, f"{kind}_details")
+        monkeypatch.setattr(
+            store,
+            f"{kind}_details",
+            lambda i, real=real, kind=kind: reads.append((kind, i)) or real(i),
+        )
+    for k in (11, 12, 13):
+        challenge = reader.issue_challenge(f"bulk{k}")
+        assert challenge.challenge is not None
+        answer = ocra.compute(SUITE, secret(k), question=challenge.challenge, pin=PIN)
+        assert reader.verify(f"bulk{k}", challenge.token, answer).ok
+        wrong = reader.issue_challenge(f"bulk{k}")
+        assert not reader.verify(f"bulk{k}", wrong.token, "00000000").ok
+    assert dict.__len__(reader.context.directory.user_by_id) >= 3  # rows were made
+    assert reads == []
+    user = reader.context.directory.user_by_name["bulk11"]
+    with writer.store.read() as tx:
+        stored = tx.users([user.id])[0]
+    assert user.identity == stored.identity
+    assert user.created_at == stored.created_at  # read once, then kept
+    assert user == stored
+    assert reads == [("user", user.id)]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        user.identity = {}  # type: ignore[misc]
+    reader.store.close()
+    writer.store.close()
+
+
+@pytest.mark.parametrize("moved", [False, True])
+def test_users_and_links_read_beside_the_devices_only_from_the_same_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moved: bool
+) -> None:
+    """SQLite reads a full load's users and links on a second connection while the device
+    rows are fetched, and uses them only when that connection's snapshot has the same
+    change-feed generation; otherwise (a write came between, here simulated) it reads them
+    again in the load's own transaction. Either way the directory is exact."""
+    import threading
+
+    from sls_core.store import sqlite as sqlite_store
+
+    data = tmp_path / "data"
+    writer = populate(data, None)
+    read_in: list[str] = []
+    real_user_columns = sqlite_store._user_columns
+
+    def user_columns(conn: sqlite3.Connection) -> Any:
+        read_in.append(threading.current_thread().name)
+        return real_user_columns(conn)
+
+    monkeypatch.setattr(sqlite_store, "_user_columns", user_columns)
+    if moved:
+        snapshot = sqlite_store._snapshot
+        monkeypatch.setattr(sqlite_store, "_snapshot", lambda conn: snapshot(conn) + 1)
+    fresh = open_sls(data, None)
+    fresh.warm()
+    assert read_in == (["MainThread"] if moved else ["sls-load-beside"])
+    with fresh.store.read() as tx:
+        assert_same(fresh.context.directory, reference(tx))
+    fresh.store.close()
+    writer.store.close()
+
+
+@pytest.mark.parametrize("moved", [False, True])
+def test_postgres_reads_users_and_links_beside_the_devices_only_from_the_same_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moved: bool, pg_url: str
+) -> None:
+    """The same on PostgreSQL: users and links on a pooled connection of their own
+    (repeatable read), used only at the load's own generation."""
+    import threading
+
+    from sls_core.store import postgres as pg_store
+
+    store_url = pg_url
+    data = tmp_path / "data"
+    writer = populate(data, store_url)
+    read_in: list[str] = []
+    real_user_columns = pg_store._PostgresTx._user_columns
+
+    def user_columns(tx: Any) -> Any:
+        read_in.append(threading.current_thread().name)
+        return real_user_columns(tx)
+
+    monkeypatch.setattr(pg_store._PostgresTx, "_user_columns", user_columns)
+    if moved:
+        beside = pg_store.PostgresStore._users_and_links_beside
+        monkeypatch.setattr(
+            pg_store.PostgresStore,
+            "_users_and_links_beside",
+            lambda store, generation: beside(store, generation + 1),
+        )
+    fresh = open_sls(data, store_url)
+    fresh.warm()
+    assert read_in == (["MainThread"] if moved else ["sls-load-beside"])
+    with fresh.store.read() as tx:
+        assert_same(fresh.context.directory, reference(tx))
+    fresh.store.close()
     writer.store.close()

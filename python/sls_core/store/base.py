@@ -10,11 +10,13 @@ inside one write transaction, so a process killed at any point leaves all of it 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeAlias, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +25,8 @@ from sls_core.errors import SlsError
 
 if TYPE_CHECKING:
     from sls_core.sealing import OpenedColumn
+
+_T = TypeVar("_T")
 
 __all__ = [
     "CONSUMED_BLOCK_BITS",
@@ -33,11 +37,14 @@ __all__ = [
     "USER_COLUMNS",
     "USER_DETAILS",
     "ActivationRow",
+    "BesideLoad",
     "DeviceRow",
     "DirectoryLoad",
     "Ids",
     "LoadDetails",
     "LoadedDevice",
+    "LoadedDeviceRow",
+    "LoadedUserRow",
     "MarksConsumed",
     "PushRow",
     "SharingRow",
@@ -260,44 +267,144 @@ class DirectoryLoad:
         return text
 
     def user(self, i: int) -> UserRow:
-        """User ``i`` of the load as a :class:`UserRow`."""
+        """User ``i`` of the load as a :class:`UserRow` (its details read on first use)."""
         users = self.users
-        user_id = int(users.ids[i])
-        identity, created_at = self.details.user_details(user_id)
         preferred = int(users.preferred_device[i])
-        return UserRow(
-            user_id,
-            users.usernames[i],
-            json.loads(identity),
-            bool(users.opted_out[i]),
-            bool(users.closed[i]),
-            None if preferred < 0 else preferred,
-            created_at,
+        return LoadedUserRow(
+            self.details,
+            id=int(users.ids[i]),
+            username=users.usernames[i],
+            opted_out=bool(users.opted_out[i]),
+            closed=bool(users.closed[i]),
+            preferred_device=None if preferred < 0 else preferred,
         )
 
     def device(self, i: int) -> DeviceRow:
-        """Row ``i`` of ``device_rows`` as a :class:`DeviceRow`, its secrets opened."""
+        """Row ``i`` of ``device_rows`` as a :class:`DeviceRow`, its secrets opened (its
+        details read on first use)."""
         r = self.device_rows[i]
         c = LoadedDevice
-        device_id = int(r[c.ID])
-        serial, issued_at, phone = self.details.device_details(device_id)
-        return DeviceRow(
-            id=device_id,
+        return LoadedDeviceRow(
+            self.details,
+            id=int(r[c.ID]),
             type=self.device_text(c.TYPE, r[c.TYPE]),
             state=self.device_text(c.STATE, r[c.STATE]),
-            serial=serial,
             suite=self.device_text(c.SUITE, r[c.SUITE]),
-            issued_at=issued_at,
             shipped_at=r[c.SHIPPED_AT],
             activated_at=r[c.ACTIVATED_AT],
             expires_at=r[c.EXPIRES_AT],
             replaces=None if r[c.REPLACES] is None else int(r[c.REPLACES]),
-            phone=phone,
             secret=self.secrets.value(i),
             pin_hash=self.pin_hashes.value(i),
             push_public=None if r[c.PUSH_PUBLIC] is None else bytes(r[c.PUSH_PUBLIC]),
             recovery_hash=None if r[c.RECOVERY_HASH] is None else bytes(r[c.RECOVERY_HASH]),
         )
+
+
+class _Detail:
+    """A field of a loaded row read on first use (:class:`LoadDetails`), all of the row's
+    details in one read, then kept. A data descriptor: it shadows the dataclass field of
+    the same name, and refuses assignment as the frozen row does."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, row: Any, owner: type | None = None) -> Any:
+        if row is None:
+            return self
+        values = row.__dict__
+        if self.name not in values:
+            values.update(row._read_details())
+        return values[self.name]
+
+    def __set__(self, row: Any, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {self.name!r}")
+
+
+class _LoadedRow:
+    """What :class:`LoadedUserRow` and :class:`LoadedDeviceRow` share: made from loaded
+    values without the dataclass's ``__init__`` (which would need the details), equal to
+    the plain row with the same values (so a directory's rows compare with the store's)."""
+
+    _row: type
+
+    def __init__(self, details: LoadDetails, **loaded: Any) -> None:
+        self.__dict__.update(loaded, _details=details)
+
+    def _read_details(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, self._row):
+            return NotImplemented
+        return all(
+            getattr(self, f.name) == getattr(other, f.name) for f in dataclasses.fields(self._row)
+        )
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self._row)))
+
+
+class LoadedUserRow(_LoadedRow, UserRow):
+    """A :class:`UserRow` of a full load: ``identity`` and ``created_at`` are read on first
+    use. The paths of a login storm never ask for them, so a restarted node's first logins
+    cost no read per user."""
+
+    _row = UserRow
+    identity = _Detail()
+    created_at = _Detail()
+
+    def _read_details(self) -> dict[str, Any]:
+        identity, created_at = self.__dict__["_details"].user_details(self.id)
+        return {"identity": json.loads(identity), "created_at": created_at}
+
+
+class LoadedDeviceRow(_LoadedRow, DeviceRow):
+    """A :class:`DeviceRow` of a full load: ``serial``, ``issued_at`` and ``phone`` are read
+    on first use (only some device types' rules ask for them: cards, passcodes, SMS)."""
+
+    _row = DeviceRow
+    serial = _Detail()
+    issued_at = _Detail()
+    phone = _Detail()
+
+    def _read_details(self) -> dict[str, Any]:
+        serial, issued_at, phone = self.__dict__["_details"].device_details(self.id)
+        return {"serial": serial, "issued_at": issued_at, "phone": phone}
+
+
+class BesideLoad(threading.Thread, Generic[_T]):
+    """Part of a full load read on a connection of its own while the caller fetches the
+    device rows: the database computes it (SQLite's aggregates run with the GIL released,
+    PostgreSQL's in its own process), so the two overlap on two cores. ``read`` returns
+    None when its snapshot does not have the caller's change-feed generation (a user,
+    device or link changed between the two); an error of ``quiet`` types (the database's)
+    gives None too. On None the caller reads that part in its own transaction. Any other
+    error is raised in the caller, not lost in the thread."""
+
+    def __init__(
+        self, read: Callable[[], _T | None], quiet: tuple[type[BaseException], ...]
+    ) -> None:
+        super().__init__(name="sls-load-beside", daemon=True)
+        self._read = read
+        self._quiet = quiet
+        self._result: _T | None = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._result = self._read()
+        except self._quiet:
+            pass  # the caller reads it itself
+        except BaseException as e:
+            self._error = e
+
+    def result(self) -> _T | None:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 def directory_load(

@@ -56,6 +56,7 @@ from sls_core.store.base import (
     USER_COLUMNS,
     USER_DETAILS,
     ActivationRow,
+    BesideLoad,
     DeviceRow,
     DirectoryLoad,
     Ids,
@@ -81,6 +82,7 @@ from sls_core.store.keys import (
 from sls_core.store.schema import POSTGRES_MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
+    import numpy.typing as npt
     import psycopg
 
 __all__ = ["PostgresStore", "is_postgres_url"]
@@ -204,9 +206,9 @@ def _psycopg() -> Any:
     return psycopg, psycopg_pool
 
 
-#: Users per SELECT of a full load: each of its texts stays far below PostgreSQL's
-#: largest value (a gigabyte).
-_USERS_PER_SELECT: Final = 1 << 20
+#: Users or links per SELECT of a full load: each of its texts stays far below
+#: PostgreSQL's largest value (a gigabyte).
+_ROWS_PER_SELECT: Final = 1 << 20
 #: One slice of users for a full load (see SQLite's): count, ids, usernames (a JSON
 #: array), opted_out, closed and preferred devices (-1 for none).
 _USER_SLICE: Final = (
@@ -215,6 +217,13 @@ _USER_SLICE: Final = (
     " string_agg(coalesce(preferred_device, -1)::text, ',') FROM"
     " (SELECT id, username, opted_out, closed, preferred_device FROM users WHERE id > %s"
     " ORDER BY id LIMIT %s) AS slice"
+)
+#: One slice of links for a full load: count, user ids, device ids, after the key
+#: ``(%s, %s)`` in key order (the primary key's), ``%s`` at most.
+_LINK_SLICE: Final = (
+    "SELECT count(*), string_agg(user_id::text, ','), string_agg(device_id::text, ',') FROM"
+    " (SELECT user_id, device_id FROM user_devices WHERE (user_id, device_id) > (%s, %s)"
+    " ORDER BY user_id, device_id LIMIT %s) AS slice"
 )
 _USER_DETAILS: Final = f"SELECT {USER_DETAILS} FROM users WHERE id = %s"  # noqa: S608
 _DEVICE_DETAILS: Final = f"SELECT {DEVICE_DETAILS} FROM devices WHERE id = %s"  # noqa: S608
@@ -688,37 +697,65 @@ class _PostgresTx(MarksConsumed):
         self, *, secret_width: int | None = None, pin_width: int | None = None
     ) -> DirectoryLoad:
         # Binary results: ids and times arrive as numbers, bytea as bytes, with no text
-        # parsing per cell (faster than the text protocol at a million rows). Users come
-        # as a few texts per slice, no tuple per row. What never changes once written is
-        # left to first use (LOADED_DEVICE_COLUMNS).
+        # parsing per cell (faster than the text protocol at a million rows). Users and
+        # links come as a few texts per slice, no tuple per row, read on a pooled
+        # connection of their own meanwhile (BesideLoad). What never changes once written
+        # is left to first use (LOADED_DEVICE_COLUMNS).
+        generation, store = self.generation(), self._store
+        beside = BesideLoad(
+            lambda: store._users_and_links_beside(generation),
+            quiet=(*store._pool_errors, store._psycopg.Error, StoreUnavailableError),
+        )
         cursor = self._conn.cursor(binary=True)
         devices = cursor.execute(f"SELECT {LOADED_DEVICE_COLUMNS} FROM devices").fetchall()  # noqa: S608
-        links = cursor.execute("SELECT user_id, device_id FROM user_devices").fetchall()
+        users_and_links = beside.result()
+        if users_and_links is None:  # its snapshot was not this one's: read them here
+            users_and_links = self._user_columns(), self._link_columns()
         return directory_load(
             self._keyring,
-            self._user_columns(),
+            users_and_links[0],
             devices,
-            links,
-            details=self._store,
+            users_and_links[1],
+            details=store,
             secret_width=secret_width,
             pin_width=pin_width,
         )
 
     def _user_columns(self) -> UserColumns:
-        """Every user's loaded columns, by slices of ``_USERS_PER_SELECT`` in id order as
+        """Every user's loaded columns, by slices of ``_ROWS_PER_SELECT`` in id order as
         one aggregate row each (the aggregates of one SELECT take the rows in the same
         order: the columns line up position for position)."""
         parts: list[UserColumns] = []
         last = -(1 << 63)
         while True:
-            count, *texts = self._one(_USER_SLICE, (last, _USERS_PER_SELECT))
+            count, *texts = self._one(_USER_SLICE, (last, _ROWS_PER_SELECT))
             if not count:
                 break
             parts.append(UserColumns.parse(count, *texts))
             last = int(parts[-1].ids.max())
-            if count < _USERS_PER_SELECT:
+            if count < _ROWS_PER_SELECT:
                 break
         return UserColumns.concatenate(parts)
+
+    def _link_columns(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """``user_devices`` as two id arrays, row for row, by slices in key order."""
+        users, devices = [], []
+        last = (-(1 << 63), -(1 << 63))
+        while True:
+            count, user_text, device_text = self._one(_LINK_SLICE, (*last, _ROWS_PER_SELECT))
+            if not count:
+                break
+            users.append(np.fromstring(user_text, dtype=np.int64, sep=","))
+            devices.append(np.fromstring(device_text, dtype=np.int64, sep=","))
+            if len(users[-1]) != count or len(devices[-1]) != count:  # never: ids are integers
+                raise RuntimeError("user_devices: a full load parsed a slice of links wrongly")
+            top_user = int(users[-1].max())
+            last = (top_user, int(devices[-1][users[-1] == top_user].max()))
+            if count < _ROWS_PER_SELECT:
+                break
+        if not users:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(users), np.concatenate(devices)
 
     # -- sequences and server secrets --------------------------------------------------
     def reserve(self, name: str, count: int) -> int:
@@ -915,6 +952,17 @@ class PostgresStore(KeyFollower):
             conn.close()
         else:
             self._pool.putconn(conn)
+
+    def _users_and_links_beside(
+        self, generation: int
+    ) -> tuple[UserColumns, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] | None:
+        """A full load's users and links on a pooled connection of its own (see
+        :class:`~sls_core.store.base.BesideLoad`); None unless its snapshot (repeatable
+        read) has ``generation``."""
+        with self.read() as tx:
+            if tx.generation() != generation:
+                return None
+            return tx._user_columns(), tx._link_columns()
 
     # -- what a full load leaves to first use (LoadDetails) -----------------------------
     def user_details(self, user_id: int) -> tuple[str, float]:

@@ -35,6 +35,7 @@ from sls_core.store.base import (
     USER_COLUMNS,
     USER_DETAILS,
     ActivationRow,
+    BesideLoad,
     DeviceRow,
     DirectoryLoad,
     Ids,
@@ -612,12 +613,20 @@ class _SqliteTx(MarksConsumed):
             for i, name in enumerate(LOADED_DEVICE_COLUMNS.split(", "))
         )
         params = [text for i in sorted(codes) for text in codes[i]]
+        generation = self.generation()
+        path = self._store.path
+        beside = BesideLoad(
+            lambda: _users_and_links_beside(path, generation), quiet=(sqlite3.Error,)
+        )
         devices = conn.execute(f"SELECT {columns} FROM devices", params).fetchall()  # noqa: S608
+        users_and_links = beside.result()
+        if users_and_links is None:  # its snapshot was not this one's: read them here
+            users_and_links = _user_columns(conn), _link_columns(conn)
         return directory_load(
             self._keyring,
-            _user_columns(conn),
+            users_and_links[0],
             devices,
-            _link_columns(conn),
+            users_and_links[1],
             details=self._store,
             secret_width=secret_width,
             pin_width=pin_width,
@@ -713,6 +722,26 @@ def _coded(column: str, texts: Sequence[str]) -> str:
     """SQL: ``column``'s code (its text's index in ``texts``), else its text."""
     branches = " ".join(f"WHEN ? THEN {i}" for i in range(len(texts)))
     return f"CASE {column} {branches} ELSE {column} END"
+
+
+def _users_and_links_beside(
+    path: Path, generation: int
+) -> tuple[UserColumns, tuple[Any, Any]] | None:
+    """A full load's users and links on a connection of its own (see
+    :class:`~sls_core.store.base.BesideLoad`); None unless its snapshot has ``generation``."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        if _snapshot(conn) != generation:
+            return None
+        return _user_columns(conn), _link_columns(conn)
+    finally:
+        conn.close()
+
+
+def _snapshot(conn: sqlite3.Connection) -> int:
+    """The change-feed generation of ``conn``'s snapshot (taken by this first read)."""
+    return int(conn.execute(_GENERATION_AND_SCHEMA).fetchone()[0] or 0)
 
 
 def _user_columns(conn: sqlite3.Connection) -> UserColumns:

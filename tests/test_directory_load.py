@@ -220,7 +220,7 @@ def test_users_and_links_read_in_several_slices_are_the_same_read_at_once(
 
 
 def test_a_full_load_codes_only_texts_it_knows_and_gives_back_the_texts() -> None:
-    from sls_core.store.base import DirectoryLoad, LoadedDevice, UserColumns
+    from sls_core.store.load import DirectoryLoad, LoadedDevice, UserColumns
     from sls_core.store.sqlite import _device_codes
 
     codes = _device_codes()

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from sls_core.challenge import NameIndex
 from sls_core.devices import DeviceState, DeviceType
 from sls_core.store import DeviceRow, DirectoryLoad, StoreTx, UserRow
-from sls_core.store.base import LoadedDevice
+from sls_core.store.load import LoadedDevice
 
 __all__ = ["Columns", "DeviceEntry", "DeviceMap", "DeviceSets", "Directory", "UserMap"]
 

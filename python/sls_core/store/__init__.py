@@ -10,7 +10,6 @@ from __future__ import annotations
 from sls_core.store.base import (
     ActivationRow,
     DeviceRow,
-    DirectoryLoad,
     PushRow,
     SharingRow,
     Store,
@@ -18,6 +17,9 @@ from sls_core.store.base import (
     StoreUnavailableError,
     UserRow,
     WriterBusyError,
+)
+from sls_core.store.load import (
+    DirectoryLoad,
 )
 from sls_core.store.schema import SCHEMA_VERSION
 from sls_core.store.sqlite import SqliteStore

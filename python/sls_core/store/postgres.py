@@ -51,23 +51,16 @@ from sls_core.sealing import MasterKeyRing, device_aad
 from sls_core.store.base import (
     CONSUMED_BLOCK_BITS,
     DEVICE_COLUMNS,
-    DEVICE_DETAILS,
-    LOADED_DEVICE_COLUMNS,
     USER_COLUMNS,
-    USER_DETAILS,
     ActivationRow,
-    BesideLoad,
     DeviceRow,
-    DirectoryLoad,
     Ids,
     MarksConsumed,
     PushRow,
     SharingRow,
     StoreUnavailableError,
-    UserColumns,
     UserRow,
     WriterBusyError,
-    directory_load,
     ids_marked,
     newer_schema,
     unique_ids,
@@ -78,6 +71,15 @@ from sls_core.store.keys import (
     KeyFollower,
     count_key_ids,
     live_holders,
+)
+from sls_core.store.load import (
+    DEVICE_DETAILS,
+    LOADED_DEVICE_COLUMNS,
+    USER_DETAILS,
+    BesideLoad,
+    DirectoryLoad,
+    UserColumns,
+    directory_load,
 )
 from sls_core.store.schema import POSTGRES_MIGRATIONS, SCHEMA_VERSION
 

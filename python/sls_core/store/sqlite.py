@@ -29,25 +29,17 @@ from sls_core.sealing import MasterKeyRing, device_aad
 from sls_core.store.base import (
     CONSUMED_BLOCK_BITS,
     DEVICE_COLUMNS,
-    DEVICE_DETAILS,
     FEW_IDS,
-    LOADED_DEVICE_COLUMNS,
     USER_COLUMNS,
-    USER_DETAILS,
     ActivationRow,
-    BesideLoad,
     DeviceRow,
-    DirectoryLoad,
     Ids,
-    LoadedDevice,
     MarksConsumed,
     PushRow,
     SharingRow,
     StoreUnavailableError,
-    UserColumns,
     UserRow,
     WriterBusyError,
-    directory_load,
     distinct_ids,
     id_list,
     ids_marked,
@@ -61,6 +53,16 @@ from sls_core.store.keys import (
     count_consumed,
     count_key_ids,
     live_holders,
+)
+from sls_core.store.load import (
+    DEVICE_DETAILS,
+    LOADED_DEVICE_COLUMNS,
+    USER_DETAILS,
+    BesideLoad,
+    DirectoryLoad,
+    LoadedDevice,
+    UserColumns,
+    directory_load,
 )
 from sls_core.store.schema import SCHEMA_VERSION, SQLITE_MIGRATIONS
 

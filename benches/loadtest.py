@@ -2,7 +2,7 @@
 
 Run it from the project root with the virtualenv's Python (``make loadtest``)::
 
-    python benches/loadtest.py [--seconds 10] [--workers 2] [--users 10k]
+    python benches/loadtest.py [--seconds 10] [--workers N] [--users 10k]
         [--modes open,threads,async,http,batch] [--rate 5000] [--open-connections 1]
         [--max-in-flight 1] [--gateways 64] [--async-gateways 4,8,16] [--async-connections 1]
         [--http-clients 4,8,16]
@@ -11,7 +11,8 @@ Run it from the project root with the virtualenv's Python (``make loadtest``)::
         [--pin GENERATOR/SERVER] [--debug-phases] [--out DIR]
 
 It enrolls ``--users`` DSC+ users in a fresh data dir, starts the server (``--workers``
-processes sharing the gRPC port and the HTTP/JSON one), pre-issues login challenges
+processes sharing the gRPC port and the HTTP/JSON one; by default one per CPU the server
+may use: every CPU, or the server's pinned ones with ``--pin``), pre-issues login challenges
 through the embedded store (so the timed phase measures verification only), computes the
 right answers as the device simulator would, spoils 1% (wrong) and 1% (malformed, a
 space inside) so that lockout counting and the malformed path run, then for a bounded time:
@@ -190,6 +191,14 @@ def parse_pin(text: str) -> tuple[set[int], set[int]] | None:
     if not all(pin) or pin[0] & pin[1]:
         raise argparse.ArgumentTypeError("--pin: two disjoint CPU lists, GENERATOR/SERVER")
     return pin
+
+
+def default_workers(pin: tuple[set[int], set[int]] | None) -> int:
+    """Server processes when ``--workers`` is not given: one per CPU the server may use,
+    as a deployment runs one per core. A second process on a server's one pinned CPU only
+    competes with the first (an open loop's one connection reaches one process): p99 2.94
+    against 2.64 ms at 5,000/s, alternated rounds."""
+    return len(pin[1]) if pin else (os.cpu_count() or 1)
 
 
 def start_server(
@@ -1160,7 +1169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--gateways", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="sls-core serve processes (default: one per CPU the server may use, the pinned"
+        " ones with --pin, as a deployment runs one per core)",
+    )
     parser.add_argument("--users", type=parse_size, default=10_000)
     parser.add_argument("--batch", type=parse_size, default=10_000)
     parser.add_argument("--batches", type=int, default=48)
@@ -1247,6 +1262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
+    if args.workers is None:
+        args.workers = default_workers(args.pin)
     floor = args.server == "floor"
     if floor and (set(args.modes.split(",")) != {"open"} or args.debug_phases):
         parser.error("--server floor: only --modes open, without --debug-phases")

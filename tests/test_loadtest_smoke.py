@@ -5,6 +5,7 @@ answers deserve, and the reports write their plots."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -48,6 +49,12 @@ def test_the_load_test_runs_every_mode_and_reports_them(tmp_path: Path) -> None:
     assert "Single Verify, open loop at 400 logins/s offered" in text
     assert "Single verify over HTTP/JSON, closed loop, 4 clients" in text
     assert (out / "loadtest.png").stat().st_size > 0
+
+
+def test_the_load_test_runs_one_server_process_per_cpu_the_server_may_use() -> None:
+    assert loadtest.default_workers(({0}, {1})) == 1
+    assert loadtest.default_workers(({0}, {1, 2, 3})) == 3
+    assert loadtest.default_workers(None) == (os.cpu_count() or 1)
 
 
 def test_the_failing_requests_benchmark_runs_and_reports_both_runs(tmp_path: Path) -> None:

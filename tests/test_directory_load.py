@@ -445,72 +445,59 @@ def test_logins_after_a_restart_read_no_details_until_one_is_asked_for(
     assert reads == [("user", user.id)]
     with pytest.raises(dataclasses.FrozenInstanceError):
         user.identity = {}  # type: ignore[misc]
+    closed = dataclasses.replace(user, closed=True)
+    assert closed.closed
+    assert closed.identity == stored.identity
+    assert dataclasses.replace(closed, closed=False) == stored
+    assert reads == [("user", user.id)]
     reader.store.close()
     writer.store.close()
 
 
-@pytest.mark.parametrize("moved", [False, True])
-def test_users_and_links_read_beside_the_devices_only_from_the_same_snapshot(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moved: bool
-) -> None:
-    """SQLite reads a full load's users and links on a second connection while the device
-    rows are fetched, and uses them only when that connection's snapshot has the same
-    change-feed generation; otherwise (a write came between, here simulated) it reads them
-    again in the load's own transaction. Either way the directory is exact."""
-    import threading
-
-    from sls_core.store import sqlite as sqlite_store
-
-    data = tmp_path / "data"
-    writer = populate(data, None)
-    read_in: list[str] = []
-    real_user_columns = sqlite_store._user_columns
-
-    def user_columns(conn: sqlite3.Connection) -> Any:
-        read_in.append(threading.current_thread().name)
-        return real_user_columns(conn)
-
-    monkeypatch.setattr(sqlite_store, "_user_columns", user_columns)
-    if moved:
-        snapshot = sqlite_store._snapshot
-        monkeypatch.setattr(sqlite_store, "_snapshot", lambda conn: snapshot(conn) + 1)
-    fresh = open_sls(data, None)
-    fresh.warm()
-    assert read_in == (["MainThread"] if moved else ["sls-load-beside"])
-    with fresh.store.read() as tx:
-        assert_same(fresh.context.directory, reference(tx))
-    fresh.store.close()
-    writer.store.close()
-
-
-@pytest.mark.parametrize("moved", [False, True])
-def test_postgres_reads_users_and_links_beside_the_devices_only_from_the_same_snapshot(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moved: bool, pg_url: str
-) -> None:
-    """The same on PostgreSQL: users and links on a pooled connection of their own
-    (repeatable read), used only at the load's own generation."""
+def _count_user_column_reads(
+    monkeypatch: pytest.MonkeyPatch, store_url: str | None, moved: bool
+) -> list[str]:
+    """Notes the thread each full load's user columns are read in; ``moved``: the second
+    connection's snapshot made to look one generation off (a write between the two)."""
     import threading
 
     from sls_core.store import postgres as pg_store
+    from sls_core.store import sqlite as sqlite_store
 
-    store_url = pg_url
-    data = tmp_path / "data"
-    writer = populate(data, store_url)
     read_in: list[str] = []
-    real_user_columns = pg_store._PostgresTx._user_columns
+    owner: Any = sqlite_store if store_url is None else pg_store._PostgresTx
+    real = owner._user_columns
 
-    def user_columns(tx: Any) -> Any:
+    def user_columns(where: Any) -> Any:
         read_in.append(threading.current_thread().name)
-        return real_user_columns(tx)
+        return real(where)
 
-    monkeypatch.setattr(pg_store._PostgresTx, "_user_columns", user_columns)
-    if moved:
+    monkeypatch.setattr(owner, "_user_columns", user_columns)
+    if moved and store_url is None:
+        snapshot = sqlite_store._snapshot
+        monkeypatch.setattr(sqlite_store, "_snapshot", lambda conn: snapshot(conn) + 1)
+    elif moved:
         beside = pg_store.PostgresStore._users_and_links_beside
         monkeypatch.setattr(
             pg_store.PostgresStore,
             "_users_and_links_beside",
             lambda store, generation: beside(store, generation + 1),
         )
+    return read_in
+
+
+@pytest.mark.parametrize("moved", [False, True])
+def test_users_and_links_read_beside_the_devices_only_from_the_same_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moved: bool, store_url: str | None
+) -> None:
+    """A full load reads its users and links on a second connection while the device rows
+    are fetched (SQLite: a connection of its own; PostgreSQL: a pooled one, repeatable
+    read), and uses them only when that connection's snapshot has the same change-feed
+    generation; otherwise (a write came between, here simulated) it reads them again in
+    the load's own transaction. Either way the directory is exact."""
+    data = tmp_path / "data"
+    writer = populate(data, store_url)
+    read_in = _count_user_column_reads(monkeypatch, store_url, moved)
     fresh = open_sls(data, store_url)
     fresh.warm()
     assert read_in == (["MainThread"] if moved else ["sls-load-beside"])

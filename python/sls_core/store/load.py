@@ -37,8 +37,11 @@ __all__ = [
     "LoadedDevice",
     "LoadedDeviceRow",
     "LoadedUserRow",
+    "ReadsDetails",
     "UserColumns",
     "directory_load",
+    "links_by_slices",
+    "users_by_slices",
 ]
 
 _T = TypeVar("_T")
@@ -76,6 +79,29 @@ class LoadDetails(Protocol):
     def device_details(self, device_id: int) -> tuple[str, float, str | None]:
         """``serial``, ``issued_at`` and ``phone`` of a stored device."""
         ...
+
+
+class ReadsDetails:
+    """:class:`LoadDetails` for a store, over its one read of a row's details by id
+    (``_read_details``: the row's :data:`USER_DETAILS` of ``users`` or
+    :data:`DEVICE_DETAILS` of ``devices``, None when the row is not there)."""
+
+    def _read_details(self, table: str, row_id: int) -> Sequence[Any] | None:
+        raise NotImplementedError
+
+    def _details(self, table: str, row_id: int) -> tuple[Any, ...]:
+        row = self._read_details(table, row_id)
+        if row is None:  # never: a loaded row is never deleted
+            raise RuntimeError(f"{table[:-1]} {row_id} of a full load is not in the store")
+        return tuple(row)
+
+    def user_details(self, user_id: int) -> tuple[str, float]:
+        identity, created_at = self._details("users", user_id)
+        return identity, created_at
+
+    def device_details(self, device_id: int) -> tuple[str, float, str | None]:
+        serial, issued_at, phone = self._details("devices", device_id)
+        return serial, issued_at, phone
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,6 +152,53 @@ class UserColumns:
             np.concatenate([p.closed for p in parts]),
             np.concatenate([p.preferred_device for p in parts]),
         )
+
+
+def users_by_slices(fetch: Callable[[int, int], Sequence[Any]], per_select: int) -> UserColumns:
+    """Every user's loaded columns, by slices of ``per_select`` users in id order, each one
+    aggregate row ``fetch(after_id, limit)``: count, ids, usernames (a JSON array),
+    opted_out, closed, preferred devices (-1 for none), as texts. The aggregates of one
+    SELECT take the rows in the same order, so the columns line up position for position;
+    SQL promises no order across the rows, so the next slice starts after the greatest id
+    found. In the caller's transaction: one snapshot."""
+    parts: list[UserColumns] = []
+    last = -(1 << 63)
+    while True:
+        count, *texts = fetch(last, per_select)
+        if not count:
+            break
+        parts.append(UserColumns.parse(count, *texts))
+        last = int(parts[-1].ids.max())
+        if count < per_select:
+            break
+    return UserColumns.concatenate(parts)
+
+
+def links_by_slices(
+    fetch: Callable[[tuple[int, int], int], Sequence[Any]], per_select: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """``user_devices`` as two id arrays, row for row (the directory needs no order), by
+    slices of ``per_select`` links in key order, each one aggregate row ``fetch(after_key,
+    limit)``: count, user ids, device ids, as comma-separated texts."""
+    users, devices = [], []
+    last = (-(1 << 63), -(1 << 63))
+    while True:
+        count, user_text, device_text = fetch(last, per_select)
+        if not count:
+            break
+        users.append(_int_column(user_text))
+        devices.append(_int_column(device_text))
+        if len(users[-1]) != count or len(devices[-1]) != count:  # never: ids are integers
+            raise RuntimeError("user_devices: a full load parsed a slice of links wrongly")
+        # The slice's greatest key, found rather than taken from the texts' ends (SQL
+        # promises no order to an aggregate): the next slice starts after it.
+        top_user = int(users[-1].max())
+        last = (top_user, int(devices[-1][users[-1] == top_user].max()))
+        if count < per_select:
+            break
+    if not users:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(users), np.concatenate(devices)
 
 
 def _int_column(text: str | None) -> npt.NDArray[np.int64]:
@@ -242,7 +315,9 @@ class _LoadedRow:
 
     _row: type
 
-    def __init__(self, details: LoadDetails, **loaded: Any) -> None:
+    def __init__(self, details: LoadDetails | None = None, **loaded: Any) -> None:
+        # Without ``details``, every field is given (``dataclasses.replace`` of a loaded
+        # row): nothing is left to read.
         self.__dict__.update(loaded, _details=details)
 
     def _read_details(self) -> dict[str, Any]:

@@ -78,8 +78,11 @@ from sls_core.store.load import (
     USER_DETAILS,
     BesideLoad,
     DirectoryLoad,
+    ReadsDetails,
     UserColumns,
     directory_load,
+    links_by_slices,
+    users_by_slices,
 )
 from sls_core.store.schema import POSTGRES_MIGRATIONS, SCHEMA_VERSION
 
@@ -227,8 +230,11 @@ _LINK_SLICE: Final = (
     " (SELECT user_id, device_id FROM user_devices WHERE (user_id, device_id) > (%s, %s)"
     " ORDER BY user_id, device_id LIMIT %s) AS slice"
 )
-_USER_DETAILS: Final = f"SELECT {USER_DETAILS} FROM users WHERE id = %s"  # noqa: S608
-_DEVICE_DETAILS: Final = f"SELECT {DEVICE_DETAILS} FROM devices WHERE id = %s"  # noqa: S608
+#: A loaded row's details (:class:`~sls_core.store.load.ReadsDetails`), by table.
+_DETAILS: Final = {
+    "users": f"SELECT {USER_DETAILS} FROM users WHERE id = %s",  # noqa: S608
+    "devices": f"SELECT {DEVICE_DETAILS} FROM devices WHERE id = %s",  # noqa: S608
+}
 
 
 class _PostgresTx(MarksConsumed):
@@ -724,40 +730,16 @@ class _PostgresTx(MarksConsumed):
         )
 
     def _user_columns(self) -> UserColumns:
-        """Every user's loaded columns, by slices of ``_ROWS_PER_SELECT`` in id order as
-        one aggregate row each (the aggregates of one SELECT take the rows in the same
-        order: the columns line up position for position)."""
-        parts: list[UserColumns] = []
-        last = -(1 << 63)
-        while True:
-            count, *texts = self._one(_USER_SLICE, (last, _ROWS_PER_SELECT))
-            if not count:
-                break
-            parts.append(UserColumns.parse(count, *texts))
-            last = int(parts[-1].ids.max())
-            if count < _ROWS_PER_SELECT:
-                break
-        return UserColumns.concatenate(parts)
+        """Every user's loaded columns, in slices (:func:`users_by_slices`)."""
+        return users_by_slices(
+            lambda last, limit: self._one(_USER_SLICE, (last, limit)), _ROWS_PER_SELECT
+        )
 
     def _link_columns(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """``user_devices`` as two id arrays, row for row, by slices in key order."""
-        users, devices = [], []
-        last = (-(1 << 63), -(1 << 63))
-        while True:
-            count, user_text, device_text = self._one(_LINK_SLICE, (*last, _ROWS_PER_SELECT))
-            if not count:
-                break
-            users.append(np.fromstring(user_text, dtype=np.int64, sep=","))
-            devices.append(np.fromstring(device_text, dtype=np.int64, sep=","))
-            if len(users[-1]) != count or len(devices[-1]) != count:  # never: ids are integers
-                raise RuntimeError("user_devices: a full load parsed a slice of links wrongly")
-            top_user = int(users[-1].max())
-            last = (top_user, int(devices[-1][users[-1] == top_user].max()))
-            if count < _ROWS_PER_SELECT:
-                break
-        if not users:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        return np.concatenate(users), np.concatenate(devices)
+        """``user_devices`` as two id arrays, in slices (:func:`links_by_slices`)."""
+        return links_by_slices(
+            lambda last, limit: self._one(_LINK_SLICE, (*last, limit)), _ROWS_PER_SELECT
+        )
 
     # -- sequences and server secrets --------------------------------------------------
     def reserve(self, name: str, count: int) -> int:
@@ -782,7 +764,7 @@ class _PostgresTx(MarksConsumed):
         return value
 
 
-class PostgresStore(KeyFollower):
+class PostgresStore(ReadsDetails, KeyFollower):
     """The store on PostgreSQL, shared by every node: ``url`` is a libpq URL
     (``postgresql://user@host:port/db``; a password is better given by ``PGPASSWORD`` or
     ``~/.pgpass`` than in the URL). ``pool_size`` connections at most (default: 2 + the
@@ -966,24 +948,14 @@ class PostgresStore(KeyFollower):
                 return None
             return tx._user_columns(), tx._link_columns()
 
-    # -- what a full load leaves to first use (LoadDetails) -----------------------------
-    def user_details(self, user_id: int) -> tuple[str, float]:
-        identity, created_at = self._details(_USER_DETAILS, user_id, "user")
-        return identity, created_at
-
-    def device_details(self, device_id: int) -> tuple[str, float, str | None]:
-        serial, issued_at, phone = self._details(_DEVICE_DETAILS, device_id, "device")
-        return serial, issued_at, phone
-
-    def _details(self, query: str, row_id: int, what: str) -> tuple[Any, ...]:
+    # -- what a full load leaves to first use (LoadDetails, ReadsDetails) ------------------
+    def _read_details(self, table: str, row_id: int) -> Sequence[Any] | None:
         # Columns no UPDATE touches, of a row never deleted: any snapshot since the load
         # has the values it had. A read of its own (a pooled connection besides the one
         # a caller's transaction may hold).
         with self.read() as tx:
-            row = tx._one(query, (row_id,))
-        if row is None:
-            raise RuntimeError(f"{what} {row_id} of a full load is not in the store")
-        return tuple(row)
+            row: Sequence[Any] | None = tx._one(_DETAILS[table], (row_id,))
+        return row
 
     def write(self, *, wait: bool = True) -> contextlib.AbstractContextManager[_PostgresTx]:
         return self._write(wait=wait, advertise=True)

@@ -61,8 +61,11 @@ from sls_core.store.load import (
     BesideLoad,
     DirectoryLoad,
     LoadedDevice,
+    ReadsDetails,
     UserColumns,
     directory_load,
+    links_by_slices,
+    users_by_slices,
 )
 from sls_core.store.schema import SCHEMA_VERSION, SQLITE_MIGRATIONS
 
@@ -660,8 +663,11 @@ class _SqliteTx(MarksConsumed):
         return value
 
 
-_USER_DETAILS: Final = f"SELECT {USER_DETAILS} FROM users WHERE id = ?"  # noqa: S608
-_DEVICE_DETAILS: Final = f"SELECT {DEVICE_DETAILS} FROM devices WHERE id = ?"  # noqa: S608
+#: A loaded row's details (:class:`~sls_core.store.load.ReadsDetails`), by table.
+_DETAILS: Final = {
+    "users": f"SELECT {USER_DETAILS} FROM users WHERE id = ?",  # noqa: S608
+    "devices": f"SELECT {DEVICE_DETAILS} FROM devices WHERE id = ?",  # noqa: S608
+}
 
 
 class _WriteTransaction:
@@ -747,22 +753,10 @@ def _snapshot(conn: sqlite3.Connection) -> int:
 
 
 def _user_columns(conn: sqlite3.Connection) -> UserColumns:
-    """Every user's loaded columns, read by slices of ``_ROWS_PER_SELECT`` users in id
-    order as one aggregate row each (in the caller's transaction: one snapshot). The
-    aggregates of one SELECT take the rows in the same order, so the columns line up
-    position for position (SQL promises no order across rows, so the next slice starts
-    after the greatest id found)."""
-    parts: list[UserColumns] = []
-    last = -(1 << 63)
-    while True:
-        count, *texts = conn.execute(_USER_SLICE, (last, _ROWS_PER_SELECT)).fetchone()
-        if not count:
-            break
-        parts.append(UserColumns.parse(count, *texts))
-        last = int(parts[-1].ids.max())
-        if count < _ROWS_PER_SELECT:
-            break
-    return UserColumns.concatenate(parts)
+    """Every user's loaded columns, in slices (:func:`users_by_slices`)."""
+    return users_by_slices(
+        lambda last, limit: conn.execute(_USER_SLICE, (last, limit)).fetchone(), _ROWS_PER_SELECT
+    )
 
 
 #: One slice of users for a full load: count, ids, usernames (a JSON array), opted_out,
@@ -776,35 +770,20 @@ _USER_SLICE: Final = (
 
 
 def _link_columns(conn: sqlite3.Connection) -> tuple[Any, Any]:
-    """``user_devices`` as two id arrays, row for row (the directory needs no order),
-    read by slices of ``_ROWS_PER_SELECT`` in key order (in the caller's transaction:
-    one snapshot)."""
-    import numpy as np
+    """``user_devices`` as two id arrays, in slices (:func:`links_by_slices`)."""
+    return links_by_slices(
+        lambda last, limit: conn.execute(_LINK_SLICE, (*last, limit)).fetchone(),
+        _ROWS_PER_SELECT,
+    )
 
-    users, devices = [], []
-    last = (-(1 << 63), -(1 << 63))
-    while True:
-        count, user_text, device_text = conn.execute(
-            "SELECT count(*), group_concat(user_id), group_concat(device_id) FROM"
-            " (SELECT user_id, device_id FROM user_devices WHERE (user_id, device_id) > (?, ?)"
-            " ORDER BY user_id, device_id LIMIT ?)",
-            (*last, _ROWS_PER_SELECT),
-        ).fetchone()
-        if not count:
-            break
-        users.append(np.fromstring(user_text, dtype=np.int64, sep=","))
-        devices.append(np.fromstring(device_text, dtype=np.int64, sep=","))
-        if len(users[-1]) != count or len(devices[-1]) != count:  # never: ids are integers
-            raise RuntimeError("user_devices: a full load parsed a slice of links wrongly")
-        # The slice's greatest key, found rather than taken from the texts' ends (SQL
-        # promises no order to group_concat): the next slice starts after it.
-        top_user = int(users[-1].max())
-        last = (top_user, int(devices[-1][users[-1] == top_user].max()))
-        if count < _ROWS_PER_SELECT:
-            break
-    if not users:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(users), np.concatenate(devices)
+
+#: One slice of links for a full load: count, user ids, device ids, after the key
+#: ``(?, ?)`` in key order (the primary key's), ``?`` at most.
+_LINK_SLICE: Final = (
+    "SELECT count(*), group_concat(user_id), group_concat(device_id) FROM"
+    " (SELECT user_id, device_id FROM user_devices WHERE (user_id, device_id) > (?, ?)"
+    " ORDER BY user_id, device_id LIMIT ?)"
+)
 
 
 #: The store's files hold identity data, sealed secrets and pending activations: owner only.
@@ -825,7 +804,7 @@ def _owner_only(path: Path) -> None:
         path.parent.chmod(_DIR_MODE)
 
 
-class SqliteStore(KeyFollower):
+class SqliteStore(ReadsDetails, KeyFollower):
     """The embedded store: one SQLite file in WAL mode, shared safely by many processes.
 
     Each thread gets its own connection. Write transactions are ``BEGIN IMMEDIATE``: they
@@ -1080,19 +1059,12 @@ class SqliteStore(KeyFollower):
         finally:
             conn.execute("ROLLBACK")
 
-    # -- what a full load leaves to first use (LoadDetails) -----------------------------
-    def user_details(self, user_id: int) -> tuple[str, float]:
-        identity, created_at = self._details(_USER_DETAILS, user_id, "user")
-        return identity, created_at
-
-    def device_details(self, device_id: int) -> tuple[str, float, str | None]:
-        serial, issued_at, phone = self._details(_DEVICE_DETAILS, device_id, "device")
-        return serial, issued_at, phone
-
-    def _details(self, query: str, row_id: int, what: str) -> tuple[Any, ...]:
+    # -- what a full load leaves to first use (LoadDetails, ReadsDetails) ------------------
+    def _read_details(self, table: str, row_id: int) -> Sequence[Any] | None:
         # Columns no UPDATE touches, of a row never deleted: this thread's connection,
         # inside its transaction or not, has the values the load had.
-        row = self._connection().execute(query, (row_id,)).fetchone()
+        query = _DETAILS[table]
+        row: Sequence[Any] | None = self._connection().execute(query, (row_id,)).fetchone()
         if row is None:
             # Unless its open transaction began before the row was written, and the load
             # that listed the row ran since, in another thread: the latest snapshot has it.
@@ -1101,9 +1073,7 @@ class SqliteStore(KeyFollower):
                 row = conn.execute(query, (row_id,)).fetchone()
             finally:
                 conn.close()
-        if row is None:
-            raise RuntimeError(f"{what} {row_id} of a full load is not in the store")
-        return tuple(row)
+        return row
 
     def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -505,3 +505,83 @@ def test_users_and_links_read_beside_the_devices_only_from_the_same_snapshot(
         assert_same(fresh.context.directory, reference(tx))
     fresh.store.close()
     writer.store.close()
+
+
+def test_a_loaded_row_pickles_and_copies_as_the_plain_row(tmp_path: Path) -> None:
+    import copy
+    import pickle
+
+    data = tmp_path / "data"
+    writer = populate(data, None)
+    reader = open_sls(data, None)
+    reader.warm()
+    directory = reader.context.directory
+    user = directory.user_by_name["hana"]
+    device = directory.devices[writer.devices("bulk2")[0].id].row
+    with writer.store.read() as tx:
+        stored_user, stored_device = tx.users([user.id])[0], tx.devices([device.id])[0]
+    for row, stored in ((user, stored_user), (device, stored_device)):
+        for made in (pickle.loads(pickle.dumps(row)), copy.deepcopy(row)):  # noqa: S301
+            assert type(made) is type(stored)  # the store is not carried along
+            assert made == stored
+    reader.store.close()
+    writer.store.close()
+
+
+def test_a_failed_device_fetch_leaves_no_second_connection_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from sls_core.store import sqlite as sqlite_store
+
+    data = tmp_path / "data"
+    writer = populate(data, None)
+    monkeypatch.setattr(sqlite_store, "LOADED_DEVICE_COLUMNS", "id, no_such_column")
+    reader = open_sls(data, None)
+    with pytest.raises(sqlite3.OperationalError, match="no_such_column"):
+        reader.warm()
+    assert "sls-load-beside" not in {t.name for t in threading.enumerate()}
+    reader.store.close()
+    writer.store.close()
+
+
+def test_postgres_reads_details_on_the_threads_open_transaction_and_never_waits_for_a_spare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str
+) -> None:
+    """Inside a transaction a loaded row's details are read on its own connection (no
+    second pooled one while it may hold the write lock); the second connection of a full
+    load is taken only if one is free at once, and a busy pool does not count as the
+    database being down."""
+    import psycopg_pool
+
+    from sls_core.store import postgres as pg_store
+
+    data = tmp_path / "data"
+    writer = populate(data, pg_url)
+    reader = open_sls(data, pg_url)
+    store: Any = reader.store
+    taken: list[float | None] = []
+    getconn = store._pool.getconn
+
+    def busy_pool(timeout: float | None = None) -> Any:
+        taken.append(timeout)
+        if timeout == pg_store.SPARE_WAIT_SECONDS:
+            raise psycopg_pool.PoolTimeout("no spare connection (simulated)")
+        return getconn(timeout=timeout)
+
+    monkeypatch.setattr(store._pool, "getconn", busy_pool)
+    read_in = _count_user_column_reads(monkeypatch, pg_url, moved=False)
+    reader.warm()
+    assert read_in == ["MainThread"]  # no spare: the load read them itself
+    assert pg_store.SPARE_WAIT_SECONDS in taken
+    assert store._reachable
+    with reader.store.read() as tx:
+        assert_same(reader.context.directory, reference(tx))
+    (device,) = writer.devices("bulk4")
+    with reader.context.write():
+        taken.clear()
+        assert reader.context.directory.devices[device.id].row.serial == device.serial
+        assert taken == []  # read on the write transaction's own connection
+    reader.store.close()
+    writer.store.close()

@@ -333,6 +333,10 @@ class _LoadedRow:
     def __hash__(self) -> int:
         return hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self._row)))
 
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
+        # Pickled or deep-copied as the plain row, details read: the store stays behind.
+        return self._row, tuple(getattr(self, f.name) for f in dataclasses.fields(self._row))
+
 
 class LoadedUserRow(_LoadedRow, UserRow):
     """A :class:`UserRow` of a full load: ``identity`` and ``created_at`` are read on first
@@ -394,6 +398,14 @@ class BesideLoad(threading.Thread, Generic[_T]):
         if self._error is not None:
             raise self._error
         return self._result
+
+    def __enter__(self) -> BesideLoad[_T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # The caller's part failed or not: this one ends before the caller goes on (on
+        # PostgreSQL it holds a pooled connection and a snapshot meanwhile).
+        self.join()
 
 
 def directory_load(

@@ -102,6 +102,10 @@ LOCK_TIMEOUT_MS: Final = 30_000
 IDLE_IN_TRANSACTION_MS: Final = 60_000
 #: How long a call waits for a connection while the database is known to be down.
 DOWN_WAIT_SECONDS: Final = 0.5
+#: How long a full load's second connection waits for the pool (which holds one
+#: connection until asked for more; a new one takes milliseconds on a LAN): past it, the
+#: load reads everything on its own connection instead.
+SPARE_WAIT_SECONDS: Final = 0.25
 #: How long the pool retries a lost connection before leaving it to the next call.
 RECONNECT_SECONDS: Final = 2.0
 _URL = re.compile(r"postgres(ql)?://", re.IGNORECASE)
@@ -235,6 +239,10 @@ _DETAILS: Final = {
     "users": f"SELECT {USER_DETAILS} FROM users WHERE id = %s",  # noqa: S608
     "devices": f"SELECT {DEVICE_DETAILS} FROM devices WHERE id = %s",  # noqa: S608
 }
+
+
+class _NoSpareConnectionError(Exception):
+    """No pooled connection was free at once (``_begin(spare=True)``)."""
 
 
 class _PostgresTx(MarksConsumed):
@@ -714,8 +722,9 @@ class _PostgresTx(MarksConsumed):
             lambda: store._users_and_links_beside(generation),
             quiet=(*store._pool_errors, store._psycopg.Error, StoreUnavailableError),
         )
-        cursor = self._conn.cursor(binary=True)
-        devices = cursor.execute(f"SELECT {LOADED_DEVICE_COLUMNS} FROM devices").fetchall()  # noqa: S608
+        with beside:  # joined even when the device fetch fails
+            cursor = self._conn.cursor(binary=True)
+            devices = cursor.execute(f"SELECT {LOADED_DEVICE_COLUMNS} FROM devices").fetchall()  # noqa: S608
         users_and_links = beside.result()
         if users_and_links is None:  # its snapshot was not this one's: read them here
             users_and_links = self._user_columns(), self._link_columns()
@@ -793,6 +802,8 @@ class PostgresStore(ReadsDetails, KeyFollower):
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._advertised: tuple[str, float] | None = None
         self._advertise_lock = threading.Lock()
+        #: Per thread: its open transactions' connections, innermost last.
+        self._per_thread = threading.local()
         self._timeout = connect_timeout
         self._reachable = True
         size = pool_size or (2 + (os.cpu_count() or 1))
@@ -846,10 +857,12 @@ class PostgresStore(ReadsDetails, KeyFollower):
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return StoreUnavailableError(first)
 
-    def _begin(self, *, lock: bool, wait: bool) -> psycopg.Connection[Any]:
+    def _begin(self, *, lock: bool, wait: bool, spare: bool = False) -> psycopg.Connection[Any]:
         """A pooled connection inside ``BEGIN`` (holding the write lock when ``lock``). A
         connection that fails its first statement has applied nothing: it is dropped and
-        another tried (after a PostgreSQL restart every pooled connection is dead)."""
+        another tried (after a PostgreSQL restart every pooled connection is dead).
+        ``spare``: only a connection the pool has or opens within ``SPARE_WAIT_SECONDS``,
+        else :class:`_NoSpareConnectionError` (a busy pool says nothing of the database)."""
         pg = self._psycopg
         last: BaseException | None = None
         for _ in range(self._size + 1):
@@ -859,8 +872,12 @@ class PostgresStore(ReadsDetails, KeyFollower):
                 patience = (
                     self._timeout if self._reachable else min(DOWN_WAIT_SECONDS, self._timeout)
                 )
-                conn: psycopg.Connection[Any] = self._pool.getconn(timeout=patience)
+                conn: psycopg.Connection[Any] = self._pool.getconn(
+                    timeout=min(SPARE_WAIT_SECONDS, patience) if spare else patience
+                )
             except self._pool_errors as e:
+                if spare:
+                    raise _NoSpareConnectionError from None
                 if self._reachable:
                     raise self._unavailable(e) from None
                 # The pool may be sleeping in its reconnection backoff while the database
@@ -943,18 +960,42 @@ class PostgresStore(ReadsDetails, KeyFollower):
         """A full load's users and links on a pooled connection of its own (see
         :class:`~sls_core.store.base.BesideLoad`); None unless its snapshot (repeatable
         read) has ``generation``."""
-        with self.read() as tx:
-            if tx.generation() != generation:
-                return None
-            return tx._user_columns(), tx._link_columns()
+        # Only a spare connection: waiting out a busy pool would delay the load (the
+        # caller reads them itself instead) and mark the database unreachable.
+        try:
+            with self._read(spare=True) as tx:
+                if tx.generation() != generation:
+                    return None
+                return tx._user_columns(), tx._link_columns()
+        except _NoSpareConnectionError:
+            return None
+
+    @contextlib.contextmanager
+    def _open_in_this_thread(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """Notes ``conn`` as this thread's open transaction while the block runs (a
+        loaded row's details are read on it, see ``_read_details``)."""
+        open_here: list[psycopg.Connection[Any]] = self._per_thread.__dict__.setdefault("open", [])
+        open_here.append(conn)
+        try:
+            yield
+        finally:
+            open_here.pop()
 
     # -- what a full load leaves to first use (LoadDetails, ReadsDetails) ------------------
     def _read_details(self, table: str, row_id: int) -> Sequence[Any] | None:
         # Columns no UPDATE touches, of a row never deleted: any snapshot since the load
-        # has the values it had. A read of its own (a pooled connection besides the one
-        # a caller's transaction may hold).
-        with self.read() as tx:
-            row: Sequence[Any] | None = tx._one(_DETAILS[table], (row_id,))
+        # has the values it had. On this thread's open transaction if it has one (one
+        # round trip, no second connection while it may hold the write lock).
+        query = _DETAILS[table]
+        open_here = self._per_thread.__dict__.get("open")
+        row: Sequence[Any] | None = None
+        if open_here:
+            row = open_here[-1].execute(query, (row_id,)).fetchone()
+        if row is None:
+            # No transaction here, or one whose snapshot began before the row was written
+            # (the load that listed it ran since, in another thread): a read of its own.
+            with self.read() as tx:
+                row = tx._one(query, (row_id,))
         return row
 
     def write(self, *, wait: bool = True) -> contextlib.AbstractContextManager[_PostgresTx]:
@@ -969,7 +1010,8 @@ class PostgresStore(ReadsDetails, KeyFollower):
             self._follow_key_file()
             if advertise:
                 self._advertise(conn)
-            yield _PostgresTx(conn, self._keyring, self)
+            with self._open_in_this_thread(conn):
+                yield _PostgresTx(conn, self._keyring, self)
         except self._psycopg.OperationalError as e:
             self._advertised = None
             self._finish(conn, commit=False)
@@ -980,13 +1022,17 @@ class PostgresStore(ReadsDetails, KeyFollower):
             raise
         self._finish(conn, commit=True)
 
+    def read(self) -> contextlib.AbstractContextManager[_PostgresTx]:
+        return self._read(spare=False)
+
     @contextlib.contextmanager
-    def read(self) -> Iterator[_PostgresTx]:
+    def _read(self, *, spare: bool) -> Iterator[_PostgresTx]:
         self._follow_key_file()
-        conn = self._begin(lock=False, wait=True)
+        conn = self._begin(lock=False, wait=True, spare=spare)
         try:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            yield _PostgresTx(conn, self._keyring, self)
+            with self._open_in_this_thread(conn):
+                yield _PostgresTx(conn, self._keyring, self)
         except self._psycopg.OperationalError as e:
             self._finish(conn, commit=False)
             raise self._unavailable(e) from None

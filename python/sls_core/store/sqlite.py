@@ -623,7 +623,8 @@ class _SqliteTx(MarksConsumed):
         beside = BesideLoad(
             lambda: _users_and_links_beside(path, generation), quiet=(sqlite3.Error,)
         )
-        devices = conn.execute(f"SELECT {columns} FROM devices", params).fetchall()  # noqa: S608
+        with beside:  # joined even when the device fetch fails
+            devices = conn.execute(f"SELECT {columns} FROM devices", params).fetchall()  # noqa: S608
         users_and_links = beside.result()
         if users_and_links is None:  # its snapshot was not this one's: read them here
             users_and_links = _user_columns(conn), _link_columns(conn)

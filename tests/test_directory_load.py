@@ -200,14 +200,15 @@ def test_rows_changed_elsewhere_after_a_lazy_load_are_seen_exactly(
 
 
 def test_users_and_links_read_in_several_slices_are_the_same_read_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_url: str | None
 ) -> None:
+    from sls_core.store import postgres as pg_store
     from sls_core.store import sqlite as sqlite_store
 
     data = tmp_path / "data"
-    writer = populate(data, None)
-    monkeypatch.setattr(sqlite_store, "_ROWS_PER_SELECT", 3)
-    fresh = open_sls(data, None)
+    writer = populate(data, store_url)
+    monkeypatch.setattr(sqlite_store if store_url is None else pg_store, "_ROWS_PER_SELECT", 3)
+    fresh = open_sls(data, store_url)
     fresh.warm()
     with fresh.store.read() as tx:
         expected = reference(tx)

@@ -202,12 +202,11 @@ def test_rows_changed_elsewhere_after_a_lazy_load_are_seen_exactly(
 def test_users_and_links_read_in_several_slices_are_the_same_read_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_url: str | None
 ) -> None:
-    from sls_core.store import postgres as pg_store
-    from sls_core.store import sqlite as sqlite_store
+    from sls_core.store import postgres_load, sqlite_load
 
     data = tmp_path / "data"
     writer = populate(data, store_url)
-    monkeypatch.setattr(sqlite_store if store_url is None else pg_store, "_ROWS_PER_SELECT", 3)
+    monkeypatch.setattr(sqlite_load if store_url is None else postgres_load, "_ROWS_PER_SELECT", 3)
     fresh = open_sls(data, store_url)
     fresh.warm()
     with fresh.store.read() as tx:
@@ -222,7 +221,7 @@ def test_users_and_links_read_in_several_slices_are_the_same_read_at_once(
 
 def test_a_full_load_codes_only_texts_it_knows_and_gives_back_the_texts() -> None:
     from sls_core.store.load import DirectoryLoad, LoadedDevice, UserColumns
-    from sls_core.store.sqlite import _device_codes
+    from sls_core.store.sqlite_load import _device_codes
 
     codes = _device_codes()
     kind, state, suite = LoadedDevice.TYPE, LoadedDevice.STATE, LoadedDevice.SUITE
@@ -463,20 +462,21 @@ def _count_user_column_reads(
     import threading
 
     from sls_core.store import postgres as pg_store
-    from sls_core.store import sqlite as sqlite_store
+    from sls_core.store import postgres_load, sqlite_load
 
     read_in: list[str] = []
-    owner: Any = sqlite_store if store_url is None else pg_store._PostgresTx
-    real = owner._user_columns
+    owner: Any = sqlite_load if store_url is None else postgres_load
+    name = "_user_columns" if store_url is None else "user_columns"
+    real = getattr(owner, name)
 
     def user_columns(where: Any) -> Any:
         read_in.append(threading.current_thread().name)
         return real(where)
 
-    monkeypatch.setattr(owner, "_user_columns", user_columns)
+    monkeypatch.setattr(owner, name, user_columns)
     if moved and store_url is None:
-        snapshot = sqlite_store._snapshot
-        monkeypatch.setattr(sqlite_store, "_snapshot", lambda conn: snapshot(conn) + 1)
+        snapshot = sqlite_load._snapshot
+        monkeypatch.setattr(sqlite_load, "_snapshot", lambda conn: snapshot(conn) + 1)
     elif moved:
         beside = pg_store.PostgresStore._users_and_links_beside
         monkeypatch.setattr(
@@ -534,11 +534,11 @@ def test_a_failed_device_fetch_leaves_no_second_connection_running(
 ) -> None:
     import threading
 
-    from sls_core.store import sqlite as sqlite_store
+    from sls_core.store import sqlite_load
 
     data = tmp_path / "data"
     writer = populate(data, None)
-    monkeypatch.setattr(sqlite_store, "LOADED_DEVICE_COLUMNS", "id, no_such_column")
+    monkeypatch.setattr(sqlite_load, "LOADED_DEVICE_COLUMNS", "id, no_such_column")
     reader = open_sls(data, None)
     with pytest.raises(sqlite3.OperationalError, match="no_such_column"):
         reader.warm()

@@ -12,7 +12,6 @@ written left to first use (:class:`LoadDetails`, :class:`LoadedUserRow`,
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import threading
 from collections.abc import Callable, Sequence
@@ -412,7 +411,7 @@ def directory_load(
     keyring: Any,
     users: UserColumns,
     device_rows: list[Any],
-    link_rows: list[Any] | tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
+    links: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
     *,
     details: LoadDetails,
     secret_width: int | None = None,
@@ -420,18 +419,15 @@ def directory_load(
     device_codes: dict[int, tuple[str, ...]] | None = None,
 ) -> DirectoryLoad:
     """A :class:`DirectoryLoad` from what a backend fetched in one snapshot (the users'
-    columns, ``SELECT LOADED_DEVICE_COLUMNS``, ``SELECT user_id, device_id``), the sealed
-    secrets and PIN hashes opened by ``keyring`` (a ``MasterKeyRing``) column by column.
-    ``secret_width`` / ``pin_width``: also each opened value zero-padded to that width.
-    ``link_rows`` may also come as its two columns already (a tuple of id arrays);
-    ``details``: the store, for what the load leaves to first use; ``device_codes``: see
-    :attr:`DirectoryLoad.device_codes`.
+    columns, ``SELECT LOADED_DEVICE_COLUMNS``, the links as user and device id columns),
+    the sealed secrets and PIN hashes opened by ``keyring`` (a ``MasterKeyRing``) column
+    by column. ``secret_width`` / ``pin_width``: also each opened value zero-padded to
+    that width; ``details``: the store, for what the load leaves to first use;
+    ``device_codes``: see :attr:`DirectoryLoad.device_codes`.
 
     The opening runs after the fetches, not beside them in a thread: sqlite3 gives up
     the GIL at every row, and a thread taking it each time made the fetch slower than
     the overlap saved (a million devices: 7 s against 5.5 s)."""
-    import numpy as np
-
     c = LoadedDevice
     device_ids = np.fromiter((r[0] for r in device_rows), np.int64, len(device_rows))
     secrets = keyring.open_device_column(
@@ -440,11 +436,7 @@ def directory_load(
     pin_hashes = keyring.open_device_column(
         device_ids, [r[c.PIN_HASH] for r in device_rows], "pin_hash", width=pin_width
     )
-    if isinstance(link_rows, tuple):
-        link_users, link_devices = link_rows
-    else:
-        links = np.fromiter(itertools.chain.from_iterable(link_rows), np.int64, 2 * len(link_rows))
-        link_users, link_devices = links[0::2], links[1::2]
+    link_users, link_devices = links
     return DirectoryLoad(
         users=users,
         device_rows=device_rows,

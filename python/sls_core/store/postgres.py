@@ -48,6 +48,7 @@ import numpy as np
 
 from sls_core.errors import AlreadyExistsError, InvalidInputError
 from sls_core.sealing import MasterKeyRing, device_aad
+from sls_core.store import postgres_load
 from sls_core.store.base import (
     CONSUMED_BLOCK_BITS,
     DEVICE_COLUMNS,
@@ -74,20 +75,14 @@ from sls_core.store.keys import (
 )
 from sls_core.store.load import (
     DEVICE_DETAILS,
-    LOADED_DEVICE_COLUMNS,
     USER_DETAILS,
-    BesideLoad,
     DirectoryLoad,
     ReadsDetails,
     UserColumns,
-    directory_load,
-    links_by_slices,
-    users_by_slices,
 )
 from sls_core.store.schema import POSTGRES_MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
-    import numpy.typing as npt
     import psycopg
 
 __all__ = ["PostgresStore", "is_postgres_url"]
@@ -215,25 +210,6 @@ def _psycopg() -> Any:
     return psycopg, psycopg_pool
 
 
-#: Users or links per SELECT of a full load: each of its texts stays far below
-#: PostgreSQL's largest value (a gigabyte).
-_ROWS_PER_SELECT: Final = 1 << 20
-#: One slice of users for a full load (see SQLite's): count, ids, usernames (a JSON
-#: array), opted_out, closed and preferred devices (-1 for none).
-_USER_SLICE: Final = (
-    "SELECT count(*), string_agg(id::text, ','), json_agg(username)::text,"
-    " string_agg(opted_out::text, ','), string_agg(closed::text, ','),"
-    " string_agg(coalesce(preferred_device, -1)::text, ',') FROM"
-    " (SELECT id, username, opted_out, closed, preferred_device FROM users WHERE id > %s"
-    " ORDER BY id LIMIT %s) AS slice"
-)
-#: One slice of links for a full load: count, user ids, device ids, after the key
-#: ``(%s, %s)`` in key order (the primary key's), ``%s`` at most.
-_LINK_SLICE: Final = (
-    "SELECT count(*), string_agg(user_id::text, ','), string_agg(device_id::text, ',') FROM"
-    " (SELECT user_id, device_id FROM user_devices WHERE (user_id, device_id) > (%s, %s)"
-    " ORDER BY user_id, device_id LIMIT %s) AS slice"
-)
 #: A loaded row's details (:class:`~sls_core.store.load.ReadsDetails`), by table.
 _DETAILS: Final = {
     "users": f"SELECT {USER_DETAILS} FROM users WHERE id = %s",  # noqa: S608
@@ -712,42 +688,15 @@ class _PostgresTx(MarksConsumed):
     def load_directory(
         self, *, secret_width: int | None = None, pin_width: int | None = None
     ) -> DirectoryLoad:
-        # Binary results: ids and times arrive as numbers, bytea as bytes, with no text
-        # parsing per cell (faster than the text protocol at a million rows). Users and
-        # links come as a few texts per slice, no tuple per row, read on a pooled
-        # connection of their own meanwhile (BesideLoad). What never changes once written
-        # is left to first use (LOADED_DEVICE_COLUMNS).
         generation, store = self.generation(), self._store
-        beside = BesideLoad(
-            lambda: store._users_and_links_beside(generation),
-            quiet=(*store._pool_errors, store._psycopg.Error, StoreUnavailableError),
-        )
-        with beside:  # joined even when the device fetch fails
-            cursor = self._conn.cursor(binary=True)
-            devices = cursor.execute(f"SELECT {LOADED_DEVICE_COLUMNS} FROM devices").fetchall()  # noqa: S608
-        users_and_links = beside.result()
-        if users_and_links is None:  # its snapshot was not this one's: read them here
-            users_and_links = self._user_columns(), self._link_columns()
-        return directory_load(
+        return postgres_load.load_directory(
+            self._conn,
             self._keyring,
-            users_and_links[0],
-            devices,
-            users_and_links[1],
-            details=store,
+            store,
+            lambda: store._users_and_links_beside(generation),
+            (*store._pool_errors, store._psycopg.Error, StoreUnavailableError),
             secret_width=secret_width,
             pin_width=pin_width,
-        )
-
-    def _user_columns(self) -> UserColumns:
-        """Every user's loaded columns, in slices (:func:`users_by_slices`)."""
-        return users_by_slices(
-            lambda last, limit: self._one(_USER_SLICE, (last, limit)), _ROWS_PER_SELECT
-        )
-
-    def _link_columns(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """``user_devices`` as two id arrays, in slices (:func:`links_by_slices`)."""
-        return links_by_slices(
-            lambda last, limit: self._one(_LINK_SLICE, (*last, limit)), _ROWS_PER_SELECT
         )
 
     # -- sequences and server secrets --------------------------------------------------
@@ -956,9 +905,9 @@ class PostgresStore(ReadsDetails, KeyFollower):
 
     def _users_and_links_beside(
         self, generation: int
-    ) -> tuple[UserColumns, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] | None:
+    ) -> tuple[UserColumns, postgres_load.Links] | None:
         """A full load's users and links on a pooled connection of its own (see
-        :class:`~sls_core.store.base.BesideLoad`); None unless its snapshot (repeatable
+        :class:`~sls_core.store.load.BesideLoad`); None unless its snapshot (repeatable
         read) has ``generation``."""
         # Only a spare connection: waiting out a busy pool would delay the load (the
         # caller reads them itself instead) and mark the database unreachable.
@@ -966,7 +915,7 @@ class PostgresStore(ReadsDetails, KeyFollower):
             with self._read(spare=True) as tx:
                 if tx.generation() != generation:
                     return None
-                return tx._user_columns(), tx._link_columns()
+                return postgres_load.user_columns(tx._conn), postgres_load.link_columns(tx._conn)
         except _NoSpareConnectionError:
             return None
 

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from sls_core.errors import AlreadyExistsError, InvalidInputError
 from sls_core.sealing import MasterKeyRing, device_aad
+from sls_core.store import sqlite_load
 from sls_core.store.base import (
     CONSUMED_BLOCK_BITS,
     DEVICE_COLUMNS,
@@ -56,16 +57,9 @@ from sls_core.store.keys import (
 )
 from sls_core.store.load import (
     DEVICE_DETAILS,
-    LOADED_DEVICE_COLUMNS,
     USER_DETAILS,
-    BesideLoad,
     DirectoryLoad,
-    LoadedDevice,
     ReadsDetails,
-    UserColumns,
-    directory_load,
-    links_by_slices,
-    users_by_slices,
 )
 from sls_core.store.schema import SCHEMA_VERSION, SQLITE_MIGRATIONS
 
@@ -606,37 +600,15 @@ class _SqliteTx(MarksConsumed):
     def load_directory(
         self, *, secret_width: int | None = None, pin_width: int | None = None
     ) -> DirectoryLoad:
-        # In this transaction's snapshot. The device rows come as tuples, but with type,
-        # state and suite coded as small ints (shared objects: a new text per cell was a
-        # fifth of the fetch); users and links come as a few texts per slice that numpy
-        # and json parse, no tuple per row. What never changes once written is left to
-        # first use (LOADED_DEVICE_COLUMNS).
-        conn = self._conn
-        codes = _device_codes()
-        columns = ", ".join(
-            _coded(name, codes[i]) if i in codes else name
-            for i, name in enumerate(LOADED_DEVICE_COLUMNS.split(", "))
-        )
-        params = [text for i in sorted(codes) for text in codes[i]]
-        generation = self.generation()
-        path = self._store.path
-        beside = BesideLoad(
-            lambda: _users_and_links_beside(path, generation), quiet=(sqlite3.Error,)
-        )
-        with beside:  # joined even when the device fetch fails
-            devices = conn.execute(f"SELECT {columns} FROM devices", params).fetchall()  # noqa: S608
-        users_and_links = beside.result()
-        if users_and_links is None:  # its snapshot was not this one's: read them here
-            users_and_links = _user_columns(conn), _link_columns(conn)
-        return directory_load(
+        store = self._store
+        return sqlite_load.load_directory(
+            self._conn,
+            self.generation(),
+            store.path,
             self._keyring,
-            users_and_links[0],
-            devices,
-            users_and_links[1],
-            details=self._store,
+            store,
             secret_width=secret_width,
             pin_width=pin_width,
-            device_codes=codes,
         )
 
     # -- sequences and server secrets --------------------------------------------------
@@ -706,85 +678,6 @@ class _WriteTransaction:
                 self._conn.execute("ROLLBACK")
         finally:
             fcntl.flock(self._gate, fcntl.LOCK_UN)
-
-
-#: The suites most devices have (the ones enrollment gives), coded in a full load; any
-#: other suite is fetched as its text.
-_COMMON_SUITES: Final = ("OCRA-1:HOTP-SHA1-8:QN06-PSHA1", "OCRA-1:HOTP-SHA1-8:QN06")
-#: Users or links per SELECT of a full load: each of its texts stays far below SQLite's
-#: largest string (a billion bytes).
-_ROWS_PER_SELECT: Final = 1 << 20
-
-
-def _device_codes() -> dict[int, tuple[str, ...]]:
-    """Loaded device column (:class:`LoadedDevice`) -> the texts a full load codes."""
-    from sls_core.devices import DeviceState, DeviceType
-
-    return {
-        LoadedDevice.TYPE: tuple(t.value for t in DeviceType),
-        LoadedDevice.STATE: tuple(s.value for s in DeviceState),
-        LoadedDevice.SUITE: _COMMON_SUITES,
-    }
-
-
-def _coded(column: str, texts: Sequence[str]) -> str:
-    """SQL: ``column``'s code (its text's index in ``texts``), else its text."""
-    branches = " ".join(f"WHEN ? THEN {i}" for i in range(len(texts)))
-    return f"CASE {column} {branches} ELSE {column} END"
-
-
-def _users_and_links_beside(
-    path: Path, generation: int
-) -> tuple[UserColumns, tuple[Any, Any]] | None:
-    """A full load's users and links on a connection of its own (see
-    :class:`~sls_core.store.base.BesideLoad`); None unless its snapshot has ``generation``."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("BEGIN")
-        if _snapshot(conn) != generation:
-            return None
-        return _user_columns(conn), _link_columns(conn)
-    finally:
-        conn.close()
-
-
-def _snapshot(conn: sqlite3.Connection) -> int:
-    """The change-feed generation of ``conn``'s snapshot (taken by this first read)."""
-    return int(conn.execute(_GENERATION_AND_SCHEMA).fetchone()[0] or 0)
-
-
-def _user_columns(conn: sqlite3.Connection) -> UserColumns:
-    """Every user's loaded columns, in slices (:func:`users_by_slices`)."""
-    return users_by_slices(
-        lambda last, limit: conn.execute(_USER_SLICE, (last, limit)).fetchone(), _ROWS_PER_SELECT
-    )
-
-
-#: One slice of users for a full load: count, ids, usernames (a JSON array), opted_out,
-#: closed and preferred devices (-1 for none), after id ``?``, ``?`` at most.
-_USER_SLICE: Final = (
-    "SELECT count(*), group_concat(id), json_group_array(username), group_concat(opted_out),"
-    " group_concat(closed), group_concat(ifnull(preferred_device, -1)) FROM"
-    " (SELECT id, username, opted_out, closed, preferred_device FROM users WHERE id > ?"
-    " ORDER BY id LIMIT ?)"
-)
-
-
-def _link_columns(conn: sqlite3.Connection) -> tuple[Any, Any]:
-    """``user_devices`` as two id arrays, in slices (:func:`links_by_slices`)."""
-    return links_by_slices(
-        lambda last, limit: conn.execute(_LINK_SLICE, (*last, limit)).fetchone(),
-        _ROWS_PER_SELECT,
-    )
-
-
-#: One slice of links for a full load: count, user ids, device ids, after the key
-#: ``(?, ?)`` in key order (the primary key's), ``?`` at most.
-_LINK_SLICE: Final = (
-    "SELECT count(*), group_concat(user_id), group_concat(device_id) FROM"
-    " (SELECT user_id, device_id FROM user_devices WHERE (user_id, device_id) > (?, ?)"
-    " ORDER BY user_id, device_id LIMIT ?)"
-)
 
 
 #: The store's files hold identity data, sealed secrets and pending activations: owner only.

@@ -39,11 +39,13 @@ __all__ = [
     "ReadsDetails",
     "UserColumns",
     "directory_load",
+    "fetch_beside",
     "links_by_slices",
     "users_by_slices",
 ]
 
 _T = TypeVar("_T")
+_D = TypeVar("_D")
 
 #: The columns a full load reads of every device, in the order of :class:`LoadedDevice`.
 #: The others (:data:`DEVICE_DETAILS`) never change once written, so they are read on
@@ -405,6 +407,22 @@ class BesideLoad(threading.Thread, Generic[_T]):
         # The caller's part failed or not: this one ends before the caller goes on (on
         # PostgreSQL it holds a pooled connection and a snapshot meanwhile).
         self.join()
+
+
+def fetch_beside(
+    fetch: Callable[[], _D],
+    beside: Callable[[], _T | None],
+    *,
+    quiet: tuple[type[BaseException], ...],
+    here: Callable[[], _T],
+) -> tuple[_D, _T]:
+    """``fetch()`` on the caller's connection while ``beside()`` runs on another
+    (:class:`BesideLoad`, joined even when the fetch fails), or ``here()`` after the fetch
+    when that gives None (its snapshot was not the caller's)."""
+    with BesideLoad(beside, quiet=quiet) as other:
+        fetched = fetch()
+    got = other.result()
+    return fetched, (here() if got is None else got)
 
 
 def directory_load(

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sls_core.store.load import (
     LOADED_DEVICE_COLUMNS,
-    BesideLoad,
     DirectoryLoad,
     LoadDetails,
     UserColumns,
     directory_load,
+    fetch_beside,
     links_by_slices,
     users_by_slices,
 )
@@ -70,17 +70,18 @@ def load_directory(
     """The full load in ``conn``'s transaction; ``beside``: the users and links from a
     second connection (None when it has not this snapshot), its errors of ``quiet``
     types leaving them to this one."""
-    with BesideLoad(beside, quiet=quiet) as users_beside:  # joined even if the fetch fails
-        cursor = conn.cursor(binary=True)
-        devices = cursor.execute(f"SELECT {LOADED_DEVICE_COLUMNS} FROM devices").fetchall()  # noqa: S608
-    users_and_links = users_beside.result()
-    if users_and_links is None:  # its snapshot was not this one's: read them here
-        users_and_links = user_columns(conn), link_columns(conn)
+    binary = conn.cursor(binary=True)
+    devices, (users, links) = fetch_beside(
+        lambda: binary.execute(f"SELECT {LOADED_DEVICE_COLUMNS} FROM devices").fetchall(),  # noqa: S608
+        beside,
+        quiet=quiet,
+        here=lambda: (user_columns(conn), link_columns(conn)),
+    )
     return directory_load(
         keyring,
-        users_and_links[0],
+        users,
         devices,
-        users_and_links[1],
+        links,
         details=details,
         secret_width=secret_width,
         pin_width=pin_width,

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Final
 
 from sls_core.store.load import (
     LOADED_DEVICE_COLUMNS,
-    BesideLoad,
     DirectoryLoad,
     LoadDetails,
     LoadedDevice,
     UserColumns,
     directory_load,
+    fetch_beside,
     links_by_slices,
     users_by_slices,
 )
@@ -78,17 +78,17 @@ def load_directory(
         for i, name in enumerate(LOADED_DEVICE_COLUMNS.split(", "))
     )
     params = [text for i in sorted(codes) for text in codes[i]]
-    beside = BesideLoad(lambda: _users_and_links_beside(path, generation), quiet=(sqlite3.Error,))
-    with beside:  # joined even when the device fetch fails
-        devices = conn.execute(f"SELECT {columns} FROM devices", params).fetchall()  # noqa: S608
-    users_and_links = beside.result()
-    if users_and_links is None:  # its snapshot was not this one's: read them here
-        users_and_links = _user_columns(conn), _link_columns(conn)
+    devices, (users, links) = fetch_beside(
+        lambda: conn.execute(f"SELECT {columns} FROM devices", params).fetchall(),  # noqa: S608
+        lambda: _users_and_links_beside(path, generation),
+        quiet=(sqlite3.Error,),
+        here=lambda: (_user_columns(conn), _link_columns(conn)),
+    )
     return directory_load(
         keyring,
-        users_and_links[0],
+        users,
         devices,
-        users_and_links[1],
+        links,
         details=details,
         secret_width=secret_width,
         pin_width=pin_width,
